@@ -1,0 +1,46 @@
+"""Regenerate the Python code (with mypy stubs) for protos/credvault/v1 into the same folder.
+
+Usage: python scripts/gen_protos.py [--out DIR]   (DIR defaults to protos/, the committed location)
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import grpc_tools
+from grpc_tools import protoc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "protos"
+
+
+def generate(out: pathlib.Path) -> None:
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "credvault" / "v1").glob("*.proto"))
+    include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=pathlib.Path, default=PROTO_ROOT)
+    ns = parser.parse_args()
+    ns.out.mkdir(parents=True, exist_ok=True)
+    generate(ns.out)
+    print(f"generated into {ns.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Test fixtures: a real PostgreSQL (the machine's, via CREDVAULT_TEST_DATABASE_URL, or the embedded one), a
+migrated template database cloned per test, a real TLS gRPC server on loopback port 0, and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pathlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import pytest
+import trustme
+
+from credvault.v1 import credentials_pb2_grpc, identity_pb2, identity_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from vault_service import embedded_pg
+from vault_service.bootstrap import bootstrap_admin
+from vault_service.config import Settings
+from vault_service.crypto import Keyring, new_keyring
+from vault_service.server import RunningVault, start_vault
+from vault_service.storage.migrate import migrate
+from vault_service.storage.store import Store
+
+ALL_SCOPES = [
+    "credentialVault.read",
+    "credentialVault.write",
+    "syntheticMonitors.read",
+    "syntheticMonitors.write",
+    "apiTokens.read",
+    "apiTokens.write",
+    "users.read",
+    "users.write",
+]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An administrative URL of a PostgreSQL server for the whole session."""
+    url = os.environ.get("CREDVAULT_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    url, handle = embedded_pg.start(tmp_path_factory.mktemp("pg") / "data")
+    try:
+        yield url
+    finally:
+        handle.cleanup()
+
+
+async def _admin(pg_url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(with_database(pg_url, "postgres"))
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_url: str) -> Iterator[str]:
+    """A migrated database that each test clones (CREATE DATABASE ... TEMPLATE is fast)."""
+    name = f"credvault_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def create() -> None:
+        conn = await _admin(pg_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(with_database(pg_url, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await _admin(pg_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    try:
+        yield name
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+async def database_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
+    name = f"credvault_t_{uuid.uuid4().hex[:12]}"
+    conn = await _admin(pg_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await conn.close()
+    yield with_database(pg_url, name)
+    conn = await _admin(pg_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_tls(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, pathlib.Path]:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    d = tmp_path_factory.mktemp("tls")
+    chain, key = d / "server.pem", d / "server.key"
+    chain.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    key.write_bytes(cert.private_key_pem.bytes())
+    key.chmod(0o600)
+    return chain, key
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return new_keyring()
+
+
+@pytest.fixture
+def settings(database_url: str, server_tls: tuple[pathlib.Path, pathlib.Path]) -> Settings:
+    return Settings(
+        database_url=database_url,  # type: ignore[arg-type]
+        listen="127.0.0.1:0",
+        tls_cert_file=server_tls[0],
+        tls_key_file=server_tls[1],
+    )
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    s = await Store.connect(database_url, min_size=1, max_size=5)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def vault(settings: Settings, keyring: Keyring) -> AsyncIterator[RunningVault]:
+    running = await start_vault(settings, keyring=keyring)
+    yield running
+    await running.stop(0)
+
+
+@pytest.fixture
+async def channel(vault: RunningVault, ca: trustme.CA) -> AsyncIterator[grpc.aio.Channel]:
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    ch = grpc.aio.secure_channel(f"localhost:{vault.port}", creds)
+    yield ch
+    await ch.close()
+
+
+class Client:
+    """Stubs that send one token."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str | None, username: str = "") -> None:
+        self.token = token
+        self.username = username
+        self.metadata = (("authorization", f"Api-Token {token}"),) if token else ()
+        self._cred = credentials_pb2_grpc.CredentialsServiceStub(channel)
+        self._ident = identity_pb2_grpc.IdentityServiceStub(channel)
+        self._tokens = tokens_pb2_grpc.TokensServiceStub(channel)
+
+    def __getattr__(self, rpc: str) -> Any:
+        for stub in (self._cred, self._ident, self._tokens):
+            method = getattr(stub, rpc, None)
+            if method is not None:
+                return lambda request, _m=method: _m(request, metadata=self.metadata)
+        raise AttributeError(rpc)
+
+
+class Users:
+    """Makes users with given permissions, each with a token of given scopes."""
+
+    def __init__(self, channel: grpc.aio.Channel, admin: Client) -> None:
+        self.channel = channel
+        self.admin = admin
+
+    async def make(
+        self,
+        username: str,
+        permissions: list[int],
+        zones: dict[str, list[int]] | None = None,
+        scopes: list[str] | None = None,
+    ) -> Client:
+        await self.admin.CreateUser(
+            identity_pb2.CreateUserRequest(
+                username=username,
+                permissions=permissions,
+                zone_permissions=[
+                    identity_pb2.ZonePermissions(management_zone=z, permissions=p) for z, p in (zones or {}).items()
+                ],
+            )
+        )
+        resp = await self.admin.CreateToken(
+            tokens_pb2.CreateTokenRequest(
+                name=f"{username} token", scopes=scopes or ALL_SCOPES, kind=tokens_pb2.TOKEN_KIND_API, owner=username
+            )
+        )
+        return Client(self.channel, resp.token, username)
+
+
+@pytest.fixture
+async def admin(vault: RunningVault, channel: grpc.aio.Channel) -> Client:
+    issued = await bootstrap_admin(vault.store, "admin")
+    return Client(channel, issued.token, "admin")
+
+
+@pytest.fixture
+def users(channel: grpc.aio.Channel, admin: Client) -> Users:
+    return Users(channel, admin)
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog

@@ -1,0 +1,47 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from credvault.v1 import credentials_pb2 as cpb
+
+SYN = cpb.CREDENTIAL_SCOPE_SYNTHETIC
+APP = cpb.CREDENTIAL_SCOPE_APP_ENGINE
+OWNER_ONLY = cpb.Access(level=cpb.ACCESS_LEVEL_OWNER_ONLY)
+ALL = cpb.Access(level=cpb.ACCESS_LEVEL_ALL)
+
+
+def shared(*users: str) -> cpb.Access:
+    return cpb.Access(level=cpb.ACCESS_LEVEL_SHARED, users=list(users))
+
+
+def up(username: str = "svc-user", password: str = "pw-123") -> cpb.CredentialContents:
+    return cpb.CredentialContents(username_password=cpb.UsernamePassword(username=username, password=password))
+
+
+def token(value: str = "tok-abc") -> cpb.CredentialContents:
+    return cpb.CredentialContents(token=cpb.Token(token=value))
+
+
+def create_req(
+    name: str = "cred",
+    contents: cpb.CredentialContents | None = None,
+    access: cpb.Access | None = None,
+    scopes: list[int] | None = None,
+    app_engine: cpb.AppEngineAccess | None = None,
+) -> cpb.CreateCredentialRequest:
+    req = cpb.CreateCredentialRequest(name=name, scopes=scopes or [SYN], contents=contents or up())
+    if access is not None:
+        req.access.CopyFrom(access)
+    if app_engine is not None:
+        req.app_engine.CopyFrom(app_engine)
+    return req
+
+
+async def expect_code(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    return info.value

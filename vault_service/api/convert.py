@@ -1,0 +1,259 @@
+"""Protobuf <-> domain translation. Unknown enum numbers and missing oneofs are InvalidArgument naming the field."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import TypeVar
+
+from google.protobuf import timestamp_pb2
+
+from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import tokens_pb2 as tpb
+from vault_service.certificates import CertificateFormat, CertificateInfo
+from vault_service.errors import InvalidArgument
+from vault_service.models import (
+    Access,
+    AccessLevel,
+    AppEngineAccess,
+    CertificateSecret,
+    CertificateUpload,
+    ContentsInput,
+    Credential,
+    CredentialScope,
+    CredentialType,
+    Permission,
+    PublicCertificateSecret,
+    SecretContents,
+    TokenInfo,
+    TokenKind,
+    TokenSecret,
+    User,
+    UsernamePasswordSecret,
+)
+
+E = TypeVar("E", bound=enum.Enum)
+
+_TYPES = {
+    cpb.CREDENTIAL_TYPE_USERNAME_PASSWORD: CredentialType.USERNAME_PASSWORD,
+    cpb.CREDENTIAL_TYPE_CERTIFICATE: CredentialType.CERTIFICATE,
+    cpb.CREDENTIAL_TYPE_TOKEN: CredentialType.TOKEN,
+    cpb.CREDENTIAL_TYPE_PUBLIC_CERTIFICATE: CredentialType.PUBLIC_CERTIFICATE,
+}
+_SCOPES = {
+    cpb.CREDENTIAL_SCOPE_SYNTHETIC: CredentialScope.SYNTHETIC,
+    cpb.CREDENTIAL_SCOPE_EXTENSION_AUTHENTICATION: CredentialScope.EXTENSION_AUTHENTICATION,
+    cpb.CREDENTIAL_SCOPE_EXTENSION_VALIDATION: CredentialScope.EXTENSION_VALIDATION,
+    cpb.CREDENTIAL_SCOPE_APP_ENGINE: CredentialScope.APP_ENGINE,
+}
+_LEVELS = {
+    cpb.ACCESS_LEVEL_OWNER_ONLY: AccessLevel.OWNER_ONLY,
+    cpb.ACCESS_LEVEL_SHARED: AccessLevel.SHARED,
+    cpb.ACCESS_LEVEL_ALL: AccessLevel.ALL,
+}
+_FORMATS = {
+    cpb.CERTIFICATE_FORMAT_PKCS12: CertificateFormat.PKCS12,
+    cpb.CERTIFICATE_FORMAT_PEM: CertificateFormat.PEM,
+}
+_PERMISSIONS = {
+    ipb.PERMISSION_VIEW_ENVIRONMENT: Permission.VIEW_ENVIRONMENT,
+    ipb.PERMISSION_CHANGE_MONITORING_SETTINGS: Permission.CHANGE_MONITORING_SETTINGS,
+    ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS: Permission.CHANGE_ENVIRONMENT_SETTINGS,
+}
+_KINDS = {tpb.TOKEN_KIND_PERSONAL: TokenKind.PERSONAL, tpb.TOKEN_KIND_API: TokenKind.API}
+
+
+def _enum_in(field: str, value: int, table: dict[int, E], *, optional: bool = False) -> E | None:
+    if value == 0 and optional:
+        return None
+    try:
+        return table[value]
+    except KeyError:
+        allowed = ", ".join(str(k) for k in table)
+        raise InvalidArgument(field, f"unknown or unspecified value {value} (allowed: {allowed})") from None
+
+
+def _enum_req(field: str, value: int, table: dict[int, E]) -> E:
+    out = _enum_in(field, value, table)
+    assert out is not None
+    return out
+
+
+def _enum_out(value: E, table: dict[int, E]) -> int:
+    for k, v in table.items():
+        if v is value:
+            return k
+    raise AssertionError(value)
+
+
+# --- time ---
+
+
+def ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def from_ts(field: str, value: timestamp_pb2.Timestamp) -> datetime.datetime:
+    try:
+        return value.ToDatetime(tzinfo=datetime.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
+
+
+# --- credentials in ---
+
+
+def credential_type(field: str, value: int) -> CredentialType | None:
+    return _enum_in(field, value, _TYPES, optional=True)
+
+
+def access_level(field: str, value: int) -> AccessLevel | None:
+    return _enum_in(field, value, _LEVELS, optional=True)
+
+
+def scope(field: str, value: int) -> CredentialScope | None:
+    return _enum_in(field, value, _SCOPES, optional=True)
+
+
+def scopes(field: str, values: list[int] | object) -> frozenset[CredentialScope]:
+    assert not isinstance(values, str | bytes)
+    return frozenset(_enum_req(field, v, _SCOPES) for v in values)  # type: ignore[attr-defined]
+
+
+def access(field: str, msg: cpb.Access, present: bool) -> Access | None:
+    if not present:
+        return None
+    level = _enum_req(f"{field}.level", msg.level, _LEVELS)
+    return Access(level, tuple(msg.users))
+
+
+def app_engine(msg: cpb.AppEngineAccess, present: bool) -> AppEngineAccess | None:
+    if not present:
+        return None
+    return AppEngineAccess(tuple(msg.allowed_apps), msg.allow_contextless_access)
+
+
+def contents(field: str, msg: cpb.CredentialContents, present: bool) -> ContentsInput:
+    which = msg.WhichOneof("contents") if present else None
+    if which == "username_password":
+        return UsernamePasswordSecret(msg.username_password.username, msg.username_password.password)
+    if which == "certificate":
+        c = msg.certificate
+        fmt = _enum_req("certificate.format", c.format, _FORMATS)
+        return CertificateUpload(bytes(c.data), c.password, fmt)
+    if which == "token":
+        return TokenSecret(msg.token.token)
+    if which == "public_certificate":
+        return PublicCertificateSecret(bytes(msg.public_certificate.pem))
+    raise InvalidArgument(field, "must be set: username_password, certificate, token or public_certificate")
+
+
+# --- credentials out ---
+
+
+def credential(cred: Credential) -> cpb.Credential:
+    out = cpb.Credential(
+        id=cred.id,
+        name=cred.name,
+        description=cred.description,
+        type=_enum_out(cred.type, _TYPES),  # type: ignore[arg-type]
+        scopes=sorted(_enum_out(s, _SCOPES) for s in cred.scopes),  # type: ignore[misc]
+        access=cpb.Access(level=_enum_out(cred.access.level, _LEVELS), users=list(cred.access.users)),  # type: ignore[arg-type]
+        owner=cred.owner,
+        version=cred.version,
+        create_time=ts(cred.created_at),
+        update_time=ts(cred.updated_at),
+    )
+    if cred.app_engine is not None:
+        out.app_engine.CopyFrom(
+            cpb.AppEngineAccess(
+                allowed_apps=list(cred.app_engine.allowed_apps),
+                allow_contextless_access=cred.app_engine.allow_contextless_access,
+            )
+        )
+    if cred.certificate_info is not None:
+        out.certificate_info.CopyFrom(certificate_info(cred.certificate_info))
+    return out
+
+
+def certificate_info(info: CertificateInfo) -> cpb.CertificateInfo:
+    return cpb.CertificateInfo(
+        subject=info.subject,
+        issuer=info.issuer,
+        not_after=ts(info.not_after),
+        sha256_fingerprint=info.sha256_fingerprint,
+    )
+
+
+def details(secret: SecretContents) -> cpb.CredentialDetails:
+    if isinstance(secret, UsernamePasswordSecret):
+        return cpb.CredentialDetails(
+            username_password=cpb.UsernamePassword(username=secret.username, password=secret.password)
+        )
+    if isinstance(secret, TokenSecret):
+        return cpb.CredentialDetails(token=cpb.Token(token=secret.token))
+    if isinstance(secret, CertificateSecret):
+        return cpb.CredentialDetails(
+            certificate=cpb.CertificateDetails(
+                certificate_chain_pem=secret.certificate_chain_pem, private_key_pem=secret.private_key_pem
+            )
+        )
+    return cpb.CredentialDetails(public_certificate=cpb.PublicCertificate(pem=secret.pem))
+
+
+# --- identity ---
+
+
+def permissions(field: str, values: object) -> frozenset[Permission]:
+    return frozenset(_enum_req(field, v, _PERMISSIONS) for v in values)  # type: ignore[attr-defined]
+
+
+def zone_permissions(field: str, values: object) -> dict[str, frozenset[Permission]]:
+    out: dict[str, frozenset[Permission]] = {}
+    for z in values:  # type: ignore[attr-defined]
+        if z.management_zone in out:
+            raise InvalidArgument(f"{field}.management_zone", f"zone {z.management_zone!r} is listed twice")
+        out[z.management_zone] = permissions(f"{field}.permissions", z.permissions)
+    return out
+
+
+def user(u: User) -> ipb.User:
+    return ipb.User(
+        username=u.username,
+        permissions=sorted(_enum_out(p, _PERMISSIONS) for p in u.permissions),  # type: ignore[misc]
+        zone_permissions=[
+            ipb.ZonePermissions(
+                management_zone=z,
+                permissions=sorted(_enum_out(p, _PERMISSIONS) for p in ps),  # type: ignore[misc]
+            )
+            for z, ps in sorted(u.zone_permissions.items())
+        ],
+        create_time=ts(u.created_at),
+        update_time=ts(u.updated_at),
+    )
+
+
+# --- tokens ---
+
+
+def token_kind(field: str, value: int) -> TokenKind:
+    return _enum_req(field, value, _KINDS)
+
+
+def token_info(t: TokenInfo) -> tpb.TokenInfo:
+    return tpb.TokenInfo(
+        id=t.id,
+        name=t.name,
+        owner=t.owner,
+        scopes=sorted(s.value for s in t.scopes),
+        kind=_enum_out(t.kind, _KINDS),  # type: ignore[arg-type]
+        create_time=ts(t.created_at),
+        expire_time=ts(t.expires_at),
+        last_used_time=ts(t.last_used_at),
+        revoke_time=ts(t.revoked_at),
+    )

@@ -1,0 +1,214 @@
+"""The gRPC servicers of credvault.v1. Each method authenticates, translates, calls the domain, translates back.
+Errors are raised as domain errors and mapped to status codes by :mod:`vault_service.api.status`."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import grpc
+
+from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import credentials_pb2_grpc as cgrpc
+from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import identity_pb2_grpc as igrpc
+from credvault.v1 import tokens_pb2 as tpb
+from credvault.v1 import tokens_pb2_grpc as tgrpc
+from vault_service.api import convert
+from vault_service.credentials import CredentialService
+from vault_service.identity import IdentityService
+from vault_service.models import Principal, TokenKind
+from vault_service.storage.store import CredentialFilter
+from vault_service.tokens import TokenService
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+class _Authenticated:
+    def __init__(self, tokens: TokenService) -> None:
+        self._tokens = tokens
+
+    async def _principal(self, context: Context) -> Principal:
+        return await self._tokens.authenticate(_authorization(context))
+
+
+class CredentialsServicer(_Authenticated, cgrpc.CredentialsServiceServicer):
+    def __init__(self, tokens: TokenService, credentials: CredentialService) -> None:
+        super().__init__(tokens)
+        self._credentials = credentials
+
+    async def CreateCredential(
+        self, request: cpb.CreateCredentialRequest, context: Context
+    ) -> cpb.CreateCredentialResponse:
+        principal = await self._principal(context)
+        cred = await self._credentials.create(
+            principal,
+            name=request.name,
+            description=request.description,
+            scopes=convert.scopes("scopes", request.scopes),
+            contents=convert.contents("contents", request.contents, request.HasField("contents")),
+            access=convert.access("access", request.access, request.HasField("access")),
+            app_engine=convert.app_engine(request.app_engine, request.HasField("app_engine")),
+        )
+        return cpb.CreateCredentialResponse(credential=convert.credential(cred))
+
+    async def GetCredential(self, request: cpb.GetCredentialRequest, context: Context) -> cpb.GetCredentialResponse:
+        principal = await self._principal(context)
+        cred = await self._credentials.get(principal, request.id)
+        return cpb.GetCredentialResponse(credential=convert.credential(cred))
+
+    async def ListCredentials(
+        self, request: cpb.ListCredentialsRequest, context: Context
+    ) -> cpb.ListCredentialsResponse:
+        principal = await self._principal(context)
+        flt = CredentialFilter(
+            type=convert.credential_type("type", request.type),
+            name_contains=request.name_contains or None,
+            access_level=convert.access_level("access_level", request.access_level),
+            owner=request.owner or None,
+            scope=convert.scope("scope", request.scope),
+        )
+        page = await self._credentials.list(principal, flt, request.page_size, request.page_token)
+        return cpb.ListCredentialsResponse(
+            credentials=[convert.credential(c) for c in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def OverwriteCredential(
+        self, request: cpb.OverwriteCredentialRequest, context: Context
+    ) -> cpb.OverwriteCredentialResponse:
+        principal = await self._principal(context)
+        cred = await self._credentials.overwrite(
+            principal,
+            request.id,
+            convert.contents("contents", request.contents, request.HasField("contents")),
+            convert.access("access", request.access, request.HasField("access")),
+            request.expected_version,
+        )
+        return cpb.OverwriteCredentialResponse(credential=convert.credential(cred))
+
+    async def UpdateCredentialMetadata(
+        self, request: cpb.UpdateCredentialMetadataRequest, context: Context
+    ) -> cpb.UpdateCredentialMetadataResponse:
+        principal = await self._principal(context)
+        cred = await self._credentials.update_metadata(
+            principal,
+            request.id,
+            name=request.name if request.HasField("name") else None,
+            description=request.description if request.HasField("description") else None,
+            access=convert.access("access", request.access, request.HasField("access")),
+            expected_version=request.expected_version,
+        )
+        return cpb.UpdateCredentialMetadataResponse(credential=convert.credential(cred))
+
+    async def DeleteCredential(
+        self, request: cpb.DeleteCredentialRequest, context: Context
+    ) -> cpb.DeleteCredentialResponse:
+        principal = await self._principal(context)
+        await self._credentials.delete(principal, request.id)
+        return cpb.DeleteCredentialResponse()
+
+    async def GetCredentialDetails(
+        self, request: cpb.GetCredentialDetailsRequest, context: Context
+    ) -> cpb.GetCredentialDetailsResponse:
+        principal = await self._principal(context)
+        cred, secret = await self._credentials.get_details(principal, request.id, request.app_id)
+        return cpb.GetCredentialDetailsResponse(credential=convert.credential(cred), details=convert.details(secret))
+
+
+class IdentityServicer(_Authenticated, igrpc.IdentityServiceServicer):
+    def __init__(self, tokens: TokenService, identity: IdentityService) -> None:
+        super().__init__(tokens)
+        self._identity = identity
+
+    async def CreateUser(self, request: ipb.CreateUserRequest, context: Context) -> ipb.CreateUserResponse:
+        principal = await self._principal(context)
+        user = await self._identity.create_user(
+            principal,
+            request.username,
+            convert.permissions("permissions", request.permissions),
+            convert.zone_permissions("zone_permissions", request.zone_permissions),
+        )
+        return ipb.CreateUserResponse(user=convert.user(user))
+
+    async def GetUser(self, request: ipb.GetUserRequest, context: Context) -> ipb.GetUserResponse:
+        principal = await self._principal(context)
+        return ipb.GetUserResponse(user=convert.user(await self._identity.get_user(principal, request.username)))
+
+    async def ListUsers(self, request: ipb.ListUsersRequest, context: Context) -> ipb.ListUsersResponse:
+        principal = await self._principal(context)
+        page = await self._identity.list_users(principal, request.page_size, request.page_token)
+        return ipb.ListUsersResponse(users=[convert.user(u) for u in page.items], next_page_token=page.next_page_token)
+
+    async def SetUserPermissions(
+        self, request: ipb.SetUserPermissionsRequest, context: Context
+    ) -> ipb.SetUserPermissionsResponse:
+        principal = await self._principal(context)
+        user = await self._identity.set_permissions(
+            principal,
+            request.username,
+            convert.permissions("permissions", request.permissions),
+            convert.zone_permissions("zone_permissions", request.zone_permissions),
+        )
+        return ipb.SetUserPermissionsResponse(user=convert.user(user))
+
+    async def DeleteUser(self, request: ipb.DeleteUserRequest, context: Context) -> ipb.DeleteUserResponse:
+        principal = await self._principal(context)
+        await self._identity.delete_user(principal, request.username)
+        return ipb.DeleteUserResponse()
+
+    async def GetCurrentUser(self, request: ipb.GetCurrentUserRequest, context: Context) -> ipb.GetCurrentUserResponse:
+        principal = await self._principal(context)
+        return ipb.GetCurrentUserResponse(
+            user=convert.user(principal.user),
+            token_id=principal.token_id,
+            token_scopes=sorted(s.value for s in principal.token_scopes),
+        )
+
+
+class TokensServicer(_Authenticated, tgrpc.TokensServiceServicer):
+    async def CreateToken(self, request: tpb.CreateTokenRequest, context: Context) -> tpb.CreateTokenResponse:
+        principal = await self._principal(context)
+        kind = convert.token_kind("kind", request.kind) if request.kind else TokenKind.PERSONAL
+        issued = await self._tokens.create(
+            principal,
+            name=request.name,
+            scopes=list(request.scopes),
+            kind=kind,
+            owner=request.owner,
+            expires_at=convert.from_ts("expire_time", request.expire_time) if request.HasField("expire_time") else None,
+        )
+        return tpb.CreateTokenResponse(info=convert.token_info(issued.info), token=issued.token)
+
+    async def ListTokens(self, request: tpb.ListTokensRequest, context: Context) -> tpb.ListTokensResponse:
+        principal = await self._principal(context)
+        page = await self._tokens.list(principal, request.owner, request.page_size, request.page_token)
+        return tpb.ListTokensResponse(
+            tokens=[convert.token_info(t) for t in page.items], next_page_token=page.next_page_token
+        )
+
+    async def LookupToken(self, request: tpb.LookupTokenRequest, context: Context) -> tpb.LookupTokenResponse:
+        principal = await self._principal(context)
+        return tpb.LookupTokenResponse(info=convert.token_info(await self._tokens.lookup(principal, request.token)))
+
+    async def RevokeToken(self, request: tpb.RevokeTokenRequest, context: Context) -> tpb.RevokeTokenResponse:
+        principal = await self._principal(context)
+        return tpb.RevokeTokenResponse(info=convert.token_info(await self._tokens.revoke(principal, request.id)))
+
+    async def RotateToken(self, request: tpb.RotateTokenRequest, context: Context) -> tpb.RotateTokenResponse:
+        principal = await self._principal(context)
+        grace = datetime.timedelta(
+            seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
+        )
+        issued, previous = await self._tokens.rotate(principal, request.id, grace)
+        return tpb.RotateTokenResponse(
+            info=convert.token_info(issued.info), token=issued.token, previous=convert.token_info(previous)
+        )

@@ -1,0 +1,78 @@
+"""Configuration: environment variables CREDVAULT_* and command-line flags (flags win), validated at start."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Any
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vault_service.crypto import Keyring, load_keyring_file
+from vault_service.errors import ConfigurationError
+
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CREDVAULT_", extra="forbid", frozen=True)
+
+    database_url: SecretStr | None = Field(None, description="PostgreSQL URL (postgresql://user@host:port/db)")
+    listen: str = Field("127.0.0.1:50051", description="host:port of the API (port 0 picks a free one)")
+    tls_cert_file: pathlib.Path | None = Field(None, description="PEM certificate chain of the API server")
+    tls_key_file: pathlib.Path | None = Field(None, description="PEM private key of the API server")
+    allow_plaintext: bool = Field(False, description="serve the API without TLS (local development only)")
+    keyring_file: pathlib.Path | None = Field(None, description="file with the KEK keyring (JSON) or one base64 KEK")
+    keyring: SecretStr | None = Field(None, description="the keyring (JSON) or one base64 KEK, inline")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    max_message_bytes: int = Field(1024 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
+    db_pool_max: int = Field(20, ge=2, le=500)
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
+    data_dir: pathlib.Path = Field(pathlib.Path.home() / ".local" / "share" / "credvault")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        m = _LISTEN.match(v)
+        if not m or int(m.group(2)) > 65535:
+            raise ValueError("must be host:port, for example 127.0.0.1:50051 or [::]:50051")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_cert_file is None and not self.allow_plaintext:
+            raise ValueError("no TLS configured: set tls_cert_file and tls_key_file, or allow_plaintext for local use")
+        if self.keyring_file is not None and self.keyring is not None:
+            raise ValueError("set keyring_file or keyring, not both")
+        return self
+
+    def load_keyring(self) -> Keyring:
+        if self.keyring_file is not None:
+            return load_keyring_file(self.keyring_file)
+        if self.keyring is not None:
+            return Keyring.parse(self.keyring.get_secret_value(), source="CREDVAULT_KEYRING")
+        raise ConfigurationError(
+            "no key-encryption key: set CREDVAULT_KEYRING_FILE (or --keyring-file) or CREDVAULT_KEYRING"
+        )
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigurationError("no database: set CREDVAULT_DATABASE_URL (or --database-url)")
+        return self.database_url.get_secret_value()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with flags (non-None overrides) on top; errors say which setting to fix."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            where = f" (CREDVAULT_{name.upper()} / --{name.replace('_', '-')})" if err["loc"] else ""
+            lines.append(f"  {name}{where}: {err['msg']}")
+        raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,303 @@
+"""Credential operations: the domain rules between the gRPC servicer and storage.
+
+Contents go in (validated, encrypted) and never come out, except through ``get_details`` under the AppEngine rules,
+which audits the read before the secret leaves (no audit row, no secret).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import re
+import secrets
+
+from vault_service import contents as contents_codec
+from vault_service import policy, validation
+from vault_service.crypto import Keyring
+from vault_service.errors import Aborted, InvalidArgument, NotFound
+from vault_service.models import (
+    ALLOWED_SCOPES,
+    Access,
+    AccessLevel,
+    AppEngineAccess,
+    ContentsInput,
+    Credential,
+    CredentialScope,
+    Page,
+    Principal,
+    SecretContents,
+    credential_type_of,
+)
+from vault_service.pagination import decode_page_token, encode_page_token, page_size
+from vault_service.storage.store import CredentialFilter, Store, Tx
+
+log = logging.getLogger(__name__)
+
+ID_PREFIX = "CREDENTIALS_VAULT-"
+_ID = re.compile(r"^CREDENTIALS_VAULT-[0-9A-F]{16}$")
+_ID_ATTEMPTS = 5
+
+
+def new_credential_id() -> str:
+    return ID_PREFIX + secrets.token_hex(8).upper()
+
+
+def check_id(credential_id: str) -> str:
+    if not _ID.match(credential_id):
+        raise InvalidArgument("id", "must be CREDENTIALS_VAULT- followed by 16 upper-case hex digits")
+    return credential_id
+
+
+def _check_access(access: Access | None, owner: str) -> Access:
+    if access is None:
+        return Access(AccessLevel.OWNER_ONLY)
+    users = tuple(dict.fromkeys(validation.username("access.users", u.strip()) for u in access.users))
+    if access.level is AccessLevel.SHARED:
+        if not users:
+            raise InvalidArgument("access.users", "must list at least one user for ACCESS_LEVEL_SHARED")
+        if len(users) > validation.MAX_SHARED_USERS:
+            raise InvalidArgument("access.users", f"lists {len(users)} users; at most {validation.MAX_SHARED_USERS}")
+        return Access(AccessLevel.SHARED, users)
+    if users:
+        raise InvalidArgument("access.users", f"must be empty unless the level is ACCESS_LEVEL_SHARED (owner {owner})")
+    return Access(access.level)
+
+
+def _check_scopes(
+    scopes: frozenset[CredentialScope], ctype_contents: ContentsInput, app_engine: AppEngineAccess | None
+) -> AppEngineAccess | None:
+    ctype = credential_type_of(ctype_contents)
+    if not scopes:
+        raise InvalidArgument("scopes", "must name at least one scope")
+    wrong = scopes - ALLOWED_SCOPES[ctype]
+    if wrong:
+        allowed = ", ".join(sorted(s.value for s in ALLOWED_SCOPES[ctype]))
+        raise InvalidArgument(
+            "scopes",
+            f"{', '.join(sorted(s.value for s in wrong))} not allowed for type {ctype.value} (allowed: {allowed})",
+        )
+    if CredentialScope.APP_ENGINE not in scopes:
+        if app_engine is not None and (app_engine.allowed_apps or app_engine.allow_contextless_access):
+            raise InvalidArgument("app_engine", "is only allowed with the APP_ENGINE scope")
+        return None
+    app_engine = app_engine or AppEngineAccess()
+    apps = tuple(dict.fromkeys(validation.app_id("app_engine.allowed_apps", a) for a in app_engine.allowed_apps))
+    if len(apps) > validation.MAX_APPS:
+        raise InvalidArgument("app_engine.allowed_apps", f"lists {len(apps)} apps; at most {validation.MAX_APPS}")
+    return AppEngineAccess(apps, app_engine.allow_contextless_access)
+
+
+class CredentialService:
+    def __init__(self, store: Store, keyring: Keyring) -> None:
+        self._store = store
+        self._keyring = keyring
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        description: str,
+        scopes: frozenset[CredentialScope],
+        contents: ContentsInput,
+        access: Access | None,
+        app_engine: AppEngineAccess | None,
+    ) -> Credential:
+        policy.require_create(principal)
+        name = validation.text("name", name, max_len=validation.MAX_NAME, required=True)
+        description = validation.text(
+            "description", description, max_len=validation.MAX_DESCRIPTION, required=False, multiline=True
+        )
+        checked_access = _check_access(access, principal.username)
+        app = _check_scopes(scopes, contents, app_engine)
+        secret, cert_info = contents_codec.validate(contents)
+        plaintext = contents_codec.encode(secret)
+        now = datetime.datetime.now(datetime.UTC)
+        for _ in range(_ID_ATTEMPTS):
+            cred = Credential(
+                id=new_credential_id(),
+                name=name,
+                description=description,
+                type=credential_type_of(contents),
+                scopes=scopes,
+                access=checked_access,
+                owner=principal.username,
+                app_engine=app,
+                certificate_info=cert_info,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            sealed = self._keyring.seal(cred.id, cred.version, plaintext)
+            async with self._store.transaction() as tx:
+                if await tx.get_credential(cred.id) is not None:
+                    continue
+                stored = await tx.insert_credential(cred, sealed)
+                await self._audit(tx, principal, "credential.create", stored.id, {"version": 1})
+                return stored
+        raise Aborted("could not allocate a credential id; retry")  # 2**64 ids: practically unreachable
+
+    async def get(self, principal: Principal, credential_id: str) -> Credential:
+        policy.require_vault_view(principal)
+        check_id(credential_id)
+        async with self._store.read() as tx:
+            cred = await tx.get_credential(credential_id)
+        return policy.require_visible(principal, cred, credential_id)
+
+    async def list(self, principal: Principal, flt: CredentialFilter, size: int, page_token: str) -> Page[Credential]:
+        policy.require_vault_view(principal)
+        limit = page_size(size)
+        if flt.name_contains:
+            validation.text("name_contains", flt.name_contains, max_len=validation.MAX_NAME, required=False)
+        if flt.owner:
+            validation.username("owner", flt.owner)
+        visibility = policy.credential_visibility(principal.user)
+        query = ("credentials", principal.username, visibility.value, dataclasses.astuple(flt))
+        after = None
+        if page_token:
+            name, cid = decode_page_token(page_token, query, 2)
+            after = (name, cid)
+        async with self._store.read() as tx:
+            items, total = await tx.list_credentials(visibility, principal.username, flt, after, limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        nxt = encode_page_token(query, items[-1].name, items[-1].id) if more else ""
+        return Page(items, nxt, total)
+
+    async def overwrite(
+        self,
+        principal: Principal,
+        credential_id: str,
+        contents: ContentsInput,
+        access: Access | None,
+        expected_version: int,
+    ) -> Credential:
+        """Full replacement of the contents. A non-owner allowed to overwrite becomes the owner."""
+        check_id(credential_id)
+        policy.require_scope(principal, policy.TokenScope.CREDENTIAL_VAULT_WRITE)
+        secret, cert_info = contents_codec.validate(contents)
+        plaintext = contents_codec.encode(secret)
+        async with self._store.transaction() as tx:
+            current = policy.require_visible(
+                principal, await tx.get_credential(credential_id, for_update=True), credential_id
+            )
+            policy.require_overwrite(principal, current)
+            if credential_type_of(contents) is not current.type:
+                raise InvalidArgument(
+                    "contents",
+                    f"is of type {credential_type_of(contents).value}; the credential is {current.type.value}",
+                )
+            self._check_expected(current, expected_version)
+            new_access = _check_access(access, principal.username) if access is not None else current.access
+            updated = dataclasses.replace(
+                current, owner=principal.username, access=new_access, certificate_info=cert_info
+            )
+            sealed = self._keyring.seal(credential_id, current.version + 1, plaintext)
+            if not await tx.update_credential(updated, sealed, current.version):
+                raise Aborted(f"credential {credential_id} changed concurrently; retry")
+            await self._audit(
+                tx,
+                principal,
+                "credential.overwrite",
+                credential_id,
+                {"version": current.version + 1, "previous_owner": current.owner},
+            )
+            stored = await tx.get_credential(credential_id)
+        assert stored is not None
+        return stored
+
+    async def update_metadata(
+        self,
+        principal: Principal,
+        credential_id: str,
+        *,
+        name: str | None,
+        description: str | None,
+        access: Access | None,
+        expected_version: int,
+    ) -> Credential:
+        check_id(credential_id)
+        policy.require_scope(principal, policy.TokenScope.CREDENTIAL_VAULT_WRITE)
+        if name is not None:
+            name = validation.text("name", name, max_len=validation.MAX_NAME, required=True)
+        if description is not None:
+            description = validation.text(
+                "description", description, max_len=validation.MAX_DESCRIPTION, required=False, multiline=True
+            )
+        async with self._store.transaction() as tx:
+            current = policy.require_visible(
+                principal, await tx.get_credential(credential_id, for_update=True), credential_id
+            )
+            policy.require_update_metadata(principal, current)
+            self._check_expected(current, expected_version)
+            updated = dataclasses.replace(
+                current,
+                name=current.name if name is None else name,
+                description=current.description if description is None else description,
+                access=current.access if access is None else _check_access(access, principal.username),
+            )
+            if not await tx.update_credential(updated, None, current.version):
+                raise Aborted(f"credential {credential_id} changed concurrently; retry")
+            await self._audit(
+                tx, principal, "credential.update_metadata", credential_id, {"version": current.version + 1}
+            )
+            stored = await tx.get_credential(credential_id)
+        assert stored is not None
+        return stored
+
+    async def delete(self, principal: Principal, credential_id: str) -> None:
+        check_id(credential_id)
+        policy.require_scope(principal, policy.TokenScope.CREDENTIAL_VAULT_WRITE)
+        async with self._store.transaction() as tx:
+            current = policy.require_visible(
+                principal, await tx.get_credential(credential_id, for_update=True), credential_id
+            )
+            policy.require_delete(principal, current)
+            await tx.delete_credential(credential_id)
+            await self._audit(tx, principal, "credential.delete", credential_id, {"owner": current.owner})
+
+    async def get_details(
+        self, principal: Principal, credential_id: str, app_id: str
+    ) -> tuple[Credential, SecretContents]:
+        """The contents, for AppEngine apps only. The read is audited (committed) before the secret is returned."""
+        check_id(credential_id)
+        if app_id:
+            validation.app_id("app_id", app_id)
+        async with self._store.read() as tx:
+            found = await tx.get_credential_sealed(credential_id)
+        if found is None:
+            raise NotFound(f"credential {credential_id} not found")
+        cred, sealed = found
+        cred = policy.require_visible(principal, cred, credential_id)
+        detail = {"app_id": app_id or None, "version": cred.version}
+        try:
+            policy.require_details_read(principal, cred, app_id)
+        except Exception:
+            async with self._store.transaction() as tx:
+                await self._audit(tx, principal, "credential.read_details", credential_id, detail, outcome="denied")
+            raise
+        secret = contents_codec.decode(self._keyring.open(cred.id, cred.version, sealed))
+        async with self._store.transaction() as tx:
+            await self._audit(tx, principal, "credential.read_details", credential_id, detail)
+        return cred, secret
+
+    @staticmethod
+    def _check_expected(current: Credential, expected_version: int) -> None:
+        if expected_version < 0:
+            raise InvalidArgument("expected_version", "must not be negative")
+        if expected_version and expected_version != current.version:
+            raise Aborted(
+                f"credential {current.id} is at version {current.version}, not {expected_version}; re-read and retry"
+            )
+
+    @staticmethod
+    async def _audit(
+        tx: Tx,
+        principal: Principal,
+        action: str,
+        target: str,
+        detail: dict[str, object],
+        outcome: str = "ok",
+    ) -> None:
+        await tx.insert_audit(principal.username, principal.token_id, action, target, outcome, detail)

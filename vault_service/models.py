@@ -1,0 +1,222 @@
+"""Domain types of the vault: credentials, users, tokens. Independent of protobuf and of SQL.
+
+Types that carry a secret have reprs that redact it (see ``SECRET_BEARING_TYPES``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from typing import Generic, TypeVar
+
+from vault_service.certificates import CertificateFormat, CertificateInfo
+
+
+class CredentialType(enum.Enum):
+    USERNAME_PASSWORD = "USERNAME_PASSWORD"
+    CERTIFICATE = "CERTIFICATE"
+    TOKEN = "TOKEN"
+    PUBLIC_CERTIFICATE = "PUBLIC_CERTIFICATE"
+
+
+class CredentialScope(enum.Enum):
+    SYNTHETIC = "SYNTHETIC"
+    EXTENSION_AUTHENTICATION = "EXTENSION_AUTHENTICATION"
+    EXTENSION_VALIDATION = "EXTENSION_VALIDATION"
+    APP_ENGINE = "APP_ENGINE"
+
+
+# The seed's table: which scopes each credential type may carry.
+ALLOWED_SCOPES: dict[CredentialType, frozenset[CredentialScope]] = {
+    CredentialType.USERNAME_PASSWORD: frozenset(
+        {CredentialScope.SYNTHETIC, CredentialScope.EXTENSION_AUTHENTICATION, CredentialScope.APP_ENGINE}
+    ),
+    CredentialType.CERTIFICATE: frozenset({CredentialScope.SYNTHETIC, CredentialScope.APP_ENGINE}),
+    CredentialType.TOKEN: frozenset({CredentialScope.SYNTHETIC, CredentialScope.APP_ENGINE}),
+    CredentialType.PUBLIC_CERTIFICATE: frozenset({CredentialScope.EXTENSION_VALIDATION, CredentialScope.APP_ENGINE}),
+}
+
+
+class AccessLevel(enum.Enum):
+    OWNER_ONLY = "OWNER_ONLY"
+    SHARED = "SHARED"
+    ALL = "ALL"
+
+
+class Permission(enum.Enum):
+    VIEW_ENVIRONMENT = "VIEW_ENVIRONMENT"
+    CHANGE_MONITORING_SETTINGS = "CHANGE_MONITORING_SETTINGS"
+    CHANGE_ENVIRONMENT_SETTINGS = "CHANGE_ENVIRONMENT_SETTINGS"
+
+
+ZONE_PERMISSIONS = frozenset({Permission.VIEW_ENVIRONMENT, Permission.CHANGE_MONITORING_SETTINGS})
+
+
+class TokenScope(enum.Enum):
+    CREDENTIAL_VAULT_READ = "credentialVault.read"
+    CREDENTIAL_VAULT_WRITE = "credentialVault.write"
+    SYNTHETIC_MONITORS_READ = "syntheticMonitors.read"
+    SYNTHETIC_MONITORS_WRITE = "syntheticMonitors.write"
+    API_TOKENS_READ = "apiTokens.read"
+    API_TOKENS_WRITE = "apiTokens.write"
+    USERS_READ = "users.read"
+    USERS_WRITE = "users.write"
+
+
+class TokenKind(enum.Enum):
+    PERSONAL = "PERSONAL"
+    API = "API"
+
+
+_REDACTED = "<redacted>"
+
+
+# --- secret contents -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class UsernamePasswordSecret:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"UsernamePasswordSecret(username={self.username!r}, password={_REDACTED})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CertificateUpload:
+    """A certificate as uploaded: file, its password and format. Validated into a CertificateSecret."""
+
+    data: bytes
+    password: str
+    format: CertificateFormat
+
+    def __repr__(self) -> str:
+        return f"CertificateUpload(format={self.format.value}, data={_REDACTED}, password={_REDACTED})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CertificateSecret:
+    """A validated client certificate, normalized to PEM (what is stored and what engines get)."""
+
+    certificate_chain_pem: bytes
+    private_key_pem: bytes
+
+    def __repr__(self) -> str:
+        chain = f"<{len(self.certificate_chain_pem)} bytes>"
+        return f"CertificateSecret(certificate_chain_pem={chain}, private_key_pem={_REDACTED})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class TokenSecret:
+    token: str
+
+    def __repr__(self) -> str:
+        return f"TokenSecret(token={_REDACTED})"
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicCertificateSecret:
+    """Not secret, but stored encrypted like every credential's contents."""
+
+    pem: bytes
+
+
+SecretContents = UsernamePasswordSecret | CertificateSecret | TokenSecret | PublicCertificateSecret
+ContentsInput = UsernamePasswordSecret | CertificateUpload | TokenSecret | PublicCertificateSecret
+
+SECRET_BEARING_TYPES: dict[type, frozenset[str]] = {
+    UsernamePasswordSecret: frozenset({"password"}),
+    CertificateUpload: frozenset({"data", "password"}),
+    CertificateSecret: frozenset({"private_key_pem"}),
+    TokenSecret: frozenset({"token"}),
+}
+
+
+def credential_type_of(contents: ContentsInput | SecretContents) -> CredentialType:
+    if isinstance(contents, UsernamePasswordSecret):
+        return CredentialType.USERNAME_PASSWORD
+    if isinstance(contents, CertificateUpload | CertificateSecret):
+        return CredentialType.CERTIFICATE
+    if isinstance(contents, TokenSecret):
+        return CredentialType.TOKEN
+    return CredentialType.PUBLIC_CERTIFICATE
+
+
+# --- metadata --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+    level: AccessLevel
+    users: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AppEngineAccess:
+    allowed_apps: tuple[str, ...] = ()
+    allow_contextless_access: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """Metadata of a credential: everything but its contents."""
+
+    id: str
+    name: str
+    description: str
+    type: CredentialType
+    scopes: frozenset[CredentialScope]
+    access: Access
+    owner: str
+    app_engine: AppEngineAccess | None
+    certificate_info: CertificateInfo | None
+    version: int
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    username: str
+    permissions: frozenset[Permission]
+    zone_permissions: dict[str, frozenset[Permission]]
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    name: str
+    owner: str
+    scopes: frozenset[TokenScope]
+    kind: TokenKind
+    created_at: datetime.datetime
+    expires_at: datetime.datetime | None
+    last_used_at: datetime.datetime | None
+    revoked_at: datetime.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's user as it is now, and the token's scopes."""
+
+    user: User
+    token_id: str
+    token_scopes: frozenset[TokenScope]
+
+    @property
+    def username(self) -> str:
+        return self.user.username
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+    total_size: int

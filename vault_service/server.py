@@ -1,0 +1,121 @@
+"""The vault's gRPC server: services, health, reflection, TLS, limits, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from credvault.v1 import (
+    credentials_pb2,
+    credentials_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
+from vault_service.api.servicers import CredentialsServicer, IdentityServicer, TokensServicer
+from vault_service.api.status import StatusMappingInterceptor
+from vault_service.config import Settings
+from vault_service.credentials import CredentialService
+from vault_service.crypto import Keyring
+from vault_service.identity import IdentityService
+from vault_service.keys import verify_keyring
+from vault_service.storage.migrate import migrate
+from vault_service.storage.store import Store
+from vault_service.tokens import TokenService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    credentials_pb2.DESCRIPTOR.services_by_name["CredentialsService"].full_name,
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    tokens_pb2.DESCRIPTOR.services_by_name["TokensService"].full_name,
+)
+
+
+@dataclasses.dataclass
+class RunningVault:
+    server: grpc.aio.Server
+    port: int
+    store: Store
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting, let in-flight RPCs finish within ``grace`` seconds, then close the pool."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.store.close()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    chain = settings.tls_cert_file.read_bytes()
+    key = settings.tls_key_file.read_bytes()
+    return grpc.ssl_server_credentials([(key, chain)])
+
+
+async def start_vault(
+    settings: Settings, *, store: Store | None = None, keyring: Keyring | None = None
+) -> RunningVault:
+    """Migrate, verify the keyring, and start serving. Raises ConfigurationError on a bad KEK."""
+    keyring = keyring or settings.load_keyring()
+    if store is None:
+        store = await Store.connect(settings.require_database_url(), max_size=settings.db_pool_max)
+    try:
+        async with store.pool.acquire() as conn:
+            await migrate(conn)
+        await verify_keyring(store, keyring)
+    except BaseException:
+        await store.close()
+        raise
+
+    tokens = TokenService(store)
+    server = grpc.aio.server(
+        interceptors=[StatusMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_concurrent_streams", 1000),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    credentials_pb2_grpc.add_CredentialsServiceServicer_to_server(
+        CredentialsServicer(tokens, CredentialService(store, keyring)), server
+    )
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
+    tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    creds = _credentials(settings)
+    port = server.add_secure_port(settings.listen, creds) if creds else server.add_insecure_port(settings.listen)
+    if port == 0:
+        await store.close()
+        raise OSError(f"cannot listen on {settings.listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("credvault API listening on %s (port %d, %s)", settings.listen, port, "TLS" if creds else "plaintext")
+    return RunningVault(server, port, store, health_servicer)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; then drain within the grace period."""
+    vault = await start_vault(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", settings.shutdown_grace_seconds)
+    await vault.stop(settings.shutdown_grace_seconds)

@@ -1,0 +1,1 @@
+"""Storage: migrations and every SQL statement of the vault."""

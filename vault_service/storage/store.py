@@ -1,0 +1,505 @@
+"""Every SQL statement of the vault. The domain layer calls these; nothing else talks SQL.
+
+``Store`` owns the pool; ``Tx`` is bound to one connection (inside a transaction for writes) and holds the queries,
+so that a change and its audit row always commit together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import enum
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from vault_service.certificates import CertificateInfo
+from vault_service.crypto import SealedContents
+from vault_service.errors import AlreadyExists, Unavailable
+from vault_service.models import (
+    Access,
+    AccessLevel,
+    AppEngineAccess,
+    Credential,
+    CredentialScope,
+    CredentialType,
+    Permission,
+    TokenInfo,
+    TokenKind,
+    TokenScope,
+    User,
+)
+
+
+class Visibility(enum.Enum):
+    """Which credentials a caller may see; decided by the policy module, translated to SQL here."""
+
+    EVERYTHING = "EVERYTHING"
+    PUBLIC_OWN_AND_SHARED = "PUBLIC_OWN_AND_SHARED"
+    PUBLIC_ONLY = "PUBLIC_ONLY"
+    NOTHING = "NOTHING"
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialFilter:
+    type: CredentialType | None = None
+    name_contains: str | None = None
+    access_level: AccessLevel | None = None
+    owner: str | None = None
+    scope: CredentialScope | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenAuthRecord:
+    """A token row joined with its owner, for authentication."""
+
+    public_id: str
+    secret_hash: bytes
+    scopes: frozenset[TokenScope]
+    expires_at: datetime.datetime | None
+    revoked_at: datetime.datetime | None
+    last_used_at: datetime.datetime | None
+    user: User
+
+
+_CREDENTIAL_COLUMNS = (
+    "id, name, description, type, scopes, owner, access_level, shared_with, app_allowed_apps, app_contextless,"
+    " cert_subject, cert_issuer, cert_not_after, cert_fingerprint, version, created_at, updated_at"
+)
+_SEALED_COLUMNS = "kek_id, wrapped_key, ciphertext"
+_TOKEN_COLUMNS = "public_id, owner, name, scopes, kind, created_at, expires_at, last_used_at, revoked_at"
+_USER_COLUMNS = "username, permissions, zone_permissions, created_at, updated_at"
+
+
+def _user(row: asyncpg.Record, prefix: str = "") -> User:
+    zones = row[prefix + "zone_permissions"]
+    if isinstance(zones, str):
+        zones = json.loads(zones)
+    return User(
+        username=row[prefix + "username"],
+        permissions=frozenset(Permission(p) for p in row[prefix + "permissions"]),
+        zone_permissions={z: frozenset(Permission(p) for p in ps) for z, ps in zones.items()},
+        created_at=row[prefix + "created_at"],
+        updated_at=row[prefix + "updated_at"],
+    )
+
+
+def _credential(row: asyncpg.Record) -> Credential:
+    ctype = CredentialType(row["type"])
+    scopes = frozenset(CredentialScope(s) for s in row["scopes"])
+    app_engine = None
+    if row["app_allowed_apps"] is not None:
+        app_engine = AppEngineAccess(tuple(row["app_allowed_apps"]), bool(row["app_contextless"]))
+    cert = None
+    if row["cert_fingerprint"] is not None:
+        cert = CertificateInfo(row["cert_subject"], row["cert_issuer"], row["cert_not_after"], row["cert_fingerprint"])
+    return Credential(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        type=ctype,
+        scopes=scopes,
+        access=Access(AccessLevel(row["access_level"]), tuple(row["shared_with"])),
+        owner=row["owner"],
+        app_engine=app_engine,
+        certificate_info=cert,
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _sealed(row: asyncpg.Record) -> SealedContents:
+    return SealedContents(row["kek_id"], bytes(row["wrapped_key"]), bytes(row["ciphertext"]))
+
+
+def _token(row: asyncpg.Record) -> TokenInfo:
+    return TokenInfo(
+        id=row["public_id"],
+        name=row["name"],
+        owner=row["owner"],
+        scopes=frozenset(TokenScope(s) for s in row["scopes"]),
+        kind=TokenKind(row["kind"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _zones_json(zones: dict[str, frozenset[Permission]]) -> str:
+    return json.dumps({z: sorted(p.value for p in ps) for z, ps in sorted(zones.items())})
+
+
+class Tx:
+    """Queries on one connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    # --- users ---------------------------------------------------------------------------------------------------
+
+    async def insert_user(
+        self, username: str, permissions: frozenset[Permission], zones: dict[str, frozenset[Permission]]
+    ) -> User:
+        try:
+            row = await self.conn.fetchrow(
+                f"INSERT INTO users (username, permissions, zone_permissions) VALUES ($1, $2, $3::jsonb)"
+                f" RETURNING {_USER_COLUMNS}",
+                username,
+                sorted(p.value for p in permissions),
+                _zones_json(zones),
+            )
+        except asyncpg.UniqueViolationError:
+            raise AlreadyExists(f"user {username!r} exists already") from None
+        assert row is not None
+        return _user(row)
+
+    async def get_user(self, username: str) -> User | None:
+        row = await self.conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
+        return _user(row) if row else None
+
+    async def list_users(self, after: str, limit: int) -> list[User]:
+        rows = await self.conn.fetch(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE username > $1 ORDER BY username LIMIT $2", after, limit
+        )
+        return [_user(r) for r in rows]
+
+    async def set_user_permissions(
+        self, username: str, permissions: frozenset[Permission], zones: dict[str, frozenset[Permission]]
+    ) -> User | None:
+        row = await self.conn.fetchrow(
+            f"UPDATE users SET permissions = $2, zone_permissions = $3::jsonb, updated_at = now()"
+            f" WHERE username = $1 RETURNING {_USER_COLUMNS}",
+            username,
+            sorted(p.value for p in permissions),
+            _zones_json(zones),
+        )
+        return _user(row) if row else None
+
+    async def delete_user(self, username: str) -> bool:
+        status = await self.conn.execute("DELETE FROM users WHERE username = $1", username)
+        return bool(status == "DELETE 1")
+
+    async def count_users(self) -> int:
+        return int(await self.conn.fetchval("SELECT count(*) FROM users"))
+
+    # --- tokens --------------------------------------------------------------------------------------------------
+
+    async def insert_token(
+        self,
+        public_id: str,
+        owner: str,
+        name: str,
+        scopes: frozenset[TokenScope],
+        kind: TokenKind,
+        secret_hash: bytes,
+        expires_at: datetime.datetime | None,
+    ) -> TokenInfo:
+        row = await self.conn.fetchrow(
+            f"INSERT INTO api_tokens (public_id, owner, name, scopes, kind, secret_hash, expires_at)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_TOKEN_COLUMNS}",
+            public_id,
+            owner,
+            name,
+            sorted(s.value for s in scopes),
+            kind.value,
+            secret_hash,
+            expires_at,
+        )
+        assert row is not None
+        return _token(row)
+
+    async def get_token_for_auth(self, public_id: str) -> TokenAuthRecord | None:
+        row = await self.conn.fetchrow(
+            "SELECT t.public_id, t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at,"
+            " u.username AS u_username, u.permissions AS u_permissions, u.zone_permissions AS u_zone_permissions,"
+            " u.created_at AS u_created_at, u.updated_at AS u_updated_at"
+            " FROM api_tokens t JOIN users u ON u.username = t.owner WHERE t.public_id = $1",
+            public_id,
+        )
+        if row is None:
+            return None
+        return TokenAuthRecord(
+            public_id=row["public_id"],
+            secret_hash=bytes(row["secret_hash"]),
+            scopes=frozenset(TokenScope(s) for s in row["scopes"]),
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
+            last_used_at=row["last_used_at"],
+            user=_user(row, "u_"),
+        )
+
+    async def touch_token(self, public_id: str) -> None:
+        await self.conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE public_id = $1", public_id)
+
+    async def get_token(self, public_id: str) -> TokenInfo | None:
+        row = await self.conn.fetchrow(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE public_id = $1", public_id)
+        return _token(row) if row else None
+
+    async def lock_user_tokens(self, owner: str) -> None:
+        """Serialize token creation per user (the personal-token limit is checked under this lock)."""
+        await self.conn.execute("SELECT 1 FROM users WHERE username = $1 FOR UPDATE", owner)
+
+    async def count_live_tokens(self, owner: str, kind: TokenKind) -> int:
+        return int(
+            await self.conn.fetchval(
+                "SELECT count(*) FROM api_tokens WHERE owner = $1 AND kind = $2"
+                " AND (revoked_at IS NULL OR revoked_at > now()) AND (expires_at IS NULL OR expires_at > now())",
+                owner,
+                kind.value,
+            )
+        )
+
+    async def list_tokens(self, owner: str, after: str, limit: int) -> list[TokenInfo]:
+        rows = await self.conn.fetch(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE owner = $1 AND public_id > $2 ORDER BY public_id LIMIT $3",
+            owner,
+            after,
+            limit,
+        )
+        return [_token(r) for r in rows]
+
+    async def revoke_token(self, public_id: str, at: datetime.datetime | None) -> TokenInfo | None:
+        """Revoke at ``at`` (None: now); never moves an earlier revocation later."""
+        row = await self.conn.fetchrow(
+            f"UPDATE api_tokens SET revoked_at = LEAST(COALESCE(revoked_at, 'infinity'), COALESCE($2, now()))"
+            f" WHERE public_id = $1 RETURNING {_TOKEN_COLUMNS}",
+            public_id,
+            at,
+        )
+        return _token(row) if row else None
+
+    # --- credentials ---------------------------------------------------------------------------------------------
+
+    async def insert_credential(self, cred: Credential, sealed: SealedContents) -> Credential:
+        try:
+            row = await self.conn.fetchrow(
+                f"INSERT INTO credentials (id, name, description, type, scopes, owner, access_level, shared_with,"
+                f" app_allowed_apps, app_contextless, cert_subject, cert_issuer, cert_not_after, cert_fingerprint,"
+                f" version, kek_id, wrapped_key, ciphertext)"
+                f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+                f" RETURNING {_CREDENTIAL_COLUMNS}",
+                cred.id,
+                cred.name,
+                cred.description,
+                cred.type.value,
+                sorted(s.value for s in cred.scopes),
+                cred.owner,
+                cred.access.level.value,
+                list(cred.access.users),
+                *_app_engine_args(cred.app_engine),
+                *_cert_args(cred.certificate_info),
+                cred.version,
+                sealed.kek_id,
+                sealed.wrapped_key,
+                sealed.ciphertext,
+            )
+        except asyncpg.UniqueViolationError:
+            raise AlreadyExists(f"credential {cred.id} exists already") from None
+        assert row is not None
+        return _credential(row)
+
+    async def get_credential(self, credential_id: str, *, for_update: bool = False) -> Credential | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(
+            f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1{lock}", credential_id
+        )
+        return _credential(row) if row else None
+
+    async def get_credential_sealed(self, credential_id: str) -> tuple[Credential, SealedContents] | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_CREDENTIAL_COLUMNS}, {_SEALED_COLUMNS} FROM credentials WHERE id = $1", credential_id
+        )
+        return (_credential(row), _sealed(row)) if row else None
+
+    async def list_credentials(
+        self,
+        visibility: Visibility,
+        username: str,
+        flt: CredentialFilter,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> tuple[list[Credential], int]:
+        where, args = _credential_where(visibility, username, flt)
+        total = int(await self.conn.fetchval(f"SELECT count(*) FROM credentials WHERE {where}", *args))
+        page_where = where
+        if after is not None:
+            args = [*args, after[0], after[1]]
+            page_where += f" AND (name, id) > (${len(args) - 1}, ${len(args)})"
+        args.append(limit)
+        rows = await self.conn.fetch(
+            f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials WHERE {page_where} ORDER BY name, id LIMIT ${len(args)}",
+            *args,
+        )
+        return [_credential(r) for r in rows], total
+
+    async def update_credential(self, cred: Credential, sealed: SealedContents | None, expected_version: int) -> bool:
+        """Write ``cred`` (and new contents) if the row is still at ``expected_version``."""
+        sealed_sql = ", kek_id = $15, wrapped_key = $16, ciphertext = $17" if sealed else ""
+        sealed_args: list[Any] = [sealed.kek_id, sealed.wrapped_key, sealed.ciphertext] if sealed else []
+        status = await self.conn.execute(
+            f"UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
+            f" shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
+            f" cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
+            f" updated_at = now(){sealed_sql}"
+            f" WHERE id = $1 AND version = $2",
+            cred.id,
+            expected_version,
+            cred.name,
+            cred.description,
+            sorted(s.value for s in cred.scopes),
+            cred.owner,
+            cred.access.level.value,
+            list(cred.access.users),
+            *_app_engine_args(cred.app_engine),
+            *_cert_args(cred.certificate_info),
+            *sealed_args,
+        )
+        return bool(status == "UPDATE 1")
+
+    async def delete_credential(self, credential_id: str) -> bool:
+        status = await self.conn.execute("DELETE FROM credentials WHERE id = $1", credential_id)
+        return bool(status == "DELETE 1")
+
+    async def sealed_not_under(self, kek_id: str, after: str, limit: int) -> list[tuple[str, int, SealedContents]]:
+        rows = await self.conn.fetch(
+            f"SELECT id, version, {_SEALED_COLUMNS} FROM credentials WHERE kek_id <> $1 AND id > $2"
+            f" ORDER BY id LIMIT $3",
+            kek_id,
+            after,
+            limit,
+        )
+        return [(r["id"], r["version"], _sealed(r)) for r in rows]
+
+    async def replace_sealed(self, credential_id: str, version: int, old_kek: str, sealed: SealedContents) -> bool:
+        """Re-wrap in place, only if nobody changed the row meanwhile (a concurrent overwrite wins)."""
+        status = await self.conn.execute(
+            "UPDATE credentials SET kek_id = $4, wrapped_key = $5, ciphertext = $6"
+            " WHERE id = $1 AND version = $2 AND kek_id = $3",
+            credential_id,
+            version,
+            old_kek,
+            sealed.kek_id,
+            sealed.wrapped_key,
+            sealed.ciphertext,
+        )
+        return bool(status == "UPDATE 1")
+
+    async def kek_usage(self) -> dict[str, int]:
+        rows = await self.conn.fetch("SELECT kek_id, count(*) AS n FROM credentials GROUP BY kek_id")
+        return {r["kek_id"]: int(r["n"]) for r in rows}
+
+    # --- KEK checks ----------------------------------------------------------------------------------------------
+
+    async def kek_checks(self) -> dict[str, bytes]:
+        rows = await self.conn.fetch("SELECT kek_id, check_blob FROM kek_checks")
+        return {r["kek_id"]: bytes(r["check_blob"]) for r in rows}
+
+    async def insert_kek_check(self, kek_id: str, check: bytes) -> None:
+        await self.conn.execute(
+            "INSERT INTO kek_checks (kek_id, check_blob) VALUES ($1, $2) ON CONFLICT (kek_id) DO NOTHING", kek_id, check
+        )
+
+    async def delete_kek_check(self, kek_id: str) -> None:
+        await self.conn.execute("DELETE FROM kek_checks WHERE kek_id = $1", kek_id)
+
+    # --- audit ---------------------------------------------------------------------------------------------------
+
+    async def insert_audit(
+        self,
+        actor: str,
+        token_id: str | None,
+        action: str,
+        target: str | None,
+        outcome: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO audit_log (actor, token_id, action, target, outcome, detail)"
+            " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+            actor,
+            token_id,
+            action,
+            target,
+            outcome,
+            json.dumps(detail or {}, sort_keys=True),
+        )
+
+    async def list_audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = await self.conn.fetch(
+            "SELECT id, at, actor, token_id, action, target, outcome, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+
+def _app_engine_args(app: AppEngineAccess | None) -> list[Any]:
+    return [list(app.allowed_apps), app.allow_contextless_access] if app else [None, None]
+
+
+def _cert_args(info: CertificateInfo | None) -> list[Any]:
+    if info is None:
+        return [None, None, None, None]
+    return [info.subject, info.issuer, info.not_after, info.sha256_fingerprint]
+
+
+def _credential_where(visibility: Visibility, username: str, flt: CredentialFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if visibility is Visibility.NOTHING:
+        clauses.append("false")
+    elif visibility is Visibility.PUBLIC_ONLY:
+        clauses.append("access_level = 'ALL'")
+    elif visibility is Visibility.PUBLIC_OWN_AND_SHARED:
+        u = arg(username)
+        clauses.append(f"(access_level = 'ALL' OR owner = {u} OR (access_level = 'SHARED' AND {u} = ANY(shared_with)))")
+    if flt.type is not None:
+        clauses.append(f"type = {arg(flt.type.value)}")
+    if flt.name_contains:
+        escaped = flt.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(f"name ILIKE {arg('%' + escaped + '%')}")
+    if flt.access_level is not None:
+        clauses.append(f"access_level = {arg(flt.access_level.value)}")
+    if flt.owner:
+        clauses.append(f"owner = {arg(flt.owner)}")
+    if flt.scope is not None:
+        clauses.append(f"{arg(flt.scope.value)} = ANY(scopes)")
+    return (" AND ".join(clauses) or "true"), args
+
+
+class Store:
+    """The connection pool, and the way in to queries."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20) -> Store:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise Unavailable(f"cannot connect to PostgreSQL: {type(exc).__name__}") from None
+        assert pool is not None
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield Tx(conn)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        async with self.pool.acquire() as conn:
+            yield Tx(conn)

@@ -1,0 +1,229 @@
+"""API tokens: format, hashing, authentication of calls, and the token operations.
+
+A token is ``cv0c01.<24-character public id>.<64-character secret>``. ``cv0c01.<public id>`` is the token's id and
+safe to log; the secret is shown once and stored only as a SHA-256 hash (it carries 320 random bits, so a fast hash
+is the right one). An unknown public id and a wrong secret take the same path: one lookup, one hash, one
+constant-time comparison against either the stored or a dummy hash, and the same error.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import re
+import secrets
+
+from vault_service import policy, validation
+from vault_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from vault_service.models import Page, Principal, TokenInfo, TokenKind, TokenScope
+from vault_service.pagination import decode_page_token, encode_page_token, page_size
+from vault_service.storage.store import Store, Tx
+
+PREFIX = "cv0c01"
+PUBLIC_ID_CHARS = 24
+SECRET_CHARS = 64
+MAX_PERSONAL_TOKENS = 5
+MAX_GRACE = datetime.timedelta(days=7)
+LAST_USED_RESOLUTION = datetime.timedelta(seconds=60)
+_TOKEN = re.compile(rf"^{PREFIX}\.([A-Z2-7]{{{PUBLIC_ID_CHARS}}})\.([A-Z2-7]{{{SECRET_CHARS}}})$")
+_TOKEN_ID = re.compile(rf"^{PREFIX}\.[A-Z2-7]{{{PUBLIC_ID_CHARS}}}$")
+_INVALID = "invalid API token: it is malformed, unknown, revoked or expired"
+# Compared against when the public id is unknown, so both failures cost the same.
+_DUMMY_HASH = hashlib.sha256(b"credvault dummy token hash").digest()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class IssuedToken:
+    info: TokenInfo
+    token: str
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(id={self.info.id!r}, token=<redacted>)"
+
+
+def _b32(nbytes: int) -> str:
+    return base64.b32encode(secrets.token_bytes(nbytes)).decode().rstrip("=")
+
+
+def _hash(token_id: str, secret: str) -> bytes:
+    return hashlib.sha256(f"{token_id}.{secret}".encode()).digest()
+
+
+def new_token() -> tuple[str, str, bytes]:
+    """(token id, full token, hash)."""
+    token_id = f"{PREFIX}.{_b32(15)}"
+    secret = _b32(40)
+    return token_id, f"{token_id}.{secret}", _hash(token_id, secret)
+
+
+def token_id_of(token: str) -> str | None:
+    """The id of a well-formed token (safe to log), else None."""
+    m = _TOKEN.match(token)
+    return f"{PREFIX}.{m.group(1)}" if m else None
+
+
+def parse_scopes(field: str, values: list[str]) -> frozenset[TokenScope]:
+    if not values:
+        raise InvalidArgument(field, "must name at least one scope")
+    out = set()
+    for v in values:
+        try:
+            out.add(TokenScope(v))
+        except ValueError:
+            raise InvalidArgument(
+                field, f"unknown scope {v!r}; known: {', '.join(s.value for s in TokenScope)}"
+            ) from None
+    return frozenset(out)
+
+
+async def _verify(tx: Tx, token: str) -> Principal:
+    """The principal of a valid token. Same path and error for unknown ids and wrong secrets."""
+    m = _TOKEN.match(token)
+    if not m:
+        raise Unauthenticated(_INVALID)
+    token_id = f"{PREFIX}.{m.group(1)}"
+    record = await tx.get_token_for_auth(token_id)
+    expected = record.secret_hash if record is not None else _DUMMY_HASH
+    matches = hmac.compare_digest(_hash(token_id, m.group(2)), expected)
+    if record is None or not matches:
+        raise Unauthenticated(_INVALID)
+    now = datetime.datetime.now(datetime.UTC)
+    if (record.revoked_at is not None and record.revoked_at <= now) or (
+        record.expires_at is not None and record.expires_at <= now
+    ):
+        raise Unauthenticated(_INVALID)
+    if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
+        await tx.touch_token(token_id)
+    return Principal(record.user, token_id, record.scopes)
+
+
+async def issue_token(
+    tx: Tx,
+    owner: str,
+    name: str,
+    scopes: frozenset[TokenScope],
+    kind: TokenKind,
+    expires_at: datetime.datetime | None,
+) -> IssuedToken:
+    token_id, token, digest = new_token()
+    info = await tx.insert_token(token_id, owner, name, scopes, kind, digest, expires_at)
+    return IssuedToken(info, token)
+
+
+class TokenService:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``authorization: Api-Token <token>`` header value."""
+        if not authorization:
+            raise Unauthenticated("missing API token: send the metadata 'authorization: Api-Token <token>'")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "api-token" or not token:
+            raise Unauthenticated("malformed authorization: expected 'Api-Token <token>'")
+        async with self._store.read() as tx:
+            return await _verify(tx, token.strip())
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        scopes: list[str],
+        kind: TokenKind,
+        owner: str,
+        expires_at: datetime.datetime | None,
+    ) -> IssuedToken:
+        name = validation.text("name", name, max_len=validation.MAX_NAME, required=True)
+        wanted = parse_scopes("scopes", scopes)
+        if kind is TokenKind.PERSONAL:
+            policy.require_scope(principal, TokenScope.API_TOKENS_WRITE)
+            if owner and owner != principal.username:
+                raise PermissionDenied("a personal access token can only be created for yourself")
+            owner = principal.username
+        else:
+            policy.require_api_token_issue(principal)
+            owner = validation.username("owner", owner) if owner else principal.username
+        excess = wanted - policy.grantable_scopes(principal)
+        if excess:
+            raise PermissionDenied(
+                f"cannot grant scopes the calling token lacks: {', '.join(sorted(s.value for s in excess))}"
+            )
+        if expires_at is not None and expires_at <= datetime.datetime.now(datetime.UTC):
+            raise InvalidArgument("expire_time", "must be in the future")
+        async with self._store.transaction() as tx:
+            if await tx.get_user(owner) is None:
+                raise NotFound(f"user {owner!r} not found")
+            await tx.lock_user_tokens(owner)
+            if kind is TokenKind.PERSONAL and await tx.count_live_tokens(owner, kind) >= MAX_PERSONAL_TOKENS:
+                raise FailedPrecondition(
+                    f"user {owner!r} has {MAX_PERSONAL_TOKENS} personal access tokens already, the most allowed;"
+                    " revoke one first"
+                )
+            issued = await issue_token(tx, owner, name, wanted, kind, expires_at)
+            await tx.insert_audit(principal.username, principal.token_id, "token.create", issued.info.id, "ok")
+        return issued
+
+    async def list(self, principal: Principal, owner: str, size: int, page_token: str) -> Page[TokenInfo]:
+        owner = validation.username("owner", owner) if owner else principal.username
+        policy.require_token_access(principal, TokenScope.API_TOKENS_READ, owner)
+        limit = page_size(size)
+        after = decode_page_token(page_token, ("tokens", owner), 1)[0] if page_token else ""
+        async with self._store.read() as tx:
+            items = await tx.list_tokens(owner, after, limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        nxt = encode_page_token(("tokens", owner), items[-1].id) if more else ""
+        return Page(items, nxt, len(items))
+
+    async def lookup(self, principal: Principal, token: str) -> TokenInfo:
+        policy.require_scope(principal, TokenScope.API_TOKENS_READ)
+        async with self._store.read() as tx:
+            try:
+                looked_up = await _verify(tx, token.strip())
+            except Unauthenticated:
+                raise NotFound("token not found (malformed, unknown, revoked or expired)") from None
+            policy.require_token_access(principal, TokenScope.API_TOKENS_READ, looked_up.username)
+            info = await tx.get_token(looked_up.token_id)
+        assert info is not None
+        return info
+
+    async def _get_accessible(self, tx: Tx, principal: Principal, token_id: str) -> TokenInfo:
+        if not _TOKEN_ID.match(token_id):
+            raise InvalidArgument("id", f"must look like {PREFIX}.<24 characters A-Z, 2-7>")
+        info = await tx.get_token(token_id)
+        if info is None or (
+            info.owner != principal.username and not policy.has_env(principal.user, policy.ENVIRONMENT)
+        ):
+            raise NotFound(f"token {token_id} not found")
+        policy.require_token_access(principal, TokenScope.API_TOKENS_WRITE, info.owner)
+        return info
+
+    async def revoke(self, principal: Principal, token_id: str) -> TokenInfo:
+        async with self._store.transaction() as tx:
+            await self._get_accessible(tx, principal, token_id)
+            info = await tx.revoke_token(token_id, None)
+            await tx.insert_audit(principal.username, principal.token_id, "token.revoke", token_id, "ok")
+        assert info is not None
+        return info
+
+    async def rotate(
+        self, principal: Principal, token_id: str, grace: datetime.timedelta
+    ) -> tuple[IssuedToken, TokenInfo]:
+        if grace < datetime.timedelta(0) or grace > MAX_GRACE:
+            raise InvalidArgument("grace_period", f"must be between 0 and {MAX_GRACE.days} days")
+        async with self._store.transaction() as tx:
+            old = await self._get_accessible(tx, principal, token_id)
+            now = datetime.datetime.now(datetime.UTC)
+            if old.revoked_at is not None and old.revoked_at <= now:
+                raise FailedPrecondition(f"token {token_id} is revoked; create a new one instead")
+            issued = await issue_token(tx, old.owner, old.name, old.scopes, old.kind, old.expires_at)
+            previous = await tx.revoke_token(token_id, now + grace if grace else None)
+            await tx.insert_audit(
+                principal.username, principal.token_id, "token.rotate", token_id, "ok", {"new": issued.info.id}
+            )
+        assert previous is not None
+        return issued, previous
