@@ -11,6 +11,7 @@ import datetime
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 
 from vault_service import contents as contents_codec
 from vault_service import policy, validation
@@ -27,6 +28,7 @@ from vault_service.models import (
     Page,
     Principal,
     SecretContents,
+    TokenScope,
     credential_type_of,
 )
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
@@ -175,7 +177,7 @@ class CredentialService:
     ) -> Credential:
         """Full replacement of the contents. A non-owner allowed to overwrite becomes the owner."""
         check_id(credential_id)
-        policy.require_scope(principal, policy.TokenScope.CREDENTIAL_VAULT_WRITE)
+        policy.require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)
         secret, cert_info = contents_codec.validate(contents)
         plaintext = contents_codec.encode(secret)
         async with self._store.transaction() as tx:
@@ -218,7 +220,7 @@ class CredentialService:
         expected_version: int,
     ) -> Credential:
         check_id(credential_id)
-        policy.require_scope(principal, policy.TokenScope.CREDENTIAL_VAULT_WRITE)
+        policy.require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)
         if name is not None:
             name = validation.text("name", name, max_len=validation.MAX_NAME, required=True)
         if description is not None:
@@ -248,7 +250,7 @@ class CredentialService:
 
     async def delete(self, principal: Principal, credential_id: str) -> None:
         check_id(credential_id)
-        policy.require_scope(principal, policy.TokenScope.CREDENTIAL_VAULT_WRITE)
+        policy.require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)
         async with self._store.transaction() as tx:
             current = policy.require_visible(
                 principal, await tx.get_credential(credential_id, for_update=True), credential_id
@@ -297,7 +299,7 @@ class CredentialService:
         principal: Principal,
         action: str,
         target: str,
-        detail: dict[str, object],
+        detail: Mapping[str, object],
         outcome: str = "ok",
     ) -> None:
         await tx.insert_audit(principal.username, principal.token_id, action, target, outcome, detail)

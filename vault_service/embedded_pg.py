@@ -11,5 +11,5 @@ def start(pgdata: pathlib.Path) -> tuple[str, Any]:
     import pgserver  # imported late: it is only needed here
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     return server.get_uri(), server

@@ -8,6 +8,7 @@ import logging
 import signal
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -44,7 +45,7 @@ class RunningVault:
     server: grpc.aio.Server
     port: int
     store: Store
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let in-flight RPCs finish within ``grace`` seconds, then close the pool."""
@@ -93,7 +94,7 @@ async def start_vault(
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
     tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -64,7 +65,7 @@ _PERMISSIONS = {
 _KINDS = {tpb.TOKEN_KIND_PERSONAL: TokenKind.PERSONAL, tpb.TOKEN_KIND_API: TokenKind.API}
 
 
-def _enum_in(field: str, value: int, table: dict[int, E], *, optional: bool = False) -> E | None:
+def _enum_in(field: str, value: int, table: Mapping[Any, E], *, optional: bool = False) -> E | None:
     if value == 0 and optional:
         return None
     try:
@@ -74,13 +75,13 @@ def _enum_in(field: str, value: int, table: dict[int, E], *, optional: bool = Fa
         raise InvalidArgument(field, f"unknown or unspecified value {value} (allowed: {allowed})") from None
 
 
-def _enum_req(field: str, value: int, table: dict[int, E]) -> E:
+def _enum_req(field: str, value: int, table: Mapping[Any, E]) -> E:
     out = _enum_in(field, value, table)
     assert out is not None
     return out
 
 
-def _enum_out(value: E, table: dict[int, E]) -> int:
+def _enum_out(value: E, table: Mapping[Any, E]) -> Any:
     for k, v in table.items():
         if v is value:
             return k
@@ -120,9 +121,8 @@ def scope(field: str, value: int) -> CredentialScope | None:
     return _enum_in(field, value, _SCOPES, optional=True)
 
 
-def scopes(field: str, values: list[int] | object) -> frozenset[CredentialScope]:
-    assert not isinstance(values, str | bytes)
-    return frozenset(_enum_req(field, v, _SCOPES) for v in values)  # type: ignore[attr-defined]
+def scopes(field: str, values: Iterable[int]) -> frozenset[CredentialScope]:
+    return frozenset(_enum_req(field, v, _SCOPES) for v in values)
 
 
 def access(field: str, msg: cpb.Access, present: bool) -> Access | None:
@@ -161,9 +161,9 @@ def credential(cred: Credential) -> cpb.Credential:
         id=cred.id,
         name=cred.name,
         description=cred.description,
-        type=_enum_out(cred.type, _TYPES),  # type: ignore[arg-type]
-        scopes=sorted(_enum_out(s, _SCOPES) for s in cred.scopes),  # type: ignore[misc]
-        access=cpb.Access(level=_enum_out(cred.access.level, _LEVELS), users=list(cred.access.users)),  # type: ignore[arg-type]
+        type=_enum_out(cred.type, _TYPES),
+        scopes=sorted(_enum_out(s, _SCOPES) for s in cred.scopes),
+        access=cpb.Access(level=_enum_out(cred.access.level, _LEVELS), users=list(cred.access.users)),
         owner=cred.owner,
         version=cred.version,
         create_time=ts(cred.created_at),
@@ -209,13 +209,13 @@ def details(secret: SecretContents) -> cpb.CredentialDetails:
 # --- identity ---
 
 
-def permissions(field: str, values: object) -> frozenset[Permission]:
-    return frozenset(_enum_req(field, v, _PERMISSIONS) for v in values)  # type: ignore[attr-defined]
+def permissions(field: str, values: Iterable[int]) -> frozenset[Permission]:
+    return frozenset(_enum_req(field, v, _PERMISSIONS) for v in values)
 
 
-def zone_permissions(field: str, values: object) -> dict[str, frozenset[Permission]]:
+def zone_permissions(field: str, values: Iterable[ipb.ZonePermissions]) -> dict[str, frozenset[Permission]]:
     out: dict[str, frozenset[Permission]] = {}
-    for z in values:  # type: ignore[attr-defined]
+    for z in values:
         if z.management_zone in out:
             raise InvalidArgument(f"{field}.management_zone", f"zone {z.management_zone!r} is listed twice")
         out[z.management_zone] = permissions(f"{field}.permissions", z.permissions)
@@ -225,11 +225,11 @@ def zone_permissions(field: str, values: object) -> dict[str, frozenset[Permissi
 def user(u: User) -> ipb.User:
     return ipb.User(
         username=u.username,
-        permissions=sorted(_enum_out(p, _PERMISSIONS) for p in u.permissions),  # type: ignore[misc]
+        permissions=sorted(_enum_out(p, _PERMISSIONS) for p in u.permissions),
         zone_permissions=[
             ipb.ZonePermissions(
                 management_zone=z,
-                permissions=sorted(_enum_out(p, _PERMISSIONS) for p in ps),  # type: ignore[misc]
+                permissions=sorted(_enum_out(p, _PERMISSIONS) for p in ps),
             )
             for z, ps in sorted(u.zone_permissions.items())
         ],
@@ -251,7 +251,7 @@ def token_info(t: TokenInfo) -> tpb.TokenInfo:
         name=t.name,
         owner=t.owner,
         scopes=sorted(s.value for s in t.scopes),
-        kind=_enum_out(t.kind, _KINDS),  # type: ignore[arg-type]
+        kind=_enum_out(t.kind, _KINDS),
         create_time=ts(t.created_at),
         expire_time=ts(t.expires_at),
         last_used_time=ts(t.last_used_at),

@@ -6,7 +6,7 @@ import importlib.resources
 import logging
 import re
 
-import asyncpg
+from vault_service.storage.store import Connection
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def available_migrations() -> list[tuple[int, str, str]]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Connection) -> list[int]:
     """Apply the migrations this database lacks; returns the versions applied now."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)

@@ -11,8 +11,8 @@ import dataclasses
 import datetime
 import enum
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -134,10 +134,13 @@ def _zones_json(zones: dict[str, frozenset[Permission]]) -> str:
     return json.dumps({z: sorted(p.value for p in ps) for z, ps in sorted(zones.items())})
 
 
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+
 class Tx:
     """Queries on one connection."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     # --- users ---------------------------------------------------------------------------------------------------
@@ -416,7 +419,7 @@ class Tx:
         action: str,
         target: str | None,
         outcome: str,
-        detail: dict[str, Any] | None = None,
+        detail: Mapping[str, object] | None = None,
     ) -> None:
         await self.conn.execute(
             "INSERT INTO audit_log (actor, token_id, action, target, outcome, detail)"

@@ -1,0 +1,1 @@
+"""The engine worker: receives resolved monitor configs from the vault over mutual TLS (issue 3)."""
