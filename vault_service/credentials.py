@@ -228,18 +228,21 @@ class CredentialService:
                 "description", description, max_len=validation.MAX_DESCRIPTION, required=False, multiline=True
             )
         async with self._store.transaction() as tx:
-            current = policy.require_visible(
-                principal, await tx.get_credential(credential_id, for_update=True), credential_id
-            )
+            found = await tx.get_credential_sealed(credential_id, for_update=True)
+            current = policy.require_visible(principal, found[0] if found else None, credential_id)
+            assert found is not None
             policy.require_update_metadata(principal, current)
             self._check_expected(current, expected_version)
+            # Every version has its own data key and is bound to (id, version): re-seal the same contents.
+            plaintext = self._keyring.open(credential_id, current.version, found[1])
+            sealed = self._keyring.seal(credential_id, current.version + 1, plaintext)
             updated = dataclasses.replace(
                 current,
                 name=current.name if name is None else name,
                 description=current.description if description is None else description,
                 access=current.access if access is None else _check_access(access, principal.username),
             )
-            if not await tx.update_credential(updated, None, current.version):
+            if not await tx.update_credential(updated, sealed, current.version):
                 raise Aborted(f"credential {credential_id} changed concurrently; retry")
             await self._audit(
                 tx, principal, "credential.update_metadata", credential_id, {"version": current.version + 1}

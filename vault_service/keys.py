@@ -57,6 +57,7 @@ async def rewrap_all(store: Store, keyring: Keyring) -> int:
 
 async def retire(store: Store, keyring: Keyring, kek_id: str) -> Keyring:
     """The keyring without ``kek_id``, once no credential needs it."""
+    smaller = keyring.without(kek_id)  # refuses the active key and unknown ids
     async with store.transaction() as tx:
         usage = await tx.kek_usage()
         if usage.get(kek_id):
@@ -64,6 +65,5 @@ async def retire(store: Store, keyring: Keyring, kek_id: str) -> Keyring:
                 f"KEK {kek_id!r} still wraps {usage[kek_id]} data keys; run 'credvault keys rotate' (or re-run the"
                 " re-wrap) first"
             )
-        smaller = keyring.without(kek_id)
         await tx.delete_kek_check(kek_id)
     return smaller

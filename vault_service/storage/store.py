@@ -313,9 +313,12 @@ class Tx:
         )
         return _credential(row) if row else None
 
-    async def get_credential_sealed(self, credential_id: str) -> tuple[Credential, SealedContents] | None:
+    async def get_credential_sealed(
+        self, credential_id: str, *, for_update: bool = False
+    ) -> tuple[Credential, SealedContents] | None:
+        lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(
-            f"SELECT {_CREDENTIAL_COLUMNS}, {_SEALED_COLUMNS} FROM credentials WHERE id = $1", credential_id
+            f"SELECT {_CREDENTIAL_COLUMNS}, {_SEALED_COLUMNS} FROM credentials WHERE id = $1{lock}", credential_id
         )
         return (_credential(row), _sealed(row)) if row else None
 
@@ -340,16 +343,14 @@ class Tx:
         )
         return [_credential(r) for r in rows], total
 
-    async def update_credential(self, cred: Credential, sealed: SealedContents | None, expected_version: int) -> bool:
-        """Write ``cred`` (and new contents) if the row is still at ``expected_version``."""
-        sealed_sql = ", kek_id = $15, wrapped_key = $16, ciphertext = $17" if sealed else ""
-        sealed_args: list[Any] = [sealed.kek_id, sealed.wrapped_key, sealed.ciphertext] if sealed else []
+    async def update_credential(self, cred: Credential, sealed: SealedContents, expected_version: int) -> bool:
+        """Write ``cred`` and its newly sealed contents if the row is still at ``expected_version``."""
         status = await self.conn.execute(
-            f"UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
-            f" shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
-            f" cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
-            f" updated_at = now(){sealed_sql}"
-            f" WHERE id = $1 AND version = $2",
+            "UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
+            " shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
+            " cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
+            " updated_at = now(), kek_id = $15, wrapped_key = $16, ciphertext = $17"
+            " WHERE id = $1 AND version = $2",
             cred.id,
             expected_version,
             cred.name,
@@ -360,7 +361,9 @@ class Tx:
             list(cred.access.users),
             *_app_engine_args(cred.app_engine),
             *_cert_args(cred.certificate_info),
-            *sealed_args,
+            sealed.kek_id,
+            sealed.wrapped_key,
+            sealed.ciphertext,
         )
         return bool(status == "UPDATE 1")
 

@@ -1,0 +1,171 @@
+"""Envelope encryption: tampering and misplaced ciphertexts fail, rotation keeps everything readable, wrong or
+missing KEKs stop the start-up with a clear error."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import trustme
+
+from credvault.v1 import credentials_pb2 as cpb
+from vault_service import keys
+from vault_service.config import Settings
+from vault_service.crypto import Keyring, new_keyring
+from vault_service.errors import ConfigurationError, DecryptionError
+from vault_service.server import RunningVault, start_vault
+from vault_service.storage.store import Store
+from tests.conftest import Client
+from tests.helpers import APP, create_req, expect_code, up
+
+APP_ENGINE_ALL = cpb.AppEngineAccess(allow_contextless_access=True)
+
+
+async def _readable(admin: Client, cred_id: str) -> cpb.GetCredentialDetailsResponse:
+    return await admin.GetCredentialDetails(cpb.GetCredentialDetailsRequest(id=cred_id))
+
+
+async def _make(admin: Client, name: str, password: str) -> str:
+    req = create_req(name, up("alice", password), scopes=[APP], app_engine=APP_ENGINE_ALL)
+    return str((await admin.CreateCredential(req)).credential.id)
+
+
+def test_seal_open_round_trip_and_aad_binding() -> None:
+    ring = new_keyring()
+    sealed = ring.seal("CREDENTIALS_VAULT-0000000000000001", 1, b"secret")
+    assert ring.open("CREDENTIALS_VAULT-0000000000000001", 1, sealed) == b"secret"
+    with pytest.raises(DecryptionError):
+        ring.open("CREDENTIALS_VAULT-0000000000000002", 1, sealed)  # another row
+    with pytest.raises(DecryptionError):
+        ring.open("CREDENTIALS_VAULT-0000000000000001", 2, sealed)  # another version
+
+
+def test_a_fresh_data_key_per_version() -> None:
+    ring = new_keyring()
+    a = ring.seal("CREDENTIALS_VAULT-0000000000000001", 1, b"same")
+    b = ring.seal("CREDENTIALS_VAULT-0000000000000001", 1, b"same")
+    assert a.wrapped_key != b.wrapped_key
+    assert a.ciphertext != b.ciphertext
+
+
+def test_keyring_never_prints_keys() -> None:
+    ring = new_keyring()
+    assert ring.to_json().split('"kek-1": "')[1].split('"')[0] not in repr(ring)
+
+
+def test_keyring_parse_errors_are_clear() -> None:
+    with pytest.raises(ConfigurationError, match="base64"):
+        Keyring.parse("not base64!!", source="CREDVAULT_KEYRING")
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        Keyring.parse("AAAA", source="CREDVAULT_KEYRING")
+    with pytest.raises(ConfigurationError, match="active"):
+        Keyring.parse('{"active": "x", "keys": {"y": "' + "A" * 43 + '="}}', source="f")
+
+
+async def test_flipped_ciphertext_byte_fails_to_decrypt(admin: Client, vault: RunningVault) -> None:
+    cred_id = await _make(admin, "a", "pw-a")
+    async with vault.store.transaction() as tx:
+        await tx.conn.execute(
+            "UPDATE credentials SET ciphertext = overlay(ciphertext placing"
+            " set_byte(substring(ciphertext from 20 for 1), 0, get_byte(ciphertext, 19) # 1) from 20 for 1)"
+            " WHERE id = $1",
+            cred_id,
+        )
+    err = await expect_code(_readable(admin, cred_id), grpc.StatusCode.DATA_LOSS)
+    assert "pw-a" not in (err.details() or "")
+
+
+async def test_flipped_wrapped_key_byte_fails_to_decrypt(admin: Client, vault: RunningVault) -> None:
+    cred_id = await _make(admin, "a", "pw-a")
+    async with vault.store.transaction() as tx:
+        await tx.conn.execute(
+            "UPDATE credentials SET wrapped_key = set_byte(wrapped_key, 15, get_byte(wrapped_key, 15) # 128)"
+            " WHERE id = $1",
+            cred_id,
+        )
+    await expect_code(_readable(admin, cred_id), grpc.StatusCode.DATA_LOSS)
+
+
+async def test_swapped_ciphertexts_fail_to_decrypt(admin: Client, vault: RunningVault) -> None:
+    a = await _make(admin, "a", "pw-a")
+    b = await _make(admin, "b", "pw-b")
+    async with vault.store.transaction() as tx:
+        await tx.conn.execute(
+            "UPDATE credentials c SET ciphertext = o.ciphertext, wrapped_key = o.wrapped_key, kek_id = o.kek_id"
+            " FROM credentials o WHERE (c.id, o.id) IN (($1, $2), ($2, $1))",
+            a,
+            b,
+        )
+    await expect_code(_readable(admin, a), grpc.StatusCode.DATA_LOSS)
+    await expect_code(_readable(admin, b), grpc.StatusCode.DATA_LOSS)
+    # only the ciphertext swapped (each keeps its own wrapped key): still fails
+    c = await _make(admin, "c", "pw-c")
+    d = await _make(admin, "d", "pw-d")
+    async with vault.store.transaction() as tx:
+        await tx.conn.execute(
+            "UPDATE credentials x SET ciphertext = y.ciphertext FROM credentials y WHERE (x.id, y.id) IN (($1, $2), ($2, $1))",
+            c,
+            d,
+        )
+    await expect_code(_readable(admin, c), grpc.StatusCode.DATA_LOSS)
+
+
+async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
+    admin: Client, vault: RunningVault, keyring: Keyring, settings: Settings, ca: trustme.CA
+) -> None:
+    ids = {await _make(admin, f"c{i}", f"pw-{i}"): f"pw-{i}" for i in range(5)}
+    rotated = keyring.with_new_active_key()
+    assert await keys.rewrap_all(vault.store, rotated) == 5
+    async with vault.store.read() as tx:
+        assert await tx.kek_usage() == {rotated.active_id: 5}
+    with pytest.raises(ConfigurationError, match="active"):
+        await keys.retire(vault.store, rotated, rotated.active_id)
+    retired = await keys.retire(vault.store, rotated, keyring.active_id)
+    assert retired.ids == [rotated.active_id]
+    await vault.stop(0)
+    # a new server process with only the new KEK reads everything
+    running = await start_vault(settings, keyring=retired)
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+        async with grpc.aio.secure_channel(f"localhost:{running.port}", creds) as ch:
+            client = Client(ch, admin.token)
+            for cred_id, password in ids.items():
+                got = await _readable(client, cred_id)
+                assert got.details.username_password.password == password
+    finally:
+        await running.stop(0)
+
+
+async def test_a_retired_kek_still_in_use_is_refused(admin: Client, vault: RunningVault, keyring: Keyring) -> None:
+    await _make(admin, "a", "pw")
+    rotated = keyring.with_new_active_key()
+    with pytest.raises(ConfigurationError, match="still wraps 1"):
+        await keys.retire(vault.store, rotated, keyring.active_id)
+
+
+async def test_wrong_kek_is_a_clear_startup_error(admin: Client, vault: RunningVault, settings: Settings) -> None:
+    await _make(admin, "a", "pw")
+    await vault.stop(0)
+    wrong = new_keyring()  # same id kek-1, other key
+    with pytest.raises(ConfigurationError, match="not the key this database was encrypted with"):
+        await start_vault(settings, keyring=wrong)
+
+
+async def test_missing_kek_is_a_clear_startup_error(admin: Client, vault: RunningVault, settings: Settings) -> None:
+    await _make(admin, "a", "pw")
+    await vault.stop(0)
+    other = Keyring({"kek-9": b"\x01" * 32}, "kek-9")
+    with pytest.raises(ConfigurationError, match=r"lacks KEKs this database needs: 'kek-1' \(1 credentials\)"):
+        await start_vault(settings, keyring=other)
+
+
+async def test_missing_keyring_configuration(database_url: str) -> None:
+    settings = Settings(database_url=database_url, allow_plaintext=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="CREDVAULT_KEYRING"):
+        settings.load_keyring()
+
+
+async def test_rewrap_leaves_concurrently_overwritten_rows_alone(store: Store, keyring: Keyring) -> None:
+    """replace_sealed is conditional on (version, old kek): a row changed meanwhile is not clobbered."""
+    sealed = keyring.seal("CREDENTIALS_VAULT-00000000000000AA", 1, b"x")
+    async with store.transaction() as tx:
+        assert not await tx.replace_sealed("CREDENTIALS_VAULT-00000000000000AA", 1, "kek-1", sealed)
