@@ -19,8 +19,11 @@ PROTO_ROOT = ROOT / "protos"
 def generate(out: pathlib.Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "credvault" / "v1").glob("*.proto"))
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    bindir = pathlib.Path(sys.executable).parent  # mypy-protobuf's plugins sit beside this interpreter
     args = [
         "grpc_tools.protoc",
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out}",

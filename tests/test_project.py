@@ -1,0 +1,57 @@
+"""Project invariants: generated code is fresh, protos lint clean, engine_worker never imports vault_service."""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_generated_code_matches_protos(tmp_path: pathlib.Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True)
+    committed = ROOT / "protos" / "credvault" / "v1"
+    generated = tmp_path / "credvault" / "v1"
+    names = sorted(p.name for p in generated.iterdir() if p.suffix in {".py", ".pyi"})
+    assert names, "nothing generated"
+    stale = [n for n in names if not (committed / n).exists() or not filecmp.cmp(committed / n, generated / n, False)]
+    assert not stale, f"generated code is stale, run scripts/gen_protos.py: {stale}"
+    extra = sorted(
+        p.name for p in committed.iterdir() if p.name.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"))
+    )
+    assert extra == names, "generated files without a .proto"
+
+
+def test_buf_lint() -> None:
+    buf = shutil.which("buf") or str(pathlib.Path(sys.executable).parent / "buf")
+    if not pathlib.Path(buf).exists():
+        pytest.fail("buf is not installed: pip install -e '.[test]' (buf-bin)")
+    result = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_engine_worker_never_imports_vault_service() -> None:
+    offenders = []
+    for path in (ROOT / "engine_worker").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "vault_service"]
+    assert not offenders
+
+
+def test_no_private_keys_committed() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    for name in tracked.splitlines():
+        p = ROOT / name
+        if p.is_file() and p.stat().st_size < 1_000_000 and p.suffix not in {".py", ".md"}:
+            assert b"PRIVATE KEY-----" not in p.read_bytes(), name
