@@ -132,7 +132,7 @@ def keyring() -> Keyring:
 @pytest.fixture
 def settings(database_url: str, server_tls: tuple[pathlib.Path, pathlib.Path]) -> Settings:
     return Settings(
-        database_url=database_url,  # type: ignore[arg-type]
+        database_url=database_url,
         listen="127.0.0.1:0",
         tls_cert_file=server_tls[0],
         tls_key_file=server_tls[1],
@@ -158,7 +158,7 @@ async def channel(vault: RunningVault, ca: trustme.CA) -> AsyncIterator[grpc.aio
     creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
     ch = grpc.aio.secure_channel(f"localhost:{vault.port}", creds)
     yield ch
-    await ch.close()
+    await ch.close(None)
 
 
 class Client:

@@ -120,7 +120,11 @@ async def test_canary_never_leaks(
     bad_calls = [
         admin.CreateCredential(create_req("", up("u", CANARY))),  # empty name
         admin.CreateCredential(
-            create_req("x", cpb.CredentialContents(token=cpb.Token(token=CANARY)), scopes=[cpb.CREDENTIAL_SCOPE_EXTENSION_VALIDATION])
+            create_req(
+                "x",
+                cpb.CredentialContents(token=cpb.Token(token=CANARY)),
+                scopes=[cpb.CREDENTIAL_SCOPE_EXTENSION_VALIDATION],
+            )
         ),
         admin.CreateCredential(
             create_req(

@@ -8,16 +8,19 @@ import asyncpg
 import grpc
 
 from credvault.v1 import credentials_pb2 as cpb
-from vault_service.storage.migrate import available_migrations, migrate
 from tests.conftest import Client, with_database
 from tests.helpers import create_req, up
+from vault_service.storage.migrate import available_migrations, migrate
 
 
 async def test_concurrent_overwrites_lose_no_update(admin: Client) -> None:
     cred = (await admin.CreateCredential(create_req())).credential
     n = 20
     results = await asyncio.gather(
-        *(admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=up("u", f"p{i}"))) for i in range(n))
+        *(
+            admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=up("u", f"p{i}")))
+            for i in range(n)
+        )
     )
     versions = sorted(r.credential.version for r in results)
     assert versions == list(range(2, n + 2))  # each succeeded, one version each

@@ -8,20 +8,23 @@ import pytest
 import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
+from tests.conftest import Client
+from tests.helpers import APP, create_req, expect_code, up
 from vault_service import keys
 from vault_service.config import Settings
 from vault_service.crypto import Keyring, new_keyring
 from vault_service.errors import ConfigurationError, DecryptionError
 from vault_service.server import RunningVault, start_vault
 from vault_service.storage.store import Store
-from tests.conftest import Client
-from tests.helpers import APP, create_req, expect_code, up
 
 APP_ENGINE_ALL = cpb.AppEngineAccess(allow_contextless_access=True)
 
 
 async def _readable(admin: Client, cred_id: str) -> cpb.GetCredentialDetailsResponse:
-    return await admin.GetCredentialDetails(cpb.GetCredentialDetailsRequest(id=cred_id))
+    response: cpb.GetCredentialDetailsResponse = await admin.GetCredentialDetails(
+        cpb.GetCredentialDetailsRequest(id=cred_id)
+    )
+    return response
 
 
 async def _make(admin: Client, name: str, password: str) -> str:
@@ -102,7 +105,8 @@ async def test_swapped_ciphertexts_fail_to_decrypt(admin: Client, vault: Running
     d = await _make(admin, "d", "pw-d")
     async with vault.store.transaction() as tx:
         await tx.conn.execute(
-            "UPDATE credentials x SET ciphertext = y.ciphertext FROM credentials y WHERE (x.id, y.id) IN (($1, $2), ($2, $1))",
+            "UPDATE credentials x SET ciphertext = y.ciphertext FROM credentials y"
+            " WHERE (x.id, y.id) IN (($1, $2), ($2, $1))",
             c,
             d,
         )
@@ -159,7 +163,7 @@ async def test_missing_kek_is_a_clear_startup_error(admin: Client, vault: Runnin
 
 
 async def test_missing_keyring_configuration(database_url: str) -> None:
-    settings = Settings(database_url=database_url, allow_plaintext=True)  # type: ignore[arg-type]
+    settings = Settings(database_url=database_url, allow_plaintext=True)
     with pytest.raises(ConfigurationError, match="CREDVAULT_KEYRING"):
         settings.load_keyring()
 

@@ -103,9 +103,13 @@ async def test_bad_create_is_invalid_argument_naming_the_field(
 
 async def test_bad_ids_and_pages(admin: Client) -> None:
     for bad_id in ["", "CREDENTIALS_VAULT-123", "credentials_vault-0123456789ABCDEF", "x" * 5000]:
-        err = await expect_code(admin.GetCredential(cpb.GetCredentialRequest(id=bad_id)), grpc.StatusCode.INVALID_ARGUMENT)
+        err = await expect_code(
+            admin.GetCredential(cpb.GetCredentialRequest(id=bad_id)), grpc.StatusCode.INVALID_ARGUMENT
+        )
         assert (err.details() or "").startswith("id:")
-    await expect_code(admin.ListCredentials(cpb.ListCredentialsRequest(page_size=501)), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        admin.ListCredentials(cpb.ListCredentialsRequest(page_size=501)), grpc.StatusCode.INVALID_ARGUMENT
+    )
     await expect_code(admin.ListCredentials(cpb.ListCredentialsRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT)
     err = await expect_code(
         admin.ListCredentials(cpb.ListCredentialsRequest(page_token="not-a-token")), grpc.StatusCode.INVALID_ARGUMENT
