@@ -86,9 +86,9 @@ async def _verify(tx: Tx, token: str) -> Principal:
         raise Unauthenticated(_INVALID)
     token_id = f"{PREFIX}.{m.group(1)}"
     record = await tx.get_token_for_auth(token_id)
-    expected = record.secret_hash if record is not None else _DUMMY_HASH
+    expected = record.secret_hash if record.secret_hash is not None else _DUMMY_HASH
     matches = hmac.compare_digest(_hash(token_id, m.group(2)), expected)
-    if record is None or not matches:
+    if record.secret_hash is None or not matches:
         raise Unauthenticated(_INVALID)
     now = datetime.datetime.now(datetime.UTC)
     if (record.revoked_at is not None and record.revoked_at <= now) or (
@@ -97,7 +97,7 @@ async def _verify(tx: Tx, token: str) -> Principal:
         raise Unauthenticated(_INVALID)
     if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
         await tx.touch_token(token_id)
-    return Principal(record.user, token_id, record.scopes)
+    return Principal(record.user(), token_id, record.scopes)
 
 
 async def issue_token(

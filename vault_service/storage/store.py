@@ -54,15 +54,33 @@ class CredentialFilter:
 
 @dataclasses.dataclass(frozen=True)
 class TokenAuthRecord:
-    """A token row joined with its owner, for authentication."""
+    """A token row joined with its owner, for authentication. Present or not, it has the same shape, and the
+    parts beyond the hash are decoded only after the secret matched (so failures cost the same)."""
 
-    public_id: str
-    secret_hash: bytes
-    scopes: frozenset[TokenScope]
-    expires_at: datetime.datetime | None
-    revoked_at: datetime.datetime | None
-    last_used_at: datetime.datetime | None
-    user: User
+    secret_hash: bytes | None
+    _row: asyncpg.Record
+
+    @property
+    def scopes(self) -> frozenset[TokenScope]:
+        return frozenset(TokenScope(s) for s in self._row["scopes"])
+
+    @property
+    def expires_at(self) -> datetime.datetime | None:
+        value: datetime.datetime | None = self._row["expires_at"]
+        return value
+
+    @property
+    def revoked_at(self) -> datetime.datetime | None:
+        value: datetime.datetime | None = self._row["revoked_at"]
+        return value
+
+    @property
+    def last_used_at(self) -> datetime.datetime | None:
+        value: datetime.datetime | None = self._row["last_used_at"]
+        return value
+
+    def user(self) -> User:
+        return _user(self._row, "u_")
 
 
 _CREDENTIAL_COLUMNS = (
@@ -216,25 +234,19 @@ class Tx:
         assert row is not None
         return _token(row)
 
-    async def get_token_for_auth(self, public_id: str) -> TokenAuthRecord | None:
+    async def get_token_for_auth(self, public_id: str) -> TokenAuthRecord:
+        """Always one row, whether the id exists or not (LEFT JOINs from the id itself)."""
         row = await self.conn.fetchrow(
-            "SELECT t.public_id, t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at,"
+            "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at,"
             " u.username AS u_username, u.permissions AS u_permissions, u.zone_permissions AS u_zone_permissions,"
             " u.created_at AS u_created_at, u.updated_at AS u_updated_at"
-            " FROM api_tokens t JOIN users u ON u.username = t.owner WHERE t.public_id = $1",
+            " FROM (VALUES ($1::text)) AS q (id)"
+            " LEFT JOIN api_tokens t ON t.public_id = q.id LEFT JOIN users u ON u.username = t.owner",
             public_id,
         )
-        if row is None:
-            return None
-        return TokenAuthRecord(
-            public_id=row["public_id"],
-            secret_hash=bytes(row["secret_hash"]),
-            scopes=frozenset(TokenScope(s) for s in row["scopes"]),
-            expires_at=row["expires_at"],
-            revoked_at=row["revoked_at"],
-            last_used_at=row["last_used_at"],
-            user=_user(row, "u_"),
-        )
+        assert row is not None
+        digest = row["secret_hash"]
+        return TokenAuthRecord(bytes(digest) if digest is not None else None, row)
 
     async def touch_token(self, public_id: str) -> None:
         await self.conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE public_id = $1", public_id)
