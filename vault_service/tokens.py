@@ -79,8 +79,10 @@ def parse_scopes(field: str, values: list[str]) -> frozenset[TokenScope]:
     return frozenset(out)
 
 
-async def _verify(tx: Tx, token: str) -> Principal:
-    """The principal of a valid token. Same path and error for unknown ids and wrong secrets."""
+async def _verify(tx: Tx, token: str, *, touch: bool = True) -> Principal:
+    """The principal of a valid token. Same path and error for unknown ids and wrong secrets.
+
+    ``touch`` records the use (last_used_at); a lookup of a token's metadata is not a use of it."""
     m = _TOKEN.match(token)
     if not m:
         raise Unauthenticated(_INVALID)
@@ -95,7 +97,7 @@ async def _verify(tx: Tx, token: str) -> Principal:
         record.expires_at is not None and record.expires_at <= now
     ):
         raise Unauthenticated(_INVALID)
-    if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
+    if touch and (record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION):
         await tx.touch_token(token_id)
     return Principal(record.user(), token_id, record.scopes)
 
@@ -183,7 +185,7 @@ class TokenService:
         policy.require_scope(principal, TokenScope.API_TOKENS_READ)
         async with self._store.read() as tx:
             try:
-                looked_up = await _verify(tx, token.strip())
+                looked_up = await _verify(tx, token.strip(), touch=False)
             except Unauthenticated:
                 raise NotFound("token not found (malformed, unknown, revoked or expired)") from None
             policy.require_token_access(principal, TokenScope.API_TOKENS_READ, looked_up.username)
@@ -220,6 +222,18 @@ class TokenService:
             now = datetime.datetime.now(datetime.UTC)
             if old.revoked_at is not None and old.revoked_at <= now:
                 raise FailedPrecondition(f"token {token_id} is revoked; create a new one instead")
+            if old.expires_at is not None and old.expires_at <= now:
+                # The new token would inherit the expiry and be dead on arrival.
+                raise FailedPrecondition(f"token {token_id} has expired; create a new one instead")
+            if old.kind is TokenKind.PERSONAL and grace:
+                # During the grace period both tokens are live: that must fit under the personal-token limit,
+                # or chained rotations would mint any number of live personal tokens.
+                await tx.lock_user_tokens(old.owner)
+                if await tx.count_live_tokens(old.owner, TokenKind.PERSONAL) >= MAX_PERSONAL_TOKENS:
+                    raise FailedPrecondition(
+                        f"user {old.owner!r} has {MAX_PERSONAL_TOKENS} live personal access tokens, the most allowed;"
+                        " rotate with a grace period of zero, or revoke one first"
+                    )
             issued = await issue_token(tx, old.owner, old.name, old.scopes, old.kind, old.expires_at)
             previous = await tx.revoke_token(token_id, now + grace if grace else None)
             await tx.insert_audit(
