@@ -592,6 +592,18 @@ async def test_deleted_users_token_stops_at_once_and_credentials_stay(admin: Cli
     assert {c.owner for c in resp.credentials} == {"alice"}
 
 
+async def test_a_deleted_users_name_is_never_given_to_a_new_account(admin: Client, users: Users) -> None:
+    """Credentials keep naming their deleted owner: a new 'alice' must not inherit them."""
+    alice = await users.make("alice", [VIEW])
+    own = await create(alice, "a-own", OWNER_ONLY)
+    await admin.DeleteUser(ipb.DeleteUserRequest(username="alice"))
+    err = await expect_code(
+        admin.CreateUser(ipb.CreateUserRequest(username="alice", permissions=[VIEW])), grpc.StatusCode.ALREADY_EXISTS
+    )
+    assert "deleted user" in (err.details() or "")
+    assert (await get(admin, own.id)).owner == "alice"
+
+
 # --- GetCredentialDetails: the AppEngine exception ------------------------------------------------------------
 
 

@@ -166,6 +166,11 @@ class Tx:
     async def insert_user(
         self, username: str, permissions: frozenset[Permission], zones: dict[str, frozenset[Permission]]
     ) -> User:
+        if await self.conn.fetchval("SELECT 1 FROM retired_usernames WHERE username = $1", username):
+            raise AlreadyExists(
+                f"username {username!r} belonged to a deleted user and cannot be reused: credentials may still name"
+                " it as their owner"
+            )
         try:
             row = await self.conn.fetchrow(
                 f"INSERT INTO users (username, permissions, zone_permissions) VALUES ($1, $2, $3::jsonb)"
@@ -202,8 +207,12 @@ class Tx:
         return _user(row) if row else None
 
     async def delete_user(self, username: str) -> bool:
+        """Delete the user (its tokens go with it) and retire the name for good."""
         status = await self.conn.execute("DELETE FROM users WHERE username = $1", username)
-        return bool(status == "DELETE 1")
+        if status != "DELETE 1":
+            return False
+        await self.conn.execute("INSERT INTO retired_usernames (username) VALUES ($1)", username)
+        return True
 
     async def count_users(self) -> int:
         return int(await self.conn.fetchval("SELECT count(*) FROM users"))
