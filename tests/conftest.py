@@ -17,7 +17,14 @@ import grpc
 import pytest
 import trustme
 
-from credvault.v1 import credentials_pb2_grpc, identity_pb2, identity_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from credvault.v1 import (
+    credentials_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    monitors_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 from vault_service import embedded_pg
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings
@@ -171,9 +178,10 @@ class Client:
         self._cred = credentials_pb2_grpc.CredentialsServiceStub(channel)
         self._ident = identity_pb2_grpc.IdentityServiceStub(channel)
         self._tokens = tokens_pb2_grpc.TokensServiceStub(channel)
+        self._monitors = monitors_pb2_grpc.MonitorsServiceStub(channel)
 
     def __getattr__(self, rpc: str) -> Any:
-        for stub in (self._cred, self._ident, self._tokens):
+        for stub in (self._cred, self._ident, self._tokens, self._monitors):
             method = getattr(stub, rpc, None)
             if method is not None:
                 return lambda request, _m=method: _m(request, metadata=self.metadata)

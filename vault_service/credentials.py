@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Mapping
 
+from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
 from vault_service import policy, validation
 from vault_service.crypto import Keyring
@@ -144,8 +145,9 @@ class CredentialService:
         policy.require_vault_view(principal)
         check_id(credential_id)
         async with self._store.read() as tx:
-            cred = await tx.get_credential(credential_id)
-        return policy.require_visible(principal, cred, credential_id)
+            cred = policy.require_visible(principal, await tx.get_credential(credential_id), credential_id)
+            usages = await tx.usages([credential_id])
+        return dataclasses.replace(cred, used_by=tuple(usages.get(credential_id, ())))
 
     async def list(self, principal: Principal, flt: CredentialFilter, size: int, page_token: str) -> Page[Credential]:
         policy.require_vault_view(principal)
@@ -162,8 +164,10 @@ class CredentialService:
             after = (name, cid)
         async with self._store.read() as tx:
             items, total = await tx.list_credentials(visibility, principal.username, flt, after, limit + 1)
-        more = len(items) > limit
-        items = items[:limit]
+            more = len(items) > limit
+            items = items[:limit]
+            usages = await tx.usages([c.id for c in items])
+        items = [dataclasses.replace(c, used_by=tuple(usages.get(c.id, ()))) for c in items]
         nxt = encode_page_token(query, items[-1].name, items[-1].id) if more else ""
         return Page(items, nxt, total)
 
@@ -198,6 +202,10 @@ class CredentialService:
             sealed = self._keyring.seal(credential_id, current.version + 1, plaintext)
             if not await tx.update_credential(updated, sealed, current.version):
                 raise Aborted(f"credential {credential_id} changed concurrently; retry")
+            await tx.bump_credential_resource_version(credential_id)
+            users = [m for m in await tx.monitors_using(credential_id) if m.enabled]
+            if users:  # engines running these monitors must get the new contents
+                await tx.append_change("credential", credential_id, [loc for m in users for loc in m.location_ids])
             await self._audit(
                 tx,
                 principal,
@@ -260,7 +268,25 @@ class CredentialService:
             )
             policy.require_delete(principal, current)
             await tx.delete_credential(credential_id)
-            await self._audit(tx, principal, "credential.delete", credential_id, {"owner": current.owner})
+            disabled = await self._deactivate_users(tx, credential_id)
+            await self._audit(
+                tx, principal, "credential.delete", credential_id, {"owner": current.owner, "disabled": disabled}
+            )
+
+    @staticmethod
+    async def _deactivate_users(tx: Tx, credential_id: str) -> tuple[str, ...]:
+        """Monitors that used a deleted credential become inactive (seed 000), in the deleting transaction."""
+        disabled = []
+        for monitor in await tx.monitors_using(credential_id, for_update=True):
+            if not monitor.enabled:
+                continue
+            monitor.enabled = False
+            monitor.disabled_reason = mpb.DISABLED_REASON_CREDENTIAL_DELETED
+            stored = await tx.update_monitor(monitor, monitor.version)
+            assert stored is not None  # locked above
+            await tx.append_change("monitor", monitor.id, list(monitor.location_ids))
+            disabled.append(monitor.id)
+        return tuple(disabled)
 
     async def get_details(
         self, principal: Principal, credential_id: str, app_id: str

@@ -175,6 +175,8 @@ class Credential:
     version: int
     created_at: datetime.datetime
     updated_at: datetime.datetime
+    # (monitor id, monitor type) of the monitors that reference it; filled in by Get and List.
+    used_by: tuple[tuple[str, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -172,3 +172,41 @@ def grantable_scopes(principal: Principal) -> frozenset[TokenScope]:
     """A token may carry any scope; its effective rights are always cut down to the user's permissions at call
     time. A new token is limited to the scopes of the token that creates it, so no token mints a stronger one."""
     return principal.token_scopes
+
+
+# --- monitors (seed 000 "Who can use a credential in a monitor", "Who can edit a monitor ...") -------------------
+
+
+def monitor_zones_visible(user: User) -> frozenset[str] | None:
+    """None: every monitor; else the management zones whose monitors the user may see."""
+    if has_env(user, VIEW):
+        return None
+    return frozenset(z for z, perms in user.zone_permissions.items() if perms)
+
+
+def require_monitor_read(principal: Principal, zone: str) -> None:
+    require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
+    zones = monitor_zones_visible(principal.user)
+    if zones is not None and zone not in zones:
+        raise PermissionDenied("viewing this monitor needs VIEW_ENVIRONMENT (environment or its management zone)")
+
+
+def can_edit_monitors_in(user: User, zone: str) -> bool:
+    if has_env(user, MONITORING):
+        return True
+    return bool(zone) and MONITORING in user.zone_permissions.get(zone, frozenset())
+
+
+def require_monitor_edit(principal: Principal, *zones: str) -> None:
+    """CHANGE_MONITORING_SETTINGS at environment level, or in the monitor's management zone (before and after)."""
+    require_scope(principal, TokenScope.SYNTHETIC_MONITORS_WRITE)
+    for zone in zones:
+        if not can_edit_monitors_in(principal.user, zone):
+            where = f"in management zone {zone!r}" if zone else "at environment level"
+            raise PermissionDenied(f"editing this monitor needs CHANGE_MONITORING_SETTINGS {where}")
+
+
+def require_locations_admin(principal: Principal) -> None:
+    require_scope(principal, TokenScope.SYNTHETIC_MONITORS_WRITE)
+    if not has_env(principal.user, MONITORING):
+        raise PermissionDenied("managing locations and engines needs CHANGE_MONITORING_SETTINGS at environment level")

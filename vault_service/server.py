@@ -17,16 +17,19 @@ from credvault.v1 import (
     credentials_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    monitors_pb2,
+    monitors_pb2_grpc,
     tokens_pb2,
     tokens_pb2_grpc,
 )
-from vault_service.api.servicers import CredentialsServicer, IdentityServicer, TokensServicer
+from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
 from vault_service.api.status import StatusMappingInterceptor
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
+from vault_service.monitors import MonitorService
 from vault_service.storage.migrate import migrate
 from vault_service.storage.store import Store
 from vault_service.tokens import TokenService
@@ -37,6 +40,7 @@ SERVICE_NAMES = (
     credentials_pb2.DESCRIPTOR.services_by_name["CredentialsService"].full_name,
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
     tokens_pb2.DESCRIPTOR.services_by_name["TokensService"].full_name,
+    monitors_pb2.DESCRIPTOR.services_by_name["MonitorsService"].full_name,
 )
 
 
@@ -94,6 +98,9 @@ async def start_vault(
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
     tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
+    monitors_pb2_grpc.add_MonitorsServiceServicer_to_server(
+        MonitorsServicer(tokens, MonitorService(store, keyring)), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import monitors_pb2 as mpb
 from credvault.v1 import tokens_pb2 as tpb
 from vault_service.certificates import CertificateFormat, CertificateInfo
 from vault_service.errors import InvalidArgument
@@ -33,6 +34,7 @@ from vault_service.models import (
     User,
     UsernamePasswordSecret,
 )
+from vault_service.storage.monitor_queries import EngineRow
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -178,6 +180,10 @@ def credential(cred: Credential) -> cpb.Credential:
         )
     if cred.certificate_info is not None:
         out.certificate_info.CopyFrom(certificate_info(cred.certificate_info))
+    out.used_by.extend(
+        cpb.CredentialUsage(monitor_id=mid, monitor_type=mtype)  # type: ignore[arg-type]
+        for mid, mtype in cred.used_by
+    )
     return out
 
 
@@ -257,3 +263,25 @@ def token_info(t: TokenInfo) -> tpb.TokenInfo:
         last_used_time=ts(t.last_used_at),
         revoke_time=ts(t.revoked_at),
     )
+
+
+# --- engines ---
+
+
+def engine(row: EngineRow, head_revision: int | None) -> mpb.Engine:
+    out = mpb.Engine(
+        location_id=row.location_id,
+        engine_id=row.engine_id,
+        revoked=row.revoked_at is not None,
+        connected=row.connected_since is not None,
+        applied_revision=row.applied_revision,
+        rejected_monitors=[
+            mpb.RejectedMonitor(monitor_id=r["monitor_id"], version=r["version"], reason=r["reason"])
+            for r in row.rejected
+        ],
+    )
+    if row.connected_since is not None:
+        out.connected_since.FromDatetime(row.connected_since)
+    if head_revision is not None:
+        out.lag = max(0, head_revision - row.applied_revision)
+    return out

@@ -32,6 +32,7 @@ from vault_service.models import (
     TokenScope,
     User,
 )
+from vault_service.storage.monitor_queries import MonitorQueries
 
 
 class Visibility(enum.Enum):
@@ -155,7 +156,7 @@ def _zones_json(zones: dict[str, frozenset[Permission]]) -> str:
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 
-class Tx:
+class Tx(MonitorQueries):
     """Queries on one connection."""
 
     def __init__(self, conn: Connection) -> None:

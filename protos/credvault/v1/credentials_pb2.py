@@ -22,74 +22,77 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from credvault.v1 import monitors_pb2 as credvault_dot_v1_dot_monitors__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63redvault/v1/credentials.proto\x12\x0c\x63redvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n\x10UsernamePassword\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"^\n\x0b\x43\x65rtificate\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08password\x18\x02 \x01(\t\x12/\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1f.credvault.v1.CertificateFormat\"\x16\n\x05Token\x12\r\n\x05token\x18\x01 \x01(\t\" \n\x11PublicCertificate\x12\x0b\n\x03pem\x18\x01 \x01(\x0c\"\xf4\x01\n\x12\x43redentialContents\x12;\n\x11username_password\x18\x01 \x01(\x0b\x32\x1e.credvault.v1.UsernamePasswordH\x00\x12\x30\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x19.credvault.v1.CertificateH\x00\x12$\n\x05token\x18\x03 \x01(\x0b\x32\x13.credvault.v1.TokenH\x00\x12=\n\x12public_certificate\x18\x04 \x01(\x0b\x32\x1f.credvault.v1.PublicCertificateH\x00\x42\n\n\x08\x63ontents\"\xf9\x01\n\x11\x43redentialDetails\x12;\n\x11username_password\x18\x01 \x01(\x0b\x32\x1e.credvault.v1.UsernamePasswordH\x00\x12\x37\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32 .credvault.v1.CertificateDetailsH\x00\x12$\n\x05token\x18\x03 \x01(\x0b\x32\x13.credvault.v1.TokenH\x00\x12=\n\x12public_certificate\x18\x04 \x01(\x0b\x32\x1f.credvault.v1.PublicCertificateH\x00\x42\t\n\x07\x64\x65tails\"L\n\x12\x43\x65rtificateDetails\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x17\n\x0fprivate_key_pem\x18\x02 \x01(\x0c\"A\n\x06\x41\x63\x63\x65ss\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.credvault.v1.AccessLevel\x12\r\n\x05users\x18\x02 \x03(\t\"I\n\x0f\x41ppEngineAccess\x12\x14\n\x0c\x61llowed_apps\x18\x01 \x03(\t\x12 \n\x18\x61llow_contextless_access\x18\x02 \x01(\x08\"}\n\x0f\x43\x65rtificateInfo\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12sha256_fingerprint\x18\x04 \x01(\t\"\xaa\x03\n\nCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12*\n\x04type\x18\x04 \x01(\x0e\x32\x1c.credvault.v1.CredentialType\x12-\n\x06scopes\x18\x05 \x03(\x0e\x32\x1d.credvault.v1.CredentialScope\x12$\n\x06\x61\x63\x63\x65ss\x18\x06 \x01(\x0b\x32\x14.credvault.v1.Access\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x31\n\napp_engine\x18\x08 \x01(\x0b\x32\x1d.credvault.v1.AppEngineAccess\x12\x37\n\x10\x63\x65rtificate_info\x18\t \x01(\x0b\x32\x1d.credvault.v1.CertificateInfo\x12\x0f\n\x07version\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf8\x01\n\x17\x43reateCredentialRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x06scopes\x18\x03 \x03(\x0e\x32\x1d.credvault.v1.CredentialScope\x12\x32\n\x08\x63ontents\x18\x04 \x01(\x0b\x32 .credvault.v1.CredentialContents\x12$\n\x06\x61\x63\x63\x65ss\x18\x05 \x01(\x0b\x32\x14.credvault.v1.Access\x12\x31\n\napp_engine\x18\x06 \x01(\x0b\x32\x1d.credvault.v1.AppEngineAccess\"H\n\x18\x43reateCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"\"\n\x14GetCredentialRequest\x12\n\n\x02id\x18\x01 \x01(\t\"E\n\x15GetCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"\xf0\x01\n\x16ListCredentialsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.credvault.v1.CredentialType\x12\x15\n\rname_contains\x18\x04 \x01(\t\x12/\n\x0c\x61\x63\x63\x65ss_level\x18\x05 \x01(\x0e\x32\x19.credvault.v1.AccessLevel\x12\r\n\x05owner\x18\x06 \x01(\t\x12,\n\x05scope\x18\x07 \x01(\x0e\x32\x1d.credvault.v1.CredentialScope\"u\n\x17ListCredentialsResponse\x12-\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x18.credvault.v1.Credential\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\x9c\x01\n\x1aOverwriteCredentialRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08\x63ontents\x18\x02 \x01(\x0b\x32 .credvault.v1.CredentialContents\x12$\n\x06\x61\x63\x63\x65ss\x18\x03 \x01(\x0b\x32\x14.credvault.v1.Access\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"K\n\x1bOverwriteCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"\xb3\x01\n\x1fUpdateCredentialMetadataRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12$\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0b\x32\x14.credvault.v1.Access\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\x03\x42\x07\n\x05_nameB\x0e\n\x0c_description\"P\n UpdateCredentialMetadataResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"%\n\x17\x44\x65leteCredentialRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCredentialResponse\"9\n\x1bGetCredentialDetailsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\"~\n\x1cGetCredentialDetailsResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\x12\x30\n\x07\x64\x65tails\x18\x02 \x01(\x0b\x32\x1f.credvault.v1.CredentialDetails*\xbc\x01\n\x0e\x43redentialType\x12\x1f\n\x1b\x43REDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12%\n!CREDENTIAL_TYPE_USERNAME_PASSWORD\x10\x01\x12\x1f\n\x1b\x43REDENTIAL_TYPE_CERTIFICATE\x10\x02\x12\x19\n\x15\x43REDENTIAL_TYPE_TOKEN\x10\x03\x12&\n\"CREDENTIAL_TYPE_PUBLIC_CERTIFICATE\x10\x04*\xce\x01\n\x0f\x43redentialScope\x12 \n\x1c\x43REDENTIAL_SCOPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43REDENTIAL_SCOPE_SYNTHETIC\x10\x01\x12-\n)CREDENTIAL_SCOPE_EXTENSION_AUTHENTICATION\x10\x02\x12)\n%CREDENTIAL_SCOPE_EXTENSION_VALIDATION\x10\x03\x12\x1f\n\x1b\x43REDENTIAL_SCOPE_APP_ENGINE\x10\x04*w\n\x0b\x41\x63\x63\x65ssLevel\x12\x1c\n\x18\x41\x43\x43\x45SS_LEVEL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43\x45SS_LEVEL_OWNER_ONLY\x10\x01\x12\x17\n\x13\x41\x43\x43\x45SS_LEVEL_SHARED\x10\x02\x12\x14\n\x10\x41\x43\x43\x45SS_LEVEL_ALL\x10\x03*r\n\x11\x43\x65rtificateFormat\x12\"\n\x1e\x43\x45RTIFICATE_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x45RTIFICATE_FORMAT_PKCS12\x10\x01\x12\x1a\n\x16\x43\x45RTIFICATE_FORMAT_PEM\x10\x02\x32\xea\x05\n\x12\x43redentialsService\x12\x61\n\x10\x43reateCredential\x12%.credvault.v1.CreateCredentialRequest\x1a&.credvault.v1.CreateCredentialResponse\x12X\n\rGetCredential\x12\".credvault.v1.GetCredentialRequest\x1a#.credvault.v1.GetCredentialResponse\x12^\n\x0fListCredentials\x12$.credvault.v1.ListCredentialsRequest\x1a%.credvault.v1.ListCredentialsResponse\x12j\n\x13OverwriteCredential\x12(.credvault.v1.OverwriteCredentialRequest\x1a).credvault.v1.OverwriteCredentialResponse\x12y\n\x18UpdateCredentialMetadata\x12-.credvault.v1.UpdateCredentialMetadataRequest\x1a..credvault.v1.UpdateCredentialMetadataResponse\x12\x61\n\x10\x44\x65leteCredential\x12%.credvault.v1.DeleteCredentialRequest\x1a&.credvault.v1.DeleteCredentialResponse\x12m\n\x14GetCredentialDetails\x12).credvault.v1.GetCredentialDetailsRequest\x1a*.credvault.v1.GetCredentialDetailsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63redvault/v1/credentials.proto\x12\x0c\x63redvault.v1\x1a\x1b\x63redvault/v1/monitors.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n\x10UsernamePassword\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"^\n\x0b\x43\x65rtificate\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08password\x18\x02 \x01(\t\x12/\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1f.credvault.v1.CertificateFormat\"\x16\n\x05Token\x12\r\n\x05token\x18\x01 \x01(\t\" \n\x11PublicCertificate\x12\x0b\n\x03pem\x18\x01 \x01(\x0c\"\xf4\x01\n\x12\x43redentialContents\x12;\n\x11username_password\x18\x01 \x01(\x0b\x32\x1e.credvault.v1.UsernamePasswordH\x00\x12\x30\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x19.credvault.v1.CertificateH\x00\x12$\n\x05token\x18\x03 \x01(\x0b\x32\x13.credvault.v1.TokenH\x00\x12=\n\x12public_certificate\x18\x04 \x01(\x0b\x32\x1f.credvault.v1.PublicCertificateH\x00\x42\n\n\x08\x63ontents\"\xf9\x01\n\x11\x43redentialDetails\x12;\n\x11username_password\x18\x01 \x01(\x0b\x32\x1e.credvault.v1.UsernamePasswordH\x00\x12\x37\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32 .credvault.v1.CertificateDetailsH\x00\x12$\n\x05token\x18\x03 \x01(\x0b\x32\x13.credvault.v1.TokenH\x00\x12=\n\x12public_certificate\x18\x04 \x01(\x0b\x32\x1f.credvault.v1.PublicCertificateH\x00\x42\t\n\x07\x64\x65tails\"L\n\x12\x43\x65rtificateDetails\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x17\n\x0fprivate_key_pem\x18\x02 \x01(\x0c\"A\n\x06\x41\x63\x63\x65ss\x12(\n\x05level\x18\x01 \x01(\x0e\x32\x19.credvault.v1.AccessLevel\x12\r\n\x05users\x18\x02 \x03(\t\"I\n\x0f\x41ppEngineAccess\x12\x14\n\x0c\x61llowed_apps\x18\x01 \x03(\t\x12 \n\x18\x61llow_contextless_access\x18\x02 \x01(\x08\"}\n\x0f\x43\x65rtificateInfo\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12sha256_fingerprint\x18\x04 \x01(\t\"\xda\x03\n\nCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12*\n\x04type\x18\x04 \x01(\x0e\x32\x1c.credvault.v1.CredentialType\x12-\n\x06scopes\x18\x05 \x03(\x0e\x32\x1d.credvault.v1.CredentialScope\x12$\n\x06\x61\x63\x63\x65ss\x18\x06 \x01(\x0b\x32\x14.credvault.v1.Access\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x31\n\napp_engine\x18\x08 \x01(\x0b\x32\x1d.credvault.v1.AppEngineAccess\x12\x37\n\x10\x63\x65rtificate_info\x18\t \x01(\x0b\x32\x1d.credvault.v1.CertificateInfo\x12\x0f\n\x07version\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07used_by\x18\r \x03(\x0b\x32\x1d.credvault.v1.CredentialUsage\"V\n\x0f\x43redentialUsage\x12\x12\n\nmonitor_id\x18\x01 \x01(\t\x12/\n\x0cmonitor_type\x18\x02 \x01(\x0e\x32\x19.credvault.v1.MonitorType\"\xf8\x01\n\x17\x43reateCredentialRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x06scopes\x18\x03 \x03(\x0e\x32\x1d.credvault.v1.CredentialScope\x12\x32\n\x08\x63ontents\x18\x04 \x01(\x0b\x32 .credvault.v1.CredentialContents\x12$\n\x06\x61\x63\x63\x65ss\x18\x05 \x01(\x0b\x32\x14.credvault.v1.Access\x12\x31\n\napp_engine\x18\x06 \x01(\x0b\x32\x1d.credvault.v1.AppEngineAccess\"H\n\x18\x43reateCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"\"\n\x14GetCredentialRequest\x12\n\n\x02id\x18\x01 \x01(\t\"E\n\x15GetCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"\xf0\x01\n\x16ListCredentialsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.credvault.v1.CredentialType\x12\x15\n\rname_contains\x18\x04 \x01(\t\x12/\n\x0c\x61\x63\x63\x65ss_level\x18\x05 \x01(\x0e\x32\x19.credvault.v1.AccessLevel\x12\r\n\x05owner\x18\x06 \x01(\t\x12,\n\x05scope\x18\x07 \x01(\x0e\x32\x1d.credvault.v1.CredentialScope\"u\n\x17ListCredentialsResponse\x12-\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x18.credvault.v1.Credential\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\x9c\x01\n\x1aOverwriteCredentialRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08\x63ontents\x18\x02 \x01(\x0b\x32 .credvault.v1.CredentialContents\x12$\n\x06\x61\x63\x63\x65ss\x18\x03 \x01(\x0b\x32\x14.credvault.v1.Access\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"K\n\x1bOverwriteCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"\xb3\x01\n\x1fUpdateCredentialMetadataRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12$\n\x06\x61\x63\x63\x65ss\x18\x04 \x01(\x0b\x32\x14.credvault.v1.Access\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\x03\x42\x07\n\x05_nameB\x0e\n\x0c_description\"P\n UpdateCredentialMetadataResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\"%\n\x17\x44\x65leteCredentialRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCredentialResponse\"9\n\x1bGetCredentialDetailsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\"~\n\x1cGetCredentialDetailsResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.credvault.v1.Credential\x12\x30\n\x07\x64\x65tails\x18\x02 \x01(\x0b\x32\x1f.credvault.v1.CredentialDetails*\xbc\x01\n\x0e\x43redentialType\x12\x1f\n\x1b\x43REDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12%\n!CREDENTIAL_TYPE_USERNAME_PASSWORD\x10\x01\x12\x1f\n\x1b\x43REDENTIAL_TYPE_CERTIFICATE\x10\x02\x12\x19\n\x15\x43REDENTIAL_TYPE_TOKEN\x10\x03\x12&\n\"CREDENTIAL_TYPE_PUBLIC_CERTIFICATE\x10\x04*\xce\x01\n\x0f\x43redentialScope\x12 \n\x1c\x43REDENTIAL_SCOPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43REDENTIAL_SCOPE_SYNTHETIC\x10\x01\x12-\n)CREDENTIAL_SCOPE_EXTENSION_AUTHENTICATION\x10\x02\x12)\n%CREDENTIAL_SCOPE_EXTENSION_VALIDATION\x10\x03\x12\x1f\n\x1b\x43REDENTIAL_SCOPE_APP_ENGINE\x10\x04*w\n\x0b\x41\x63\x63\x65ssLevel\x12\x1c\n\x18\x41\x43\x43\x45SS_LEVEL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43\x45SS_LEVEL_OWNER_ONLY\x10\x01\x12\x17\n\x13\x41\x43\x43\x45SS_LEVEL_SHARED\x10\x02\x12\x14\n\x10\x41\x43\x43\x45SS_LEVEL_ALL\x10\x03*r\n\x11\x43\x65rtificateFormat\x12\"\n\x1e\x43\x45RTIFICATE_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x45RTIFICATE_FORMAT_PKCS12\x10\x01\x12\x1a\n\x16\x43\x45RTIFICATE_FORMAT_PEM\x10\x02\x32\xea\x05\n\x12\x43redentialsService\x12\x61\n\x10\x43reateCredential\x12%.credvault.v1.CreateCredentialRequest\x1a&.credvault.v1.CreateCredentialResponse\x12X\n\rGetCredential\x12\".credvault.v1.GetCredentialRequest\x1a#.credvault.v1.GetCredentialResponse\x12^\n\x0fListCredentials\x12$.credvault.v1.ListCredentialsRequest\x1a%.credvault.v1.ListCredentialsResponse\x12j\n\x13OverwriteCredential\x12(.credvault.v1.OverwriteCredentialRequest\x1a).credvault.v1.OverwriteCredentialResponse\x12y\n\x18UpdateCredentialMetadata\x12-.credvault.v1.UpdateCredentialMetadataRequest\x1a..credvault.v1.UpdateCredentialMetadataResponse\x12\x61\n\x10\x44\x65leteCredential\x12%.credvault.v1.DeleteCredentialRequest\x1a&.credvault.v1.DeleteCredentialResponse\x12m\n\x14GetCredentialDetails\x12).credvault.v1.GetCredentialDetailsRequest\x1a*.credvault.v1.GetCredentialDetailsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credvault.v1.credentials_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDENTIALTYPE']._serialized_start=3115
-  _globals['_CREDENTIALTYPE']._serialized_end=3303
-  _globals['_CREDENTIALSCOPE']._serialized_start=3306
-  _globals['_CREDENTIALSCOPE']._serialized_end=3512
-  _globals['_ACCESSLEVEL']._serialized_start=3514
-  _globals['_ACCESSLEVEL']._serialized_end=3633
-  _globals['_CERTIFICATEFORMAT']._serialized_start=3635
-  _globals['_CERTIFICATEFORMAT']._serialized_end=3749
-  _globals['_USERNAMEPASSWORD']._serialized_start=81
-  _globals['_USERNAMEPASSWORD']._serialized_end=135
-  _globals['_CERTIFICATE']._serialized_start=137
-  _globals['_CERTIFICATE']._serialized_end=231
-  _globals['_TOKEN']._serialized_start=233
-  _globals['_TOKEN']._serialized_end=255
-  _globals['_PUBLICCERTIFICATE']._serialized_start=257
-  _globals['_PUBLICCERTIFICATE']._serialized_end=289
-  _globals['_CREDENTIALCONTENTS']._serialized_start=292
-  _globals['_CREDENTIALCONTENTS']._serialized_end=536
-  _globals['_CREDENTIALDETAILS']._serialized_start=539
-  _globals['_CREDENTIALDETAILS']._serialized_end=788
-  _globals['_CERTIFICATEDETAILS']._serialized_start=790
-  _globals['_CERTIFICATEDETAILS']._serialized_end=866
-  _globals['_ACCESS']._serialized_start=868
-  _globals['_ACCESS']._serialized_end=933
-  _globals['_APPENGINEACCESS']._serialized_start=935
-  _globals['_APPENGINEACCESS']._serialized_end=1008
-  _globals['_CERTIFICATEINFO']._serialized_start=1010
-  _globals['_CERTIFICATEINFO']._serialized_end=1135
-  _globals['_CREDENTIAL']._serialized_start=1138
-  _globals['_CREDENTIAL']._serialized_end=1564
-  _globals['_CREATECREDENTIALREQUEST']._serialized_start=1567
-  _globals['_CREATECREDENTIALREQUEST']._serialized_end=1815
-  _globals['_CREATECREDENTIALRESPONSE']._serialized_start=1817
-  _globals['_CREATECREDENTIALRESPONSE']._serialized_end=1889
-  _globals['_GETCREDENTIALREQUEST']._serialized_start=1891
-  _globals['_GETCREDENTIALREQUEST']._serialized_end=1925
-  _globals['_GETCREDENTIALRESPONSE']._serialized_start=1927
-  _globals['_GETCREDENTIALRESPONSE']._serialized_end=1996
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=1999
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=2239
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=2241
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=2358
-  _globals['_OVERWRITECREDENTIALREQUEST']._serialized_start=2361
-  _globals['_OVERWRITECREDENTIALREQUEST']._serialized_end=2517
-  _globals['_OVERWRITECREDENTIALRESPONSE']._serialized_start=2519
-  _globals['_OVERWRITECREDENTIALRESPONSE']._serialized_end=2594
-  _globals['_UPDATECREDENTIALMETADATAREQUEST']._serialized_start=2597
-  _globals['_UPDATECREDENTIALMETADATAREQUEST']._serialized_end=2776
-  _globals['_UPDATECREDENTIALMETADATARESPONSE']._serialized_start=2778
-  _globals['_UPDATECREDENTIALMETADATARESPONSE']._serialized_end=2858
-  _globals['_DELETECREDENTIALREQUEST']._serialized_start=2860
-  _globals['_DELETECREDENTIALREQUEST']._serialized_end=2897
-  _globals['_DELETECREDENTIALRESPONSE']._serialized_start=2899
-  _globals['_DELETECREDENTIALRESPONSE']._serialized_end=2925
-  _globals['_GETCREDENTIALDETAILSREQUEST']._serialized_start=2927
-  _globals['_GETCREDENTIALDETAILSREQUEST']._serialized_end=2984
-  _globals['_GETCREDENTIALDETAILSRESPONSE']._serialized_start=2986
-  _globals['_GETCREDENTIALDETAILSRESPONSE']._serialized_end=3112
-  _globals['_CREDENTIALSSERVICE']._serialized_start=3752
-  _globals['_CREDENTIALSSERVICE']._serialized_end=4498
+  _globals['_CREDENTIALTYPE']._serialized_start=3280
+  _globals['_CREDENTIALTYPE']._serialized_end=3468
+  _globals['_CREDENTIALSCOPE']._serialized_start=3471
+  _globals['_CREDENTIALSCOPE']._serialized_end=3677
+  _globals['_ACCESSLEVEL']._serialized_start=3679
+  _globals['_ACCESSLEVEL']._serialized_end=3798
+  _globals['_CERTIFICATEFORMAT']._serialized_start=3800
+  _globals['_CERTIFICATEFORMAT']._serialized_end=3914
+  _globals['_USERNAMEPASSWORD']._serialized_start=110
+  _globals['_USERNAMEPASSWORD']._serialized_end=164
+  _globals['_CERTIFICATE']._serialized_start=166
+  _globals['_CERTIFICATE']._serialized_end=260
+  _globals['_TOKEN']._serialized_start=262
+  _globals['_TOKEN']._serialized_end=284
+  _globals['_PUBLICCERTIFICATE']._serialized_start=286
+  _globals['_PUBLICCERTIFICATE']._serialized_end=318
+  _globals['_CREDENTIALCONTENTS']._serialized_start=321
+  _globals['_CREDENTIALCONTENTS']._serialized_end=565
+  _globals['_CREDENTIALDETAILS']._serialized_start=568
+  _globals['_CREDENTIALDETAILS']._serialized_end=817
+  _globals['_CERTIFICATEDETAILS']._serialized_start=819
+  _globals['_CERTIFICATEDETAILS']._serialized_end=895
+  _globals['_ACCESS']._serialized_start=897
+  _globals['_ACCESS']._serialized_end=962
+  _globals['_APPENGINEACCESS']._serialized_start=964
+  _globals['_APPENGINEACCESS']._serialized_end=1037
+  _globals['_CERTIFICATEINFO']._serialized_start=1039
+  _globals['_CERTIFICATEINFO']._serialized_end=1164
+  _globals['_CREDENTIAL']._serialized_start=1167
+  _globals['_CREDENTIAL']._serialized_end=1641
+  _globals['_CREDENTIALUSAGE']._serialized_start=1643
+  _globals['_CREDENTIALUSAGE']._serialized_end=1729
+  _globals['_CREATECREDENTIALREQUEST']._serialized_start=1732
+  _globals['_CREATECREDENTIALREQUEST']._serialized_end=1980
+  _globals['_CREATECREDENTIALRESPONSE']._serialized_start=1982
+  _globals['_CREATECREDENTIALRESPONSE']._serialized_end=2054
+  _globals['_GETCREDENTIALREQUEST']._serialized_start=2056
+  _globals['_GETCREDENTIALREQUEST']._serialized_end=2090
+  _globals['_GETCREDENTIALRESPONSE']._serialized_start=2092
+  _globals['_GETCREDENTIALRESPONSE']._serialized_end=2161
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=2164
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=2404
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=2406
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=2523
+  _globals['_OVERWRITECREDENTIALREQUEST']._serialized_start=2526
+  _globals['_OVERWRITECREDENTIALREQUEST']._serialized_end=2682
+  _globals['_OVERWRITECREDENTIALRESPONSE']._serialized_start=2684
+  _globals['_OVERWRITECREDENTIALRESPONSE']._serialized_end=2759
+  _globals['_UPDATECREDENTIALMETADATAREQUEST']._serialized_start=2762
+  _globals['_UPDATECREDENTIALMETADATAREQUEST']._serialized_end=2941
+  _globals['_UPDATECREDENTIALMETADATARESPONSE']._serialized_start=2943
+  _globals['_UPDATECREDENTIALMETADATARESPONSE']._serialized_end=3023
+  _globals['_DELETECREDENTIALREQUEST']._serialized_start=3025
+  _globals['_DELETECREDENTIALREQUEST']._serialized_end=3062
+  _globals['_DELETECREDENTIALRESPONSE']._serialized_start=3064
+  _globals['_DELETECREDENTIALRESPONSE']._serialized_end=3090
+  _globals['_GETCREDENTIALDETAILSREQUEST']._serialized_start=3092
+  _globals['_GETCREDENTIALDETAILSREQUEST']._serialized_end=3149
+  _globals['_GETCREDENTIALDETAILSRESPONSE']._serialized_start=3151
+  _globals['_GETCREDENTIALDETAILSRESPONSE']._serialized_end=3277
+  _globals['_CREDENTIALSSERVICE']._serialized_start=3917
+  _globals['_CREDENTIALSSERVICE']._serialized_end=4663
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from credvault.v1 import monitors_pb2 as _monitors_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -393,6 +394,7 @@ class Credential(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """CREDENTIALS_VAULT-<16 upper-case hex digits>."""
     name: _builtins.str
@@ -417,6 +419,10 @@ class Credential(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___CredentialUsage]:
+        """The monitors that reference this credential."""
+
     def __init__(
         self,
         *,
@@ -432,14 +438,37 @@ class Credential(_message.Message):
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        used_by: _abc.Iterable[Global___CredentialUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "scopes", b"scopes", "type", b"type", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "scopes", b"scopes", "type", b"type", "update_time", b"update_time", "used_by", b"used_by", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Credential: _TypeAlias = Credential  # noqa: Y015
+
+@_typing.final
+class CredentialUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_ID_FIELD_NUMBER: _builtins.int
+    MONITOR_TYPE_FIELD_NUMBER: _builtins.int
+    monitor_id: _builtins.str
+    monitor_type: _monitors_pb2.MonitorType.ValueType
+    def __init__(
+        self,
+        *,
+        monitor_id: _builtins.str = ...,
+        monitor_type: _monitors_pb2.MonitorType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitor_id", b"monitor_id", "monitor_type", b"monitor_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CredentialUsage: _TypeAlias = CredentialUsage  # noqa: Y015
 
 @_typing.final
 class CreateCredentialRequest(_message.Message):

@@ -1,0 +1,257 @@
+"""Monitors and locations: validation, who may create and edit (the seed's restricted-credential rules), "used by",
+deleting a credential deactivates its monitors, and the change log that every such change writes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import grpc
+
+from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import monitors_pb2 as mpb
+from tests.conftest import Client, Users
+from tests.helpers import ALL, create_req, expect_code, token, up
+from vault_service.server import RunningVault
+from vault_service.storage.store import Store
+
+VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
+MONITORING = ipb.PERMISSION_CHANGE_MONITORING_SETTINGS
+PD = grpc.StatusCode.PERMISSION_DENIED
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def http_monitor(
+    cred_id: str = "",
+    token_id: str = "",
+    url: str = "https://shop.example/login",
+    locations: tuple[str, ...] = ("loc-a",),
+) -> mpb.Monitor:
+    req = mpb.HttpRequest(method="GET", url=url)
+    if cred_id:
+        req.authentication.basic_credential_id = cred_id
+    if token_id:
+        req.headers.add(name="Authorization", value=f"Bearer {{{{{token_id}}}}}")
+    req.validation.add().status_code_in.codes.append(200)
+    return mpb.Monitor(
+        name="shop login",
+        frequency_minutes=5,
+        location_ids=list(locations),
+        enabled=True,
+        http=mpb.HttpScript(requests=[req]),
+    )
+
+
+async def setup_location(admin: Client, *ids: str) -> None:
+    for loc in ids or ("loc-a",):
+        await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id=loc, name=loc)))
+
+
+async def cred(client: Client, name: str = "c", contents: cpb.CredentialContents | None = None, **kw: object) -> str:
+    return str((await client.CreateCredential(create_req(name, contents or up(), **kw))).credential.id)
+
+
+async def test_create_get_and_used_by(admin: Client) -> None:
+    await setup_location(admin)
+    basic = await cred(admin, "basic")
+    tok = await cred(admin, "tok", token("t-1"))
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(basic, tok)))).monitor
+    assert m.id.startswith("SYNTHETIC_TEST-")
+    assert m.type == mpb.MONITOR_TYPE_HTTP
+    assert sorted(m.credential_ids) == sorted([basic, tok])
+    assert m.http.requests[0].timeout_ms == 10_000
+    assert (await admin.GetMonitor(mpb.GetMonitorRequest(id=m.id))).monitor == m
+    got = (await admin.GetCredential(cpb.GetCredentialRequest(id=basic))).credential
+    assert [(u.monitor_id, u.monitor_type) for u in got.used_by] == [(m.id, mpb.MONITOR_TYPE_HTTP)]
+    listed = (await admin.ListCredentials(cpb.ListCredentialsRequest())).credentials
+    assert {c.id: [u.monitor_id for u in c.used_by] for c in listed} == {basic: [m.id], tok: [m.id]}
+
+
+async def test_invalid_monitors(admin: Client) -> None:
+    await setup_location(admin)
+    basic = await cred(admin, "basic")
+    tok = await cred(admin, "tok", token())
+    domain_user = await cred(admin, "domain", up("CORP\\alice", "pw"))
+    ext = await cred(admin, "ext", scopes=[cpb.CREDENTIAL_SCOPE_EXTENSION_AUTHENTICATION])
+    cases: list[tuple[mpb.Monitor, str]] = []
+    m = http_monitor(basic)
+    m.frequency_minutes = 3
+    cases.append((m, "monitor.frequency_minutes"))
+    cases.append((http_monitor(basic, locations=("nowhere",)), "monitor.location_ids"))
+    cases.append((http_monitor("CREDENTIALS_VAULT-0000000000000000"), "monitor.credentials"))
+    cases.append((http_monitor(tok), "monitor.credentials"))  # a token for basic auth
+    cases.append((http_monitor(ext), "monitor.credentials"))  # no SYNTHETIC scope
+    cases.append((http_monitor(domain_user), "monitor.credentials"))  # DOMAIN\user on HTTP
+    cases.append((http_monitor(url="ftp://x"), "monitor.http.requests[0].url"))
+    cases.append((http_monitor(url="https://x/{{CREDENTIALS_VAULT-zz}}"), "http.requests[0].url"))
+    m = http_monitor()
+    m.http.requests[0].method = "BREW"
+    cases.append((m, "monitor.http.requests[0].method"))
+    cases.append((mpb.Monitor(name="x", frequency_minutes=5, location_ids=["loc-a"]), "monitor.script"))
+    for monitor, field in cases:
+        err = await expect_code(admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor)), INVALID)
+        assert (err.details() or "").startswith(field), (field, err.details())
+    browser = mpb.Monitor(
+        name="b",
+        frequency_minutes=5,
+        location_ids=["loc-a"],
+        browser=mpb.BrowserScript(url="https://x", login_credential_id=domain_user),
+    )
+    assert (
+        await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=browser))
+    ).monitor.type == mpb.MONITOR_TYPE_BROWSER
+
+
+async def test_who_may_create_monitors(admin: Client, users: Users) -> None:
+    await setup_location(admin)
+    viewer = await users.make("viewer", [VIEW])
+    zoned = await users.make("zoned", [], zones={"shop": [VIEW, MONITORING]})
+    monitoring = await users.make("mon", [VIEW, MONITORING])
+    await expect_code(viewer.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor())), PD)
+    await expect_code(zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor())), PD)
+    in_zone = http_monitor()
+    in_zone.management_zone = "shop"
+    assert (await zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=in_zone))).monitor.management_zone == "shop"
+    other_zone = http_monitor()
+    other_zone.management_zone = "billing"
+    await expect_code(zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=other_zone)), PD)
+    # a credential of someone else's, owner-only: not usable in a new monitor
+    admins = await cred(admin, "admin-only")
+    await expect_code(monitoring.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(admins))), PD)
+    public = await cred(admin, "public", access=ALL)
+    assert (await monitoring.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(public)))).monitor.id
+
+
+async def test_restricted_credential_edits(admin: Client, users: Users) -> None:
+    await setup_location(admin, "loc-a", "loc-b")
+    alice = await users.make("alice", [VIEW, MONITORING])
+    bob = await users.make("bob", [VIEW, MONITORING])
+    secret = await cred(alice, "alice-only")
+    m = (await alice.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(secret)))).monitor
+
+    async def update(edit: mpb.Monitor) -> mpb.Monitor:
+        response: mpb.UpdateMonitorResponse = await bob.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=edit))
+        return response.monitor
+
+    allowed = mpb.Monitor()
+    allowed.CopyFrom(m)
+    allowed.name = "renamed by bob"
+    allowed.frequency_minutes = 15
+    allowed.location_ids.append("loc-b")
+    allowed.http.requests[0].validation[0].status_code_in.codes.append(302)
+    m2 = await update(allowed)
+    assert (m2.name, m2.frequency_minutes, list(m2.location_ids)) == ("renamed by bob", 15, ["loc-a", "loc-b"])
+    changes: list[tuple[str, Callable[[mpb.Monitor], object]]] = [
+        ("url", lambda x: setattr(x.http.requests[0], "url", "https://evil.example/")),
+        ("method", lambda x: setattr(x.http.requests[0], "method", "POST")),
+        ("header", lambda x: x.http.requests[0].headers.add(name="X-A", value="b")),
+        ("body", lambda x: setattr(x.http.requests[0], "body", "{}")),
+        ("redirects", lambda x: setattr(x.http.requests[0], "follow_redirects", True)),
+        ("requests", lambda x: x.http.requests.add(method="GET", url="https://x/")),
+    ]
+    for _what, change in changes:
+        edit = mpb.Monitor()
+        edit.CopyFrom(m2)
+        change(edit)
+        await expect_code(update(edit), PD)
+    assert (await bob.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))).monitor.enabled is False
+    # replacing all credentials with one bob can access is allowed (and irreversible)
+    own = await cred(bob, "bob-own")
+    edit = mpb.Monitor()
+    edit.CopyFrom(m2)
+    edit.http.requests[0].authentication.basic_credential_id = own
+    replaced = await update(edit)
+    assert list(replaced.credential_ids) == [own]
+    # now bob may change anything, alice may not (she has no access to bob's credential) except the allowed fields
+    edit.CopyFrom(replaced)
+    edit.http.requests[0].url = "https://shop.example/v2/login"
+    assert (await update(edit)).http.requests[0].url.endswith("/v2/login")
+    await expect_code(alice.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=_with_url(edit, "https://other/"))), PD)
+    await bob.DeleteMonitor(mpb.DeleteMonitorRequest(id=m.id))
+    await expect_code(bob.GetMonitor(mpb.GetMonitorRequest(id=m.id)), grpc.StatusCode.NOT_FOUND)
+
+
+def _with_url(m: mpb.Monitor, url: str) -> mpb.Monitor:
+    out = mpb.Monitor()
+    out.CopyFrom(m)
+    out.http.requests[0].url = url
+    return out
+
+
+async def test_deleting_a_credential_deactivates_its_monitors(admin: Client, vault: RunningVault) -> None:
+    await setup_location(admin)
+    basic = await cred(admin, "basic")
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(basic)))).monitor
+    await admin.DeleteCredential(cpb.DeleteCredentialRequest(id=basic))
+    after = (await admin.GetMonitor(mpb.GetMonitorRequest(id=m.id))).monitor
+    assert not after.enabled
+    assert after.disabled_reason == mpb.DISABLED_REASON_CREDENTIAL_DELETED
+    assert after.version != m.version
+    await expect_code(
+        admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=True)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    async with vault.store.read() as tx:
+        kinds = [(c.kind, c.object_id) for c in await tx.changes_since(0, 100)]
+    assert kinds == [("monitor", m.id), ("monitor", m.id)]  # created, then deactivated
+
+
+async def test_changes_are_logged_for_what_engines_hold(admin: Client, vault: RunningVault) -> None:
+    await setup_location(admin, "loc-a", "loc-b")
+    basic = await cred(admin, "basic")
+    unused = await cred(admin, "unused")
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(basic)))).monitor
+    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=basic, contents=up("u", "new")))
+    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=unused, contents=up("u", "new")))  # no engine
+    moved = _with_url(m, m.http.requests[0].url)
+    del moved.location_ids[:]
+    moved.location_ids.append("loc-b")
+    await admin.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=moved))
+    await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
+    await admin.DeleteMonitor(mpb.DeleteMonitorRequest(id=m.id))
+    async with vault.store.read() as tx:
+        changes = await tx.changes_since(0, 100)
+        head = await tx.head_revision()
+    assert [(c.kind, c.object_id, c.location_ids) for c in changes] == [
+        ("monitor", m.id, ("loc-a",)),
+        ("credential", basic, ("loc-a",)),
+        ("monitor", m.id, ("loc-a", "loc-b")),  # moved: both locations' engines are affected
+        ("monitor", m.id, ("loc-b",)),
+        ("monitor", m.id, ("loc-b",)),
+    ]
+    assert [c.revision for c in changes] == list(range(1, head + 1))
+
+
+async def test_concurrent_writers_never_make_a_reader_skip_a_revision(store: Store) -> None:
+    """Writers append and then hold their transaction open for a random while (late commits); a reader polling
+    `changes_since(last)` must always get a gapless continuation."""
+    writers, per_writer = 12, 15
+    done = asyncio.Event()
+    seen: list[int] = []
+
+    async def writer(n: int) -> None:
+        for i in range(per_writer):
+            async with store.transaction() as tx:
+                await tx.append_change("monitor", f"w{n}-{i}", ["loc-a"])
+                await asyncio.sleep(random.uniform(0, 0.004))
+
+    async def reader() -> None:
+        last = 0
+        while True:
+            async with store.read() as tx:
+                batch = await tx.changes_since(last, 1000)
+            revisions = [c.revision for c in batch]
+            assert revisions == list(range(last + 1, last + 1 + len(revisions))), (last, revisions)
+            seen.extend(revisions)
+            last = revisions[-1] if revisions else last
+            if done.is_set() and not batch:
+                return
+            await asyncio.sleep(0)
+
+    reading = asyncio.ensure_future(reader())
+    await asyncio.gather(*(writer(n) for n in range(writers)))
+    done.set()
+    await reading
+    assert seen == list(range(1, writers * per_writer + 1))

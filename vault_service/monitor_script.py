@@ -1,0 +1,243 @@
+"""Monitor definitions: validation, the credentials a monitor references (and how), and the part of a definition
+that a user without access to its credentials may not change.
+
+A monitor definition is the protobuf ``credvault.v1.Monitor`` (the script is a deep tree; mirroring it in
+dataclasses would only add a copy). It holds credential ids and ``{{CREDENTIALS_VAULT-<id>}}`` placeholders, never
+a secret value.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import urllib.parse
+
+from credvault.v1 import monitors_pb2 as mpb
+from vault_service import validation
+from vault_service.errors import InvalidArgument
+from vault_service.models import CredentialType
+
+PLACEHOLDER = re.compile(r"\{\{(CREDENTIALS_VAULT-[0-9A-F]{16})(?:\.(username|password))?\}\}")
+_LOOSE_PLACEHOLDER = re.compile(r"\{\{\s*CREDENTIALS_VAULT[^}]*\}\}")
+_CREDENTIAL_ID = re.compile(r"^CREDENTIALS_VAULT-[0-9A-F]{16}$")
+_LOCATION_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+FREQUENCIES = frozenset({1, 2, 5, 10, 15, 30, 60})
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+MAX_REQUESTS = 50
+MAX_EVENTS = 200
+MAX_HEADERS = 50
+MAX_URL = 4096
+MAX_BODY = 64 * 1024
+MAX_HEADER_VALUE = 8192
+MAX_RULES = 20
+MAX_LOCATIONS = 50
+DEFAULT_TIMEOUT_MS = 10_000
+
+
+class Use(enum.Enum):
+    """How a monitor uses a credential; each use allows certain credential types."""
+
+    BASIC_AUTH = "basic authentication"
+    CLIENT_CERTIFICATE = "client certificate"
+    TOKEN_PLACEHOLDER = "token placeholder"
+    FIELD_PLACEHOLDER = "username/password placeholder"
+    BROWSER_LOGIN = "browser login"
+
+
+ALLOWED_TYPES: dict[Use, frozenset[CredentialType]] = {
+    Use.BASIC_AUTH: frozenset({CredentialType.USERNAME_PASSWORD}),
+    Use.CLIENT_CERTIFICATE: frozenset({CredentialType.CERTIFICATE}),
+    Use.TOKEN_PLACEHOLDER: frozenset({CredentialType.TOKEN}),
+    Use.FIELD_PLACEHOLDER: frozenset({CredentialType.USERNAME_PASSWORD}),
+    Use.BROWSER_LOGIN: frozenset({CredentialType.USERNAME_PASSWORD}),
+}
+
+
+def _placeholders(field: str, text: str, refs: dict[str, set[Use]]) -> None:
+    for m in PLACEHOLDER.finditer(text):
+        use = Use.FIELD_PLACEHOLDER if m.group(2) else Use.TOKEN_PLACEHOLDER
+        refs.setdefault(m.group(1), set()).add(use)
+    stripped = PLACEHOLDER.sub("", text)
+    if _LOOSE_PLACEHOLDER.search(stripped):
+        raise InvalidArgument(
+            field, "has a malformed credential placeholder; use {{CREDENTIALS_VAULT-<16 hex>}} or .username/.password"
+        )
+
+
+def _credential_id(field: str, value: str) -> str:
+    if not _CREDENTIAL_ID.match(value):
+        raise InvalidArgument(field, "must be CREDENTIALS_VAULT- followed by 16 upper-case hex digits")
+    return value
+
+
+def credential_uses(monitor: mpb.Monitor) -> dict[str, set[Use]]:
+    """Every credential the monitor references, with how it uses it. Validates the references' syntax."""
+    refs: dict[str, set[Use]] = {}
+    which = monitor.WhichOneof("script")
+    if which == "http":
+        for i, req in enumerate(monitor.http.requests):
+            f = f"http.requests[{i}]"
+            _placeholders(f"{f}.url", req.url, refs)
+            _placeholders(f"{f}.body", req.body, refs)
+            for j, h in enumerate(req.headers):
+                _placeholders(f"{f}.headers[{j}].value", h.value, refs)
+            auth = req.authentication.WhichOneof("method")
+            if auth == "basic_credential_id":
+                cid = _credential_id(f"{f}.authentication", req.authentication.basic_credential_id)
+                refs.setdefault(cid, set()).add(Use.BASIC_AUTH)
+            elif auth == "client_certificate_credential_id":
+                cid = _credential_id(f"{f}.authentication", req.authentication.client_certificate_credential_id)
+                refs.setdefault(cid, set()).add(Use.CLIENT_CERTIFICATE)
+    elif which == "browser":
+        b = monitor.browser
+        _placeholders("browser.url", b.url, refs)
+        if b.login_credential_id:
+            refs.setdefault(_credential_id("browser.login_credential_id", b.login_credential_id), set()).add(
+                Use.BROWSER_LOGIN
+            )
+        for i, ev in enumerate(b.events):
+            if ev.WhichOneof("event") == "navigate_url":
+                _placeholders(f"browser.events[{i}].navigate_url", ev.navigate_url, refs)
+            elif ev.WhichOneof("event") == "keystroke" and ev.keystroke.WhichOneof("text") == "credential":
+                cred = ev.keystroke.credential
+                cid = _credential_id(f"browser.events[{i}].keystroke.credential", cred.credential_id)
+                if cred.field not in ("", "username", "password"):
+                    raise InvalidArgument(
+                        f"browser.events[{i}].keystroke.credential.field", "must be username or password"
+                    )
+                refs.setdefault(cid, set()).add(Use.FIELD_PLACEHOLDER if cred.field else Use.TOKEN_PLACEHOLDER)
+    return refs
+
+
+def _url(field: str, url: str) -> None:
+    if not url:
+        raise InvalidArgument(field, "must not be empty")
+    if len(url) > MAX_URL:
+        raise InvalidArgument(field, f"is longer than {MAX_URL} characters")
+    parsed = urllib.parse.urlsplit(PLACEHOLDER.sub("x", url))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidArgument(field, "must be an absolute http:// or https:// URL")
+
+
+def _rules(field: str, rules: list[mpb.ValidationRule]) -> None:
+    if len(rules) > MAX_RULES:
+        raise InvalidArgument(field, f"at most {MAX_RULES} rules")
+    for i, rule in enumerate(rules):
+        which = rule.WhichOneof("rule")
+        if which is None:
+            raise InvalidArgument(f"{field}[{i}]", "must set one rule")
+        if which == "status_code_in":
+            codes = list(rule.status_code_in.codes)
+            if not codes or any(not 100 <= c <= 599 for c in codes):
+                raise InvalidArgument(f"{field}[{i}].status_code_in", "must list HTTP status codes 100-599")
+        elif which == "body_matches_regex":
+            try:
+                re.compile(rule.body_matches_regex)
+            except re.error as exc:
+                raise InvalidArgument(f"{field}[{i}].body_matches_regex", f"is not a valid regex: {exc.msg}") from None
+
+
+def validate(monitor: mpb.Monitor) -> mpb.Monitor:
+    """A normalized copy of a monitor definition, or InvalidArgument naming the field."""
+    out = mpb.Monitor()
+    out.CopyFrom(monitor)
+    out.name = validation.text("monitor.name", monitor.name, max_len=validation.MAX_NAME, required=True)
+    if monitor.frequency_minutes not in FREQUENCIES:
+        raise InvalidArgument("monitor.frequency_minutes", f"must be one of {sorted(FREQUENCIES)}")
+    locations = list(dict.fromkeys(monitor.location_ids))
+    if not locations or len(locations) > MAX_LOCATIONS:
+        raise InvalidArgument("monitor.location_ids", f"must list 1 to {MAX_LOCATIONS} locations")
+    for loc in locations:
+        if not _LOCATION_ID.match(loc):
+            raise InvalidArgument("monitor.location_ids", f"{loc!r} is not a location id")
+    del out.location_ids[:]
+    out.location_ids.extend(locations)
+    if monitor.management_zone:
+        validation.text("monitor.management_zone", monitor.management_zone, max_len=validation.MAX_NAME, required=True)
+    which = monitor.WhichOneof("script")
+    if which == "http":
+        out.type = mpb.MONITOR_TYPE_HTTP
+        reqs = monitor.http.requests
+        if not reqs or len(reqs) > MAX_REQUESTS:
+            raise InvalidArgument("monitor.http.requests", f"must hold 1 to {MAX_REQUESTS} requests")
+        for i, req in enumerate(reqs):
+            f = f"monitor.http.requests[{i}]"
+            method = req.method.upper() or "GET"
+            if method not in METHODS:
+                raise InvalidArgument(f"{f}.method", f"must be one of {', '.join(sorted(METHODS))}")
+            out.http.requests[i].method = method
+            _url(f"{f}.url", req.url)
+            if len(req.headers) > MAX_HEADERS:
+                raise InvalidArgument(f"{f}.headers", f"at most {MAX_HEADERS} headers")
+            for j, h in enumerate(req.headers):
+                if not _HEADER_NAME.match(h.name):
+                    raise InvalidArgument(f"{f}.headers[{j}].name", "is not a valid HTTP header name")
+                if len(h.value) > MAX_HEADER_VALUE or any(c in h.value for c in "\r\n\x00"):
+                    raise InvalidArgument(f"{f}.headers[{j}].value", "is too long or has CR, LF or NUL")
+            if len(req.body) > MAX_BODY:
+                raise InvalidArgument(f"{f}.body", f"is longer than {MAX_BODY} bytes")
+            if req.timeout_ms == 0:
+                out.http.requests[i].timeout_ms = DEFAULT_TIMEOUT_MS
+            elif not 1 <= req.timeout_ms <= 60_000:
+                raise InvalidArgument(f"{f}.timeout_ms", "must be 1 to 60000")
+            _rules(f"{f}.validation", list(req.validation))
+    elif which == "browser":
+        out.type = mpb.MONITOR_TYPE_BROWSER
+        b = monitor.browser
+        _url("monitor.browser.url", b.url)
+        if len(b.events) > MAX_EVENTS:
+            raise InvalidArgument("monitor.browser.events", f"at most {MAX_EVENTS} events")
+        for i, ev in enumerate(b.events):
+            kind = ev.WhichOneof("event")
+            if kind is None:
+                raise InvalidArgument(f"monitor.browser.events[{i}]", "must set an event")
+            if kind == "navigate_url":
+                _url(f"monitor.browser.events[{i}].navigate_url", ev.navigate_url)
+    else:
+        raise InvalidArgument("monitor.script", "must be set: http or browser")
+    credential_uses(out)  # syntax of every reference
+    del out.credential_ids[:]
+    out.credential_ids.extend(sorted(credential_uses(out)))
+    return out
+
+
+def check_username_format(monitor_type: int, username: str, credential_id: str) -> None:
+    """HTTP monitors take `user`; browser monitors `user` or `DOMAIN\\user`. The username is not echoed."""
+    if "\\" in username:
+        domain, _, user = username.partition("\\")
+        if monitor_type == mpb.MONITOR_TYPE_HTTP or not domain or not user or "\\" in user:
+            raise InvalidArgument(
+                "monitor.credentials",
+                f"the username of {credential_id} has a form this monitor type does not support"
+                " (HTTP: user; browser: user or DOMAIN\\user)",
+            )
+
+
+def protected_part(monitor: mpb.Monitor) -> bytes:
+    """What a user without access to the monitor's credentials may not change: the script without its validation
+    rules, with credential ids blanked (replacing all credentials with accessible ones is allowed)."""
+    m = mpb.Monitor()
+    if monitor.WhichOneof("script") == "http":
+        m.http.CopyFrom(monitor.http)
+        for req in m.http.requests:
+            del req.validation[:]
+            req.ClearField("timeout_ms")
+            req.url = PLACEHOLDER.sub("{{}}", req.url)
+            req.body = PLACEHOLDER.sub("{{}}", req.body)
+            for h in req.headers:
+                h.value = PLACEHOLDER.sub("{{}}", h.value)
+            if req.authentication.WhichOneof("method") == "basic_credential_id":
+                req.authentication.basic_credential_id = "-"
+            elif req.authentication.WhichOneof("method") == "client_certificate_credential_id":
+                req.authentication.client_certificate_credential_id = "-"
+    elif monitor.WhichOneof("script") == "browser":
+        m.browser.CopyFrom(monitor.browser)
+        m.browser.url = PLACEHOLDER.sub("{{}}", m.browser.url)
+        if m.browser.login_credential_id:
+            m.browser.login_credential_id = "-"
+        for ev in m.browser.events:
+            if ev.WhichOneof("event") == "keystroke" and ev.keystroke.WhichOneof("text") == "credential":
+                ev.keystroke.credential.credential_id = "-"
+    m.management_zone = monitor.management_zone
+    return m.SerializeToString(deterministic=True)

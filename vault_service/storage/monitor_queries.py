@@ -1,0 +1,286 @@
+"""SQL for locations, engines, monitors and the change log (mixed into ``Tx``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from google.protobuf import json_format
+
+from credvault.v1 import monitors_pb2 as mpb
+from vault_service.errors import AlreadyExists
+
+if TYPE_CHECKING:
+    from vault_service.storage.store import Connection
+
+CHANGES_CHANNEL = "credvault_changes"
+_MONITOR_COLUMNS = (
+    "id, name, type, enabled, disabled_reason, frequency_minutes, location_ids, management_zone, script, version,"
+    " created_by, created_at, updated_at"
+)
+_TYPES = {"HTTP": mpb.MONITOR_TYPE_HTTP, "BROWSER": mpb.MONITOR_TYPE_BROWSER}
+_REASONS = {
+    None: mpb.DISABLED_REASON_UNSPECIFIED,
+    "BY_USER": mpb.DISABLED_REASON_BY_USER,
+    "CREDENTIAL_DELETED": mpb.DISABLED_REASON_CREDENTIAL_DELETED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRow:
+    location_id: str
+    engine_id: str
+    revoked_at: datetime.datetime | None
+    connected_since: datetime.datetime | None
+    applied_revision: int
+    rejected: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    revision: int
+    kind: str
+    object_id: str
+    location_ids: tuple[str, ...]
+
+
+def _monitor(row: asyncpg.Record, credential_ids: list[str]) -> mpb.Monitor:
+    script = row["script"]
+    m = mpb.Monitor()
+    json_format.Parse(script if isinstance(script, str) else json.dumps(script), m)
+    m.id = row["id"]
+    m.name = row["name"]
+    m.type = _TYPES[row["type"]]
+    m.enabled = row["enabled"]
+    m.disabled_reason = _REASONS[row["disabled_reason"]]
+    m.frequency_minutes = row["frequency_minutes"]
+    m.location_ids.extend(row["location_ids"])
+    m.management_zone = row["management_zone"]
+    m.credential_ids.extend(sorted(credential_ids))
+    m.version = row["version"]
+    m.create_time.FromDatetime(row["created_at"])
+    m.update_time.FromDatetime(row["updated_at"])
+    return m
+
+
+def _script_json(m: mpb.Monitor) -> str:
+    script = mpb.Monitor()
+    if m.WhichOneof("script") == "http":
+        script.http.CopyFrom(m.http)
+    else:
+        script.browser.CopyFrom(m.browser)
+    return json_format.MessageToJson(script, indent=None, sort_keys=True)
+
+
+def _type_name(m: mpb.Monitor) -> str:
+    return "HTTP" if m.type == mpb.MONITOR_TYPE_HTTP else "BROWSER"
+
+
+def _reason_name(reason: int) -> str | None:
+    for name, value in _REASONS.items():
+        if value == reason:
+            return name
+    return None
+
+
+class MonitorQueries:
+    conn: Connection
+
+    # --- locations and engines -----------------------------------------------------------------------------------
+
+    async def insert_location(self, location_id: str, name: str) -> datetime.datetime:
+        try:
+            created: datetime.datetime = await self.conn.fetchval(
+                "INSERT INTO locations (id, name) VALUES ($1, $2) RETURNING created_at", location_id, name
+            )
+        except asyncpg.UniqueViolationError:
+            raise AlreadyExists(f"location {location_id!r} exists already") from None
+        return created
+
+    async def list_locations(self) -> list[tuple[str, str, datetime.datetime]]:
+        rows = await self.conn.fetch("SELECT id, name, created_at FROM locations ORDER BY id")
+        return [(r["id"], r["name"], r["created_at"]) for r in rows]
+
+    async def existing_locations(self, location_ids: list[str]) -> set[str]:
+        rows = await self.conn.fetch("SELECT id FROM locations WHERE id = ANY($1)", location_ids)
+        return {r["id"] for r in rows}
+
+    async def count_monitors_in(self, location_id: str) -> int:
+        return int(await self.conn.fetchval("SELECT count(*) FROM monitors WHERE $1 = ANY(location_ids)", location_id))
+
+    async def delete_location(self, location_id: str) -> bool:
+        return bool(await self.conn.execute("DELETE FROM locations WHERE id = $1", location_id) == "DELETE 1")
+
+    async def insert_engine(self, location_id: str, engine_id: str) -> None:
+        try:
+            await self.conn.execute(
+                "INSERT INTO engines (location_id, engine_id) VALUES ($1, $2)", location_id, engine_id
+            )
+        except asyncpg.UniqueViolationError:
+            raise AlreadyExists(f"engine {engine_id!r} of location {location_id!r} exists already") from None
+
+    async def list_engines(self, location_id: str | None, engine_id: str | None = None) -> list[EngineRow]:
+        rows = await self.conn.fetch(
+            "SELECT location_id, engine_id, revoked_at, connected_since, applied_revision, rejected FROM engines"
+            " WHERE ($1::text IS NULL OR location_id = $1) AND ($2::text IS NULL OR engine_id = $2)"
+            " ORDER BY location_id, engine_id",
+            location_id,
+            engine_id,
+        )
+        return [
+            EngineRow(
+                r["location_id"],
+                r["engine_id"],
+                r["revoked_at"],
+                r["connected_since"],
+                r["applied_revision"],
+                json.loads(r["rejected"]) if isinstance(r["rejected"], str) else r["rejected"],
+            )
+            for r in rows
+        ]
+
+    async def revoke_engine(self, location_id: str, engine_id: str) -> bool:
+        status = await self.conn.execute(
+            "UPDATE engines SET revoked_at = COALESCE(revoked_at, now()), connected_since = NULL"
+            " WHERE location_id = $1 AND engine_id = $2",
+            location_id,
+            engine_id,
+        )
+        return bool(status == "UPDATE 1")
+
+    # --- monitors ------------------------------------------------------------------------------------------------
+
+    async def insert_monitor(self, m: mpb.Monitor, created_by: str) -> mpb.Monitor:
+        row = await self.conn.fetchrow(
+            f"INSERT INTO monitors (id, name, type, enabled, disabled_reason, frequency_minutes, location_ids,"
+            f" management_zone, script, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)"
+            f" RETURNING {_MONITOR_COLUMNS}",
+            m.id,
+            m.name,
+            _type_name(m),
+            m.enabled,
+            None if m.enabled else "BY_USER",
+            m.frequency_minutes,
+            list(m.location_ids),
+            m.management_zone,
+            _script_json(m),
+            created_by,
+        )
+        assert row is not None
+        await self._set_refs(m.id, list(m.credential_ids))
+        return _monitor(row, list(m.credential_ids))
+
+    async def _set_refs(self, monitor_id: str, credential_ids: list[str]) -> None:
+        await self.conn.execute("DELETE FROM monitor_credentials WHERE monitor_id = $1", monitor_id)
+        await self.conn.execute(
+            "INSERT INTO monitor_credentials (monitor_id, credential_id) SELECT $1, unnest($2::text[])",
+            monitor_id,
+            credential_ids,
+        )
+
+    async def get_monitor(self, monitor_id: str, *, for_update: bool = False) -> mpb.Monitor | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(f"SELECT {_MONITOR_COLUMNS} FROM monitors WHERE id = $1{lock}", monitor_id)
+        if row is None:
+            return None
+        refs = await self.conn.fetch("SELECT credential_id FROM monitor_credentials WHERE monitor_id = $1", monitor_id)
+        return _monitor(row, [r["credential_id"] for r in refs])
+
+    async def list_monitors(
+        self, location_id: str | None, credential_id: str | None, after: str, limit: int
+    ) -> list[mpb.Monitor]:
+        rows = await self.conn.fetch(
+            f"SELECT {_MONITOR_COLUMNS}, ARRAY(SELECT credential_id FROM monitor_credentials c"
+            f" WHERE c.monitor_id = m.id) AS refs FROM monitors m"
+            f" WHERE id > $1 AND ($2::text IS NULL OR $2 = ANY(location_ids))"
+            f" AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM monitor_credentials c"
+            f" WHERE c.monitor_id = m.id AND c.credential_id = $3)) ORDER BY id LIMIT $4",
+            after,
+            location_id,
+            credential_id,
+            limit,
+        )
+        return [_monitor(r, list(r["refs"])) for r in rows]
+
+    async def update_monitor(self, m: mpb.Monitor, expected_version: int) -> mpb.Monitor | None:
+        """Write the definition (new version) if still at ``expected_version``."""
+        row = await self.conn.fetchrow(
+            f"UPDATE monitors SET name = $3, enabled = $4, disabled_reason = $5, frequency_minutes = $6,"
+            f" location_ids = $7, management_zone = $8, script = $9::jsonb, version = nextval('resource_versions'),"
+            f" updated_at = now() WHERE id = $1 AND version = $2 RETURNING {_MONITOR_COLUMNS}",
+            m.id,
+            expected_version,
+            m.name,
+            m.enabled,
+            _reason_name(m.disabled_reason) if not m.enabled else None,
+            m.frequency_minutes,
+            list(m.location_ids),
+            m.management_zone,
+            _script_json(m),
+        )
+        if row is None:
+            return None
+        await self._set_refs(m.id, list(m.credential_ids))
+        return _monitor(row, list(m.credential_ids))
+
+    async def delete_monitor(self, monitor_id: str) -> bool:
+        return bool(await self.conn.execute("DELETE FROM monitors WHERE id = $1", monitor_id) == "DELETE 1")
+
+    async def monitors_using(self, credential_id: str, *, for_update: bool = False) -> list[mpb.Monitor]:
+        lock = " FOR UPDATE OF m" if for_update else ""
+        rows = await self.conn.fetch(
+            f"SELECT {_MONITOR_COLUMNS}, ARRAY(SELECT credential_id FROM monitor_credentials c"
+            f" WHERE c.monitor_id = m.id) AS refs FROM monitors m"
+            f" WHERE EXISTS (SELECT 1 FROM monitor_credentials c WHERE c.monitor_id = m.id AND c.credential_id = $1)"
+            f" ORDER BY id{lock}",
+            credential_id,
+        )
+        return [_monitor(r, list(r["refs"])) for r in rows]
+
+    async def usages(self, credential_ids: list[str]) -> dict[str, list[tuple[str, int]]]:
+        """credential id -> [(monitor id, monitor type)] ("used by")."""
+        rows = await self.conn.fetch(
+            "SELECT c.credential_id, m.id, m.type FROM monitor_credentials c JOIN monitors m ON m.id = c.monitor_id"
+            " WHERE c.credential_id = ANY($1) ORDER BY m.id",
+            credential_ids,
+        )
+        out: dict[str, list[tuple[str, int]]] = {}
+        for r in rows:
+            out.setdefault(r["credential_id"], []).append((r["id"], _TYPES[r["type"]]))
+        return out
+
+    async def bump_credential_resource_version(self, credential_id: str) -> None:
+        await self.conn.execute(
+            "UPDATE credentials SET resource_version = nextval('resource_versions') WHERE id = $1", credential_id
+        )
+
+    # --- change log ----------------------------------------------------------------------------------------------
+
+    async def append_change(self, kind: str, object_id: str, location_ids: list[str]) -> int:
+        """Append a change; the head row's lock, held until commit, keeps revisions in commit order.
+        Listeners are told at commit (NOTIFY is transactional)."""
+        revision = int(await self.conn.fetchval("UPDATE change_head SET revision = revision + 1 RETURNING revision"))
+        await self.conn.execute(
+            "INSERT INTO change_log (revision, kind, object_id, location_ids) VALUES ($1, $2, $3, $4)",
+            revision,
+            kind,
+            object_id,
+            sorted(set(location_ids)),
+        )
+        await self.conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(revision))
+        return revision
+
+    async def changes_since(self, revision: int, limit: int) -> list[Change]:
+        rows = await self.conn.fetch(
+            "SELECT revision, kind, object_id, location_ids FROM change_log WHERE revision > $1"
+            " ORDER BY revision LIMIT $2",
+            revision,
+            limit,
+        )
+        return [Change(r["revision"], r["kind"], r["object_id"], tuple(r["location_ids"])) for r in rows]
+
+    async def head_revision(self) -> int:
+        return int(await self.conn.fetchval("SELECT revision FROM change_head"))
