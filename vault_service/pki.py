@@ -1,0 +1,603 @@
+"""The vault's private PKI for mutual TLS with engine workers, built with the ``cryptography`` package.
+
+Two certificate authorities live in one directory (see :mod:`vault_service.pki_cli` for why there are two):
+
+* ``engine-ca``: issues engine client certificates. The engine port trusts only this CA, so holding a certificate from
+  it *is* being an engine. An engine's identity is the one SAN URI of its certificate,
+  ``spiffe://<trust-domain>/location/<location-id>/engine/<engine-id>`` (:class:`EngineIdentity`); the CA certificate
+  itself carries ``spiffe://<trust-domain>`` so the trust domain is recorded where the identities are minted.
+* ``server-ca``: issues the vault's server certificate; engines trust only this CA for the vault.
+
+Every key is EC P-256 and every signature ECDSA with SHA-256. Files come in pairs: ``<name>.pem`` (the certificate
+chain, leaf first) and ``<name>.key`` (the unencrypted PKCS#8 private key, mode 0600). Both are written atomically
+(temporary file in the same directory, then :func:`os.replace`), the key file is created 0600 from the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import os
+import pathlib
+import re
+import secrets
+import stat
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vault_service.errors import InvalidArgument
+
+__all__ = [
+    "ENGINE_CA",
+    "SERVER",
+    "SERVER_CA",
+    "TRUST_DOMAIN_DEFAULT",
+    "DevPki",
+    "EngineIdentity",
+    "IssuedCertificate",
+    "ca_trust_domain",
+    "create_ca",
+    "engine_file_name",
+    "ensure_dev_pki",
+    "identity_from_certificate",
+    "issue_engine_certificate",
+    "issue_server_certificate",
+    "load_ca",
+    "read_files",
+    "validate_engine_id",
+    "validate_location_id",
+    "validate_trust_domain",
+    "write_files",
+]
+
+TRUST_DOMAIN_DEFAULT = "credvault.local"
+
+# File names (without suffix) inside a PKI directory.
+ENGINE_CA = "engine-ca"
+SERVER_CA = "server-ca"
+SERVER = "server"
+
+_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# SPIFFE trust domain names: lower-case letters, digits, '.', '-', '_' (here: dot-separated non-empty labels).
+_TRUST_DOMAIN = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_MAX_TRUST_DOMAIN = 255
+_SPIFFE_ENGINE = re.compile(r"spiffe://([^/]*)/location/([^/]*)/engine/([^/]*)")
+_SPIFFE_ROOT = re.compile(r"spiffe://([^/]*)")
+_HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+
+_CLOCK_SKEW = datetime.timedelta(minutes=5)  # leaf certificates are valid from a little before "now"
+_HASH = hashes.SHA256()
+
+
+# --- identities --------------------------------------------------------------------------------------------------
+
+
+def _check_id(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidArgument(
+            field, f"{value!r} is not a valid id: 1-63 characters a-z, 0-9 and '-', not starting or ending with '-'"
+        )
+    return value
+
+
+def validate_location_id(value: str) -> str:
+    """``value`` if it is a valid location id, else :class:`InvalidArgument` naming ``location_id``."""
+    return _check_id("location_id", value)
+
+
+def validate_engine_id(value: str) -> str:
+    """``value`` if it is a valid engine id, else :class:`InvalidArgument` naming ``engine_id``."""
+    return _check_id("engine_id", value)
+
+
+def validate_trust_domain(value: str) -> str:
+    """``value`` if it is a valid SPIFFE trust domain name (lower case, no port, no user info)."""
+    if not isinstance(value, str) or len(value) > _MAX_TRUST_DOMAIN or not _TRUST_DOMAIN.fullmatch(value):
+        raise InvalidArgument(
+            "trust_domain",
+            f"{value!r} is not a valid trust domain: dot-separated labels of a-z, 0-9, '-' and '_', "
+            f"at most {_MAX_TRUST_DOMAIN} characters",
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineIdentity:
+    """Who an engine is: ``spiffe://<trust_domain>/location/<location_id>/engine/<engine_id>``."""
+
+    trust_domain: str
+    location_id: str
+    engine_id: str
+
+    def __post_init__(self) -> None:
+        validate_trust_domain(self.trust_domain)
+        validate_location_id(self.location_id)
+        validate_engine_id(self.engine_id)
+
+    @property
+    def spiffe_uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/location/{self.location_id}/engine/{self.engine_id}"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> EngineIdentity:
+        """Parses exactly the form :attr:`spiffe_uri` produces; anything else is a :class:`ValueError`.
+
+        No normalisation happens: upper case, percent-encoding, a port, user info, a query, a fragment, empty or
+        extra path segments and a trailing slash are all rejected.
+        """
+        if not isinstance(uri, str):
+            raise ValueError("an engine SPIFFE ID must be a string")
+        match = _SPIFFE_ENGINE.fullmatch(uri)
+        if match is None:
+            raise ValueError(
+                f"{uri!r} is not an engine SPIFFE ID of the form spiffe://<trust-domain>/location/<id>/engine/<id>"
+            )
+        try:
+            return cls(*match.groups())
+        except InvalidArgument as exc:
+            raise ValueError(f"{uri!r} is not a valid engine SPIFFE ID: {exc.message}") from None
+
+
+def identity_from_certificate(cert_der_or_pem: bytes, trust_domain: str) -> EngineIdentity:
+    """The engine identity of a (leaf) certificate, DER or PEM; for a PEM chain the first certificate is used.
+
+    The certificate must not be a CA certificate, must carry exactly one URI SAN, that URI must be an engine SPIFFE ID
+    (:meth:`EngineIdentity.from_uri`), and its trust domain must be ``trust_domain``. Anything else is a
+    :class:`ValueError` saying which rule failed. This does not verify the signature or validity period: that is the
+    TLS handshake's job (the engine port trusts only the engine CA).
+    """
+    cert = _load_certificate(cert_der_or_pem)
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is not None and bc.ca:
+        raise ValueError("the certificate is a CA certificate, not an engine certificate")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ValueError("the certificate has no subjectAltName extension, so no SPIFFE ID") from None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if not uris:
+        raise ValueError("the certificate has no URI subjectAltName, so no SPIFFE ID")
+    if len(uris) > 1:
+        raise ValueError(f"the certificate has {len(uris)} URI subjectAltNames; exactly one SPIFFE ID is allowed")
+    identity = EngineIdentity.from_uri(uris[0])
+    if identity.trust_domain != trust_domain:
+        raise ValueError(
+            f"the certificate's SPIFFE ID is in trust domain {identity.trust_domain!r}, expected {trust_domain!r}"
+        )
+    return identity
+
+
+def _load_certificate(data: bytes) -> x509.Certificate:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("a certificate must be given as bytes (DER or PEM)")
+    data = bytes(data)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificates(data)[0]
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise ValueError("the data is not an X.509 certificate in DER or PEM") from None
+
+
+# --- issuing -----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class IssuedCertificate:
+    """A certificate with its private key. ``chain_pem`` is the leaf followed by its issuer (for a CA: itself)."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    chain_pem: bytes
+
+    def __repr__(self) -> str:
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert_pem)
+            about = f"subject={cert.subject.rfc4514_string()!r}, not_after={cert.not_valid_after_utc.isoformat()}"
+        except ValueError:
+            about = f"cert_pem=<{len(self.cert_pem)} bytes>"
+        return f"IssuedCertificate({about}, key_pem=<redacted>)"
+
+    __str__ = __repr__
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _check_days(days: int) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise InvalidArgument("days", f"must be a whole number of days >= 1, got {days!r}")
+
+
+def create_ca(
+    common_name: str, *, days: int = 3650, trust_domain: str | None = None, organization: str = "credvault"
+) -> IssuedCertificate:
+    """A self-signed CA that may sign leaf certificates only (pathlen 0).
+
+    With ``trust_domain`` the CA certificate carries the SAN URI ``spiffe://<trust_domain>`` (a SPIFFE signing
+    certificate may name its trust domain), which :func:`ca_trust_domain` reads back.
+    """
+    _check_days(days)
+    if not common_name or len(common_name) > 64:
+        raise InvalidArgument("common_name", "must be 1-64 characters")
+    key = _new_key()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    )
+    if trust_domain is not None:
+        validate_trust_domain(trust_domain)
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")])
+        builder = builder.add_extension(san, critical=False)
+    cert = builder.sign(key, _HASH)
+    pem = _cert_pem(cert)
+    return IssuedCertificate(cert_pem=pem, key_pem=_key_pem(key), chain_pem=pem)
+
+
+def ca_trust_domain(ca: IssuedCertificate) -> str | None:
+    """The trust domain a CA made by :func:`create_ca` records in its ``spiffe://<trust-domain>`` SAN, if any."""
+    try:
+        san = ca.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        match = _SPIFFE_ROOT.fullmatch(uri)
+        if match is not None:
+            return match.group(1)
+    return None
+
+
+def _ca_parts(ca: IssuedCertificate) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA's certificate and key, after checking that they belong together and that it is a CA."""
+    try:
+        cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    except ValueError:
+        raise ValueError("the CA certificate is not a PEM X.509 certificate") from None
+    try:
+        key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ValueError("the CA private key is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the CA private key is not an EC key")
+    if key.public_key().public_numbers() != _ec_public(cert).public_numbers():
+        raise ValueError("the CA private key does not belong to the CA certificate")
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise ValueError("the CA certificate is not a CA certificate (basicConstraints CA is not true)")
+    return cert, key
+
+
+def _ec_public(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise ValueError("the certificate's key is not an EC key")
+    return public
+
+
+def _aware(field: str, value: datetime.datetime) -> datetime.datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} must be timezone-aware")
+    return value.astimezone(datetime.UTC)
+
+
+def _issue(
+    ca: IssuedCertificate,
+    subject: x509.Name,
+    san: x509.SubjectAlternativeName,
+    usage: x509.ObjectIdentifier,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> IssuedCertificate:
+    ca_cert, ca_key = _ca_parts(ca)
+    not_before = _aware("not_before", not_before)
+    not_after = _aware("not_after", not_after)
+    if not_after <= not_before:
+        raise ValueError("not_after must be later than not_before")
+    if not_after > ca_cert.not_valid_after_utc:
+        raise ValueError(
+            f"the certificate would outlive its CA (valid until {ca_cert.not_valid_after_utc.isoformat()}): "
+            "issue it for fewer days or renew the CA"
+        )
+    key = _new_key()
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(_ec_public(ca_cert))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(san, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(aki, critical=False)
+        .sign(ca_key, _HASH)
+    )
+    pem = _cert_pem(cert)
+    return IssuedCertificate(cert_pem=pem, key_pem=_key_pem(key), chain_pem=pem + _cert_pem(ca_cert))
+
+
+def _general_name(hostname: str) -> x509.GeneralName:
+    if not isinstance(hostname, str):
+        raise InvalidArgument("hostname", "must be a string")
+    try:
+        return x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        pass
+    labels = hostname.split(".")
+    if labels[0] == "*" and len(labels) > 2:  # a wildcard for one label, never for a whole domain like *.com
+        labels = labels[1:]
+    if len(hostname) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        raise InvalidArgument(
+            "hostname", f"{hostname!r} is neither an IP address nor a lower-case DNS name (a-z, 0-9, '-', '.')"
+        )
+    return x509.DNSName(hostname)
+
+
+def issue_server_certificate(ca: IssuedCertificate, hostnames: list[str], *, days: int = 397) -> IssuedCertificate:
+    """A TLS server certificate (serverAuth) for ``hostnames``: DNS names and IP addresses (as IP SANs)."""
+    _check_days(days)
+    if isinstance(hostnames, str) or not hostnames:
+        raise InvalidArgument("hostname", "at least one host name or IP address is required")
+    names: list[x509.GeneralName] = []
+    for hostname in hostnames:
+        name = _general_name(hostname)
+        if name not in names:
+            names.append(name)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0][:64])])
+    now = _now()
+    return _issue(
+        ca,
+        subject,
+        x509.SubjectAlternativeName(names),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        now - _CLOCK_SKEW,
+        now + datetime.timedelta(days=days),
+    )
+
+
+def issue_engine_certificate(
+    ca: IssuedCertificate,
+    identity: EngineIdentity,
+    *,
+    days: int = 30,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> IssuedCertificate:
+    """An engine client certificate (clientAuth): CN = engine id, the SPIFFE URI as its only SAN.
+
+    The validity is ``now - 5 minutes`` to ``now + days`` unless ``not_before``/``not_after`` say otherwise (tests
+    use them to make an expired certificate).
+    """
+    if not isinstance(identity, EngineIdentity):
+        raise TypeError("identity must be an EngineIdentity")
+    _check_days(days)
+    now = _now()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.engine_id)])
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_uri)])
+    return _issue(
+        ca,
+        subject,
+        san,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        not_before if not_before is not None else now - _CLOCK_SKEW,
+        not_after if not_after is not None else now + datetime.timedelta(days=days),
+    )
+
+
+# --- files -------------------------------------------------------------------------------------------------------
+
+
+def engine_file_name(identity: EngineIdentity) -> str:
+    """``engine-<location>-<engine>``: the file name (without suffix) of an engine's certificate and key."""
+    return f"engine-{identity.location_id}-{identity.engine_id}"
+
+
+def _paths(directory: pathlib.Path | str, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid file name for a certificate")
+    base = pathlib.Path(directory)
+    return base / f"{name}.pem", base / f"{name}.key"
+
+
+def _atomic_write(path: pathlib.Path, data: bytes, mode: int) -> None:
+    """Writes ``data`` to ``path`` via a new temporary file (created with ``mode``) and :func:`os.replace`."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have removed bits; the mode is exactly this, never more
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_files(
+    directory: pathlib.Path | str, name: str, issued: IssuedCertificate
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """Writes ``<name>.key`` (mode 0600) and then ``<name>.pem`` (the chain, mode 0644); returns (pem, key) paths.
+
+    The directory is created (mode 0700) if needed. Existing files are replaced: refusing to overwrite is the caller's
+    decision.
+    """
+    pem_path, key_path = _paths(directory, name)
+    pem_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _atomic_write(key_path, issued.key_pem, 0o600)
+    _atomic_write(pem_path, issued.chain_pem, 0o644)
+    return pem_path, key_path
+
+
+def read_files(directory: pathlib.Path | str, name: str) -> IssuedCertificate:
+    """Reads back what :func:`write_files` wrote; the key must belong to the first certificate of the chain."""
+    pem_path, key_path = _paths(directory, name)
+    chain_pem = pem_path.read_bytes()
+    key_pem = key_path.read_bytes()
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise ValueError(f"{pem_path} holds no PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{key_path} is not an unencrypted PEM private key") from None
+    if key.public_key() != certs[0].public_key():
+        raise ValueError(f"the key in {key_path} does not belong to the certificate in {pem_path}")
+    return IssuedCertificate(cert_pem=_cert_pem(certs[0]), key_pem=key_pem, chain_pem=chain_pem)
+
+
+def load_ca(directory: pathlib.Path | str, name: str = ENGINE_CA) -> IssuedCertificate:
+    """Loads a CA written by :func:`write_files`, refusing a key file others may read and a non-CA certificate."""
+    _, key_path = _paths(directory, name)
+    if key_path.exists():
+        mode = stat.S_IMODE(key_path.stat().st_mode)
+        if mode & 0o077:
+            raise ValueError(f"{key_path} is readable by others (mode {mode:04o}); chmod 600 {key_path}")
+    ca = read_files(directory, name)
+    _ca_parts(ca)
+    return ca
+
+
+# --- development -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DevPki:
+    """Paths of a development PKI made by :func:`ensure_dev_pki`."""
+
+    directory: pathlib.Path
+    trust_domain: str
+    engine_ca: pathlib.Path  # engine-ca.pem: what the vault's engine port trusts
+    server_ca: pathlib.Path  # server-ca.pem: what engines trust for the vault
+    server_cert: pathlib.Path  # server.pem (chain)
+    server_key: pathlib.Path  # server.key
+
+
+def ensure_dev_pki(
+    directory: pathlib.Path | str,
+    *,
+    trust_domain: str = TRUST_DOMAIN_DEFAULT,
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+) -> DevPki:
+    """For ``credvault dev``: creates whatever of both CAs and the server certificate is missing, keeps the rest."""
+    directory = pathlib.Path(directory)
+    validate_trust_domain(trust_domain)
+    cas: dict[str, IssuedCertificate] = {}
+    for name, label in ((ENGINE_CA, "engine"), (SERVER_CA, "server")):
+        pem, key = _paths(directory, name)
+        if pem.exists() and key.exists():
+            cas[name] = load_ca(directory, name)
+        else:
+            cas[name] = create_ca(f"credvault {label} CA (development)", trust_domain=trust_domain)
+            write_files(directory, name, cas[name])
+    recorded = ca_trust_domain(cas[ENGINE_CA])
+    if recorded is not None and recorded != trust_domain:
+        raise ValueError(f"{directory} holds an engine CA for trust domain {recorded!r}, not {trust_domain!r}")
+    server_pem, server_key = _paths(directory, SERVER)
+    if not _usable_server_certificate(directory, cas[SERVER_CA]):
+        write_files(directory, SERVER, issue_server_certificate(cas[SERVER_CA], list(hostnames)))
+    engine_ca_pem, _ = _paths(directory, ENGINE_CA)
+    server_ca_pem, _ = _paths(directory, SERVER_CA)
+    return DevPki(directory, trust_domain, engine_ca_pem, server_ca_pem, server_pem, server_key)
+
+
+def _usable_server_certificate(directory: pathlib.Path, server_ca: IssuedCertificate) -> bool:
+    """Whether ``server.pem``/``server.key`` exist, belong together, come from ``server_ca`` and last another day."""
+    try:
+        cert = read_files(directory, SERVER).certificate
+        cert.verify_directly_issued_by(server_ca.certificate)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
+    return cert.not_valid_after_utc > _now() + datetime.timedelta(days=1)
