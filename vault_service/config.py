@@ -31,10 +31,21 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(20, ge=2, le=500)
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
     data_dir: pathlib.Path = Field(pathlib.Path.home() / ".local" / "share" / "credvault")
+    # The engine port (mutual TLS only); off unless engine_listen is set.
+    engine_listen: str | None = Field(None, description="host:port of the engine stream (mutual TLS)")
+    engine_tls_cert_file: pathlib.Path | None = Field(None, description="server certificate chain for the engine port")
+    engine_tls_key_file: pathlib.Path | None = Field(None, description="its private key")
+    engine_ca_file: pathlib.Path | None = Field(None, description="the engine CA: engines' client certificates")
+    trust_domain: str = Field("credvault.local", pattern=r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
+    engine_heartbeat_seconds: float = Field(10.0, gt=0, le=300)
+    engine_outbox_max: int = Field(20_000, ge=100, le=10_000_000)
+    replica_id: str = Field("", description="name of this replica in engine status (default: host and pid)")
 
-    @field_validator("listen")
+    @field_validator("listen", "engine_listen")
     @classmethod
-    def _listen(cls, v: str) -> str:
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         m = _LISTEN.match(v)
         if not m or int(m.group(2)) > 65535:
             raise ValueError("must be host:port, for example 127.0.0.1:50051 or [::]:50051")
@@ -46,6 +57,9 @@ class Settings(BaseSettings):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
         if self.tls_cert_file is None and not self.allow_plaintext:
             raise ValueError("no TLS configured: set tls_cert_file and tls_key_file, or allow_plaintext for local use")
+        engine = (self.engine_tls_cert_file, self.engine_tls_key_file, self.engine_ca_file)
+        if self.engine_listen is not None and any(f is None for f in engine):
+            raise ValueError("the engine port needs engine_tls_cert_file, engine_tls_key_file and engine_ca_file")
         if self.keyring_file is not None and self.keyring is not None:
             raise ValueError("set keyring_file or keyring, not both")
         return self

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
+import socket
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -15,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from credvault.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
+    engine_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
     monitors_pb2,
@@ -30,6 +33,8 @@ from vault_service.crypto import Keyring
 from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
 from vault_service.monitors import MonitorService
+from vault_service.push.follower import ChangeFollower
+from vault_service.push.stream import EngineStreamServicer, StreamSettings
 from vault_service.storage.migrate import migrate
 from vault_service.storage.store import Store
 from vault_service.tokens import TokenService
@@ -50,12 +55,18 @@ class RunningVault:
     port: int
     store: Store
     health: health_aio.HealthServicer
+    engine_server: grpc.aio.Server | None = None
+    engine_port: int = 0
+    follower: ChangeFollower | None = None
 
     async def stop(self, grace: float | None) -> None:
-        """Stop accepting, let in-flight RPCs finish within ``grace`` seconds, then close the pool."""
+        """Stop accepting, let in-flight RPCs and streams finish within ``grace`` seconds, then close the pool."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace)
+        servers = [s for s in (self.server, self.engine_server) if s is not None]
+        await asyncio.gather(*(s.stop(grace) for s in servers))
+        if self.follower is not None:
+            await self.follower.stop()
         await self.store.close()
 
 
@@ -111,10 +122,52 @@ async def start_vault(
         await store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
+    running = RunningVault(server, port, store, health_servicer)
+    if settings.engine_listen is not None:
+        await _start_engine_port(settings, running, keyring)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("credvault API listening on %s (port %d, %s)", settings.listen, port, "TLS" if creds else "plaintext")
-    return RunningVault(server, port, store, health_servicer)
+    return running
+
+
+async def _start_engine_port(settings: Settings, running: RunningVault, keyring: Keyring) -> None:
+    """The engine stream on its own port: mutual TLS with the engine CA, nothing else served there."""
+    assert settings.engine_listen is not None
+    assert settings.engine_tls_cert_file is not None
+    assert settings.engine_tls_key_file is not None
+    assert settings.engine_ca_file is not None
+    follower = ChangeFollower(running.store, settings.require_database_url(), keyring)
+    await follower.start()
+    hb_ms = int(settings.engine_heartbeat_seconds * 1000)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", max(hb_ms, 10_000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    stream_settings = StreamSettings(
+        trust_domain=settings.trust_domain,
+        replica_id=replica,
+        heartbeat_seconds=settings.engine_heartbeat_seconds,
+        outbox_max=settings.engine_outbox_max,
+    )
+    engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(
+        EngineStreamServicer(running.store, follower, stream_settings), server
+    )
+    creds = grpc.ssl_server_credentials(
+        [(settings.engine_tls_key_file.read_bytes(), settings.engine_tls_cert_file.read_bytes())],
+        root_certificates=settings.engine_ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port(settings.engine_listen, creds)
+    await server.start()
+    running.engine_server, running.engine_port, running.follower = server, port, follower
+    log.info("engine port listening on %s (port %d, mutual TLS)", settings.engine_listen, port)
 
 
 async def serve(settings: Settings) -> None:

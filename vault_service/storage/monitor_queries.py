@@ -205,6 +205,53 @@ class MonitorQueries:
         )
         return [_monitor(r, list(r["refs"])) for r in rows]
 
+    async def enabled_monitors_in(self, location_id: str) -> list[mpb.Monitor]:
+        rows = await self.conn.fetch(
+            f"SELECT {_MONITOR_COLUMNS}, ARRAY(SELECT credential_id FROM monitor_credentials c"
+            f" WHERE c.monitor_id = m.id) AS refs FROM monitors m WHERE enabled AND $1 = ANY(location_ids)",
+            location_id,
+        )
+        return [_monitor(r, list(r["refs"])) for r in rows]
+
+    async def monitors_by_id(self, monitor_ids: list[str]) -> dict[str, mpb.Monitor]:
+        rows = await self.conn.fetch(
+            f"SELECT {_MONITOR_COLUMNS}, ARRAY(SELECT credential_id FROM monitor_credentials c"
+            f" WHERE c.monitor_id = m.id) AS refs FROM monitors m WHERE id = ANY($1)",
+            monitor_ids,
+        )
+        return {r["id"]: _monitor(r, list(r["refs"])) for r in rows}
+
+    async def location_head(self, location_id: str) -> int:
+        value = await self.conn.fetchval(
+            "SELECT max(revision) FROM change_log WHERE $1 = ANY(location_ids)", location_id
+        )
+        return int(value or 0)
+
+    async def get_engine_state(self, location_id: str, engine_id: str) -> EngineRow | None:
+        rows = await self.list_engines(location_id, engine_id)
+        return rows[0] if rows else None
+
+    async def engine_connected(self, location_id: str, engine_id: str, replica: str | None) -> None:
+        await self.conn.execute(
+            "UPDATE engines SET connected_since = CASE WHEN $3::text IS NULL THEN NULL ELSE now() END,"
+            " connected_replica = $3 WHERE location_id = $1 AND engine_id = $2",
+            location_id,
+            engine_id,
+            replica,
+        )
+
+    async def engine_acked(
+        self, location_id: str, engine_id: str, revision: int, rejected: list[dict[str, Any]]
+    ) -> None:
+        await self.conn.execute(
+            "UPDATE engines SET applied_revision = GREATEST(applied_revision, $3), rejected = $4::jsonb"
+            " WHERE location_id = $1 AND engine_id = $2",
+            location_id,
+            engine_id,
+            revision,
+            json.dumps(rejected),
+        )
+
     async def update_monitor(self, m: mpb.Monitor, expected_version: int) -> mpb.Monitor | None:
         """Write the definition (new version) if still at ``expected_version``."""
         row = await self.conn.fetchrow(

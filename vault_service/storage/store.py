@@ -344,6 +344,14 @@ class Tx(MonitorQueries):
         )
         return (_credential(row), _sealed(row)) if row else None
 
+    async def credentials_sealed(self, credential_ids: list[str]) -> dict[str, tuple[Credential, SealedContents, int]]:
+        """id -> (metadata, sealed contents, resource version) for the push."""
+        rows = await self.conn.fetch(
+            f"SELECT {_CREDENTIAL_COLUMNS}, {_SEALED_COLUMNS}, resource_version FROM credentials WHERE id = ANY($1)",
+            credential_ids,
+        )
+        return {r["id"]: (_credential(r), _sealed(r), int(r["resource_version"])) for r in rows}
+
     async def list_credentials(
         self,
         visibility: Visibility,
@@ -525,6 +533,12 @@ class Store:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self.pool.acquire() as conn, conn.transaction():
+            yield Tx(conn)
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Tx]:
+        """A read-only transaction that sees one consistent state (REPEATABLE READ)."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             yield Tx(conn)
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,146 @@
+"""A PKI and a vault with its engine port, for the push tests; and a minimal engine client that records what it
+receives (the real worker process is tested in test_engine_worker*.py and test_push_processes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from credvault.v1 import engine_pb2 as epb
+from credvault.v1 import engine_pb2_grpc as egrpc
+from vault_service import pki
+
+TRUST_DOMAIN = "credvault.test"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pki:
+    directory: pathlib.Path
+    engine_ca: pki.IssuedCertificate
+    server_ca: pki.IssuedCertificate
+    server: pki.IssuedCertificate
+
+    def engine(self, location: str, engine: str, **kw: Any) -> pki.IssuedCertificate:
+        return pki.issue_engine_certificate(self.engine_ca, pki.EngineIdentity(TRUST_DOMAIN, location, engine), **kw)
+
+    def write(self, name: str, issued: pki.IssuedCertificate) -> tuple[pathlib.Path, pathlib.Path]:
+        return pki.write_files(self.directory, name, issued)
+
+
+def make_pki(directory: pathlib.Path) -> Pki:
+    engine_ca = pki.create_ca("test engine CA", trust_domain=TRUST_DOMAIN)
+    server_ca = pki.create_ca("test server CA")
+    server = pki.issue_server_certificate(server_ca, ["localhost", "127.0.0.1"])
+    out = Pki(directory, engine_ca, server_ca, server)
+    out.write("engine-ca", engine_ca)
+    out.write("server", server)
+    (directory / "server-ca.pem").write_bytes(server_ca.cert_pem)
+    return out
+
+
+def expired(p: Pki, location: str, engine: str) -> pki.IssuedCertificate:
+    now = datetime.datetime.now(datetime.UTC)
+    return p.engine(
+        location, engine, not_before=now - datetime.timedelta(days=2), not_after=now - datetime.timedelta(days=1)
+    )
+
+
+class EngineClient:
+    """Opens a stream with a certificate and keeps what it receives, applying batches like a worker would."""
+
+    def __init__(self, port: int, server_ca_pem: bytes, cert: pki.IssuedCertificate | None) -> None:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=server_ca_pem,
+            private_key=cert.key_pem if cert else None,
+            certificate_chain=cert.chain_pem if cert else None,
+        )
+        self.channel = grpc.aio.secure_channel(f"localhost:{port}", creds)
+        self.monitors: dict[str, epb.MonitorResource] = {}
+        self.credentials: dict[str, epb.CredentialResource] = {}
+        self.batches: list[epb.ConfigBatch] = []
+        self.removals: list[epb.Removal] = []
+        self.synced = asyncio.Event()
+        self.sync_revision = 0
+        self.changed = asyncio.Event()
+        self.error: grpc.aio.AioRpcError | None = None
+        self._outgoing: asyncio.Queue[epb.StreamRequest | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.reject: set[str] = set()
+
+    def held(self) -> list[epb.HeldResource]:
+        return [
+            *(
+                epb.HeldResource(kind=epb.RESOURCE_KIND_MONITOR, id=i, version=m.version)
+                for i, m in self.monitors.items()
+            ),
+            *(
+                epb.HeldResource(kind=epb.RESOURCE_KIND_CREDENTIAL, id=i, version=c.version)
+                for i, c in self.credentials.items()
+            ),
+        ]
+
+    async def _requests(self, location: str, engine: str) -> AsyncIterator[epb.StreamRequest]:
+        yield epb.StreamRequest(hello=epb.Hello(location_id=location, engine_id=engine, held=self.held()))
+        while (msg := await self._outgoing.get()) is not None:
+            yield msg
+
+    def start(self, location: str, engine: str) -> None:
+        self._task = asyncio.ensure_future(self._run(location, engine))
+
+    async def _run(self, location: str, engine: str) -> None:
+        stub = egrpc.EngineConfigServiceStub(self.channel)
+        try:
+            async for resp in stub.Stream(self._requests(location, engine)):
+                if resp.HasField("batch"):
+                    self._apply(resp.batch)
+                elif resp.HasField("heartbeat"):
+                    await self._outgoing.put(epb.StreamRequest(heartbeat=epb.Heartbeat(sent_unix_ms=1)))
+                elif resp.HasField("sync_complete"):
+                    self.sync_revision = resp.sync_complete.revision
+                    self.synced.set()
+                    self.changed.set()
+                    await self._outgoing.put(epb.StreamRequest(ack=epb.Ack(revision=self.sync_revision)))
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self.changed.set()
+
+    def _apply(self, batch: epb.ConfigBatch) -> None:
+        self.batches.append(batch)
+        rejected = []
+        for c in batch.credentials:
+            self.credentials[c.id] = c
+        for m in batch.monitors:
+            if m.id in self.reject:
+                rejected.append(epb.Rejection(monitor_id=m.id, version=m.version, reason="cannot run this"))
+                continue
+            assert all(cid in self.credentials for cid in m.monitor.credential_ids), "credential sent after monitor"
+            self.monitors[m.id] = m
+        for r in batch.removals:
+            self.removals.append(r)
+            (self.monitors if r.kind == epb.RESOURCE_KIND_MONITOR else self.credentials).pop(r.id, None)
+        self._outgoing.put_nowait(epb.StreamRequest(ack=epb.Ack(revision=batch.revision, rejected=rejected)))
+        self.changed.set()
+
+    async def wait_until(self, predicate: Any, within: float = 15.0) -> None:
+        async def loop() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), within)
+
+    async def close(self) -> None:
+        await self._outgoing.put(None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await self._task
+        await self.channel.close(None)

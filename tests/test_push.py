@@ -1,0 +1,240 @@
+"""The push: monitors and the credentials they use reach the engines of their locations over mutual TLS, on create
+and update; removals say why; engines of other locations see nothing; refused identities are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+import trustme
+
+from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import engine_pb2 as epb
+from credvault.v1 import monitors_pb2 as mpb
+from tests.conftest import Client
+from tests.helpers import create_req, token, up
+from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, expired, make_pki
+from vault_service import pki
+from vault_service.bootstrap import bootstrap_admin
+from vault_service.config import Settings
+from vault_service.crypto import Keyring
+from vault_service.server import RunningVault, start_vault
+
+Connect = Callable[..., Awaitable[EngineClient]]
+
+
+@pytest.fixture(scope="session")
+def engine_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RunningVault]:
+    d = engine_pki.directory
+    with_engines = settings.model_copy(
+        update={
+            "engine_listen": "127.0.0.1:0",
+            "engine_tls_cert_file": d / "server.pem",
+            "engine_tls_key_file": d / "server.key",
+            "engine_ca_file": d / "engine-ca.pem",
+            "trust_domain": TRUST_DOMAIN,
+            "engine_heartbeat_seconds": 1.0,
+        }
+    )
+    running = await start_vault(with_engines, keyring=keyring)
+    yield running
+    await running.stop(0)
+
+
+@pytest.fixture
+async def admin_client(push_vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
+    issued = await bootstrap_admin(push_vault.store, "admin")
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    async with grpc.aio.secure_channel(f"localhost:{push_vault.port}", creds) as ch:
+        yield Client(ch, issued.token, "admin")
+
+
+@pytest.fixture
+async def connect(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Connect]:
+    clients: list[EngineClient] = []
+
+    async def open_stream(
+        location: str,
+        engine: str,
+        cert: pki.IssuedCertificate | str | None = "issue",
+        *,
+        resume: EngineClient | None = None,
+        wait: bool = True,
+    ) -> EngineClient:
+        """A stream with ``cert`` (default: a valid one; None: none), holding what ``resume`` held."""
+        client = EngineClient(
+            push_vault.engine_port,
+            engine_pki.server_ca.cert_pem,
+            engine_pki.engine(location, engine) if isinstance(cert, str) else cert,
+        )
+        if resume is not None:
+            client.monitors, client.credentials = dict(resume.monitors), dict(resume.credentials)
+        clients.append(client)
+        client.start(location, engine)
+        if wait:
+            await client.wait_until(lambda: client.synced.is_set() or client.error is not None)
+        return client
+
+    yield open_stream
+    for c in clients:
+        await c.close()
+
+
+def status(client: EngineClient) -> grpc.StatusCode | None:
+    return client.error.code() if client.error is not None else None
+
+
+async def setup(admin: Client, *locations: str) -> None:
+    for loc in locations:
+        await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id=loc)))
+        await admin.AddEngine(mpb.AddEngineRequest(location_id=loc, engine_id="e1"))
+        await admin.AddEngine(mpb.AddEngineRequest(location_id=loc, engine_id="e2"))
+
+
+def monitor(cred_id: str, *locations: str, token_id: str = "") -> mpb.Monitor:
+    req = mpb.HttpRequest(method="GET", url="https://shop.example/")
+    req.authentication.basic_credential_id = cred_id
+    if token_id:
+        req.headers.add(name="Authorization", value=f"Bearer {{{{{token_id}}}}}")
+    return mpb.Monitor(
+        name="m", frequency_minutes=1, location_ids=list(locations), enabled=True, http=mpb.HttpScript(requests=[req])
+    )
+
+
+async def test_create_overwrite_disable_delete_propagate(admin_client: Client, connect: Connect) -> None:
+    admin = admin_client
+    await setup(admin, "loc-a", "loc-b")
+    e1, e2 = await connect("loc-a", "e1"), await connect("loc-a", "e2")
+    other = await connect("loc-b", "e1")
+    assert not e1.monitors
+    pair = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
+    tok = (await admin.CreateCredential(create_req("tok", token("t-1")))).credential.id
+    unused = (await admin.CreateCredential(create_req("unused", up("x", "never-sent")))).credential.id
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a", token_id=tok)))).monitor
+
+    for e in (e1, e2):
+        await e.wait_until(lambda e=e: m.id in e.monitors)
+        assert e.monitors[m.id].version == m.version
+        assert e.credentials[pair].details.username_password.password == "pw-1"
+        assert e.credentials[tok].details.token.token == "t-1"
+        assert set(e.credentials) == {pair, tok}  # only what its monitors reference
+    # overwrite the credential: one credential message, no monitor message
+    sent_before = len(e1.batches)
+    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
+    for e in (e1, e2):
+        await e.wait_until(lambda e=e: e.credentials[pair].details.username_password.password == "pw-2")
+    new_batches = e1.batches[sent_before:]
+    assert [len(b.monitors) for b in new_batches] == [0] * len(new_batches)
+    assert sum(len(b.credentials) for b in new_batches) == 1
+    # disable: removed with its credentials, reason DISABLED
+    await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
+    for e in (e1, e2):
+        await e.wait_until(lambda e=e: not e.monitors and not e.credentials)
+        reasons = {(r.id, r.reason) for r in e.removals}
+        assert (m.id, epb.REMOVAL_REASON_DISABLED) in reasons
+    # re-enable, then delete the credential: monitor inactive -> removed (CREDENTIAL_DELETED)
+    await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=True))
+    await e1.wait_until(lambda: m.id in e1.monitors)
+    await admin.DeleteCredential(cpb.DeleteCredentialRequest(id=pair))
+    await e1.wait_until(lambda: m.id not in e1.monitors and pair not in e1.credentials)
+    assert (m.id, epb.REMOVAL_REASON_CREDENTIAL_DELETED) in {(r.id, r.reason) for r in e1.removals}
+    # the engine of the other location never received anything
+    assert (other.batches, other.monitors, other.credentials) == ([], {}, {})
+    for e in (e1, e2, other):
+        for b in e.batches:
+            assert unused not in {c.id for c in b.credentials}
+            assert b"never-sent" not in b.SerializeToString()
+
+
+async def test_reconnect_gets_exactly_the_difference(admin_client: Client, connect: Connect) -> None:
+    admin = admin_client
+    await setup(admin, "loc-a")
+    pair = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
+    kept = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+    gone = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+    e1 = await connect("loc-a", "e1")
+    assert set(e1.monitors) == {kept.id, gone.id}
+    await e1.close()
+    await admin.DeleteMonitor(mpb.DeleteMonitorRequest(id=gone.id))
+    added = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+    resumed = await connect("loc-a", "e1", resume=e1)
+    sent = [m.id for b in resumed.batches for m in b.monitors]
+    removed = [(r.id, r.reason) for b in resumed.batches for r in b.removals]
+    assert sent == [added.id]  # the held, unchanged monitor is not re-sent
+    assert removed == [(gone.id, epb.REMOVAL_REASON_DELETED)]
+    assert set(resumed.monitors) == {kept.id, added.id}
+
+
+async def test_rejected_versions_are_not_resent(admin_client: Client, connect: Connect) -> None:
+    admin = admin_client
+    await setup(admin, "loc-a")
+    pair = (await admin.CreateCredential(create_req("pair", up()))).credential.id
+    e1 = await connect("loc-a", "e1")
+    bad = monitor(pair, "loc-a")
+    bad.name = "cannot run"
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=bad))).monitor
+    e1.reject = {m.id}
+    await e1.wait_until(lambda: any(x.id == m.id for b in e1.batches for x in b.monitors))
+
+    async def rejection_recorded() -> list[tuple[str, int]]:
+        while True:
+            engines = (await admin.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+            found = [(r.monitor_id, r.version) for e in engines if e.engine_id == "e1" for r in e.rejected_monitors]
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+
+    assert await asyncio.wait_for(rejection_recorded(), 10) == [(m.id, m.version)]
+    # a reconnect does not get the rejected version again; the valid rest still flows
+    await e1.close()
+    good = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+    resumed = await connect("loc-a", "e1", resume=e1)
+    assert [x.id for b in resumed.batches for x in b.monitors] == [good.id]
+    # a newer version of the rejected monitor is sent
+    fixed = mpb.Monitor()
+    fixed.CopyFrom(m)
+    fixed.name = "fixed"
+    newer = (await admin.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=fixed))).monitor
+    await resumed.wait_until(lambda: m.id in resumed.monitors)
+    assert resumed.monitors[m.id].version == newer.version
+
+
+async def test_refused_identities(
+    connect: Connect, admin_client: Client, engine_pki: Pki, tmp_path: pathlib.Path
+) -> None:
+    await setup(admin_client, "loc-a", "loc-b")
+    # a certificate for location X asking for location Y
+    wrong = await connect("loc-b", "e1", engine_pki.engine("loc-a", "e1"))
+    assert status(wrong) == grpc.StatusCode.PERMISSION_DENIED
+    # an engine that is not registered
+    unknown = await connect("loc-a", "e9")
+    assert status(unknown) == grpc.StatusCode.PERMISSION_DENIED
+    # an expired certificate, a certificate of another CA, no certificate: the TLS handshake fails
+    other_ca = pki.create_ca("other", trust_domain=TRUST_DOMAIN)
+    foreign = pki.issue_engine_certificate(other_ca, pki.EngineIdentity(TRUST_DOMAIN, "loc-a", "e1"))
+    for cert in (expired(engine_pki, "loc-a", "e1"), foreign):
+        refused = await connect("loc-a", "e1", cert)
+        assert status(refused) == grpc.StatusCode.UNAVAILABLE
+    no_cert = await connect("loc-a", "e1", None)
+    assert status(no_cert) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_revoke_cuts_the_stream_and_refuses_it_afterwards(admin_client: Client, connect: Connect) -> None:
+    await setup(admin_client, "loc-a")
+    e1 = await connect("loc-a", "e1")
+    assert e1.error is None
+    await admin_client.RevokeEngine(mpb.RevokeEngineRequest(location_id="loc-a", engine_id="e1"))
+    await e1.wait_until(lambda: e1.error is not None)
+    assert status(e1) == grpc.StatusCode.PERMISSION_DENIED
+    again = await connect("loc-a", "e1")
+    assert status(again) == grpc.StatusCode.PERMISSION_DENIED
+    listed = (await admin_client.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+    assert [(e.engine_id, e.revoked) for e in listed] == [("e1", True), ("e2", False)]

@@ -1,0 +1,108 @@
+"""Follows the change log on this replica: LISTEN for commits, and on start and after any lost connection catch up
+from the last revision processed (the log is durable, so nothing is lost while not listening). Each change goes to
+the ``LocationState`` of every location it affects; engine changes go to the stream registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+
+import asyncpg
+
+from vault_service.crypto import Keyring
+from vault_service.push.location_state import LocationState
+from vault_service.push.outbox import Outbox
+from vault_service.storage.monitor_queries import CHANGES_CHANNEL, Change
+from vault_service.storage.store import Store
+
+log = logging.getLogger(__name__)
+BATCH = 1000
+
+
+class ChangeFollower:
+    def __init__(self, store: Store, dsn: str, keyring: Keyring, *, poll_interval: float = 2.0) -> None:
+        self._store = store
+        self._dsn = dsn
+        self._keyring = keyring
+        self._poll_interval = poll_interval
+        self._states: dict[str, LocationState] = {}
+        self._lock = asyncio.Lock()  # changes are applied, and states built, one at a time
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last = 0
+        self.on_engine_change: Callable[[Change], None] = lambda change: None
+
+    async def start(self) -> None:
+        async with self._store.read() as tx:
+            self.last = await tx.head_revision()
+        self._task = asyncio.create_task(self._run(), name="change-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def subscribe(self, location_id: str, outbox: Outbox) -> LocationState:
+        """The location's state with ``outbox`` subscribed, atomically: no change falls between the two."""
+        async with self._lock:
+            state = self._states.get(location_id)
+            if state is None:
+                state = LocationState(location_id, self._keyring)
+                await state.load(self._store)
+                self._states[location_id] = state
+            state.subscribers.add(outbox)
+            return state
+
+    def unsubscribe(self, location_id: str, outbox: Outbox) -> None:
+        state = self._states.get(location_id)
+        if state is None:
+            return
+        state.subscribers.discard(outbox)
+        if not state.subscribers:
+            del self._states[location_id]
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANGES_CHANNEL, lambda *_: self._wake.set())
+                attempt = 0
+                while not lost.is_set():
+                    await self.catch_up()  # on start, after reconnects, and on every notification
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                delay = random.uniform(0, min(10.0, 0.2 * 2**attempt))
+                log.warning("change follower lost the database (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+
+    async def catch_up(self) -> None:
+        async with self._lock:
+            while True:
+                async with self._store.read() as tx:
+                    changes = await tx.changes_since(self.last, BATCH)
+                for change in changes:
+                    for location_id in change.location_ids:
+                        state = self._states.get(location_id)
+                        if state is not None:
+                            await state.apply(self._store, change)
+                    if change.kind == "engine":
+                        self.on_engine_change(change)
+                    self.last = change.revision
+                if len(changes) < BATCH:
+                    return

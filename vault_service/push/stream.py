@@ -1,0 +1,258 @@
+"""The engine stream: identify the engine by its client certificate, send the difference to what it holds, then
+relay its location's deltas from its outbox. It computes nothing itself (``LocationState`` does)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from credvault.v1 import engine_pb2 as epb
+from credvault.v1 import engine_pb2_grpc as egrpc
+from vault_service.pki import EngineIdentity, identity_from_certificate
+from vault_service.push.follower import ChangeFollower
+from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, removal_reason
+from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of
+from vault_service.storage.monitor_queries import Change
+from vault_service.storage.store import Store
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+CHUNK = 500  # resources per batch in the initial sync (messages stay far below the size limit)
+
+
+@dataclasses.dataclass
+class StreamSettings:
+    trust_domain: str
+    replica_id: str
+    heartbeat_seconds: float = 10.0
+    outbox_max: int = 20_000
+    hello_timeout_seconds: float = 10.0
+
+
+class _Live:
+    def __init__(self, identity: EngineIdentity) -> None:
+        self.identity = identity
+        self.cut = asyncio.Event()
+        self.cut_reason = ""
+
+
+class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
+    def __init__(self, store: Store, follower: ChangeFollower, settings: StreamSettings) -> None:
+        self._store = store
+        self._follower = follower
+        self._settings = settings
+        self._live: dict[tuple[str, str], _Live] = {}
+        follower.on_engine_change = self._engine_changed
+
+    # --- identity -------------------------------------------------------------------------------------------------
+
+    def _identity(self, context: Context) -> EngineIdentity | None:
+        auth = context.auth_context()
+        pems = list(auth.get("x509_pem_cert") or [])
+        if not pems:
+            return None
+        try:
+            return identity_from_certificate(pems[0], self._settings.trust_domain)
+        except ValueError:
+            return None
+
+    def _engine_changed(self, change: Change) -> None:
+        """An engine was revoked (object 'loc/engine') or a location deleted ('loc/*'): cut matching streams now;
+        the stream re-checks the database before it ends."""
+        location_id, _, engine_id = change.object_id.partition("/")
+        for (loc, eng), live in list(self._live.items()):
+            if loc == location_id and engine_id in ("*", eng):
+                live.cut_reason = "engine revoked"
+                live.cut.set()
+
+    # --- the stream -----------------------------------------------------------------------------------------------
+
+    async def Stream(self, request_iterator: Any, context: Context) -> None:  # type: ignore[override]
+        identity = self._identity(context)
+        if identity is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "a client certificate with an engine identity is required"
+            )
+            return
+        try:
+            first = await asyncio.wait_for(anext(request_iterator, None), self._settings.hello_timeout_seconds)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello received")
+            return
+        if first is None or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+            return
+        hello = first.hello
+        if (hello.location_id, hello.engine_id) != (identity.location_id, identity.engine_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is for location {identity.location_id!r}, engine {identity.engine_id!r}",
+            )
+            return
+        key = (identity.location_id, identity.engine_id)
+        async with self._store.read() as tx:
+            row = await tx.get_engine_state(*key)
+        if row is None or row.revoked_at is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this engine is not registered or is revoked")
+            return
+        previous = self._live.get(key)
+        if previous is not None:
+            previous.cut_reason = "replaced by a newer connection"
+            previous.cut.set()
+        live = _Live(identity)
+        self._live[key] = live
+        outbox = Outbox(self._settings.outbox_max)
+        rejected = {r["monitor_id"]: (int(r["version"]), str(r["reason"])) for r in row.rejected}
+        try:
+            state = await self._follower.subscribe(identity.location_id, outbox)
+            try:
+                await self._serve(context, request_iterator, live, state, outbox, hello, rejected)
+            finally:
+                self._follower.unsubscribe(identity.location_id, outbox)
+        finally:
+            if self._live.get(key) is live:
+                del self._live[key]
+                async with self._store.read() as tx:
+                    await tx.engine_connected(*key, None)
+
+    async def _serve(
+        self,
+        context: Context,
+        requests: Any,
+        live: _Live,
+        state: LocationState,
+        outbox: Outbox,
+        hello: epb.Hello,
+        rejected: dict[str, tuple[int, str]],
+    ) -> None:
+        loc, eng = live.identity.location_id, live.identity.engine_id
+        # the snapshot: copy now, before any await, so it matches state.revision exactly
+        revision = state.revision
+        monitors = dict(state.monitors)
+        credentials = dict(state.credentials)
+        for batch in await self._initial_batches(hello, revision, monitors, credentials, rejected):
+            await context.write(epb.StreamResponse(batch=batch))
+        await context.write(epb.StreamResponse(sync_complete=epb.SyncComplete(revision=revision)))
+        async with self._store.read() as tx:
+            await tx.engine_connected(loc, eng, self._settings.replica_id)
+        log.info("engine %s/%s synced at revision %d", loc, eng, revision)
+
+        last_heard = time.monotonic()
+        reader_done = asyncio.Event()
+
+        async def read_acks() -> None:
+            nonlocal last_heard
+            try:
+                async for msg in requests:
+                    last_heard = time.monotonic()
+                    if msg.HasField("ack"):
+                        await self._record_ack(loc, eng, msg.ack, rejected)
+            except Exception as exc:
+                log.warning("engine %s/%s: stream read ended: %s", loc, eng, type(exc).__name__, exc_info=exc)
+                raise
+            finally:
+                reader_done.set()
+
+        reader = asyncio.create_task(read_acks())
+        hb = self._settings.heartbeat_seconds
+        try:
+            while True:
+                take = asyncio.ensure_future(outbox.take())
+                cut = asyncio.ensure_future(live.cut.wait())
+                ended = asyncio.ensure_future(reader_done.wait())
+                done, _ = await asyncio.wait({take, cut, ended}, timeout=hb, return_when=asyncio.FIRST_COMPLETED)
+                for f in (take, cut, ended):
+                    if f not in done:
+                        f.cancel()
+                if cut in done:
+                    await self._end_for_cut(context, live, loc, eng)
+                    return
+                if ended in done:
+                    log.info("engine %s/%s closed its stream", loc, eng)
+                    return
+                if take in done:
+                    try:
+                        batch = take.result()
+                    except OutboxOverflow as exc:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                        return
+                    _skip_rejected(batch, rejected)
+                    await context.write(epb.StreamResponse(batch=batch))
+                else:
+                    if time.monotonic() - last_heard > 3 * hb:
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "no heartbeat from the engine")
+                        return
+                    now_ms = int(time.time() * 1000)
+                    await context.write(epb.StreamResponse(heartbeat=epb.Heartbeat(sent_unix_ms=now_ms)))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _end_for_cut(self, context: Context, live: _Live, loc: str, eng: str) -> None:
+        async with self._store.read() as tx:
+            row = await tx.get_engine_state(loc, eng)
+        if row is None or row.revoked_at is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
+        await context.abort(grpc.StatusCode.ABORTED, live.cut_reason or "stream closed")
+
+    async def _initial_batches(
+        self,
+        hello: epb.Hello,
+        revision: int,
+        monitors: dict[str, epb.MonitorResource],
+        credentials: dict[str, epb.CredentialResource],
+        rejected: dict[str, tuple[int, str]],
+    ) -> list[epb.ConfigBatch]:
+        """Exactly the difference between what the engine holds and what it should hold."""
+        held_monitors = {h.id: h.version for h in hello.held if h.kind == MONITOR}
+        held_creds = {h.id: h.version for h in hello.held if h.kind == CREDENTIAL}
+        items: list[Any] = []
+        items += [c for cid, c in credentials.items() if held_creds.get(cid) != c.version]
+        items += [
+            m
+            for mid, m in monitors.items()
+            if held_monitors.get(mid) != m.version and rejected.get(mid, (None,))[0] != m.version
+        ]
+        gone = [mid for mid in held_monitors if mid not in monitors]
+        if gone:
+            async with self._store.read() as tx:
+                current = await tx.monitors_by_id(gone)
+            location_id = hello.location_id
+            items += [
+                epb.Removal(kind=MONITOR, id=mid, reason=removal_reason(current.get(mid), location_id))  # type: ignore[arg-type]
+                for mid in gone
+            ]
+        items += [
+            epb.Removal(kind=CREDENTIAL, id=cid, reason=epb.REMOVAL_REASON_UNREFERENCED)
+            for cid in held_creds
+            if cid not in credentials
+        ]
+        ordered = batch_of(revision, items)  # apply order: credentials, monitors, removals
+        flat: list[Any] = [*ordered.credentials, *ordered.monitors, *ordered.removals]
+        return [batch_of(revision, flat[i : i + CHUNK]) for i in range(0, len(flat), CHUNK)]
+
+    async def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
+        for r in ack.rejected:
+            rejected[r.monitor_id] = (r.version, r.reason[:500])
+        listed = [{"monitor_id": m, "version": v, "reason": why} for m, (v, why) in sorted(rejected.items())]
+        async with self._store.read() as tx:
+            await tx.engine_acked(loc, eng, ack.revision, listed)
+
+
+def _skip_rejected(batch: epb.ConfigBatch, rejected: dict[str, tuple[int, str]]) -> None:
+    """Never re-send a version the engine rejected; a newer version clears the rejection."""
+    keep = []
+    for m in batch.monitors:
+        if rejected.get(m.id, (None,))[0] == m.version:
+            continue
+        rejected.pop(m.id, None)
+        keep.append(m)
+    del batch.monitors[:]
+    batch.monitors.extend(keep)
