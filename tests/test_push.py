@@ -131,6 +131,17 @@ async def test_create_overwrite_disable_delete_propagate(admin_client: Client, c
     await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
     for e in (e1, e2):
         await e.wait_until(lambda e=e: e.credentials[pair].details.username_password.password == "pw-2")
+
+    # the engines acknowledged: no lag behind their location's head
+    async def caught_up() -> list[mpb.Engine]:
+        while True:
+            engines = (await admin.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+            if all(e.applied_revision > 0 and e.lag == 0 for e in engines):
+                return list(engines)
+            await asyncio.sleep(0.05)
+
+    engines = await asyncio.wait_for(caught_up(), 10)
+    assert all(e.connected and e.HasField("connected_since") for e in engines)
     new_batches = e1.batches[sent_before:]
     assert [len(b.monitors) for b in new_batches] == [0] * len(new_batches)
     assert sum(len(b.credentials) for b in new_batches) == 1
@@ -238,3 +249,45 @@ async def test_revoke_cuts_the_stream_and_refuses_it_afterwards(admin_client: Cl
     assert status(again) == grpc.StatusCode.PERMISSION_DENIED
     listed = (await admin_client.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
     assert [(e.engine_id, e.revoked) for e in listed] == [("e1", True), ("e2", False)]
+
+
+async def test_two_replicas_one_database(
+    admin_client: Client,
+    connect: Connect,
+    push_vault: RunningVault,
+    settings: Settings,
+    keyring: Keyring,
+    engine_pki: Pki,
+    ca: trustme.CA,
+) -> None:
+    """A change made through replica A reaches an engine connected to replica B (LISTEN/NOTIFY + catch-up)."""
+    await setup(admin_client, "loc-a")
+    d = engine_pki.directory
+    replica_b = await start_vault(
+        settings.model_copy(
+            update={
+                "engine_listen": "127.0.0.1:0",
+                "engine_tls_cert_file": d / "server.pem",
+                "engine_tls_key_file": d / "server.key",
+                "engine_ca_file": d / "engine-ca.pem",
+                "trust_domain": TRUST_DOMAIN,
+            }
+        ),
+        keyring=keyring,
+    )
+    try:
+        on_b = EngineClient(replica_b.engine_port, engine_pki.server_ca.cert_pem, engine_pki.engine("loc-a", "e2"))
+        on_b.start("loc-a", "e2")
+        await on_b.wait_until(lambda: on_b.synced.is_set())
+        on_a = await connect("loc-a", "e1")
+        pair = (await admin_client.CreateCredential(create_req("pair", up("u", "pw-1")))).credential.id
+        m = (await admin_client.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+        for e in (on_a, on_b):
+            await e.wait_until(lambda e=e: m.id in e.monitors)
+        await admin_client.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("u", "pw-2")))
+        await on_b.wait_until(lambda: on_b.credentials[pair].details.username_password.password == "pw-2")
+        engines = (await admin_client.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+        assert {e.engine_id for e in engines if e.connected} == {"e1", "e2"}
+        await on_b.close()
+    finally:
+        await replica_b.stop(0)

@@ -91,13 +91,15 @@ class MonitorService:
             )
             return (await tx.list_engines(location_id, engine_id))[0]
 
-    async def list_engines(self, principal: Principal, location_id: str) -> tuple[list[EngineRow], int]:
-        """The engines and the head revision (for lag)."""
+    async def list_engines(self, principal: Principal, location_id: str) -> list[tuple[EngineRow, int]]:
+        """The engines, each with the head revision of its location (the last change that concerned it)."""
         policy.require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
         if location_id:
             check_slug("location_id", location_id)
         async with self._store.read() as tx:
-            return await tx.list_engines(location_id or None), await tx.head_revision()
+            rows = await tx.list_engines(location_id or None)
+            heads = {loc: await tx.location_head(loc) for loc in {r.location_id for r in rows}}
+        return [(r, heads[r.location_id]) for r in rows]
 
     async def revoke_engine(self, principal: Principal, location_id: str, engine_id: str) -> EngineRow:
         policy.require_locations_admin(principal)

@@ -243,8 +243,8 @@ class MonitorsServicer(_Authenticated, mgrpc.MonitorsServiceServicer):
 
     async def ListEngines(self, request: mpb.ListEnginesRequest, context: Context) -> mpb.ListEnginesResponse:
         principal = await self._principal(context)
-        rows, head = await self._monitors.list_engines(principal, request.location_id)
-        return mpb.ListEnginesResponse(engines=[convert.engine(r, head) for r in rows])
+        rows = await self._monitors.list_engines(principal, request.location_id)
+        return mpb.ListEnginesResponse(engines=[convert.engine(r, head) for r, head in rows])
 
     async def RevokeEngine(self, request: mpb.RevokeEngineRequest, context: Context) -> mpb.RevokeEngineResponse:
         principal = await self._principal(context)
