@@ -17,7 +17,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
 from vault_service import policy, validation
 from vault_service.crypto import Keyring
-from vault_service.errors import Aborted, InvalidArgument, NotFound
+from vault_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from vault_service.models import (
     ALLOWED_SCOPES,
     Access,
@@ -133,21 +133,21 @@ class CredentialService:
                 updated_at=now,
             )
             sealed = self._keyring.seal(cred.id, cred.version, plaintext)
-            async with self._store.transaction() as tx:
-                if await tx.get_credential(cred.id) is not None:
-                    continue
-                stored = await tx.insert_credential(cred, sealed)
-                await self._audit(tx, principal, "credential.create", stored.id, {"version": 1})
-                return stored
-        raise Aborted("could not allocate a credential id; retry")  # 2**64 ids: practically unreachable
+            try:
+                async with self._store.transaction() as tx:
+                    stored = await tx.insert_credential(cred, sealed)
+                    await self._audit(tx, principal, "credential.create", stored.id, {"version": 1})
+                    return stored
+            except AlreadyExists:  # an id collision (2**-64): draw another
+                continue
+        raise Aborted("could not allocate a credential id; retry")
 
     async def get(self, principal: Principal, credential_id: str) -> Credential:
         policy.require_vault_view(principal)
         check_id(credential_id)
         async with self._store.read() as tx:
-            cred = policy.require_visible(principal, await tx.get_credential(credential_id), credential_id)
-            usages = await tx.usages([credential_id])
-        return dataclasses.replace(cred, used_by=tuple(usages.get(credential_id, ())))
+            cred = await tx.get_credential(credential_id)
+        return policy.require_visible(principal, cred, credential_id)
 
     async def list(self, principal: Principal, flt: CredentialFilter, size: int, page_token: str) -> Page[Credential]:
         policy.require_vault_view(principal)
@@ -164,10 +164,8 @@ class CredentialService:
             after = (name, cid)
         async with self._store.read() as tx:
             items, total = await tx.list_credentials(visibility, principal.username, flt, after, limit + 1)
-            more = len(items) > limit
-            items = items[:limit]
-            usages = await tx.usages([c.id for c in items])
-        items = [dataclasses.replace(c, used_by=tuple(usages.get(c.id, ()))) for c in items]
+        more = len(items) > limit
+        items = items[:limit]
         nxt = encode_page_token(query, items[-1].name, items[-1].id) if more else ""
         return Page(items, nxt, total)
 
@@ -200,12 +198,12 @@ class CredentialService:
                 current, owner=principal.username, access=new_access, certificate_info=cert_info
             )
             sealed = self._keyring.seal(credential_id, current.version + 1, plaintext)
-            if not await tx.update_credential(updated, sealed, current.version):
+            written = await tx.update_credential(updated, sealed, current.version, new_contents=True)
+            if written is None:
                 raise Aborted(f"credential {credential_id} changed concurrently; retry")
-            await tx.bump_credential_resource_version(credential_id)
-            users = [m for m in await tx.monitors_using(credential_id) if m.enabled]
-            if users:  # engines running these monitors must get the new contents
-                await tx.append_change("credential", credential_id, [loc for m in users for loc in m.location_ids])
+            stored, user_locations = written
+            if user_locations:  # engines running monitors that use it must get the new contents
+                await tx.append_change("credential", credential_id, user_locations)
             await self._audit(
                 tx,
                 principal,
@@ -213,8 +211,6 @@ class CredentialService:
                 credential_id,
                 {"version": current.version + 1, "previous_owner": current.owner},
             )
-            stored = await tx.get_credential(credential_id)
-        assert stored is not None
         return stored
 
     async def update_metadata(
@@ -250,13 +246,13 @@ class CredentialService:
                 description=current.description if description is None else description,
                 access=current.access if access is None else _check_access(access, principal.username),
             )
-            if not await tx.update_credential(updated, sealed, current.version):
+            written = await tx.update_credential(updated, sealed, current.version, new_contents=False)
+            if written is None:
                 raise Aborted(f"credential {credential_id} changed concurrently; retry")
+            stored = written[0]
             await self._audit(
                 tx, principal, "credential.update_metadata", credential_id, {"version": current.version + 1}
             )
-            stored = await tx.get_credential(credential_id)
-        assert stored is not None
         return stored
 
     async def delete(self, principal: Principal, credential_id: str) -> None:

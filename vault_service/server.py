@@ -95,7 +95,7 @@ async def start_vault(
 
     tokens = TokenService(store)
     server = grpc.aio.server(
-        interceptors=[StatusMappingInterceptor()],
+        interceptors=[StatusMappingInterceptor(store)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -145,7 +145,7 @@ async def _start_engine_port(settings: Settings, running: RunningVault, keyring:
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", max(hb_ms, 10_000)),
             ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )

@@ -16,6 +16,7 @@ import asyncpg
 import grpc
 
 from vault_service import errors
+from vault_service.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,13 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-def _wrap(inner: Behavior) -> Behavior:
+def _wrap(inner: Behavior, store: Store | None) -> Behavior:
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return await inner(request, context)
+            if store is None:
+                return await inner(request, context)
+            async with store.bound():
+                return await inner(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -68,7 +72,11 @@ def _wrap(inner: Behavior) -> Behavior:
 
 
 class StatusMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Maps exceptions of unary credvault.v1 handlers to status codes."""
+    """Maps exceptions of unary credvault.v1 handlers to status codes; with a store, each such call also works on
+    one pooled connection (authentication and operation alike)."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self._store = store
 
     async def intercept_service(
         self,
@@ -80,7 +88,7 @@ class StatusMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         if handler is None or not method.startswith("/credvault.v1.") or handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(handler.unary_unary),  # type: ignore[arg-type]
+            _wrap(handler.unary_unary, self._store),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

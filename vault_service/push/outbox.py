@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterable
 
 from credvault.v1 import engine_pb2 as epb
 
@@ -29,10 +30,12 @@ class OutboxOverflow(Exception):
 
 
 class Outbox:
-    def __init__(self, max_resources: int) -> None:
+    def __init__(self, max_resources: int, chunk: int = 500) -> None:
         self._max = max_resources
+        self._chunk = chunk
         self._pending: dict[Key, epb.CredentialResource | epb.MonitorResource | epb.Removal] = {}
-        self._revision = 0
+        self._revision = 0  # of the newest delta put in
+        self._complete_revision = 0  # everything up to this was fully handed out
         self._ready = asyncio.Event()
         self.overflowed = False
 
@@ -53,28 +56,51 @@ class Outbox:
         self._ready.set()
 
     async def take(self) -> epb.ConfigBatch:
-        """Wait for pending changes and return them as one batch, in apply order. Raises OutboxOverflow."""
+        """Wait for pending changes and return at most ``chunk`` of them as one batch, in apply order (so a monitor
+        never comes before a credential it needs). A partial batch carries the last revision fully handed out, so
+        an ACK never claims more than the engine has. Raises OutboxOverflow."""
         while not self._pending and not self.overflowed:
             self._ready.clear()
             await self._ready.wait()
         if self.overflowed:
             raise OutboxOverflow("the engine fell too far behind; it must resync")
-        batch = batch_of(self._revision, self._pending.values())
-        self._pending = {}
-        return batch
+        ordered = ordered_items(self._pending.values())
+        taken, rest = ordered[: self._chunk], ordered[self._chunk :]
+        for item in taken:
+            kind = item.kind if isinstance(item, epb.Removal) else _kind(item)
+            del self._pending[(kind, item.id)]
+        if not rest:
+            self._complete_revision = self._revision
+        return batch_of(self._complete_revision, taken)
 
 
-def batch_of(revision: int, items: object) -> epb.ConfigBatch:
+def _kind(item: epb.CredentialResource | epb.MonitorResource) -> int:
+    return epb.RESOURCE_KIND_CREDENTIAL if isinstance(item, epb.CredentialResource) else epb.RESOURCE_KIND_MONITOR
+
+
+Item = epb.CredentialResource | epb.MonitorResource | epb.Removal
+
+
+def ordered_items(items: Iterable[Item]) -> list[Item]:
+    """Apply order: credential upserts, monitor upserts, monitor removals, credential removals."""
+
+    def rank(item: Item) -> int:
+        if isinstance(item, epb.CredentialResource):
+            return 0
+        if isinstance(item, epb.MonitorResource):
+            return 1
+        return 2 if item.kind == epb.RESOURCE_KIND_MONITOR else 3
+
+    return sorted(items, key=rank)
+
+
+def batch_of(revision: int, items: Iterable[Item]) -> epb.ConfigBatch:
     batch = epb.ConfigBatch(revision=revision)
-    removals = []
-    for item in items:  # type: ignore[attr-defined]
+    for item in ordered_items(items):
         if isinstance(item, epb.CredentialResource):
             batch.credentials.append(item)
         elif isinstance(item, epb.MonitorResource):
             batch.monitors.append(item)
         else:
-            removals.append(item)
-    # monitor removals before credential removals: a credential goes after the last monitor that used it
-    removals.sort(key=lambda r: r.kind != epb.RESOURCE_KIND_MONITOR)
-    batch.removals.extend(removals)
+            batch.removals.append(item)
     return batch

@@ -17,7 +17,7 @@ from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service.pki import EngineIdentity, identity_from_certificate
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, removal_reason
-from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of
+from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, ordered_items
 from vault_service.storage.monitor_queries import Change
 from vault_service.storage.store import Store
 
@@ -107,7 +107,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             previous.cut.set()
         live = _Live(identity)
         self._live[key] = live
-        outbox = Outbox(self._settings.outbox_max)
+        outbox = Outbox(self._settings.outbox_max, CHUNK)
         rejected = {r["monitor_id"]: (int(r["version"]), str(r["reason"])) for r in row.rejected}
         try:
             state = await self._follower.subscribe(identity.location_id, outbox)
@@ -234,8 +234,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             for cid in held_creds
             if cid not in credentials
         ]
-        ordered = batch_of(revision, items)  # apply order: credentials, monitors, removals
-        flat: list[Any] = [*ordered.credentials, *ordered.monitors, *ordered.removals]
+        flat = ordered_items(items)  # apply order: credentials, monitors, removals
         return [batch_of(revision, flat[i : i + CHUNK]) for i in range(0, len(flat), CHUNK)]
 
     async def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:

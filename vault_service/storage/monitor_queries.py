@@ -287,23 +287,6 @@ class MonitorQueries:
         )
         return [_monitor(r, list(r["refs"])) for r in rows]
 
-    async def usages(self, credential_ids: list[str]) -> dict[str, list[tuple[str, int]]]:
-        """credential id -> [(monitor id, monitor type)] ("used by")."""
-        rows = await self.conn.fetch(
-            "SELECT c.credential_id, m.id, m.type FROM monitor_credentials c JOIN monitors m ON m.id = c.monitor_id"
-            " WHERE c.credential_id = ANY($1) ORDER BY m.id",
-            credential_ids,
-        )
-        out: dict[str, list[tuple[str, int]]] = {}
-        for r in rows:
-            out.setdefault(r["credential_id"], []).append((r["id"], _TYPES[r["type"]]))
-        return out
-
-    async def bump_credential_resource_version(self, credential_id: str) -> None:
-        await self.conn.execute(
-            "UPDATE credentials SET resource_version = nextval('resource_versions') WHERE id = $1", credential_id
-        )
-
     # --- change log ----------------------------------------------------------------------------------------------
 
     async def append_change(self, kind: str, object_id: str, location_ids: list[str]) -> int:

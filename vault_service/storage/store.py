@@ -7,6 +7,7 @@ so that a change and its audit row always commit together.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import enum
@@ -89,6 +90,12 @@ _CREDENTIAL_COLUMNS = (
     " cert_subject, cert_issuer, cert_not_after, cert_fingerprint, version, created_at, updated_at"
 )
 _SEALED_COLUMNS = "kek_id, wrapped_key, ciphertext"
+# "Used by": the monitors that reference a credential, fetched with it (no second round trip).
+_USED_BY_COLUMN = (
+    "ARRAY(SELECT m.id || ':' || m.type FROM monitor_credentials u JOIN monitors m ON m.id = u.monitor_id"
+    " WHERE u.credential_id = credentials.id ORDER BY m.id) AS used_by"
+)
+_MONITOR_TYPES = {"HTTP": 1, "BROWSER": 2}  # credvault.v1.MonitorType numbers
 _TOKEN_COLUMNS = "public_id, owner, name, scopes, kind, created_at, expires_at, last_used_at, revoked_at"
 _USER_COLUMNS = "username, permissions, zone_permissions, created_at, updated_at"
 
@@ -128,7 +135,15 @@ def _credential(row: asyncpg.Record) -> Credential:
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        used_by=_used_by(row),
     )
+
+
+def _used_by(row: asyncpg.Record) -> tuple[tuple[str, int], ...]:
+    if "used_by" not in row.keys():  # noqa: SIM118 - asyncpg records support keys(), not `in`
+        return ()
+    pairs = (entry.rpartition(":") for entry in row["used_by"])
+    return tuple((monitor_id, _MONITOR_TYPES[kind]) for monitor_id, _, kind in pairs)
 
 
 def _sealed(row: asyncpg.Record) -> SealedContents:
@@ -331,7 +346,7 @@ class Tx(MonitorQueries):
     async def get_credential(self, credential_id: str, *, for_update: bool = False) -> Credential | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(
-            f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1{lock}", credential_id
+            f"SELECT {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN} FROM credentials WHERE id = $1{lock}", credential_id
         )
         return _credential(row) if row else None
 
@@ -368,19 +383,28 @@ class Tx(MonitorQueries):
             page_where += f" AND (name, id) > (${len(args) - 1}, ${len(args)})"
         args.append(limit)
         rows = await self.conn.fetch(
-            f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials WHERE {page_where} ORDER BY name, id LIMIT ${len(args)}",
+            f"SELECT {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN} FROM credentials WHERE {page_where}"
+            f" ORDER BY name, id LIMIT ${len(args)}",
             *args,
         )
         return [_credential(r) for r in rows], total
 
-    async def update_credential(self, cred: Credential, sealed: SealedContents, expected_version: int) -> bool:
-        """Write ``cred`` and its newly sealed contents if the row is still at ``expected_version``."""
-        status = await self.conn.execute(
-            "UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
-            " shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
-            " cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
-            " updated_at = now(), kek_id = $15, wrapped_key = $16, ciphertext = $17"
-            " WHERE id = $1 AND version = $2",
+    async def update_credential(
+        self, cred: Credential, sealed: SealedContents, expected_version: int, *, new_contents: bool
+    ) -> tuple[Credential, list[str]] | None:
+        """Write ``cred`` and its sealed contents if the row is still at ``expected_version``. New contents get a
+        new resource version (what engines see). Returns the stored credential and the locations of the enabled
+        monitors that use it, or None if the version moved."""
+        bump = ", resource_version = nextval('resource_versions')" if new_contents else ""
+        row = await self.conn.fetchrow(
+            f"UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
+            f" shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
+            f" cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
+            f" updated_at = now(), kek_id = $15, wrapped_key = $16, ciphertext = $17{bump}"
+            f" WHERE id = $1 AND version = $2"
+            f" RETURNING {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN},"
+            f" ARRAY(SELECT DISTINCT unnest(m.location_ids) FROM monitor_credentials u JOIN monitors m"
+            f" ON m.id = u.monitor_id WHERE u.credential_id = credentials.id AND m.enabled) AS user_locations",
             cred.id,
             expected_version,
             cred.name,
@@ -395,7 +419,9 @@ class Tx(MonitorQueries):
             sealed.wrapped_key,
             sealed.ciphertext,
         )
-        return bool(status == "UPDATE 1")
+        if row is None:
+            return None
+        return _credential(row), list(row["user_locations"])
 
     async def delete_credential(self, credential_id: str) -> bool:
         status = await self.conn.execute("DELETE FROM credentials WHERE id = $1", credential_id)
@@ -512,6 +538,16 @@ def _credential_where(visibility: Visibility, username: str, flt: CredentialFilt
     return (" AND ".join(clauses) or "true"), args
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Pool reset: asyncpg already rolls back an open transaction. Nothing here leaves other session state
+    (no LISTEN or SET on pooled connections; the migration's advisory lock is released in a finally), so the
+    full RESET ALL / UNLISTEN / CLOSE ALL round trip on every release is skipped."""
+
+
+# The connection bound to the current RPC (see Store.bound): one pool checkout per call, not one per query group.
+_bound: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("credvault_bound_connection", default=None)
+
+
 class Store:
     """The connection pool, and the way in to queries."""
 
@@ -521,7 +557,7 @@ class Store:
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20) -> Store:
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
         except (OSError, asyncpg.PostgresError) as exc:
             raise Unavailable(f"cannot connect to PostgreSQL: {type(exc).__name__}") from None
         assert pool is not None
@@ -531,17 +567,40 @@ class Store:
         await self.pool.close()
 
     @contextlib.asynccontextmanager
+    async def bound(self) -> AsyncIterator[None]:
+        """Bind one pooled connection to the current task for the duration: every read and transaction inside
+        uses it (an RPC authenticates and works on one checkout)."""
+        if _bound.get() is not None:
+            yield
+            return
+        async with self.pool.acquire() as conn:
+            token = _bound.set(conn)
+            try:
+                yield
+            finally:
+                _bound.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        conn = _bound.get()
+        if conn is not None:
+            yield conn
+            return
+        async with self.pool.acquire() as acquired:
+            yield acquired
+
+    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             yield Tx(conn)
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:
         """A read-only transaction that sees one consistent state (REPEATABLE READ)."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             yield Tx(conn)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             yield Tx(conn)

@@ -1,0 +1,175 @@
+"""`engine-worker`: run an engine: hold the vault's monitor configs in memory and serve a local status endpoint.
+
+Settings come from flags or ENGINE_* environment variables (flags win). SIGTERM or SIGINT closes the stream, wipes
+every held secret and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import pathlib
+import re
+import signal
+import sys
+from typing import Any
+
+import pydantic
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine_worker.config_store import ConfigStore
+from engine_worker.status import DEFAULT_STATUS_LISTEN, StatusServer, parse_listen
+from engine_worker.stream import EngineStream, StreamSettings
+from engine_worker.tls import check_tls_files, mtls_channel_factory
+
+__all__ = ["Settings", "load_settings", "main", "parse_duration", "serve"]
+
+log = logging.getLogger("engine_worker")
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from a number of seconds or a duration like ``4h``, ``30m``, ``1h30m``, ``0.5s``, ``250ms``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"{value!r} is not a duration: seconds, or for example 4h, 30m, 1h30m, 0.5s, 250ms")
+    return sum(float(number) * _UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENGINE_", extra="forbid", frozen=True)
+
+    vault: str = Field(description="host:port of the vault's engine port")
+    cert: pathlib.Path = Field(description="PEM certificate chain of this engine (leaf first)")
+    key: pathlib.Path = Field(description="path of the PEM private key file of this engine's certificate")
+    ca: pathlib.Path = Field(description="PEM certificate of the CA that issued the vault's server certificate")
+    max_disconnected: float = Field(4 * 3600.0, gt=0, description="flush everything after this long without contact")
+    heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    status_listen: str = Field(DEFAULT_STATUS_LISTEN, description="host:port of the status endpoint (port 0: any)")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("max_disconnected", "heartbeat_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("vault")
+    @classmethod
+    def _vault(cls, value: str) -> str:
+        if parse_listen(value)[1] == 0:
+            raise ValueError("the vault's port must not be 0")
+        return value
+
+    @field_validator("status_listen")
+    @classmethod
+    def _status_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings from the environment with the (non-None) flags on top; a ValueError lists what to fix."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            where = f" (--{name.replace('_', '-')} or ENGINE_{name.upper()})" if err["loc"] else ""
+            lines.append(f"  {name}{where}: {err['msg']}")
+        raise ValueError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="engine-worker",
+        description="Run a synthetic engine: receive monitor configs from the vault over mutual TLS, in memory only.",
+    )
+    p.add_argument("--vault", help="host:port of the vault's engine port (ENGINE_VAULT)")
+    p.add_argument("--cert", help="this engine's PEM certificate chain (ENGINE_CERT)")
+    p.add_argument("--key", help="this engine's PEM private key (ENGINE_KEY)")
+    p.add_argument("--ca", help="PEM CA certificate that issued the vault's certificate (ENGINE_CA)")
+    p.add_argument("--max-disconnected", help="flush all configs after this long without the vault (default 4h)")
+    p.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 10)")
+    p.add_argument("--status-listen", help=f"host:port of the status endpoint (default {DEFAULT_STATUS_LISTEN})")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT (or cancellation); always wipes the held secrets on the way out."""
+    identity = check_tls_files(settings.cert, settings.key, settings.ca)
+    log.info("engine %s", identity.spiffe_id)
+    store = ConfigStore(location_id=identity.location_id)
+    stream = EngineStream(
+        store,
+        identity,
+        mtls_channel_factory(settings.vault, settings.cert, settings.key, settings.ca, identity),
+        StreamSettings(heartbeat_interval=settings.heartbeat_interval, max_disconnected=settings.max_disconnected),
+    )
+    status = StatusServer(store, identity, lambda: stream.state, settings.status_listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await status.start()
+        runner = asyncio.create_task(stream.run(), name="engine-stream")
+        stopper = asyncio.create_task(stop.wait(), name="engine-stop")
+        try:
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (runner, stopper):
+                task.cancel()
+            await asyncio.gather(runner, stopper, return_exceptions=True)
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            raise RuntimeError("the stream loop stopped unexpectedly") from runner.exception()
+        log.info("stopping")
+    finally:
+        count = store.flush()
+        log.info("wiped %d held monitors and credentials", count)
+        await status.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            vault=ns.vault,
+            cert=ns.cert,
+            key=ns.key,
+            ca=ns.ca,
+            max_disconnected=ns.max_disconnected,
+            heartbeat_interval=ns.heartbeat_interval,
+            status_listen=ns.status_listen,
+            log_level=ns.log_level,
+        )
+        check_tls_files(settings.cert, settings.key, settings.ca)
+    except ValueError as exc:
+        print(f"engine-worker: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # for example the status port is taken
+        log.error("cannot run: %s", exc)
+        return 1
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    return 0

@@ -1,0 +1,293 @@
+"""The engine's in-memory store of monitor configurations and the resolved credentials they use.
+
+Nothing here is ever written to disk, pickled or logged: the store lives in process memory for as long as the vault
+wants the engine to run the monitors, and a removal or :meth:`ConfigStore.flush` overwrites each credential's secret
+bytes with zeros before letting go of them.
+
+A credential's contents are kept only as the serialized ``CredentialDetails`` in a ``bytearray`` (which, unlike
+``bytes`` or ``str``, can be overwritten in place) and parsed on demand. That is best effort in Python: the received
+protobuf message and the parsed copies handed out by :meth:`HeldCredential.details` are ordinary objects that the
+garbage collector frees without zeroing, so callers should keep them short-lived.
+
+Monitors (``credvault.v1.Monitor``) hold no secrets, only credential ids and ``{{CREDENTIALS_VAULT-<id>}}``
+placeholders, and are kept as protobuf messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import NoReturn
+
+from credvault.v1 import credentials_pb2, engine_pb2, monitors_pb2
+
+__all__ = ["SECRET_BEARING_FIELDS", "ConfigStore", "HeldCredential", "HeldMonitor"]
+
+log = logging.getLogger(__name__)
+
+# Every attribute in engine_worker that holds secret material, by class. A test pins this: adding one means adding it
+# here, keeping it out of __repr__, and wiping it.
+SECRET_BEARING_FIELDS: dict[str, set[str]] = {"HeldCredential": {"_secret"}}
+
+_PLACEHOLDER = re.compile(r"\{\{(CREDENTIALS_VAULT-[0-9A-F]{16})(?:\.(username|password))?\}\}")
+
+# What a monitor needs from a credential it uses a certain way (mirrors the vault's rules for a definition), by the
+# CredentialDetails oneof name.
+_USERNAME_PASSWORD = "username_password"
+_CERTIFICATE = "certificate"
+_TOKEN = "token"
+
+
+class HeldCredential:
+    """A resolved credential: its id, version, kind (``username_password``, ``certificate``, ``token`` or
+    ``public_certificate``) and the serialized contents in a wipeable ``bytearray``. The repr never shows them."""
+
+    __slots__ = ("_secret", "id", "kind", "version")
+
+    def __init__(self, credential_id: str, version: int, details: credentials_pb2.CredentialDetails) -> None:
+        self.id = credential_id
+        self.version = version
+        self.kind = details.WhichOneof("details") or ""
+        self._secret = bytearray(details.SerializeToString())
+
+    @property
+    def wiped(self) -> bool:
+        return not any(self._secret)
+
+    def details(self) -> credentials_pb2.CredentialDetails:
+        """The contents, parsed from the held bytes. Keep the result only as long as it is needed."""
+        if self.wiped and self.kind:
+            raise ValueError(f"credential {self.id} has been wiped")
+        details = credentials_pb2.CredentialDetails()
+        details.ParseFromString(memoryview(self._secret))  # type: ignore[arg-type]  # no bytes copy
+        return details
+
+    def wipe(self) -> None:
+        """Overwrites the held bytes with zeros (in place: the same bytearray, not a new one)."""
+        self._secret[:] = bytes(len(self._secret))
+
+    def __repr__(self) -> str:
+        return f"HeldCredential(id={self.id!r}, version={self.version}, kind={self.kind!r}, contents=<redacted>)"
+
+    __str__ = __repr__
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a HeldCredential cannot be pickled or copied: secrets stay in this process's memory")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldMonitor:
+    """A monitor configuration (no secrets: ids and placeholders only) at a version."""
+
+    id: str
+    version: int
+    monitor: monitors_pb2.Monitor
+
+
+def _uses(monitor: monitors_pb2.Monitor) -> dict[str, set[str]]:
+    """The credentials the monitor's script references, each with the kinds of contents its uses need."""
+    needs: dict[str, set[str]] = {}
+
+    def placeholders(text: str) -> None:
+        for match in _PLACEHOLDER.finditer(text):
+            needs.setdefault(match.group(1), set()).add(_USERNAME_PASSWORD if match.group(2) else _TOKEN)
+
+    which = monitor.WhichOneof("script")
+    if which == "http":
+        for request in monitor.http.requests:
+            placeholders(request.url)
+            placeholders(request.body)
+            for header in request.headers:
+                placeholders(header.value)
+            auth = request.authentication.WhichOneof("method")
+            if auth == "basic_credential_id":
+                needs.setdefault(request.authentication.basic_credential_id, set()).add(_USERNAME_PASSWORD)
+            elif auth == "client_certificate_credential_id":
+                needs.setdefault(request.authentication.client_certificate_credential_id, set()).add(_CERTIFICATE)
+    elif which == "browser":
+        placeholders(monitor.browser.url)
+        if monitor.browser.login_credential_id:
+            needs.setdefault(monitor.browser.login_credential_id, set()).add(_USERNAME_PASSWORD)
+        for event in monitor.browser.events:
+            kind = event.WhichOneof("event")
+            if kind == "navigate_url":
+                placeholders(event.navigate_url)
+            elif kind == "keystroke" and event.keystroke.WhichOneof("text") == "credential":
+                field = event.keystroke.credential
+                needs.setdefault(field.credential_id, set()).add(_USERNAME_PASSWORD if field.field else _TOKEN)
+    return needs
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return engine_pb2.RemovalReason.Name(reason)  # type: ignore[arg-type]
+    except ValueError:
+        return f"REMOVAL_REASON_{reason}"
+
+
+class ConfigStore:
+    """Monitors and credentials by id, changed only by :meth:`apply` (a ``ConfigBatch``) and :meth:`flush`.
+
+    With ``location_id``, a monitor that does not list that location is rejected: the vault must never send it here.
+    """
+
+    def __init__(self, location_id: str | None = None) -> None:
+        self._location_id = location_id
+        self._monitors: dict[str, HeldMonitor] = {}
+        self._credentials: dict[str, HeldCredential] = {}
+
+    # --- reading ---------------------------------------------------------------------------------------------------
+
+    def credential(self, credential_id: str) -> HeldCredential | None:
+        return self._credentials.get(credential_id)
+
+    def monitor(self, monitor_id: str) -> HeldMonitor | None:
+        return self._monitors.get(monitor_id)
+
+    def monitors(self) -> list[HeldMonitor]:
+        return [self._monitors[k] for k in sorted(self._monitors)]
+
+    @property
+    def monitor_count(self) -> int:
+        return len(self._monitors)
+
+    @property
+    def credential_count(self) -> int:
+        return len(self._credentials)
+
+    def held(self) -> list[engine_pb2.HeldResource]:
+        """Everything held, for the Hello after a (re)connect: monitors, then credentials, each sorted by id."""
+        monitors = [
+            engine_pb2.HeldResource(kind=engine_pb2.RESOURCE_KIND_MONITOR, id=m.id, version=m.version)
+            for m in self.monitors()
+        ]
+        credentials = [
+            engine_pb2.HeldResource(kind=engine_pb2.RESOURCE_KIND_CREDENTIAL, id=c.id, version=c.version)
+            for c in (self._credentials[k] for k in sorted(self._credentials))
+        ]
+        return monitors + credentials
+
+    def snapshot_ids(self) -> dict[str, dict[str, int]]:
+        """Ids and versions only, never contents: ``{"monitors": {id: version}, "credentials": {id: version}}``."""
+        return {
+            "monitors": {k: self._monitors[k].version for k in sorted(self._monitors)},
+            "credentials": {k: self._credentials[k].version for k in sorted(self._credentials)},
+        }
+
+    def __repr__(self) -> str:
+        return f"ConfigStore(monitors={len(self._monitors)}, credentials={len(self._credentials)})"
+
+    # --- changing --------------------------------------------------------------------------------------------------
+
+    def apply(self, batch: engine_pb2.ConfigBatch) -> list[engine_pb2.Rejection]:
+        """Applies a batch in the protocol's order: credential upserts, monitor upserts, monitor removals, credential
+        removals. Idempotent: an upsert of the version held is a no-op, a removal of something unknown is ignored.
+
+        Returns the rejected monitor upserts (their previously held version, if any, stays). Reasons name ids, kinds
+        and rules only, never contents.
+        """
+        for resource in batch.credentials:
+            self._upsert_credential(resource)
+        rejections: list[engine_pb2.Rejection] = []
+        for monitor in batch.monitors:
+            reason = self._upsert_monitor(monitor)
+            if reason is not None:
+                log.warning("rejected monitor %s version %d: %s", monitor.id, monitor.version, reason)
+                rejections.append(engine_pb2.Rejection(monitor_id=monitor.id, version=monitor.version, reason=reason))
+        removals = list(batch.removals)
+        for removal in removals:
+            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR:
+                self._remove_monitor(removal.id, _reason_name(removal.reason))
+        for removal in removals:
+            if removal.kind == engine_pb2.RESOURCE_KIND_CREDENTIAL:
+                self._remove_credential(removal.id, _reason_name(removal.reason))
+            elif removal.kind != engine_pb2.RESOURCE_KIND_MONITOR:
+                log.warning("ignored a removal of %s of unknown kind %d", removal.id, removal.kind)
+        self._warn_dangling()
+        return rejections
+
+    def flush(self) -> int:
+        """Wipes every credential and forgets every monitor (fail-safe and shutdown). Returns how many were held."""
+        count = len(self._monitors) + len(self._credentials)
+        for credential in self._credentials.values():
+            credential.wipe()
+        self._credentials.clear()
+        self._monitors.clear()
+        return count
+
+    def _upsert_credential(self, resource: engine_pb2.CredentialResource) -> None:
+        if not resource.id:
+            log.warning("ignored a credential upsert without an id")
+            return
+        held = self._credentials.get(resource.id)
+        if held is not None and held.version == resource.version:
+            return
+        if resource.details.WhichOneof("details") is None:
+            # Unusable: nothing to run with. A stale older secret is worse than none, so the old version goes too;
+            # monitors that need it are rejected below.
+            log.warning("credential %s version %d has no contents: not held", resource.id, resource.version)
+            if held is not None:
+                self._remove_credential(resource.id, "replaced by a version without contents")
+            return
+        self._credentials[resource.id] = HeldCredential(resource.id, resource.version, resource.details)
+        if held is not None:
+            held.wipe()
+        log.debug("holding credential %s version %d", resource.id, resource.version)
+
+    def _upsert_monitor(self, resource: engine_pb2.MonitorResource) -> str | None:
+        """None when applied (or already held), else why not."""
+        if not resource.id:
+            return "the monitor resource has no id"
+        held = self._monitors.get(resource.id)
+        if held is not None and held.version == resource.version:
+            return None
+        if not resource.HasField("monitor"):
+            return "the monitor resource has no monitor definition"
+        monitor = resource.monitor
+        if monitor.id and monitor.id != resource.id:
+            return f"the definition's id {monitor.id} differs from the resource id"
+        if not monitor.enabled:
+            # A disabled monitor must not stay in engine memory: treat it as a removal.
+            self._remove_monitor(resource.id, "upserted as disabled")
+            return None
+        if self._location_id is not None and self._location_id not in monitor.location_ids:
+            return f"the monitor is not assigned to this engine's location {self._location_id}"
+        if monitor.WhichOneof("script") is None:
+            return "the monitor has no script (http or browser)"
+        needs = _uses(monitor)
+        for credential_id in monitor.credential_ids:
+            needs.setdefault(credential_id, set())
+        for credential_id in sorted(needs):
+            credential = self._credentials.get(credential_id)
+            if credential is None:
+                return f"the monitor references credential {credential_id}, which the engine does not hold"
+            wrong = sorted(kind for kind in needs[credential_id] if kind != credential.kind)
+            if wrong:
+                return (
+                    f"credential {credential_id} is of kind {credential.kind}, "
+                    f"but the monitor uses it as {' and '.join(wrong)}"
+                )
+        copy = monitors_pb2.Monitor()
+        copy.CopyFrom(monitor)
+        self._monitors[resource.id] = HeldMonitor(resource.id, resource.version, copy)
+        log.debug("holding monitor %s version %d", resource.id, resource.version)
+        return None
+
+    def _remove_monitor(self, monitor_id: str, reason: str) -> None:
+        held = self._monitors.pop(monitor_id, None)
+        if held is not None:
+            log.info("removed monitor %s version %d (%s)", monitor_id, held.version, reason)
+
+    def _remove_credential(self, credential_id: str, reason: str) -> None:
+        held = self._credentials.pop(credential_id, None)
+        if held is not None:
+            held.wipe()
+            log.info("removed credential %s version %d (%s)", credential_id, held.version, reason)
+
+    def _warn_dangling(self) -> None:
+        for held in self._monitors.values():
+            refs = set(_uses(held.monitor)) | set(held.monitor.credential_ids)
+            missing = sorted(ref for ref in refs if ref not in self._credentials)
+            if missing:
+                log.warning("monitor %s references credentials the engine no longer holds: %s", held.id, missing)

@@ -1,0 +1,331 @@
+"""The connection to the vault: ``EngineConfigService.Stream`` over mutual TLS, open for as long as the engine runs.
+
+One session: open the stream, send Hello (the engine's identity and everything it holds), then apply each ConfigBatch
+to the :class:`~engine_worker.config_store.ConfigStore` and acknowledge its revision (with the rejected monitors),
+acknowledge SyncComplete, and send a Heartbeat every ``heartbeat_interval``. A session is dead when the vault has sent
+nothing for ``dead_after_intervals`` intervals (HTTP/2 keepalive catches a dead connection underneath as well).
+
+Between sessions the engine waits an exponential backoff with full jitter (reset after a session that delivered
+SyncComplete) and then resumes with what it holds. It keeps its configs through an outage, but once it has had no
+contact with the vault for ``max_disconnected`` it flushes (wipes) everything: fail-safe. "Contact" means a session on
+which the vault has sent at least one message. A vault that answers PERMISSION_DENIED refuses this engine (for
+example, it was revoked): the engine flushes at once.
+
+Logs name ids, versions, revisions, counts and reasons; never contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from credvault.v1 import engine_pb2, engine_pb2_grpc
+from engine_worker.config_store import ConfigStore
+from engine_worker.identity import EngineIdentity
+from engine_worker.tls import ChannelFactory
+
+__all__ = ["Backoff", "EngineStream", "StreamSettings", "StreamState"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+Send = Callable[[engine_pb2.StreamRequest], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSettings:
+    heartbeat_interval: float = 10.0
+    max_disconnected: float = 4 * 3600.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    dead_after_intervals: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat_interval > 0:
+            raise ValueError("heartbeat_interval must be positive")
+        if not self.max_disconnected > 0:
+            raise ValueError("max_disconnected must be positive")
+        if not 0 < self.backoff_base <= self.backoff_cap:
+            raise ValueError("backoff_base must be positive and at most backoff_cap")
+        if self.dead_after_intervals < 1:
+            raise ValueError("dead_after_intervals must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamState:
+    """What the status endpoint shows: no configs, no contents."""
+
+    connected: bool
+    synced: bool
+    last_applied_revision: int
+    reconnects: int
+    flushes: int
+
+
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits ``rng() * min(cap, base * 2**n)``."""
+
+    def __init__(self, base: float, cap: float, rng: Callable[[], float] = random.random) -> None:
+        self._base = base
+        self._cap = cap
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._cap, self._base * (1 << min(self._attempt, 62)))
+        self._attempt += 1
+        return self._rng() * ceiling
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class _StreamDead(Exception):
+    pass
+
+
+class EngineStream:
+    """The engine's side of ``EngineConfigService.Stream``. :meth:`run` until cancelled.
+
+    Hooks for callers and tests: :attr:`synced` is set once SyncComplete has arrived on the current session (just
+    before it is acknowledged; cleared when the session ends), :attr:`flushed` is set when the store was flushed
+    because of the fail-safe or a refusal. ``clock``, ``sleep`` and ``rng`` replace time and randomness in tests.
+    """
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        identity: EngineIdentity,
+        channel_factory: ChannelFactory,
+        settings: StreamSettings | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._identity = identity
+        self._channel_factory = channel_factory
+        self._settings = settings or StreamSettings()
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = Backoff(self._settings.backoff_base, self._settings.backoff_cap, rng)
+        self.synced = asyncio.Event()
+        self.flushed = asyncio.Event()
+        self._connected = False
+        self._session_synced = False
+        self._last_applied_revision = 0
+        self._reconnects = 0
+        self._flushes = 0
+        self._offline_since: float | None = None
+        self._flushed_this_outage = False
+        self._last_received = 0.0
+
+    @property
+    def state(self) -> StreamState:
+        return StreamState(
+            connected=self._connected,
+            synced=self.synced.is_set(),
+            last_applied_revision=self._last_applied_revision,
+            reconnects=self._reconnects,
+            flushes=self._flushes,
+        )
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connects, and reconnects, until cancelled. Never flushes on its own exit: the caller decides."""
+        self._offline_since = self._clock()
+        first = True
+        while True:
+            self._check_failsafe()
+            if not first:
+                self._reconnects += 1
+            first = False
+            if await self._session():
+                self._backoff.reset()
+            delay = self._backoff.next_delay()
+            log.info("reconnecting to the vault in %.2f s", delay)
+            await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleeps ``delay``, waking up at the fail-safe deadline if it comes first."""
+        end = self._clock() + delay
+        while True:
+            self._check_failsafe()
+            now = self._clock()
+            if now >= end:
+                return
+            step = end - now
+            deadline = self._failsafe_deadline()
+            if deadline is not None and deadline > now:
+                step = min(step, deadline - now)
+            await self._sleep(step)
+
+    # --- fail-safe -------------------------------------------------------------------------------------------------
+
+    def _failsafe_deadline(self) -> float | None:
+        if self._offline_since is None or self._flushed_this_outage:
+            return None
+        return self._offline_since + self._settings.max_disconnected
+
+    def _check_failsafe(self) -> None:
+        deadline = self._failsafe_deadline()
+        if deadline is None or self._clock() < deadline:
+            return
+        self._flushed_this_outage = True
+        self._flush(f"no contact with the vault for {self._settings.max_disconnected:g} s (fail-safe)")
+
+    def _flush(self, why: str) -> None:
+        count = self._store.flush()
+        if count:
+            self._flushes += 1
+            log.warning("flushed %d held monitors and credentials: %s", count, why)
+        else:
+            log.info("nothing held to flush: %s", why)
+        self.flushed.set()
+
+    def _begin_contact(self) -> None:
+        if not self._connected:
+            self._connected = True
+            self._offline_since = None
+            self._flushed_this_outage = False
+            log.info("connected to the vault")
+
+    def _end_contact(self) -> None:
+        self.synced.clear()
+        if self._connected:
+            self._connected = False
+            self._offline_since = self._clock()
+            log.warning("disconnected from the vault; keeping %s", self._held_summary())
+
+    def _held_summary(self) -> str:
+        return f"{self._store.monitor_count} monitors and {self._store.credential_count} credentials"
+
+    # --- one session -----------------------------------------------------------------------------------------------
+
+    async def _session(self) -> bool:
+        """One stream, until it ends. True when it delivered SyncComplete. Never raises, except when cancelled."""
+        self._session_synced = False
+        try:
+            channel = self._channel_factory()
+        except Exception as exc:
+            log.error("cannot connect to the vault: %s", exc)
+            return False
+        call: grpc.aio.StreamStreamCall[engine_pb2.StreamRequest, engine_pb2.StreamResponse] | None = None
+        try:
+            stub = engine_pb2_grpc.EngineConfigServiceStub(channel)
+            call = stub.Stream(None)
+            await self._converse(call)
+            log.warning("the vault closed the stream")
+        except grpc.aio.AioRpcError as exc:
+            log.warning("the stream to the vault failed: %s: %s", exc.code().name, exc.details())
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                self._flushed_this_outage = True
+                self._flush("the vault refused this engine (PERMISSION_DENIED)")
+        except _StreamDead as exc:
+            log.warning("the stream to the vault is dead: %s", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("the stream to the vault failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            if call is not None:
+                call.cancel()
+            await channel.close(None)
+            self._end_contact()
+        return self._session_synced
+
+    async def _converse(
+        self, call: grpc.aio.StreamStreamCall[engine_pb2.StreamRequest, engine_pb2.StreamResponse]
+    ) -> None:
+        lock = asyncio.Lock()
+
+        async def send(request: engine_pb2.StreamRequest) -> None:
+            async with lock:
+                await call.write(request)
+
+        held = self._store.held()
+        hello = engine_pb2.Hello(location_id=self._identity.location_id, engine_id=self._identity.engine_id, held=held)
+        self._last_received = self._clock()
+        await send(engine_pb2.StreamRequest(hello=hello))
+        log.info("sent hello as %s holding %s", self._identity.spiffe_id, self._held_summary())
+        tasks = [
+            asyncio.create_task(self._receive(call, send), name="engine-stream-receive"),
+            asyncio.create_task(self._heartbeats(send), name="engine-stream-heartbeats"),
+            asyncio.create_task(self._watchdog(), name="engine-stream-watchdog"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:  # the first one to finish tells how the session ended
+            if task in done and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
+
+    async def _receive(
+        self, call: grpc.aio.StreamStreamCall[engine_pb2.StreamRequest, engine_pb2.StreamResponse], send: Send
+    ) -> None:
+        while True:
+            response = await call.read()
+            if not isinstance(response, engine_pb2.StreamResponse):  # grpc.aio.EOF
+                return
+            self._last_received = self._clock()
+            self._begin_contact()
+            which = response.WhichOneof("message")
+            if which == "batch":
+                await self._apply(response.batch, send)
+            elif which == "sync_complete":
+                revision = response.sync_complete.revision
+                self._last_applied_revision = revision
+                self._session_synced = True
+                self.synced.set()
+                log.info("in sync with the vault at revision %d, holding %s", revision, self._held_summary())
+                await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=revision)))
+            elif which == "heartbeat":
+                log.debug("heartbeat from the vault")
+            else:
+                log.warning("ignored a message of unknown type from the vault")
+
+    async def _apply(self, batch: engine_pb2.ConfigBatch, send: Send) -> None:
+        rejected = self._store.apply(batch)
+        self._last_applied_revision = batch.revision
+        log.info(
+            "applied revision %d: %d credential and %d monitor upserts, %d removals, %d rejected",
+            batch.revision,
+            len(batch.credentials),
+            len(batch.monitors),
+            len(batch.removals),
+            len(rejected),
+        )
+        await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=batch.revision, rejected=rejected)))
+
+    async def _heartbeats(self, send: Send) -> None:
+        while True:
+            await self._sleep(self._settings.heartbeat_interval)
+            await send(engine_pb2.StreamRequest(heartbeat=engine_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))))
+
+    async def _watchdog(self) -> None:
+        interval = self._settings.heartbeat_interval
+        limit = interval * self._settings.dead_after_intervals
+        while True:
+            self._check_failsafe()
+            silent = self._clock() - self._last_received
+            if silent >= limit:
+                raise _StreamDead(f"nothing from the vault for {silent:.1f} s")
+            step = min(interval, limit - silent)
+            deadline = self._failsafe_deadline()
+            if deadline is not None:
+                step = max(min(step, deadline - self._clock()), 0.0)
+            await self._sleep(step)
