@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import APP, create_req, expect_code, up
 from vault_service.config import load_settings
@@ -147,6 +148,10 @@ async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
         str(tmp_path / "dev"),
         "--listen",
         "127.0.0.1:0",
+        "--engine-listen",
+        "127.0.0.1:0",
+        "--worker-status-listen",
+        "127.0.0.1:0",
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
@@ -165,8 +170,18 @@ async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
         assert (tmp_path / "dev" / "admin-token").stat().st_mode & 0o777 == 0o600
         assert token not in "".join(seen)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            me = await Client(ch, token).GetCurrentUser(ipb.GetCurrentUserRequest())
+            client = Client(ch, token)
+            me = await client.GetCurrentUser(ipb.GetCurrentUserRequest())
             assert me.user.username == "admin"
+            # the dev engine worker of location 'local' connects over mutual TLS
+            async def worker_connected() -> None:
+                while True:
+                    engines = (await client.ListEngines(mpb.ListEnginesRequest(location_id="local"))).engines
+                    if engines and engines[0].connected:
+                        return
+                    await asyncio.sleep(0.1)
+
+            await asyncio.wait_for(worker_connected(), 60)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import pathlib
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -137,8 +138,9 @@ def cmd_admin_bootstrap(ns: argparse.Namespace) -> None:
 
 
 def cmd_dev(ns: argparse.Namespace) -> None:
-    """Everything on one machine: embedded PostgreSQL, a dev KEK, an admin, the API on loopback."""
-    from vault_service import embedded_pg
+    """Everything on one machine: embedded PostgreSQL, a dev KEK, a dev PKI, an admin, the API and the engine port
+    on loopback, and one engine worker for location ``local``."""
+    from vault_service import embedded_pg, pki
     from vault_service.server import start_vault
 
     data_dir: pathlib.Path = (ns.data_dir or pathlib.Path.cwd() / ".credvault-dev").resolve()
@@ -146,15 +148,31 @@ def cmd_dev(ns: argparse.Namespace) -> None:
     keyring_path = data_dir / "keyring.json"
     if not keyring_path.exists():
         write_keyring_file(keyring_path, new_keyring())
+    dev_pki = pki.ensure_dev_pki(data_dir / "pki")
+    engine = pki.EngineIdentity(dev_pki.trust_domain, DEV_LOCATION, DEV_ENGINE)
+    engine_name = pki.engine_file_name(engine)
+    if not (dev_pki.directory / f"{engine_name}.pem").exists():
+        engine_ca = pki.load_ca(dev_pki.directory)
+        pki.write_files(dev_pki.directory, engine_name, pki.issue_engine_certificate(engine_ca, engine, days=365))
     url, pg = embedded_pg.start(data_dir / "pg")
     settings = load_settings(
-        database_url=url, keyring_file=keyring_path, listen=ns.listen, allow_plaintext=True, data_dir=data_dir
+        database_url=url,
+        keyring_file=keyring_path,
+        listen=ns.listen,
+        allow_plaintext=True,
+        data_dir=data_dir,
+        engine_listen=ns.engine_listen,
+        engine_tls_cert_file=dev_pki.server_cert,
+        engine_tls_key_file=dev_pki.server_key,
+        engine_ca_file=dev_pki.engine_ca,
+        trust_domain=dev_pki.trust_domain,
     )
     _setup_logging(settings.log_level)
     token_path = data_dir / "admin-token"
 
     async def run() -> None:
         vault = await start_vault(settings)
+        worker: asyncio.subprocess.Process | None = None
         try:
             async with vault.store.read() as tx:
                 empty = await tx.count_users() == 0
@@ -163,16 +181,44 @@ def cmd_dev(ns: argparse.Namespace) -> None:
                 fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(issued.token + "\n")
+            async with vault.store.transaction() as tx:
+                if not await tx.existing_locations([DEV_LOCATION]):
+                    await tx.insert_location(DEV_LOCATION, "local development")
+                    await tx.insert_engine(DEV_LOCATION, DEV_ENGINE)
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "engine_worker",
+                "--vault",
+                f"localhost:{vault.engine_port}",
+                "--cert",
+                str(dev_pki.directory / f"{engine_name}.pem"),
+                "--key",
+                str(dev_pki.directory / f"{engine_name}.key"),
+                "--ca",
+                str(dev_pki.server_ca),
+                "--status-listen",
+                ns.worker_status_listen,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
             addr = f"127.0.0.1:{vault.port}"
-            print(_DEV_BANNER.format(addr=addr, data_dir=data_dir, token_path=token_path), file=sys.stderr, flush=True)
+            banner = _DEV_BANNER.format(
+                addr=addr,
+                engine_port=vault.engine_port,
+                data_dir=data_dir,
+                token_path=token_path,
+                status=ns.worker_status_listen,
+            )
+            print(banner, file=sys.stderr, flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            import signal
-
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
         finally:
+            if worker is not None and worker.returncode is None:
+                worker.terminate()
+                await worker.wait()
             await vault.stop(settings.shutdown_grace_seconds)
 
     try:
@@ -181,13 +227,18 @@ def cmd_dev(ns: argparse.Namespace) -> None:
         pg.cleanup()
 
 
-_DEV_BANNER = """
-credvault dev is running (plaintext gRPC on loopback, development only).
-  API:        {addr}
-  data dir:   {data_dir}   (embedded PostgreSQL, dev KEK keyring.json, mode 0600)
-  admin token: {token_path}  (created on first start; shown nowhere else)
+DEV_LOCATION = "local"
+DEV_ENGINE = "local-1"
 
-Try, in another shell:
+_DEV_BANNER = """
+credvault dev is running (development only: plaintext API on loopback).
+  API:          {addr}
+  engine port:  127.0.0.1:{engine_port} (mutual TLS; one engine worker runs for location 'local')
+  worker status: http://{status}/introspection (monitor ids and versions it holds, never values)
+  data dir:     {data_dir}  (embedded PostgreSQL, dev KEK keyring.json, dev PKI; keys mode 0600)
+  admin token:  {token_path}  (created on first start; shown nowhere else)
+
+Try, in another shell (README.md walks through it):
   export CREDVAULT_SERVER={addr} CREDVAULT_INSECURE=1 CREDVAULT_TOKEN=$(cat {token_path})
   printf 's3cret' | credvault credentials create --name demo --type username-password --username alice \\
       --password-file -
@@ -213,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="run everything locally on the embedded PostgreSQL")
     p.add_argument("--data-dir", type=pathlib.Path, help="default ./.credvault-dev")
     p.add_argument("--listen", default="127.0.0.1:50051")
+    p.add_argument("--engine-listen", default="127.0.0.1:50052", help="the engine port (mutual TLS)")
+    p.add_argument("--worker-status-listen", default="127.0.0.1:9464", help="the dev worker's status endpoint")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("migrate", help="apply database migrations")
