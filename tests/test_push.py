@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
+from credvault.v1 import engine_pb2_grpc as egrpc
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import create_req, token, up
@@ -42,6 +44,7 @@ async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> A
             "engine_ca_file": d / "engine-ca.pem",
             "trust_domain": TRUST_DOMAIN,
             "engine_heartbeat_seconds": 1.0,
+            "engine_outbox_max": 100,
         }
     )
     running = await start_vault(with_engines, keyring=keyring)
@@ -291,3 +294,48 @@ async def test_two_replicas_one_database(
         await on_b.close()
     finally:
         await replica_b.stop(0)
+
+
+async def test_a_stalled_engine_delays_nobody_and_is_cut_on_overflow(
+    admin_client: Client, connect: Connect, push_vault: RunningVault, engine_pki: Pki
+) -> None:
+    """An engine that stops reading fills only its own outbox; the other engine keeps up, and the stalled one is
+    closed (RESOURCE_EXHAUSTED) once its coalesced outbox passes the bound, so it resyncs."""
+    await setup(admin_client, "loc-a")
+    healthy = await connect("loc-a", "e1")
+    e2 = engine_pki.engine("loc-a", "e2")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=engine_pki.server_ca.cert_pem, private_key=e2.key_pem, certificate_chain=e2.chain_pem
+    )
+    # no window growth: the vault's writes to this engine block once 64 KiB are unread
+    small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
+    async with grpc.aio.secure_channel(f"localhost:{push_vault.engine_port}", creds, options=small_window) as ch:
+
+        async def hello_then_heartbeats() -> AsyncIterator[epb.StreamRequest]:
+            yield epb.StreamRequest(hello=epb.Hello(location_id="loc-a", engine_id="e2"))
+            while True:  # alive, but it never reads what the vault sends
+                await asyncio.sleep(0.3)
+                yield epb.StreamRequest(heartbeat=epb.Heartbeat())
+
+        stalled = egrpc.EngineConfigServiceStub(ch).Stream(hello_then_heartbeats())
+        pair = (await admin_client.CreateCredential(create_req("pair", up()))).credential.id
+        big = monitor(pair, "loc-a")
+        big.http.requests[0].body = "x" * 60_000  # fills the stalled stream's flow-control window quickly
+        created = [
+            (await admin_client.CreateMonitor(mpb.CreateMonitorRequest(monitor=big))).monitor.id for _ in range(120)
+        ]
+        await healthy.wait_until(lambda: set(created) <= set(healthy.monitors), 60)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(_drain_after(stalled, 1.0), 60)
+        # cut for its overflowing outbox, or for not reading at all: either way it must reconnect and resync
+        assert (info.value.code(), info.value.details()) in {
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, "the engine fell too far behind; reconnect to resync"),
+            (grpc.StatusCode.UNAVAILABLE, "the engine stopped reading"),
+        }
+
+
+async def _drain_after(call: Any, delay: float) -> None:
+    """Start reading only after ``delay`` (the vault must have cut the stream by then)."""
+    await asyncio.sleep(delay)
+    async for _ in call:
+        pass

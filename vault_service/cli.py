@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from vault_service import client_cli, keys, pki_cli
+from vault_service import client_cli, keys, monitors_cli, pki_cli
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings, load_settings
 from vault_service.crypto import load_keyring_file, new_keyring, write_keyring_file
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_admin_bootstrap)
 
     client_cli.register(sub)
+    monitors_cli.register(sub)
     pki_cli.register(sub)
     return parser
 

@@ -33,6 +33,7 @@ MAX_HEADER_VALUE = 8192
 MAX_RULES = 20
 MAX_LOCATIONS = 50
 DEFAULT_TIMEOUT_MS = 10_000
+MAX_MONITOR_BYTES = 512 * 1024  # a pushed config must fit one batch message with room to spare
 
 
 class Use(enum.Enum):
@@ -197,6 +198,8 @@ def validate(monitor: mpb.Monitor) -> mpb.Monitor:
     else:
         raise InvalidArgument("monitor.script", "must be set: http or browser")
     credential_uses(out)  # syntax of every reference
+    if out.ByteSize() > MAX_MONITOR_BYTES:
+        raise InvalidArgument("monitor", f"is {out.ByteSize()} bytes; at most {MAX_MONITOR_BYTES} are allowed")
     del out.credential_ids[:]
     out.credential_ids.extend(sorted(credential_uses(out)))
     return out

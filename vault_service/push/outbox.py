@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from credvault.v1 import engine_pb2 as epb
 
@@ -30,9 +30,10 @@ class OutboxOverflow(Exception):
 
 
 class Outbox:
-    def __init__(self, max_resources: int, chunk: int = 500) -> None:
+    def __init__(self, max_resources: int, chunk: int = 500, on_overflow: Callable[[], None] = lambda: None) -> None:
         self._max = max_resources
         self._chunk = chunk
+        self._on_overflow = on_overflow
         self._pending: dict[Key, epb.CredentialResource | epb.MonitorResource | epb.Removal] = {}
         self._revision = 0  # of the newest delta put in
         self._complete_revision = 0  # everything up to this was fully handed out
@@ -53,6 +54,7 @@ class Outbox:
         if len(self._pending) > self._max:
             self.overflowed = True
             self._pending.clear()
+            self._on_overflow()
         self._ready.set()
 
     async def take(self) -> epb.ConfigBatch:
@@ -65,7 +67,8 @@ class Outbox:
         if self.overflowed:
             raise OutboxOverflow("the engine fell too far behind; it must resync")
         ordered = ordered_items(self._pending.values())
-        taken, rest = ordered[: self._chunk], ordered[self._chunk :]
+        taken = first_chunk(ordered, self._chunk)
+        rest = ordered[len(taken) :]
         for item in taken:
             kind = item.kind if isinstance(item, epb.Removal) else _kind(item)
             del self._pending[(kind, item.id)]
@@ -79,6 +82,26 @@ def _kind(item: epb.CredentialResource | epb.MonitorResource) -> int:
 
 
 Item = epb.CredentialResource | epb.MonitorResource | epb.Removal
+MAX_BATCH_BYTES = 1024 * 1024  # far below the engines' 4 MiB receive limit
+
+
+def first_chunk(items: list[Item], max_items: int) -> list[Item]:
+    """The longest prefix of at most ``max_items`` items and MAX_BATCH_BYTES (at least one item)."""
+    size = 0
+    for n, item in enumerate(items[:max_items]):
+        size += item.ByteSize()
+        if n and size > MAX_BATCH_BYTES:
+            return items[:n]
+    return items[:max_items]
+
+
+def chunks(items: list[Item], max_items: int) -> list[list[Item]]:
+    out = []
+    while items:
+        head = first_chunk(items, max_items)
+        out.append(head)
+        items = items[len(head) :]
+    return out
 
 
 def ordered_items(items: Iterable[Item]) -> list[Item]:

@@ -17,7 +17,7 @@ from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service.pki import EngineIdentity, identity_from_certificate
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, removal_reason
-from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, ordered_items
+from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
 from vault_service.storage.monitor_queries import Change
 from vault_service.storage.store import Store
 
@@ -36,10 +36,27 @@ class StreamSettings:
 
 
 class _Live:
+    """A connected engine's stream, which anything may cut (revocation, replacement, outbox overflow)."""
+
     def __init__(self, identity: EngineIdentity) -> None:
         self.identity = identity
         self.cut = asyncio.Event()
+        self.cut_code = grpc.StatusCode.ABORTED
         self.cut_reason = ""
+
+    def cut_with(self, code: grpc.StatusCode, reason: str) -> None:
+        if not self.cut.is_set():
+            self.cut_code, self.cut_reason = code, reason
+            self.cut.set()
+
+
+class _Ended(Exception):
+    """The stream must end: the status to end it with."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
@@ -68,8 +85,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         location_id, _, engine_id = change.object_id.partition("/")
         for (loc, eng), live in list(self._live.items()):
             if loc == location_id and engine_id in ("*", eng):
-                live.cut_reason = "engine revoked"
-                live.cut.set()
+                live.cut_with(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
 
     # --- the stream -----------------------------------------------------------------------------------------------
 
@@ -103,16 +119,23 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             return
         previous = self._live.get(key)
         if previous is not None:
-            previous.cut_reason = "replaced by a newer connection"
-            previous.cut.set()
+            previous.cut_with(grpc.StatusCode.ABORTED, "replaced by a newer connection of the same engine")
         live = _Live(identity)
         self._live[key] = live
-        outbox = Outbox(self._settings.outbox_max, CHUNK)
+        outbox = Outbox(
+            self._settings.outbox_max,
+            CHUNK,
+            on_overflow=lambda: live.cut_with(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "the engine fell too far behind; reconnect to resync"
+            ),
+        )
         rejected = {r["monitor_id"]: (int(r["version"]), str(r["reason"])) for r in row.rejected}
         try:
             state = await self._follower.subscribe(identity.location_id, outbox)
             try:
                 await self._serve(context, request_iterator, live, state, outbox, hello, rejected)
+            except _Ended as ended:
+                await self._end(context, live, ended)
             finally:
                 self._follower.unsubscribe(identity.location_id, outbox)
         finally:
@@ -137,8 +160,8 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         monitors = dict(state.monitors)
         credentials = dict(state.credentials)
         for batch in await self._initial_batches(hello, revision, monitors, credentials, rejected):
-            await context.write(epb.StreamResponse(batch=batch))
-        await context.write(epb.StreamResponse(sync_complete=epb.SyncComplete(revision=revision)))
+            await self._send(context, live, epb.StreamResponse(batch=batch))
+        await self._send(context, live, epb.StreamResponse(sync_complete=epb.SyncComplete(revision=revision)))
         async with self._store.read() as tx:
             await tx.engine_connected(loc, eng, self._settings.replica_id)
         log.info("engine %s/%s synced at revision %d", loc, eng, revision)
@@ -153,9 +176,6 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     last_heard = time.monotonic()
                     if msg.HasField("ack"):
                         await self._record_ack(loc, eng, msg.ack, rejected)
-            except Exception as exc:
-                log.warning("engine %s/%s: stream read ended: %s", loc, eng, type(exc).__name__, exc_info=exc)
-                raise
             finally:
                 reader_done.set()
 
@@ -171,8 +191,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     if f not in done:
                         f.cancel()
                 if cut in done:
-                    await self._end_for_cut(context, live, loc, eng)
-                    return
+                    raise _Ended(live.cut_code, live.cut_reason)
                 if ended in done:
                     log.info("engine %s/%s closed its stream", loc, eng)
                     return
@@ -180,27 +199,43 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     try:
                         batch = take.result()
                     except OutboxOverflow as exc:
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-                        return
+                        raise _Ended(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
                     _skip_rejected(batch, rejected)
-                    await context.write(epb.StreamResponse(batch=batch))
+                    await self._send(context, live, epb.StreamResponse(batch=batch))
                 else:
                     if time.monotonic() - last_heard > 3 * hb:
-                        await context.abort(grpc.StatusCode.UNAVAILABLE, "no heartbeat from the engine")
-                        return
+                        raise _Ended(grpc.StatusCode.UNAVAILABLE, "no heartbeat from the engine")
                     now_ms = int(time.time() * 1000)
-                    await context.write(epb.StreamResponse(heartbeat=epb.Heartbeat(sent_unix_ms=now_ms)))
+                    await self._send(context, live, epb.StreamResponse(heartbeat=epb.Heartbeat(sent_unix_ms=now_ms)))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _end_for_cut(self, context: Context, live: _Live, loc: str, eng: str) -> None:
-        async with self._store.read() as tx:
-            row = await tx.get_engine_state(loc, eng)
-        if row is None or row.revoked_at is not None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
-        await context.abort(grpc.StatusCode.ABORTED, live.cut_reason or "stream closed")
+    async def _send(self, context: Context, live: _Live, message: epb.StreamResponse) -> None:
+        """Write, unless the stream is cut meanwhile or the engine stops reading (flow control never frees)."""
+        write = asyncio.ensure_future(context.write(message))
+        cut = asyncio.ensure_future(live.cut.wait())
+        done, _ = await asyncio.wait(
+            {write, cut}, timeout=3 * self._settings.heartbeat_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        cut.cancel()
+        if write in done:
+            write.result()
+            return
+        write.cancel()
+        if cut in done:
+            raise _Ended(live.cut_code, live.cut_reason)
+        raise _Ended(grpc.StatusCode.UNAVAILABLE, "the engine stopped reading")
+
+    async def _end(self, context: Context, live: _Live, ended: _Ended) -> None:
+        if ended.code == grpc.StatusCode.PERMISSION_DENIED:
+            async with self._store.read() as tx:  # re-check: only a revoked engine is told it is refused
+                row = await tx.get_engine_state(live.identity.location_id, live.identity.engine_id)
+            if row is not None and row.revoked_at is None:
+                ended = _Ended(grpc.StatusCode.ABORTED, "stream closed; reconnect")
+        log.info("engine %s/%s: stream ended: %s", live.identity.location_id, live.identity.engine_id, ended.reason)
+        await context.abort(ended.code, ended.reason)
 
     async def _initial_batches(
         self,
@@ -235,7 +270,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             if cid not in credentials
         ]
         flat = ordered_items(items)  # apply order: credentials, monitors, removals
-        return [batch_of(revision, flat[i : i + CHUNK]) for i in range(0, len(flat), CHUNK)]
+        return [batch_of(revision, chunk) for chunk in chunks(flat, CHUNK)]
 
     async def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
         for r in ack.rejected:

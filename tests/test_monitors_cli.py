@@ -1,0 +1,150 @@
+"""`credvault locations|engines|monitors`, run in a subprocess against the real TLS server of the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import re
+import sys
+
+import pytest
+import trustme
+
+from credvault.v1 import monitors_pb2 as mpb
+from tests.conftest import Client
+from tests.helpers import create_req, token, up
+from tests.test_client_cli import Result, assert_contains, base_env
+from vault_service.server import RunningVault
+
+# Registers the monitors commands unless cli.py already does.
+_PROGRAM = """
+import sys
+import vault_service.cli as c, vault_service.client_cli as cc, vault_service.monitors_cli as m
+if "monitors_cli" not in vars(c):
+    orig = cc.register
+    cc.register = lambda sub: (orig(sub), m.register(sub))
+c.main(sys.argv[1:])
+"""
+CLI = [sys.executable, "-c", _PROGRAM]
+PASSWORD, TOKEN_VALUE = "pw-Qm42-never-shown", "tok-Vb77-never-shown"
+
+
+async def run(env: dict[str, str], *args: str) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def ok(env: dict[str, str], *args: str) -> Result:
+    result = await run(env, *args)
+    assert result.rc == 0, result.err
+    for secret in (PASSWORD, TOKEN_VALUE):
+        assert secret not in result.out + result.err
+    return result
+
+
+def columns(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+@pytest.fixture
+def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    assert admin.token is not None
+    return {
+        **base_env(),
+        "CREDVAULT_SERVER": f"localhost:{vault.port}",
+        "CREDVAULT_CA_FILE": str(ca_file),
+        "CREDVAULT_TOKEN": admin.token,
+    }
+
+
+async def add_location(admin: Client, loc: str = "loc-a") -> None:
+    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id=loc, name=loc)))
+
+
+async def test_locations_and_engines(env: dict[str, str]) -> None:
+    created = await ok(env, "locations", "create", "loc-a", "--name", "Lab A")
+    assert_contains(created.out, "loc-a", "Lab A")
+    listed = await ok(env, "locations", "list", "--json")
+    assert [(x["id"], x["name"]) for x in json.loads(listed.out)["locations"]] == [("loc-a", "Lab A")]
+
+    await ok(env, "engines", "add", "--location", "loc-a", "--engine", "e-1")
+    engines = (await ok(env, "engines", "list")).out.splitlines()
+    assert columns(engines[0]) == [
+        "LOCATION",
+        "ENGINE",
+        "CONNECTED",
+        "SINCE",
+        "APPLIED REV",
+        "LAG",
+        "REJECTED",
+        "REVOKED",
+    ]
+    assert engines[1].split() == ["loc-a", "e-1", "no", "-", "0", "0", "0", "no"]
+
+    revoked = await ok(env, "engines", "revoke", "--location", "loc-a", "--engine", "e-1", "--json")
+    assert json.loads(revoked.out)["engine"]["revoked"] is True
+    after = await ok(env, "engines", "list", "--location", "loc-a", "--json")
+    assert [(e["engine_id"], e["revoked"]) for e in json.loads(after.out)["engines"]] == [("e-1", True)]
+
+
+async def test_http_monitor_lifecycle(env: dict[str, str], admin: Client) -> None:
+    await add_location(admin)
+    basic = (await admin.CreateCredential(create_req("basic", up("svc", PASSWORD)))).credential.id
+    tok = (await admin.CreateCredential(create_req("tok", token(TOKEN_VALUE)))).credential.id
+    created = await ok(
+        env,
+        *("monitors", "create-http", "--json", "--name", "shop login", "--url", "https://shop.example/login"),
+        *("--location", "loc-a", "--basic-credential", basic, "--header", f"Authorization: Bearer {{{{{tok}}}}}"),
+        *("--expect-status", "200", "--expect-status", "204", "--body-contains", "Welcome", "--frequency", "10"),
+    )
+    assert "warning" not in created.err  # the Authorization header holds a placeholder
+    monitor = json.loads(created.out)["monitor"]
+    mid = monitor["id"]
+    assert (monitor["enabled"], monitor["frequency_minutes"], monitor["type"]) == (True, 10, "MONITOR_TYPE_HTTP")
+    request = monitor["http"]["requests"][0]
+    assert request["headers"] == [{"name": "Authorization", "value": f"Bearer {{{{{tok}}}}}"}]
+    assert request["authentication"] == {"basic_credential_id": basic}
+
+    listed = json.loads((await ok(env, "monitors", "list", "--json", "--credential", tok)).out)["monitors"]
+    assert [(m["id"], sorted(m["credential_ids"])) for m in listed] == [(mid, sorted([basic, tok]))]
+
+    disabled = (await ok(env, "monitors", "disable", mid)).out.splitlines()
+    header = columns(disabled[0])
+    assert header == ["ID", "NAME", "TYPE", "ENABLED", "FREQ", "LOCATIONS", "CREDENTIALS", "VERSION"]
+    row = dict(zip(header, columns(disabled[1]), strict=True))
+    assert (row["ID"], row["ENABLED"], row["FREQ"], row["LOCATIONS"]) == (mid, "no (by-user)", "10m", "loc-a")
+
+    shown = await ok(env, "monitors", "get", mid)
+    assert_contains(shown.out, mid, "no (by-user)", f"basic {basic}", "status in 200,204", "GET https://shop.")
+
+    assert (await ok(env, "monitors", "delete", mid)).out.strip() == f"deleted {mid}"
+    gone = await run(env, "monitors", "get", mid)
+    assert gone.rc == 1
+    assert gone.err.startswith("credvault: NOT_FOUND: ")
+
+
+async def test_invalid_monitors_are_refused(env: dict[str, str], admin: Client) -> None:
+    await add_location(admin)
+    common = ["monitors", "create-http", "--name", "n", "--url", "https://x.example", "--location", "loc-a"]
+    bad = await run(env, *common, "--frequency", "3", "--header", "X-Api-Key: literal-Zr9")
+    assert bad.rc == 1
+    assert bad.err.startswith("credvault: warning: header X-Api-Key holds no"), bad.err
+    assert_contains(bad.err, "credvault: INVALID_ARGUMENT: monitor.frequency_minutes")
+    assert "literal-Zr9" not in bad.err
+
+    malformed = await run(env, *common, "--header", "Authorization Bearer literal-Zr9")
+    assert malformed.rc == 2
+    assert_contains(malformed.err, "--header", "'Name: value'")
+    assert "literal-Zr9" not in malformed.err

@@ -1,0 +1,468 @@
+"""Client commands of `credvault` for synthetic monitoring: private locations, their engines, and monitors.
+
+Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`client_cli`.
+Monitors hold credential ids and ``{{CREDENTIALS_VAULT-<id>}}`` placeholders, never a secret value: a placeholder
+in a URL, header or body is a reference that the engine resolves, so it may be passed as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from credvault.v1 import credentials_pb2_grpc as cgrpc
+from credvault.v1 import identity_pb2_grpc as igrpc
+from credvault.v1 import monitors_pb2 as mpb
+from credvault.v1 import monitors_pb2_grpc as mgrpc
+from credvault.v1 import tokens_pb2_grpc as tgrpc
+from vault_service.client_cli import (
+    Session,
+    _api_token,
+    _channel,
+    _check_stdin_once,
+    _clean,
+    _common_parser,
+    _decode,
+    _fail_rpc,
+    _fields,
+    _label,
+    _output,
+    _read_bytes,
+    _warn,
+    _when,
+    table,
+)
+from vault_service.errors import ConfigurationError
+
+_MONITOR_TYPES: dict[str, mpb.MonitorType.ValueType] = {
+    "http": mpb.MONITOR_TYPE_HTTP,
+    "browser": mpb.MONITOR_TYPE_BROWSER,
+}
+_REASONS: dict[str, mpb.DisabledReason.ValueType] = {
+    "by-user": mpb.DISABLED_REASON_BY_USER,
+    "credential-deleted": mpb.DISABLED_REASON_CREDENTIAL_DELETED,
+}
+# Headers that usually carry a secret: without a placeholder, their value would be stored in plain text.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+_PLACEHOLDER_MARK = "{{CREDENTIALS_VAULT-"
+
+
+# --- connection ------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorsSession(Session):
+    """The client CLI's session, plus the monitors stub."""
+
+    monitors: mgrpc.MonitorsServiceStub
+
+
+Command = Callable[[argparse.Namespace, MonitorsSession], None]
+
+
+def _check_stdin_readers(ns: argparse.Namespace) -> None:
+    _check_stdin_once(ns)
+    if getattr(ns, "body_file", None) == "-" and ns.token_file == "-":
+        raise ConfigurationError("only one option can read stdin ('-'); got --token-file, --body-file")
+
+
+def _session(ns: argparse.Namespace, channel: grpc.Channel, token: str) -> MonitorsSession:
+    return MonitorsSession(
+        credentials=cgrpc.CredentialsServiceStub(channel),
+        tokens=tgrpc.TokensServiceStub(channel),
+        identity=igrpc.IdentityServiceStub(channel),
+        monitors=mgrpc.MonitorsServiceStub(channel),
+        metadata=(("authorization", f"Api-Token {token}"),),
+        timeout=ns.timeout,
+    )
+
+
+def _remote(command: Command) -> Callable[[argparse.Namespace], None]:
+    """Like client_cli's: token and channel from the common flags, gRPC errors to a message and exit status 1."""
+
+    @functools.wraps(command)
+    def run(ns: argparse.Namespace) -> None:
+        _check_stdin_readers(ns)
+        token = _api_token(ns)
+        with _channel(ns) as channel:
+            session = _session(ns, channel, token)
+            try:
+                command(ns, session)
+            except grpc.RpcError as exc:
+                _fail_rpc(exc)
+
+    return run
+
+
+# --- parsing helpers -------------------------------------------------------------------------------------------------
+
+
+def parse_header(text: str) -> mpb.Header:
+    """``Name: value``. The value is not echoed on error: a mistyped argument might hold a secret."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError("expects 'Name: value'")
+    return mpb.Header(name=name.strip(), value=value.strip())
+
+
+def _warn_literal_secrets(headers: Sequence[mpb.Header]) -> None:
+    for h in headers:
+        if h.name.lower() in _SECRET_HEADERS and _PLACEHOLDER_MARK not in h.value:
+            _warn(
+                f"warning: header {_clean(h.name)} holds no {_PLACEHOLDER_MARK}<id>}} placeholder: its value is"
+                " stored and shown in plain text; keep secrets in a credential"
+            )
+
+
+def _body(ns: argparse.Namespace) -> str:
+    if ns.body_file is None:
+        return ""
+    return _decode(_read_bytes(ns.body_file, "--body-file", show_path=True), "--body-file")
+
+
+def _authentication(ns: argparse.Namespace) -> mpb.HttpAuthentication | None:
+    if ns.basic_credential:
+        return mpb.HttpAuthentication(basic_credential_id=ns.basic_credential)
+    if ns.client_certificate_credential:
+        return mpb.HttpAuthentication(client_certificate_credential_id=ns.client_certificate_credential)
+    return None
+
+
+def _validation(ns: argparse.Namespace) -> list[mpb.ValidationRule]:
+    rules = []
+    if ns.expect_status:
+        rules.append(mpb.ValidationRule(status_code_in=mpb.StatusCodes(codes=ns.expect_status)))
+    rules += [mpb.ValidationRule(body_contains=text) for text in ns.body_contains or []]
+    return rules
+
+
+def _http_request(ns: argparse.Namespace) -> mpb.HttpRequest:
+    headers = ns.header or []
+    _warn_literal_secrets(headers)
+    request = mpb.HttpRequest(
+        method=ns.method.upper(),
+        url=ns.url,
+        headers=headers,
+        body=_body(ns),
+        validation=_validation(ns),
+        timeout_ms=ns.timeout_ms or 0,
+    )
+    auth = _authentication(ns)
+    if auth is not None:
+        request.authentication.CopyFrom(auth)
+    return request
+
+
+def _http_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    return mpb.Monitor(
+        name=ns.name,
+        enabled=not ns.disabled,
+        frequency_minutes=ns.frequency,
+        location_ids=list(dict.fromkeys(ns.location)),
+        management_zone=ns.management_zone or "",
+        http=mpb.HttpScript(requests=[_http_request(ns)]),
+    )
+
+
+# --- output ----------------------------------------------------------------------------------------------------------
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _list_text(items: Sequence[str]) -> str:
+    return ",".join(_clean(x) for x in items) or "-"
+
+
+_LOCATION_COLUMNS = ("ID", "NAME", "CREATED")
+
+
+def _location_row(loc: mpb.Location) -> list[str]:
+    return [_clean(loc.id), _clean(loc.name), _when(loc.create_time)]
+
+
+_ENGINE_COLUMNS = ("LOCATION", "ENGINE", "CONNECTED", "SINCE", "APPLIED REV", "LAG", "REJECTED", "REVOKED")
+
+
+def _engine_row(e: mpb.Engine) -> list[str]:
+    return [
+        _clean(e.location_id),
+        _clean(e.engine_id),
+        _yes_no(e.connected),
+        _when(e.connected_since),
+        str(e.applied_revision),
+        str(e.lag),
+        str(len(e.rejected_monitors)),
+        _yes_no(e.revoked),
+    ]
+
+
+_MONITOR_COLUMNS = ("ID", "NAME", "TYPE", "ENABLED", "FREQ", "LOCATIONS", "CREDENTIALS", "VERSION")
+
+
+def _enabled_text(m: mpb.Monitor) -> str:
+    if m.enabled:
+        return "yes"
+    return f"no ({_label(_REASONS, m.disabled_reason)})"
+
+
+def _monitor_row(m: mpb.Monitor) -> list[str]:
+    return [
+        m.id,
+        _clean(m.name),
+        _label(_MONITOR_TYPES, m.type),
+        _enabled_text(m),
+        f"{m.frequency_minutes}m",
+        _list_text(m.location_ids),
+        _list_text(m.credential_ids),
+        str(m.version),
+    ]
+
+
+def _auth_text(auth: mpb.HttpAuthentication) -> str:
+    which = auth.WhichOneof("method")
+    if which == "basic_credential_id":
+        return f"basic {auth.basic_credential_id}"
+    if which == "client_certificate_credential_id":
+        return f"client certificate {auth.client_certificate_credential_id}"
+    return "-"
+
+
+def _rule_text(rule: mpb.ValidationRule) -> str:
+    which = rule.WhichOneof("rule")
+    if which == "status_code_in":
+        return "status in " + ",".join(str(c) for c in rule.status_code_in.codes)
+    if which is None:
+        return "?"
+    return f"{which.replace('_', ' ')} {_clean(repr(getattr(rule, which)))}"
+
+
+def _request_fields(i: int, req: mpb.HttpRequest) -> list[tuple[str, str]]:
+    pairs = [(f"request {i}", f"{_clean(req.method)} {_clean(req.url)}")]
+    pairs += [("  header", f"{_clean(h.name)}: {_clean(h.value)}") for h in req.headers]
+    if req.body:
+        pairs.append(("  body", f"{len(req.body)} characters"))
+    pairs.append(("  auth", _auth_text(req.authentication)))
+    pairs += [("  expect", _rule_text(r)) for r in req.validation]
+    pairs.append(("  timeout", f"{req.timeout_ms} ms"))
+    return pairs
+
+
+def _browser_fields(b: mpb.BrowserScript) -> list[tuple[str, str]]:
+    return [("url", _clean(b.url)), ("login", b.login_credential_id or "-"), ("events", str(len(b.events)))]
+
+
+def _monitor_view(m: mpb.Monitor) -> str:
+    pairs = [
+        ("id", m.id),
+        ("name", _clean(m.name)),
+        ("type", _label(_MONITOR_TYPES, m.type)),
+        ("enabled", _enabled_text(m)),
+        ("frequency", f"{m.frequency_minutes} minutes"),
+        ("locations", _list_text(m.location_ids)),
+        ("management zone", _clean(m.management_zone) or "-"),
+        ("credentials", _list_text(m.credential_ids)),
+    ]
+    if m.WhichOneof("script") == "http":
+        for i, req in enumerate(m.http.requests, start=1):
+            pairs += _request_fields(i, req)
+    elif m.WhichOneof("script") == "browser":
+        pairs += _browser_fields(m.browser)
+    pairs += [("version", str(m.version)), ("created", _when(m.create_time)), ("updated", _when(m.update_time))]
+    return _fields(pairs)
+
+
+def _monitors_table(monitors: Sequence[mpb.Monitor]) -> str:
+    return table(_MONITOR_COLUMNS, [_monitor_row(m) for m in monitors])
+
+
+# --- locations and engines commands ----------------------------------------------------------------------------------
+
+
+def cmd_locations_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    response = s.call(s.monitors.ListLocations, mpb.ListLocationsRequest())
+    _output(ns, response, lambda: table(_LOCATION_COLUMNS, [_location_row(x) for x in response.locations]))
+
+
+def cmd_locations_create(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    request = mpb.CreateLocationRequest(location=mpb.Location(id=ns.id, name=ns.name or ""))
+    response = s.call(s.monitors.CreateLocation, request)
+    _output(ns, response, lambda: table(_LOCATION_COLUMNS, [_location_row(response.location)]))
+
+
+def cmd_locations_delete(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    response = s.call(s.monitors.DeleteLocation, mpb.DeleteLocationRequest(id=ns.id))
+    _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
+
+
+def cmd_engines_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    response = s.call(s.monitors.ListEngines, mpb.ListEnginesRequest(location_id=ns.location or ""))
+    _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(e) for e in response.engines]))
+
+
+def cmd_engines_add(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    request = mpb.AddEngineRequest(location_id=ns.location, engine_id=ns.engine)
+    response = s.call(s.monitors.AddEngine, request)
+    _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(response.engine)]))
+
+
+def cmd_engines_revoke(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    request = mpb.RevokeEngineRequest(location_id=ns.location, engine_id=ns.engine)
+    response = s.call(s.monitors.RevokeEngine, request)
+    _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(response.engine)]))
+
+
+# --- monitors commands -----------------------------------------------------------------------------------------------
+
+
+def _all_monitors(s: MonitorsSession, request: mpb.ListMonitorsRequest) -> mpb.ListMonitorsResponse:
+    merged = mpb.ListMonitorsResponse()
+    seen: set[str] = set()
+    while True:
+        page = s.call(s.monitors.ListMonitors, request)
+        merged.monitors.extend(page.monitors)
+        if not page.next_page_token or page.next_page_token in seen:
+            return merged
+        seen.add(page.next_page_token)
+        request.page_token = page.next_page_token
+
+
+def cmd_monitors_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    request = mpb.ListMonitorsRequest(
+        page_size=ns.page_size or 0,
+        page_token=ns.page_token or "",
+        location_id=ns.location or "",
+        credential_id=ns.credential or "",
+    )
+    response = _all_monitors(s, request) if ns.all else s.call(s.monitors.ListMonitors, request)
+    _output(ns, response, lambda: _monitors_table(response.monitors))
+    if response.next_page_token and not ns.json:
+        _warn(f"more monitors: --all, or --page-token {response.next_page_token}")
+
+
+def cmd_monitors_get(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    response = s.call(s.monitors.GetMonitor, mpb.GetMonitorRequest(id=ns.id))
+    _output(ns, response, lambda: _monitor_view(response.monitor))
+
+
+def cmd_monitors_create_http(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    response = s.call(s.monitors.CreateMonitor, mpb.CreateMonitorRequest(monitor=_http_monitor(ns)))
+    _output(ns, response, lambda: _monitor_view(response.monitor))
+
+
+def _set_enabled(ns: argparse.Namespace, s: MonitorsSession, enabled: bool) -> None:
+    response = s.call(s.monitors.SetMonitorEnabled, mpb.SetMonitorEnabledRequest(id=ns.id, enabled=enabled))
+    _output(ns, response, lambda: _monitors_table([response.monitor]))
+
+
+def cmd_monitors_enable(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    _set_enabled(ns, s, enabled=True)
+
+
+def cmd_monitors_disable(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    _set_enabled(ns, s, enabled=False)
+
+
+def cmd_monitors_delete(ns: argparse.Namespace, s: MonitorsSession) -> None:
+    response = s.call(s.monitors.DeleteMonitor, mpb.DeleteMonitorRequest(id=ns.id))
+    _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
+
+
+# --- argparse --------------------------------------------------------------------------------------------------------
+
+
+def _add(
+    group: Any, name: str, common: argparse.ArgumentParser, command: Command, text: str
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = group.add_parser(
+        name, parents=[common], help=text, description=text, allow_abbrev=False
+    )
+    p.set_defaults(func=_remote(command))
+    return p
+
+
+def _group(sub: Any, name: str, text: str) -> Any:
+    return sub.add_parser(name, help=text, description=text).add_subparsers(dest=f"{name}_command", required=True)
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--location", required=True, metavar="ID")
+    p.add_argument("--engine", required=True, metavar="ID")
+
+
+def _register_locations(sub: Any, common: argparse.ArgumentParser) -> None:
+    group = _group(sub, "locations", "manage private synthetic locations")
+    _add(group, "list", common, cmd_locations_list, "list the private locations")
+    p = _add(group, "create", common, cmd_locations_create, "create a private location")
+    p.add_argument("id", help="lower-case letters, digits and '-'")
+    p.add_argument("--name", help="display name (default: the id)")
+    p = _add(group, "delete", common, cmd_locations_delete, "delete a location that has no monitors")
+    p.add_argument("id")
+
+
+def _register_engines(sub: Any, common: argparse.ArgumentParser) -> None:
+    group = _group(sub, "engines", "manage the engines allowed to serve locations")
+    p = _add(group, "list", common, cmd_engines_list, "engines: connection, applied revision, lag, rejections")
+    p.add_argument("--location", metavar="ID", help="only this location's engines")
+    p = _add(group, "add", common, cmd_engines_add, "allow an engine to serve a location")
+    _engine_flags(p)
+    p = _add(group, "revoke", common, cmd_engines_revoke, "cut an engine's stream at once and refuse it afterwards")
+    _engine_flags(p)
+
+
+def _http_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True)
+    p.add_argument("--url", required=True, help="may hold {{CREDENTIALS_VAULT-<id>}} placeholders")
+    p.add_argument("--location", action="append", required=True, metavar="ID", help="repeatable")
+    p.add_argument("--method", default="GET", help="GET (default), POST, PUT, PATCH, DELETE, HEAD or OPTIONS")
+    p.add_argument(
+        "--header",
+        action="append",
+        type=parse_header,
+        metavar="'NAME: VALUE'",
+        help="repeatable; may hold placeholders",
+    )
+    p.add_argument("--body-file", metavar="FILE", help="request body ('-': stdin); may hold placeholders")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--basic-credential", metavar="ID", help="basic authentication (a username-password credential)")
+    auth.add_argument("--client-certificate-credential", metavar="ID", help="a certificate credential")
+    p.add_argument("--expect-status", action="append", type=int, metavar="CODE", help="repeatable: any of them")
+    p.add_argument("--body-contains", action="append", metavar="TEXT", help="repeatable")
+    p.add_argument("--frequency", type=int, default=5, metavar="MINUTES", help="1, 2, 5, 10, 15, 30 or 60 (default 5)")
+    p.add_argument("--management-zone", metavar="ZONE")
+    p.add_argument("--timeout-ms", type=int, metavar="MS", help="per request, 1-60000 (default 10000)")
+    p.add_argument("--disabled", action="store_true", help="create it disabled")
+
+
+def _register_monitors(sub: Any, common: argparse.ArgumentParser) -> None:
+    group = _group(sub, "monitors", "manage synthetic monitors")
+    p = _add(group, "list", common, cmd_monitors_list, "list the monitors you may see")
+    p.add_argument("--location", metavar="ID")
+    p.add_argument("--credential", metavar="ID", help="only monitors that use this credential")
+    p.add_argument("--page-size", type=int)
+    p.add_argument("--page-token")
+    p.add_argument("--all", action="store_true", help="follow page tokens to the end")
+    p = _add(group, "get", common, cmd_monitors_get, "show a monitor's definition")
+    p.add_argument("id")
+    p = _add(group, "create-http", common, cmd_monitors_create_http, "create an HTTP monitor of one request")
+    _http_flags(p)
+    for name, command, text in (
+        ("enable", cmd_monitors_enable, "enable a monitor"),
+        ("disable", cmd_monitors_disable, "disable a monitor"),
+        ("delete", cmd_monitors_delete, "delete a monitor"),
+    ):
+        _add(group, name, common, command, text).add_argument("id")
+
+
+def register(sub: Any) -> None:
+    """Adds `locations ...`, `engines ...` and `monitors ...` to the `credvault` subcommands."""
+    common = _common_parser()
+    _register_locations(sub, common)
+    _register_engines(sub, common)
+    _register_monitors(sub, common)
