@@ -173,6 +173,7 @@ async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
             client = Client(ch, token)
             me = await client.GetCurrentUser(ipb.GetCurrentUserRequest())
             assert me.user.username == "admin"
+
             # the dev engine worker of location 'local' connects over mutual TLS
             async def worker_connected() -> None:
                 while True:
