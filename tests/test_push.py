@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -339,3 +340,17 @@ async def _drain_after(call: Any, delay: float) -> None:
     await asyncio.sleep(delay)
     async for _ in call:
         pass
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+async def test_engine_port_negotiates_tls13(push_vault: RunningVault, engine_pki: Pki, tmp_path: pathlib.Path) -> None:
+    pem, key = pki.write_files(tmp_path, "engine", engine_pki.engine("loc-a", "e1"))
+    proc = await asyncio.create_subprocess_exec(
+        "openssl", "s_client", "-connect", f"127.0.0.1:{push_vault.engine_port}", "-cert", str(pem), "-key", str(key),
+        "-CAfile", str(engine_pki.directory / "server-ca.pem"), "-verify_return_error", "-alpn", "h2", "-brief",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    out = (stdout + stderr).decode()
+    assert "Protocol version: TLSv1.3" in out, out
+    assert "Verification: OK" in out, out
