@@ -34,10 +34,9 @@ def engine_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RunningVault]:
+def with_engine_port(settings: Settings, engine_pki: Pki) -> Settings:
     d = engine_pki.directory
-    with_engines = settings.model_copy(
+    return settings.model_copy(
         update={
             "engine_listen": "127.0.0.1:0",
             "engine_tls_cert_file": d / "server.pem",
@@ -48,7 +47,11 @@ async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> A
             "engine_outbox_max": 100,
         }
     )
-    running = await start_vault(with_engines, keyring=keyring)
+
+
+@pytest.fixture
+async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RunningVault]:
+    running = await start_vault(with_engine_port(settings, engine_pki), keyring=keyring)
     yield running
     await running.stop(0)
 
@@ -266,19 +269,7 @@ async def test_two_replicas_one_database(
 ) -> None:
     """A change made through replica A reaches an engine connected to replica B (LISTEN/NOTIFY + catch-up)."""
     await setup(admin_client, "loc-a")
-    d = engine_pki.directory
-    replica_b = await start_vault(
-        settings.model_copy(
-            update={
-                "engine_listen": "127.0.0.1:0",
-                "engine_tls_cert_file": d / "server.pem",
-                "engine_tls_key_file": d / "server.key",
-                "engine_ca_file": d / "engine-ca.pem",
-                "trust_domain": TRUST_DOMAIN,
-            }
-        ),
-        keyring=keyring,
-    )
+    replica_b = await start_vault(with_engine_port(settings, engine_pki), keyring=keyring)
     try:
         on_b = EngineClient(replica_b.engine_port, engine_pki.server_ca.cert_pem, engine_pki.engine("loc-a", "e2"))
         on_b.start("loc-a", "e2")
