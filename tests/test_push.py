@@ -247,10 +247,18 @@ async def test_refused_identities(
 
 async def test_revoke_cuts_the_stream_and_refuses_it_afterwards(admin_client: Client, connect: Connect) -> None:
     await setup(admin_client, "loc-a")
+    pair = (await admin_client.CreateCredential(create_req("pair", up()))).credential.id
+    m = (await admin_client.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
     e1 = await connect("loc-a", "e1")
     assert e1.error is None
+    assert set(e1.monitors) == {m.id}
     await admin_client.RevokeEngine(mpb.RevokeEngineRequest(location_id="loc-a", engine_id="e1"))
     await e1.wait_until(lambda: e1.error is not None)
+    assert {(r.id, r.reason) for r in e1.removals} == {
+        (m.id, epb.REMOVAL_REASON_ENGINE_REVOKED),
+        (pair, epb.REMOVAL_REASON_ENGINE_REVOKED),
+    }
+    assert (e1.monitors, e1.credentials) == ({}, {})
     assert status(e1) == grpc.StatusCode.PERMISSION_DENIED
     again = await connect("loc-a", "e1")
     assert status(again) == grpc.StatusCode.PERMISSION_DENIED

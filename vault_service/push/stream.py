@@ -135,7 +135,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             try:
                 await self._serve(context, request_iterator, live, state, outbox, hello, rejected)
             except _Ended as ended:
-                await self._end(context, live, ended)
+                await self._end(context, live, ended, state)
             finally:
                 self._follower.unsubscribe(identity.location_id, outbox)
         finally:
@@ -228,12 +228,27 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             raise _Ended(live.cut_code, live.cut_reason)
         raise _Ended(grpc.StatusCode.UNAVAILABLE, "the engine stopped reading")
 
-    async def _end(self, context: Context, live: _Live, ended: _Ended) -> None:
+    async def _end(self, context: Context, live: _Live, ended: _Ended, state: LocationState) -> None:
         if ended.code == grpc.StatusCode.PERMISSION_DENIED:
             async with self._store.read() as tx:  # re-check: only a revoked engine is told it is refused
                 row = await tx.get_engine_state(live.identity.location_id, live.identity.engine_id)
             if row is not None and row.revoked_at is None:
                 ended = _Ended(grpc.StatusCode.ABORTED, "stream closed; reconnect")
+            else:  # tell it to drop everything (it flushes on the refusal anyway), then refuse
+                removals = [
+                    *(
+                        epb.Removal(kind=MONITOR, id=i, reason=epb.REMOVAL_REASON_ENGINE_REVOKED)
+                        for i in state.monitors
+                    ),
+                    *(
+                        epb.Removal(kind=CREDENTIAL, id=i, reason=epb.REMOVAL_REASON_ENGINE_REVOKED)
+                        for i in state.credentials
+                    ),
+                ]
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        context.write(epb.StreamResponse(batch=batch_of(state.revision, removals))), 1.0
+                    )
         log.info("engine %s/%s: stream ended: %s", live.identity.location_id, live.identity.engine_id, ended.reason)
         await context.abort(ended.code, ended.reason)
 
