@@ -30,6 +30,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import identity_pb2_grpc as igrpc
+from credvault.v1 import monitors_pb2_grpc as mgrpc
 from credvault.v1 import tokens_pb2 as tpb
 from credvault.v1 import tokens_pb2_grpc as tgrpc
 from vault_service.errors import ConfigurationError
@@ -75,6 +76,8 @@ _SECRET_FILE_OPTIONS = (
     "public_certificate_file",
     "token_to_lookup_file",
 )
+# Options that may read stdin ("-"): only one of them can, per command.
+STDIN_OPTIONS = (*_SECRET_FILE_OPTIONS, "body_file")
 # The secret options that fit each credential type (the rest are refused, so nothing is silently ignored).
 _OPTIONS_OF_TYPE: dict[int, frozenset[str]] = {
     cpb.CREDENTIAL_TYPE_USERNAME_PASSWORD: frozenset({"username", "password_file"}),
@@ -104,6 +107,7 @@ class Session:
     credentials: cgrpc.CredentialsServiceStub
     tokens: tgrpc.TokensServiceStub
     identity: igrpc.IdentityServiceStub
+    monitors: mgrpc.MonitorsServiceStub
     metadata: tuple[tuple[str, str], ...]
     timeout: float
 
@@ -172,7 +176,7 @@ def _channel(ns: argparse.Namespace) -> grpc.Channel:
 
 
 def _check_stdin_once(ns: argparse.Namespace) -> None:
-    readers = [name for name in _SECRET_FILE_OPTIONS if getattr(ns, name, None) == "-"]
+    readers = [name for name in STDIN_OPTIONS if getattr(ns, name, None) == "-"]
     if len(readers) > 1:
         names = ", ".join("--" + n.replace("_", "-") for n in readers)
         raise ConfigurationError(f"only one option can read stdin ('-'); got {names}")
@@ -188,7 +192,7 @@ def _fail_rpc(exc: grpc.RpcError) -> NoReturn:
     raise SystemExit(1)
 
 
-def _remote(command: Command) -> Callable[[argparse.Namespace], None]:
+def remote(command: Command) -> Callable[[argparse.Namespace], None]:
     """Wraps a command: resolve the token, open the channel, map gRPC errors to a message and exit status 1."""
 
     @functools.wraps(command)
@@ -200,6 +204,7 @@ def _remote(command: Command) -> Callable[[argparse.Namespace], None]:
                 credentials=cgrpc.CredentialsServiceStub(channel),
                 tokens=tgrpc.TokensServiceStub(channel),
                 identity=igrpc.IdentityServiceStub(channel),
+                monitors=mgrpc.MonitorsServiceStub(channel),
                 metadata=metadata,
                 timeout=ns.timeout,
             )
@@ -666,13 +671,13 @@ def _access_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share-with", action="append", metavar="USER", help="repeatable; for --access shared")
 
 
-def _add(
+def add_command(
     group: Any, name: str, common: argparse.ArgumentParser, command: Command, text: str
 ) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = group.add_parser(
         name, parents=[common], help=text, description=text, allow_abbrev=False
     )
-    p.set_defaults(func=_remote(command))
+    p.set_defaults(func=remote(command))
     return p
 
 
@@ -680,7 +685,7 @@ def _register_credentials(sub: Any, common: argparse.ArgumentParser) -> None:
     group = sub.add_parser("credentials", help="manage credentials on a vault").add_subparsers(
         dest="credentials_command", required=True
     )
-    p = _add(group, "list", common, cmd_credentials_list, "list the credentials you may see")
+    p = add_command(group, "list", common, cmd_credentials_list, "list the credentials you may see")
     p.add_argument("--type", choices=list(_TYPES))
     p.add_argument("--name", help="case-insensitive substring of the name")
     p.add_argument("--access", choices=list(_ACCESS))
@@ -690,10 +695,10 @@ def _register_credentials(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--page-token")
     p.add_argument("--all", action="store_true", help="follow page tokens to the end")
 
-    p = _add(group, "get", common, cmd_credentials_get, "show the metadata of a credential (never its contents)")
+    p = add_command(group, "get", common, cmd_credentials_get, "show the metadata of a credential (never its contents)")
     p.add_argument("id")
 
-    p = _add(group, "create", common, cmd_credentials_create, "create a credential")
+    p = add_command(group, "create", common, cmd_credentials_create, "create a credential")
     p.add_argument("--name", required=True)
     p.add_argument("--description")
     p.add_argument("--type", required=True, choices=list(_TYPES))
@@ -703,42 +708,42 @@ def _register_credentials(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-contextless-access", action="store_true", help="app-engine scope")
     _contents_flags(p)
 
-    p = _add(group, "overwrite", common, cmd_credentials_overwrite, "replace the contents of a credential")
+    p = add_command(group, "overwrite", common, cmd_credentials_overwrite, "replace the contents of a credential")
     p.add_argument("id")
     _access_flags(p)
     p.add_argument("--expected-version", type=int, help="fail (ABORTED) unless at this version")
     _contents_flags(p)
 
-    p = _add(group, "update", common, cmd_credentials_update, "change name, description or access")
+    p = add_command(group, "update", common, cmd_credentials_update, "change name, description or access")
     p.add_argument("id")
     p.add_argument("--name")
     p.add_argument("--description")
     _access_flags(p)
     p.add_argument("--expected-version", type=int, help="fail (ABORTED) unless at this version")
 
-    p = _add(group, "delete", common, cmd_credentials_delete, "delete a credential")
+    p = add_command(group, "delete", common, cmd_credentials_delete, "delete a credential")
     p.add_argument("id")
 
 
 def _register_tokens(sub: Any, common: argparse.ArgumentParser) -> None:
     group = sub.add_parser("tokens", help="manage API tokens").add_subparsers(dest="tokens_command", required=True)
-    p = _add(group, "create", common, cmd_tokens_create, "issue a token; it is printed alone on stdout, once")
+    p = add_command(group, "create", common, cmd_tokens_create, "issue a token; it is printed alone on stdout, once")
     p.add_argument("--name", required=True)
     p.add_argument("--scope", action="append", required=True, help="repeatable, e.g. credentialVault.read")
     p.add_argument("--kind", choices=list(_KINDS), help="default personal (api with --owner)")
     p.add_argument("--owner", help="owner of an api token (default: you)")
     p.add_argument("--expires-in", type=parse_duration, metavar="DURATION", help="e.g. 30d, 12h, 3600s")
 
-    p = _add(group, "list", common, cmd_tokens_list, "list tokens (yours, or --owner's)")
+    p = add_command(group, "list", common, cmd_tokens_list, "list tokens (yours, or --owner's)")
     p.add_argument("--owner")
 
-    p = _add(group, "lookup", common, cmd_tokens_lookup, "show the metadata of a token you hold")
+    p = add_command(group, "lookup", common, cmd_tokens_lookup, "show the metadata of a token you hold")
     p.add_argument("--token-to-lookup-file", metavar="FILE", help="file holding the token ('-': stdin)")
 
-    p = _add(group, "revoke", common, cmd_tokens_revoke, "revoke a token at once")
+    p = add_command(group, "revoke", common, cmd_tokens_revoke, "revoke a token at once")
     p.add_argument("id")
 
-    p = _add(group, "rotate", common, cmd_tokens_rotate, "issue a replacement; the old one ends after --grace")
+    p = add_command(group, "rotate", common, cmd_tokens_rotate, "issue a replacement; the old one ends after --grace")
     p.add_argument("id")
     p.add_argument("--grace", type=parse_duration, metavar="DURATION", help="old token keeps working (default 0)")
 
@@ -748,4 +753,4 @@ def register(sub: Any) -> None:
     common = _common_parser()
     _register_credentials(sub, common)
     _register_tokens(sub, common)
-    _add(sub, "whoami", common, cmd_whoami, "show your user, permissions and token")
+    add_command(sub, "whoami", common, cmd_whoami, "show your user, permissions and token")

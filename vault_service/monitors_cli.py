@@ -8,36 +8,24 @@ in a URL, header or body is a reference that the engine resolves, so it may be p
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
-from credvault.v1 import credentials_pb2_grpc as cgrpc
-from credvault.v1 import identity_pb2_grpc as igrpc
 from credvault.v1 import monitors_pb2 as mpb
-from credvault.v1 import monitors_pb2_grpc as mgrpc
-from credvault.v1 import tokens_pb2_grpc as tgrpc
 from vault_service.client_cli import (
     Session,
-    _api_token,
-    _channel,
-    _check_stdin_once,
     _clean,
     _common_parser,
     _decode,
-    _fail_rpc,
     _fields,
     _label,
     _output,
     _read_bytes,
     _warn,
     _when,
+    add_command,
     table,
 )
-from vault_service.errors import ConfigurationError
 
 _MONITOR_TYPES: dict[str, mpb.MonitorType.ValueType] = {
     "http": mpb.MONITOR_TYPE_HTTP,
@@ -53,50 +41,6 @@ _PLACEHOLDER_MARK = "{{CREDENTIALS_VAULT-"
 
 
 # --- connection ------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class MonitorsSession(Session):
-    """The client CLI's session, plus the monitors stub."""
-
-    monitors: mgrpc.MonitorsServiceStub
-
-
-Command = Callable[[argparse.Namespace, MonitorsSession], None]
-
-
-def _check_stdin_readers(ns: argparse.Namespace) -> None:
-    _check_stdin_once(ns)
-    if getattr(ns, "body_file", None) == "-" and ns.token_file == "-":
-        raise ConfigurationError("only one option can read stdin ('-'); got --token-file, --body-file")
-
-
-def _session(ns: argparse.Namespace, channel: grpc.Channel, token: str) -> MonitorsSession:
-    return MonitorsSession(
-        credentials=cgrpc.CredentialsServiceStub(channel),
-        tokens=tgrpc.TokensServiceStub(channel),
-        identity=igrpc.IdentityServiceStub(channel),
-        monitors=mgrpc.MonitorsServiceStub(channel),
-        metadata=(("authorization", f"Api-Token {token}"),),
-        timeout=ns.timeout,
-    )
-
-
-def _remote(command: Command) -> Callable[[argparse.Namespace], None]:
-    """Like client_cli's: token and channel from the common flags, gRPC errors to a message and exit status 1."""
-
-    @functools.wraps(command)
-    def run(ns: argparse.Namespace) -> None:
-        _check_stdin_readers(ns)
-        token = _api_token(ns)
-        with _channel(ns) as channel:
-            session = _session(ns, channel, token)
-            try:
-                command(ns, session)
-            except grpc.RpcError as exc:
-                _fail_rpc(exc)
-
-    return run
 
 
 # --- parsing helpers -------------------------------------------------------------------------------------------------
@@ -285,34 +229,34 @@ def _monitors_table(monitors: Sequence[mpb.Monitor]) -> str:
 # --- locations and engines commands ----------------------------------------------------------------------------------
 
 
-def cmd_locations_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_locations_list(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.ListLocations, mpb.ListLocationsRequest())
     _output(ns, response, lambda: table(_LOCATION_COLUMNS, [_location_row(x) for x in response.locations]))
 
 
-def cmd_locations_create(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_locations_create(ns: argparse.Namespace, s: Session) -> None:
     request = mpb.CreateLocationRequest(location=mpb.Location(id=ns.id, name=ns.name or ""))
     response = s.call(s.monitors.CreateLocation, request)
     _output(ns, response, lambda: table(_LOCATION_COLUMNS, [_location_row(response.location)]))
 
 
-def cmd_locations_delete(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_locations_delete(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.DeleteLocation, mpb.DeleteLocationRequest(id=ns.id))
     _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
 
 
-def cmd_engines_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_engines_list(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.ListEngines, mpb.ListEnginesRequest(location_id=ns.location or ""))
     _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(e) for e in response.engines]))
 
 
-def cmd_engines_add(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_engines_add(ns: argparse.Namespace, s: Session) -> None:
     request = mpb.AddEngineRequest(location_id=ns.location, engine_id=ns.engine)
     response = s.call(s.monitors.AddEngine, request)
     _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(response.engine)]))
 
 
-def cmd_engines_revoke(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_engines_revoke(ns: argparse.Namespace, s: Session) -> None:
     request = mpb.RevokeEngineRequest(location_id=ns.location, engine_id=ns.engine)
     response = s.call(s.monitors.RevokeEngine, request)
     _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(response.engine)]))
@@ -321,7 +265,7 @@ def cmd_engines_revoke(ns: argparse.Namespace, s: MonitorsSession) -> None:
 # --- monitors commands -----------------------------------------------------------------------------------------------
 
 
-def _all_monitors(s: MonitorsSession, request: mpb.ListMonitorsRequest) -> mpb.ListMonitorsResponse:
+def _all_monitors(s: Session, request: mpb.ListMonitorsRequest) -> mpb.ListMonitorsResponse:
     merged = mpb.ListMonitorsResponse()
     seen: set[str] = set()
     while True:
@@ -333,7 +277,7 @@ def _all_monitors(s: MonitorsSession, request: mpb.ListMonitorsRequest) -> mpb.L
         request.page_token = page.next_page_token
 
 
-def cmd_monitors_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_monitors_list(ns: argparse.Namespace, s: Session) -> None:
     request = mpb.ListMonitorsRequest(
         page_size=ns.page_size or 0,
         page_token=ns.page_token or "",
@@ -346,45 +290,35 @@ def cmd_monitors_list(ns: argparse.Namespace, s: MonitorsSession) -> None:
         _warn(f"more monitors: --all, or --page-token {response.next_page_token}")
 
 
-def cmd_monitors_get(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_monitors_get(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.GetMonitor, mpb.GetMonitorRequest(id=ns.id))
     _output(ns, response, lambda: _monitor_view(response.monitor))
 
 
-def cmd_monitors_create_http(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_monitors_create_http(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.CreateMonitor, mpb.CreateMonitorRequest(monitor=_http_monitor(ns)))
     _output(ns, response, lambda: _monitor_view(response.monitor))
 
 
-def _set_enabled(ns: argparse.Namespace, s: MonitorsSession, enabled: bool) -> None:
+def _set_enabled(ns: argparse.Namespace, s: Session, enabled: bool) -> None:
     response = s.call(s.monitors.SetMonitorEnabled, mpb.SetMonitorEnabledRequest(id=ns.id, enabled=enabled))
     _output(ns, response, lambda: _monitors_table([response.monitor]))
 
 
-def cmd_monitors_enable(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_monitors_enable(ns: argparse.Namespace, s: Session) -> None:
     _set_enabled(ns, s, enabled=True)
 
 
-def cmd_monitors_disable(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_monitors_disable(ns: argparse.Namespace, s: Session) -> None:
     _set_enabled(ns, s, enabled=False)
 
 
-def cmd_monitors_delete(ns: argparse.Namespace, s: MonitorsSession) -> None:
+def cmd_monitors_delete(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.DeleteMonitor, mpb.DeleteMonitorRequest(id=ns.id))
     _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
 
 
 # --- argparse --------------------------------------------------------------------------------------------------------
-
-
-def _add(
-    group: Any, name: str, common: argparse.ArgumentParser, command: Command, text: str
-) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = group.add_parser(
-        name, parents=[common], help=text, description=text, allow_abbrev=False
-    )
-    p.set_defaults(func=_remote(command))
-    return p
 
 
 def _group(sub: Any, name: str, text: str) -> Any:
@@ -398,21 +332,23 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
 
 def _register_locations(sub: Any, common: argparse.ArgumentParser) -> None:
     group = _group(sub, "locations", "manage private synthetic locations")
-    _add(group, "list", common, cmd_locations_list, "list the private locations")
-    p = _add(group, "create", common, cmd_locations_create, "create a private location")
+    add_command(group, "list", common, cmd_locations_list, "list the private locations")
+    p = add_command(group, "create", common, cmd_locations_create, "create a private location")
     p.add_argument("id", help="lower-case letters, digits and '-'")
     p.add_argument("--name", help="display name (default: the id)")
-    p = _add(group, "delete", common, cmd_locations_delete, "delete a location that has no monitors")
+    p = add_command(group, "delete", common, cmd_locations_delete, "delete a location that has no monitors")
     p.add_argument("id")
 
 
 def _register_engines(sub: Any, common: argparse.ArgumentParser) -> None:
     group = _group(sub, "engines", "manage the engines allowed to serve locations")
-    p = _add(group, "list", common, cmd_engines_list, "engines: connection, applied revision, lag, rejections")
+    p = add_command(group, "list", common, cmd_engines_list, "engines: connection, applied revision, lag, rejections")
     p.add_argument("--location", metavar="ID", help="only this location's engines")
-    p = _add(group, "add", common, cmd_engines_add, "allow an engine to serve a location")
+    p = add_command(group, "add", common, cmd_engines_add, "allow an engine to serve a location")
     _engine_flags(p)
-    p = _add(group, "revoke", common, cmd_engines_revoke, "cut an engine's stream at once and refuse it afterwards")
+    p = add_command(
+        group, "revoke", common, cmd_engines_revoke, "cut an engine's stream at once and refuse it afterwards"
+    )
     _engine_flags(p)
 
 
@@ -442,22 +378,22 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
 
 def _register_monitors(sub: Any, common: argparse.ArgumentParser) -> None:
     group = _group(sub, "monitors", "manage synthetic monitors")
-    p = _add(group, "list", common, cmd_monitors_list, "list the monitors you may see")
+    p = add_command(group, "list", common, cmd_monitors_list, "list the monitors you may see")
     p.add_argument("--location", metavar="ID")
     p.add_argument("--credential", metavar="ID", help="only monitors that use this credential")
     p.add_argument("--page-size", type=int)
     p.add_argument("--page-token")
     p.add_argument("--all", action="store_true", help="follow page tokens to the end")
-    p = _add(group, "get", common, cmd_monitors_get, "show a monitor's definition")
+    p = add_command(group, "get", common, cmd_monitors_get, "show a monitor's definition")
     p.add_argument("id")
-    p = _add(group, "create-http", common, cmd_monitors_create_http, "create an HTTP monitor of one request")
+    p = add_command(group, "create-http", common, cmd_monitors_create_http, "create an HTTP monitor of one request")
     _http_flags(p)
     for name, command, text in (
         ("enable", cmd_monitors_enable, "enable a monitor"),
         ("disable", cmd_monitors_disable, "disable a monitor"),
         ("delete", cmd_monitors_delete, "delete a monitor"),
     ):
-        _add(group, name, common, command, text).add_argument("id")
+        add_command(group, name, common, command, text).add_argument("id")
 
 
 def register(sub: Any) -> None:
