@@ -199,12 +199,15 @@ class ConfigStore:
         for removal in removals:
             if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR:
                 self._remove_monitor(removal.id, _reason_name(removal.reason))
+        removed_credentials = set()
         for removal in removals:
             if removal.kind == engine_pb2.RESOURCE_KIND_CREDENTIAL:
                 self._remove_credential(removal.id, _reason_name(removal.reason))
+                removed_credentials.add(removal.id)
             elif removal.kind != engine_pb2.RESOURCE_KIND_MONITOR:
                 log.warning("ignored a removal of %s of unknown kind %d", removal.id, removal.kind)
-        self._warn_dangling()
+        if removed_credentials:  # only then can a held monitor have lost a credential (no work per batch otherwise)
+            self._warn_dangling(removed_credentials)
         return rejections
 
     def flush(self) -> int:
@@ -285,9 +288,8 @@ class ConfigStore:
             held.wipe()
             log.info("removed credential %s version %d (%s)", credential_id, held.version, reason)
 
-    def _warn_dangling(self) -> None:
+    def _warn_dangling(self, removed: set[str]) -> None:
         for held in self._monitors.values():
-            refs = set(_uses(held.monitor)) | set(held.monitor.credential_ids)
-            missing = sorted(ref for ref in refs if ref not in self._credentials)
+            missing = sorted(removed.intersection(held.monitor.credential_ids))
             if missing:
                 log.warning("monitor %s references credentials the engine no longer holds: %s", held.id, missing)

@@ -234,7 +234,7 @@ async def test_restart_kill_and_flush_with_real_processes(system: System, admin:
     assert not during["connected"]
     # ... and converges once a vault is back, with a change made meanwhile
     old_version = during["credentials"][pair]
-    await system.start_vault()
+    vault = await system.start_vault()
     await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
 
     async def newer() -> bool:
@@ -250,3 +250,7 @@ async def test_restart_kill_and_flush_with_real_processes(system: System, admin:
     # no secret in the worker's logs
     assert not any("pw-1" in line or "pw-2" in line for line in worker.lines)
     assert await worker.stop(signal.SIGTERM) == 0
+    # every engine disconnect above ended cleanly in the vault (no stray tasks, no errors)
+    assert await vault.stop(signal.SIGTERM) == 0
+    errors = [line for line in vault.lines if " ERROR " in line or "Task was destroyed" in line]
+    assert errors == [], errors

@@ -186,10 +186,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                 take = asyncio.ensure_future(outbox.take())
                 cut = asyncio.ensure_future(live.cut.wait())
                 ended = asyncio.ensure_future(reader_done.wait())
-                done, _ = await asyncio.wait({take, cut, ended}, timeout=hb, return_when=asyncio.FIRST_COMPLETED)
-                for f in (take, cut, ended):
-                    if f not in done:
-                        f.cancel()
+                done = await _first_of(hb, take, cut, ended)
                 if cut in done:
                     raise _Ended(live.cut_code, live.cut_reason)
                 if ended in done:
@@ -216,14 +213,10 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         """Write, unless the stream is cut meanwhile or the engine stops reading (flow control never frees)."""
         write = asyncio.ensure_future(context.write(message))
         cut = asyncio.ensure_future(live.cut.wait())
-        done, _ = await asyncio.wait(
-            {write, cut}, timeout=3 * self._settings.heartbeat_seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-        cut.cancel()
+        done = await _first_of(3 * self._settings.heartbeat_seconds, write, cut)
         if write in done:
             write.result()
             return
-        write.cancel()
         if cut in done:
             raise _Ended(live.cut_code, live.cut_reason)
         raise _Ended(grpc.StatusCode.UNAVAILABLE, "the engine stopped reading")
@@ -293,6 +286,17 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         listed = [{"monitor_id": m, "version": v, "reason": why} for m, (v, why) in sorted(rejected.items())]
         async with self._store.read() as tx:
             await tx.engine_acked(loc, eng, ack.revision, listed)
+
+
+async def _first_of(within: float, *futures: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
+    """Wait for the first of ``futures`` (or the timeout); the others are cancelled, also when we are."""
+    try:
+        done, _ = await asyncio.wait(futures, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+    return done
 
 
 def _skip_rejected(batch: epb.ConfigBatch, rejected: dict[str, tuple[int, str]]) -> None:
