@@ -15,7 +15,6 @@ placeholders, and are kept as protobuf messages.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from typing import NoReturn
@@ -76,13 +75,24 @@ class HeldCredential:
         raise TypeError("a HeldCredential cannot be pickled or copied: secrets stay in this process's memory")
 
 
-@dataclasses.dataclass(frozen=True)
 class HeldMonitor:
-    """A monitor configuration (no secrets: ids and placeholders only) at a version."""
+    """A monitor configuration (no secrets: ids and placeholders only) at a version. Kept serialized (about its
+    wire size in memory, where a parsed message costs several times that) and parsed when asked for."""
 
-    id: str
-    version: int
-    monitor: monitors_pb2.Monitor
+    __slots__ = ("_config", "credential_ids", "id", "version")
+
+    def __init__(self, monitor_id: str, version: int, monitor: monitors_pb2.Monitor) -> None:
+        self.id = monitor_id
+        self.version = version
+        self.credential_ids = tuple(monitor.credential_ids)
+        self._config = monitor.SerializeToString()
+
+    @property
+    def monitor(self) -> monitors_pb2.Monitor:
+        return monitors_pb2.Monitor.FromString(self._config)
+
+    def __repr__(self) -> str:
+        return f"HeldMonitor(id={self.id!r}, version={self.version})"
 
 
 def _uses(monitor: monitors_pb2.Monitor) -> dict[str, set[str]]:
@@ -271,9 +281,7 @@ class ConfigStore:
                     f"credential {credential_id} is of kind {credential.kind}, "
                     f"but the monitor uses it as {' and '.join(wrong)}"
                 )
-        copy = monitors_pb2.Monitor()
-        copy.CopyFrom(monitor)
-        self._monitors[resource.id] = HeldMonitor(resource.id, resource.version, copy)
+        self._monitors[resource.id] = HeldMonitor(resource.id, resource.version, monitor)
         log.debug("holding monitor %s version %d", resource.id, resource.version)
         return None
 
@@ -290,6 +298,6 @@ class ConfigStore:
 
     def _warn_dangling(self, removed: set[str]) -> None:
         for held in self._monitors.values():
-            missing = sorted(removed.intersection(held.monitor.credential_ids))
+            missing = sorted(removed.intersection(held.credential_ids))
             if missing:
                 log.warning("monitor %s references credentials the engine no longer holds: %s", held.id, missing)
