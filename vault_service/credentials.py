@@ -33,7 +33,7 @@ from vault_service.models import (
     credential_type_of,
 )
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
-from vault_service.storage.store import CredentialFilter, Store, Tx
+from vault_service.storage.store import AuditEntry, CredentialFilter, Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,10 @@ class CredentialService:
                 updated_at=now,
             )
             sealed = self._keyring.seal(cred.id, cred.version, plaintext)
+            audit = AuditEntry(principal.username, principal.token_id, "credential.create", {"version": 1})
             try:
-                async with self._store.transaction() as tx:
-                    stored = await tx.insert_credential(cred, sealed)
-                    await self._audit(tx, principal, "credential.create", stored.id, {"version": 1})
-                    return stored
+                async with self._store.read() as tx:  # one statement: the row and its audit row
+                    return await tx.insert_credential(cred, sealed, audit)
             except AlreadyExists:  # an id collision (2**-64): draw another
                 continue
         raise Aborted("could not allocate a credential id; retry")

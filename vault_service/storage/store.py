@@ -55,6 +55,16 @@ class CredentialFilter:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditEntry:
+    """An audit row written together with the change it records (never a secret value in it)."""
+
+    actor: str
+    token_id: str | None
+    action: str
+    detail: Mapping[str, object]
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenAuthRecord:
     """A token row joined with its owner, for authentication. Present or not, it has the same shape, and the
     parts beyond the hash are decoded only after the secret matched (so failures cost the same)."""
@@ -315,14 +325,18 @@ class Tx(MonitorQueries):
 
     # --- credentials ---------------------------------------------------------------------------------------------
 
-    async def insert_credential(self, cred: Credential, sealed: SealedContents) -> Credential:
+    async def insert_credential(self, cred: Credential, sealed: SealedContents, audit: AuditEntry) -> Credential:
+        """Insert the credential and its audit row in one statement: atomic without a transaction round trip."""
         try:
             row = await self.conn.fetchrow(
-                f"INSERT INTO credentials (id, name, description, type, scopes, owner, access_level, shared_with,"
-                f" app_allowed_apps, app_contextless, cert_subject, cert_issuer, cert_not_after, cert_fingerprint,"
-                f" version, kek_id, wrapped_key, ciphertext)"
+                f"WITH c AS (INSERT INTO credentials (id, name, description, type, scopes, owner, access_level,"
+                f" shared_with, app_allowed_apps, app_contextless, cert_subject, cert_issuer, cert_not_after,"
+                f" cert_fingerprint, version, kek_id, wrapped_key, ciphertext)"
                 f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
-                f" RETURNING {_CREDENTIAL_COLUMNS}",
+                f" RETURNING {_CREDENTIAL_COLUMNS}),"
+                f" a AS (INSERT INTO audit_log (actor, token_id, action, target, outcome, detail)"
+                f" SELECT $19, $20, $21, c.id, 'ok', $22::jsonb FROM c)"
+                f" SELECT * FROM c",
                 cred.id,
                 cred.name,
                 cred.description,
@@ -337,6 +351,10 @@ class Tx(MonitorQueries):
                 sealed.kek_id,
                 sealed.wrapped_key,
                 sealed.ciphertext,
+                audit.actor,
+                audit.token_id,
+                audit.action,
+                json.dumps(audit.detail, sort_keys=True),
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExists(f"credential {cred.id} exists already") from None
