@@ -41,7 +41,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -50,11 +49,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
 import trustme
+from _harness import Database, child_env, free_port, venv_bin
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
@@ -239,25 +238,6 @@ async def wait_for_port(proc: subprocess.Popen[bytes], log: pathlib.Path, port: 
             return
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment without settings of the systems under test, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "BAO_", "VAULT_"))}
-    env.update(extra)
-    return env
-
-
-def venv_bin(name: str) -> str | None:
-    beside = pathlib.Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
-
-
 # --- TLS ---------------------------------------------------------------------------------------------------------
 
 
@@ -301,11 +281,6 @@ CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 60_000)]
 # --- PostgreSQL --------------------------------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
 async def admin_url(url: str, res: Resources) -> tuple[str, str]:
     """A reachable administrative URL: the given one, else an embedded PostgreSQL. Returns (url, where)."""
     try:
@@ -317,34 +292,6 @@ async def admin_url(url: str, res: Resources) -> tuple[str, str]:
         return embedded, "embedded pgserver"
     await conn.close()
     return url, "given URL"
-
-
-@dataclasses.dataclass
-class Database:
-    admin_url: str
-    name: str
-    dropped: bool = False
-
-    @property
-    def url(self) -> str:
-        return with_database(self.admin_url, self.name)
-
-    async def create(self) -> None:
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.name}"')
-        finally:
-            await conn.close()
-
-    async def drop(self) -> None:
-        if self.dropped:
-            return
-        conn = await asyncpg.connect(self.admin_url, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            self.dropped = True
-        finally:
-            await conn.close()
 
 
 # --- credvault ---------------------------------------------------------------------------------------------------

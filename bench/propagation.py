@@ -45,7 +45,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,11 +53,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import grpc
+from _harness import Database, child_env, free_port, venv_bin
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
@@ -230,24 +229,6 @@ async def wait_for_log(child: Child, pattern: str, limit_s: float) -> re.Match[s
         await asyncio.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
-    env.update(extra)
-    return env
-
-
-def venv_bin(name: str) -> str | None:
-    beside = pathlib.Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
-
-
 def rss_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in KB, from /proc/<pid>/status."""
     out: dict[str, int] = {}
@@ -300,39 +281,6 @@ class BenchPki:
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------------
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-@dataclasses.dataclass
-class Database:
-    admin_url: str
-    name: str
-    dropped: bool = False
-
-    @property
-    def url(self) -> str:
-        return with_database(self.admin_url, self.name)
-
-    async def create(self) -> None:
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.name}"')
-        finally:
-            await conn.close()
-
-    async def drop(self) -> None:
-        if self.dropped:
-            return
-        conn = await asyncpg.connect(self.admin_url, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            self.dropped = True
-        finally:
-            await conn.close()
 
 
 # --- baseline (a): commit + NOTIFY -------------------------------------------------------------------------------
