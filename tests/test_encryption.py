@@ -15,7 +15,6 @@ from vault_service.config import Settings
 from vault_service.crypto import Keyring, new_keyring
 from vault_service.errors import ConfigurationError, DecryptionError
 from vault_service.server import RunningVault, start_vault
-from vault_service.storage.store import Store
 
 APP_ENGINE_ALL = cpb.AppEngineAccess(allow_contextless_access=True)
 
@@ -168,8 +167,23 @@ async def test_missing_keyring_configuration(database_url: str) -> None:
         settings.load_keyring()
 
 
-async def test_rewrap_leaves_concurrently_overwritten_rows_alone(store: Store, keyring: Keyring) -> None:
-    """replace_sealed is conditional on (version, old kek): a row changed meanwhile is not clobbered."""
-    sealed = keyring.seal("CREDENTIALS_VAULT-00000000000000AA", 1, b"x")
-    async with store.transaction() as tx:
-        assert not await tx.replace_sealed("CREDENTIALS_VAULT-00000000000000AA", 1, "kek-1", sealed)
+async def test_rewrap_leaves_concurrently_overwritten_rows_alone(
+    admin: Client, vault: RunningVault, keyring: Keyring
+) -> None:
+    """replace_sealed is conditional on (version, old kek): a row overwritten meanwhile is not clobbered."""
+    cred_id = await _make(admin, "a", "pw-1")
+    async with vault.store.read() as tx:
+        _, sealed_v1 = await tx.get_credential_sealed(cred_id) or (None, None)
+    assert sealed_v1 is not None
+    rotated = keyring.with_new_active_key()
+    rewrapped_v1 = rotated.rewrap(cred_id, 1, sealed_v1)
+    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred_id, contents=up("alice", "pw-2")))
+    async with vault.store.transaction() as tx:  # the re-wrap read version 1; the row is at version 2 now
+        assert not await tx.replace_sealed(cred_id, 1, keyring.active_id, rewrapped_v1)
+    got = await _readable(admin, cred_id)
+    assert got.details.username_password.password == "pw-2"
+    async with vault.store.read() as tx:
+        _, sealed_v2 = await tx.get_credential_sealed(cred_id) or (None, None)
+    assert sealed_v2 is not None
+    async with vault.store.transaction() as tx:  # at the current version it applies
+        assert await tx.replace_sealed(cred_id, 2, keyring.active_id, rotated.rewrap(cred_id, 2, sealed_v2))

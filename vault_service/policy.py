@@ -184,13 +184,6 @@ def monitor_zones_visible(user: User) -> frozenset[str] | None:
     return frozenset(z for z, perms in user.zone_permissions.items() if perms)
 
 
-def require_monitor_read(principal: Principal, zone: str) -> None:
-    require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
-    zones = monitor_zones_visible(principal.user)
-    if zones is not None and zone not in zones:
-        raise PermissionDenied("viewing this monitor needs VIEW_ENVIRONMENT (environment or its management zone)")
-
-
 def can_edit_monitors_in(user: User, zone: str) -> bool:
     if has_env(user, MONITORING):
         return True

@@ -59,12 +59,6 @@ def new_token() -> tuple[str, str, bytes]:
     return token_id, f"{token_id}.{secret}", _hash(token_id, secret)
 
 
-def token_id_of(token: str) -> str | None:
-    """The id of a well-formed token (safe to log), else None."""
-    m = _TOKEN.match(token)
-    return f"{PREFIX}.{m.group(1)}" if m else None
-
-
 def parse_scopes(field: str, values: list[str]) -> frozenset[TokenScope]:
     if not values:
         raise InvalidArgument(field, "must name at least one scope")

@@ -108,6 +108,8 @@ class LocationState:
         self.revision = change.revision
         if self.location_id not in change.location_ids:
             return None
+        if change.kind == "credential" and change.object_id not in self.credentials:
+            return None  # no held monitor uses it: nothing to read or resolve
         delta = Delta(change.revision, {}, {}, {})
         async with store.read() as tx:
             if change.kind == "monitor":
@@ -148,8 +150,6 @@ class LocationState:
         delta.monitors[monitor_id] = self.monitors[monitor_id]
 
     async def _apply_credential(self, tx: Tx, credential_id: str, delta: Delta) -> None:
-        if credential_id not in self.credentials:
-            return
         resolved = await self._resolve(tx, [credential_id])
         res = resolved.get(credential_id)
         if res is None:
