@@ -37,43 +37,46 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import math
 import os
 import pathlib
 import platform
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
 import asyncpg
 import grpc
-from _harness import Database, child_env, free_port, venv_bin
+from _harness import Database, child_env
+from _processes import (
+    BenchPki,
+    Resources,
+    Vault,
+    Worker,
+    api_channel,
+    poll_until,
+    spawn_worker,
+    start_vault,
+    stop_children,
+    summary_ms,
+    worker_port,
+)
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from credvault.v1 import monitors_pb2_grpc as mgrpc
-from vault_service import pki
-from vault_service.bootstrap import bootstrap_admin
-from vault_service.crypto import new_keyring
-from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_PAIRS = "1x1,100x10,10000x50"
-TRUST_DOMAIN = "bench.credvault.local"
 PROPAGATION_TARGET_RATIO = 2.0  # propagation p99 <= 2 x (notify p99 + fan-out(W) p99)
 RESYNC_TARGET_SECONDS = 1.0
 RESYNC_MONITORS = 10_000
@@ -92,141 +95,7 @@ def progress(message: str) -> None:
     print(f"[propagation {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def percentile(values: Iterable[float], q: float) -> float:
-    """Nearest-rank percentile (with fewer than 100 samples, p99 is the maximum)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def summary_ms(seconds: list[float]) -> dict[str, Any]:
-    if not seconds:
-        return {"n": 0}
-    return {
-        "n": len(seconds),
-        "p50_ms": round(percentile(seconds, 0.50) * 1000, 3),
-        "p99_ms": round(percentile(seconds, 0.99) * 1000, 3),
-        "min_ms": round(min(seconds) * 1000, 3),
-        "max_ms": round(max(seconds) * 1000, 3),
-        "mean_ms": round(statistics.fmean(seconds) * 1000, 3),
-    }
-
-
 # --- processes, files, cleanup -----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: pathlib.Path
-    started: float  # time.perf_counter() just before the spawn
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-class Resources:
-    """Child processes, temporary files and cleanups, undone at most once (also from a signal-interrupted run)."""
-
-    def __init__(self, keep: bool) -> None:
-        self.keep = keep
-        self.root = pathlib.Path(tempfile.mkdtemp(prefix="credvault-propagation-"))
-        self.children: list[Child] = []
-        self._cleanups: list[tuple[str, Callable[[], None]]] = []
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], log: pathlib.Path) -> Child:
-        with log.open("wb") as out:
-            started = time.perf_counter()
-            # Own session: a Ctrl-C in the terminal reaches only this script, which stops the children itself.
-            proc = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        child = Child(name, proc, log, started)
-        self.children.append(child)
-        return child
-
-    def on_close(self, name: str, fn: Callable[[], None]) -> None:
-        self._cleanups.append((name, fn))
-
-    def forget(self, children: Iterable[Child]) -> None:
-        gone = {id(c) for c in children}
-        self.children = [c for c in self.children if id(c) not in gone]
-
-    def stop_sync(self, children: list[Child], grace: float = 15.0) -> None:
-        """SIGTERM all at once, wait up to ``grace`` seconds in total, then SIGKILL what is left."""
-        for c in children:
-            if c.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    c.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for c in children:
-            try:
-                c.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                progress(f"{c.name} (pid {c.pid}) ignored SIGTERM; killing it")
-                c.proc.kill()
-                c.proc.wait()
-            if c.proc.stdout is not None:
-                c.proc.stdout.close()
-        self.forget(children)
-
-    def close(self) -> None:
-        self.stop_sync(list(reversed(self.children)))
-        while self._cleanups:
-            name, fn = self._cleanups.pop()
-            try:
-                fn()
-            except Exception as exc:
-                progress(f"cleanup of {name} failed: {type(exc).__name__}: {exc}")
-        if self.keep:
-            progress(f"kept {self.root}")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-async def stop_children(res: Resources, children: list[Child], grace: float = 15.0) -> None:
-    """The asynchronous form of Resources.stop_sync: SIGTERM all, poll until gone, SIGKILL after ``grace``."""
-    for c in children:
-        if c.alive():
-            with contextlib.suppress(ProcessLookupError):
-                c.proc.send_signal(signal.SIGTERM)
-    await poll_until(lambda: not any(c.alive() for c in children), grace)
-    res.stop_sync(children, grace=5.0)  # kills stragglers, reaps, forgets
-
-
-async def poll_until(done: Callable[[], bool], limit_s: float, step_s: float = 0.05) -> bool:
-    """Check ``done`` every ``step_s`` (for conditions nothing signals, like a child's exit); False on time-out."""
-    for _ in range(max(1, math.ceil(limit_s / step_s))):
-        if done():
-            return True
-        await asyncio.sleep(step_s)
-    return done()
-
-
-async def wait_for_log(child: Child, pattern: str, limit_s: float) -> re.Match[str]:
-    regex = re.compile(pattern, re.MULTILINE)
-    deadline = time.monotonic() + limit_s
-    while True:
-        text = child.log_text()
-        m = regex.search(text)
-        if m:
-            return m
-        if not child.alive() or time.monotonic() > deadline:
-            why = f"exited with {child.proc.returncode}" if not child.alive() else f"not ready after {limit_s:g} s"
-            raise RuntimeError(f"{child.name} {why}; log tail:\n{text[-3000:]}")
-        await asyncio.sleep(0.05)
 
 
 def rss_kb(pid: int) -> dict[str, int]:
@@ -249,35 +118,6 @@ def log_time(line_start: str) -> float:
 
 
 # --- PKI ---------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class BenchPki:
-    directory: pathlib.Path
-    engine_ca: pki.IssuedCertificate
-    server_ca_pem: pathlib.Path
-    server_pem: pathlib.Path
-    server_key: pathlib.Path
-    engine_ca_pem: pathlib.Path
-
-    @classmethod
-    def make(cls, directory: pathlib.Path) -> BenchPki:
-        engine_ca = pki.create_ca("bench engine CA", trust_domain=TRUST_DOMAIN)
-        server_ca = pki.create_ca("bench server CA")
-        server = pki.issue_server_certificate(server_ca, ["localhost", "127.0.0.1"])
-        engine_ca_pem, _ = pki.write_files(directory, pki.ENGINE_CA, engine_ca)
-        server_pem, server_key = pki.write_files(directory, pki.SERVER, server)
-        server_ca_pem = directory / "server-ca.pem"
-        server_ca_pem.write_bytes(server_ca.cert_pem)
-        return cls(directory, engine_ca, server_ca_pem, server_pem, server_key, engine_ca_pem)
-
-    def engine(self, location: str, engine: str) -> tuple[pathlib.Path, pathlib.Path]:
-        identity = pki.EngineIdentity(TRUST_DOMAIN, location, engine)
-        name = pki.engine_file_name(identity)
-        pem, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
-        if not pem.exists():
-            pem, key = pki.write_files(self.directory, name, pki.issue_engine_certificate(self.engine_ca, identity))
-        return pem, key
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------------
@@ -517,81 +357,7 @@ async def baseline_fanout(
 # --- the vault -----------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Vault:
-    child: Child
-    api_port: int
-    engine_port: int
-    token: str
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Api-Token {self.token}"),)
-
-
-async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
-    """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port."""
-    store = await Store.connect(db.url, min_size=1, max_size=2)
-    try:
-        async with store.pool.acquire() as conn:
-            await migrate(conn)
-        issued = await bootstrap_admin(store, "bench-admin")
-    finally:
-        await store.close()
-    exe = venv_bin("credvault")
-    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
-    argv.append("serve")
-    api_port = engine_port = free_port()
-    while engine_port == api_port:
-        engine_port = free_port()
-    env = child_env(
-        CREDVAULT_DATABASE_URL=db.url,
-        CREDVAULT_KEYRING=new_keyring().to_json(),
-        CREDVAULT_LISTEN=f"127.0.0.1:{api_port}",
-        CREDVAULT_TLS_CERT_FILE=str(p.server_pem),
-        CREDVAULT_TLS_KEY_FILE=str(p.server_key),
-        CREDVAULT_ENGINE_LISTEN=f"127.0.0.1:{engine_port}",
-        CREDVAULT_ENGINE_TLS_CERT_FILE=str(p.server_pem),
-        CREDVAULT_ENGINE_TLS_KEY_FILE=str(p.server_key),
-        CREDVAULT_ENGINE_CA_FILE=str(p.engine_ca_pem),
-        CREDVAULT_TRUST_DOMAIN=TRUST_DOMAIN,
-        CREDVAULT_LOG_LEVEL="INFO",
-    )
-    child = res.spawn("credvault serve", argv, env, res.root / "vault.log")
-    await wait_for_log(child, r"engine port listening", 60)
-    await wait_for_log(child, r"credvault API listening", 60)
-    return Vault(child, api_port, engine_port, issued.token)
-
-
-def api_channel(vault: Vault, p: BenchPki) -> grpc.aio.Channel:
-    creds = grpc.ssl_channel_credentials(root_certificates=p.server_ca_pem.read_bytes())
-    return grpc.aio.secure_channel(f"127.0.0.1:{vault.api_port}", creds)
-
-
 # --- workers -------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Worker:
-    engine_id: str
-    child: Child
-    status_port: int = 0
-
-
-def spawn_worker(res: Resources, vault: Vault, p: BenchPki, location: str, engine: str, tag: str = "") -> Worker:
-    cert, key = p.engine(location, engine)
-    exe = venv_bin("engine-worker")
-    argv = [exe] if exe else [sys.executable, "-m", "engine_worker"]
-    argv += ["--vault", f"127.0.0.1:{vault.engine_port}", "--cert", str(cert), "--key", str(key)]
-    argv += ["--ca", str(p.server_ca_pem), "--status-listen", "127.0.0.1:0", "--log-level", "INFO"]
-    log = res.root / f"worker-{location}-{engine}{tag}.log"
-    return Worker(engine, res.spawn(f"engine-worker {location}/{engine}", argv, child_env(), log))
-
-
-async def worker_port(w: Worker, limit_s: float) -> int:
-    m = await wait_for_log(w.child, r"status listening on [\d.]+:(\d+)", limit_s)
-    w.status_port = int(m.group(1))
-    return w.status_port
 
 
 _HELD = re.compile(r'^configs_held\{kind="(monitor|credential)"\} ([0-9.e+]+)$', re.MULTILINE)
@@ -1495,7 +1261,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    res = Resources(ns.keep)
+    res = Resources(ns.keep, "propagation")
     started = time.monotonic()
     try:
         result = asyncio.run(run(ns, res))

@@ -1,4 +1,5 @@
-"""`engine-worker`: run an engine: hold the vault's monitor configs in memory and serve a local status endpoint.
+"""`engine-worker`: run an engine: hold the vault's monitor configs in memory, execute the HTTP monitors at their
+frequencies and report the results to the vault, and serve a local status endpoint.
 
 Settings come from flags or ENGINE_* environment variables (flags win). SIGTERM or SIGINT closes the stream, wipes
 every held secret and exits 0.
@@ -17,12 +18,18 @@ import sys
 from typing import Any
 
 import pydantic
+from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine_worker.config_store import ConfigStore
+from engine_worker.execution_metrics import ExecutionMetrics
+from engine_worker.http_execution import HttpExecutor
+from engine_worker.result_reporter import ResultReporter
+from engine_worker.scheduler import Scheduler
 from engine_worker.status import DEFAULT_STATUS_LISTEN, StatusServer, parse_listen
 from engine_worker.stream import EngineStream, StreamSettings
+from engine_worker.target_tls import TargetTls
 from engine_worker.tls import check_tls_files, mtls_channel_factory
 
 __all__ = ["Settings", "load_settings", "main", "parse_duration", "serve"]
@@ -59,6 +66,13 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(10.0, gt=0, le=3600)
     status_listen: str = Field(DEFAULT_STATUS_LISTEN, description="host:port of the status endpoint (port 0: any)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    target_ca: pathlib.Path | None = Field(
+        None, description="PEM CA certificates trusted for monitored HTTPS targets, besides the system's"
+    )
+    max_concurrent_executions: int = Field(100, ge=1, le=10_000)
+    interval_scale: float = Field(
+        1.0, gt=0, le=1, description="multiplies every monitor's interval (1 in production; smaller for demos, tests)"
+    )
 
     @field_validator("max_disconnected", "heartbeat_interval", mode="before")
     @classmethod
@@ -70,6 +84,13 @@ class Settings(BaseSettings):
     def _vault(cls, value: str) -> str:
         if parse_listen(value)[1] == 0:
             raise ValueError("the vault's port must not be 0")
+        return value
+
+    @field_validator("target_ca")
+    @classmethod
+    def _target_ca(cls, value: pathlib.Path | None) -> pathlib.Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
         return value
 
     @field_validator("status_listen")
@@ -105,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 10)")
     p.add_argument("--status-listen", help=f"host:port of the status endpoint (default {DEFAULT_STATUS_LISTEN})")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--target-ca", help="PEM CA certificates to trust for monitored HTTPS targets (ENGINE_TARGET_CA)")
+    p.add_argument("--max-concurrent-executions", help="monitor executions at a time (default 100)")
+    p.add_argument("--interval-scale", help="multiply every monitor interval by this, at most 1 (demos and tests)")
     return p
 
 
@@ -113,19 +137,32 @@ async def serve(settings: Settings) -> None:
     identity = check_tls_files(settings.cert, settings.key, settings.ca)
     log.info("engine %s", identity.spiffe_id)
     store = ConfigStore(location_id=identity.location_id)
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = ExecutionMetrics(registry)
+    results = ResultReporter(on_drop=metrics.results_dropped.inc)
     stream = EngineStream(
         store,
         identity,
         mtls_channel_factory(settings.vault, settings.cert, settings.key, settings.ca, identity),
         StreamSettings(heartbeat_interval=settings.heartbeat_interval, max_disconnected=settings.max_disconnected),
+        results=results,
     )
-    status = StatusServer(store, identity, lambda: stream.state, settings.status_listen)
+    scheduler = Scheduler(
+        store,
+        HttpExecutor(store, TargetTls(settings.target_ca)).execute,
+        results.add,
+        metrics=metrics,
+        interval_scale=settings.interval_scale,
+        max_concurrent=settings.max_concurrent_executions,
+    )
+    status = StatusServer(store, identity, lambda: stream.state, settings.status_listen, registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await status.start()
+        scheduler.start()
         runner = asyncio.create_task(stream.run(), name="engine-stream")
         stopper = asyncio.create_task(stop.wait(), name="engine-stop")
         try:
@@ -138,6 +175,7 @@ async def serve(settings: Settings) -> None:
             raise RuntimeError("the stream loop stopped unexpectedly") from runner.exception()
         log.info("stopping")
     finally:
+        await scheduler.stop()
         count = store.flush()
         log.info("wiped %d held monitors and credentials", count)
         await status.stop()
@@ -157,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat_interval=ns.heartbeat_interval,
             status_listen=ns.status_listen,
             log_level=ns.log_level,
+            target_ca=ns.target_ca,
+            max_concurrent_executions=ns.max_concurrent_executions,
+            interval_scale=ns.interval_scale,
         )
         check_tls_files(settings.cert, settings.key, settings.ca)
     except ValueError as exc:

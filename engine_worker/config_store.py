@@ -17,19 +17,25 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import NoReturn
 
 from credvault.v1 import credentials_pb2, engine_pb2, monitors_pb2
 
-__all__ = ["SECRET_BEARING_FIELDS", "ConfigStore", "HeldCredential", "HeldMonitor"]
+__all__ = ["PLACEHOLDER", "SECRET_BEARING_FIELDS", "ConfigStore", "HeldCredential", "HeldMonitor", "Listener"]
 
 log = logging.getLogger(__name__)
 
 # Every attribute in engine_worker that holds secret material, by class. A test pins this: adding one means adding it
 # here, keeping it out of __repr__, and wiping it.
-SECRET_BEARING_FIELDS: dict[str, set[str]] = {"HeldCredential": {"_secret"}}
+SECRET_BEARING_FIELDS: dict[str, set[str]] = {
+    "HeldCredential": {"_secret"},
+    # http_execution: the values one execution substituted, to scrub them from what it reports; cleared after it.
+    "_Substitutions": {"_secrets"},
+}
 
-_PLACEHOLDER = re.compile(r"\{\{(CREDENTIALS_VAULT-[0-9A-F]{16})(?:\.(username|password))?\}\}")
+# A reference to a credential's value in a URL, header value or body: the token, or a pair's username or password.
+PLACEHOLDER = re.compile(r"\{\{(CREDENTIALS_VAULT-[0-9A-F]{16})(?:\.(username|password))?\}\}")
 
 # What a monitor needs from a credential it uses a certain way (mirrors the vault's rules for a definition), by the
 # CredentialDetails oneof name.
@@ -79,12 +85,13 @@ class HeldMonitor:
     """A monitor configuration (no secrets: ids and placeholders only) at a version. Kept serialized (about its
     wire size in memory, where a parsed message costs several times that) and parsed when asked for."""
 
-    __slots__ = ("_config", "credential_ids", "id", "version")
+    __slots__ = ("_config", "credential_ids", "frequency_minutes", "id", "version")
 
     def __init__(self, monitor_id: str, version: int, monitor: monitors_pb2.Monitor) -> None:
         self.id = monitor_id
         self.version = version
         self.credential_ids = tuple(monitor.credential_ids)
+        self.frequency_minutes = monitor.frequency_minutes
         self._config = monitor.SerializeToString()
 
     @property
@@ -100,7 +107,7 @@ def _uses(monitor: monitors_pb2.Monitor) -> dict[str, set[str]]:
     needs: dict[str, set[str]] = {}
 
     def placeholders(text: str) -> None:
-        for match in _PLACEHOLDER.finditer(text):
+        for match in PLACEHOLDER.finditer(text):
             needs.setdefault(match.group(1), set()).add(_USERNAME_PASSWORD if match.group(2) else _TOKEN)
 
     which = monitor.WhichOneof("script")
@@ -129,6 +136,10 @@ def _uses(monitor: monitors_pb2.Monitor) -> dict[str, set[str]]:
     return needs
 
 
+# Told the ids of the monitors a change added, replaced or removed (after the change is applied).
+Listener = Callable[[set[str]], None]
+
+
 def _reason_name(reason: int) -> str:
     try:
         return engine_pb2.RemovalReason.Name(reason)  # type: ignore[arg-type]
@@ -146,6 +157,16 @@ class ConfigStore:
         self._location_id = location_id
         self._monitors: dict[str, HeldMonitor] = {}
         self._credentials: dict[str, HeldCredential] = {}
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """``listener`` is called with the ids of the monitors each :meth:`apply` or :meth:`flush` changed."""
+        self._listeners.append(listener)
+
+    def _notify(self, monitor_ids: set[str]) -> None:
+        if monitor_ids:
+            for listener in self._listeners:
+                listener(monitor_ids)
 
     # --- reading ---------------------------------------------------------------------------------------------------
 
@@ -200,15 +221,20 @@ class ConfigStore:
         for resource in batch.credentials:
             self._upsert_credential(resource)
         rejections: list[engine_pb2.Rejection] = []
+        changed: set[str] = set()
         for monitor in batch.monitors:
+            before = self._monitors.get(monitor.id)
             reason = self._upsert_monitor(monitor)
+            if self._monitors.get(monitor.id) is not before:
+                changed.add(monitor.id)
             if reason is not None:
                 log.warning("rejected monitor %s version %d: %s", monitor.id, monitor.version, reason)
                 rejections.append(engine_pb2.Rejection(monitor_id=monitor.id, version=monitor.version, reason=reason))
         removals = list(batch.removals)
         for removal in removals:
-            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR:
+            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR and removal.id in self._monitors:
                 self._remove_monitor(removal.id, _reason_name(removal.reason))
+                changed.add(removal.id)
         removed_credentials = set()
         for removal in removals:
             if removal.kind == engine_pb2.RESOURCE_KIND_CREDENTIAL:
@@ -218,6 +244,7 @@ class ConfigStore:
                 log.warning("ignored a removal of %s of unknown kind %d", removal.id, removal.kind)
         if removed_credentials:  # only then can a held monitor have lost a credential (no work per batch otherwise)
             self._warn_dangling(removed_credentials)
+        self._notify(changed)
         return rejections
 
     def flush(self) -> int:
@@ -226,7 +253,9 @@ class ConfigStore:
         for credential in self._credentials.values():
             credential.wipe()
         self._credentials.clear()
+        monitor_ids = set(self._monitors)
         self._monitors.clear()
+        self._notify(monitor_ids)
         return count
 
     def _upsert_credential(self, resource: engine_pb2.CredentialResource) -> None:

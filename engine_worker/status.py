@@ -57,6 +57,7 @@ class _Collector(Collector):
         yield GaugeMetricFamily("connected", "1 while the vault is in contact on a stream", value=int(state.connected))
         yield CounterMetricFamily("reconnects", "Connection attempts after the first", value=state.reconnects)
         yield CounterMetricFamily("flushes", "Times every held configuration was wiped", value=state.flushes)
+        yield CounterMetricFamily("results_sent", "Results sent to the vault", value=state.results_sent)
 
 
 class StatusServer:
@@ -66,12 +67,13 @@ class StatusServer:
         identity: EngineIdentity,
         state: Callable[[], StreamState],
         listen: str = DEFAULT_STATUS_LISTEN,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._store = store
         self._identity = identity
         self._state = state
         self._host, self._port = parse_listen(listen)
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = registry or CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(store, state))
         self._runner: web.AppRunner | None = None
 

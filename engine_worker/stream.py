@@ -28,6 +28,7 @@ import grpc
 from credvault.v1 import engine_pb2, engine_pb2_grpc
 from engine_worker.config_store import ConfigStore
 from engine_worker.identity import EngineIdentity
+from engine_worker.result_reporter import ResultReporter
 from engine_worker.tls import ChannelFactory
 
 __all__ = ["Backoff", "EngineStream", "StreamSettings", "StreamState"]
@@ -67,6 +68,7 @@ class StreamState:
     last_applied_revision: int
     reconnects: int
     flushes: int
+    results_sent: int = 0
 
 
 class Backoff:
@@ -109,8 +111,10 @@ class EngineStream:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        results: ResultReporter | None = None,
     ) -> None:
         self._store = store
+        self._results = results
         self._identity = identity
         self._channel_factory = channel_factory
         self._settings = settings or StreamSettings()
@@ -127,6 +131,7 @@ class EngineStream:
         self._offline_since: float | None = None
         self._flushed_this_outage = False
         self._last_received = 0.0
+        self.results_sent = 0
 
     @property
     def state(self) -> StreamState:
@@ -136,6 +141,7 @@ class EngineStream:
             last_applied_revision=self._last_applied_revision,
             reconnects=self._reconnects,
             flushes=self._flushes,
+            results_sent=self.results_sent,
         )
 
     # --- the loop --------------------------------------------------------------------------------------------------
@@ -262,6 +268,8 @@ class EngineStream:
             asyncio.create_task(self._heartbeats(send), name="engine-stream-heartbeats"),
             asyncio.create_task(self._watchdog(), name="engine-stream-watchdog"),
         ]
+        if self._results is not None:
+            tasks.append(asyncio.create_task(self._send_results(self._results, send), name="engine-stream-results"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -310,6 +318,17 @@ class EngineStream:
             len(rejected),
         )
         await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=batch.revision, rejected=rejected)))
+
+    async def _send_results(self, results: ResultReporter, send: Send) -> None:
+        """Drains execution results onto the stream; a batch that could not be written waits for the next session."""
+        while True:
+            batch = await results.next_batch()
+            try:
+                await send(engine_pb2.StreamRequest(results=engine_pb2.ResultBatch(results=batch)))
+            except BaseException:
+                results.put_back(batch)
+                raise
+            self.results_sent += len(batch)
 
     async def _heartbeats(self, send: Send) -> None:
         while True:

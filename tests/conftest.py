@@ -8,8 +8,8 @@ import logging
 import os
 import pathlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,13 +25,17 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
-from vault_service import embedded_pg
+from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, make_pki
+from vault_service import embedded_pg, pki
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings
 from vault_service.crypto import Keyring, new_keyring
 from vault_service.server import RunningVault, start_vault
 from vault_service.storage.migrate import migrate
 from vault_service.storage.store import Store
+
+if TYPE_CHECKING:
+    from tests.processes import System
 
 ALL_SCOPES = [
     "credentialVault.read",
@@ -234,3 +238,97 @@ def users(channel: grpc.aio.Channel, admin: Client) -> Users:
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+# --- the engine port (push tests) --------------------------------------------------------------------------------
+
+Connect = Callable[..., Awaitable[EngineClient]]
+
+
+@pytest.fixture(scope="session")
+def engine_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def with_engine_port(settings: Settings, engine_pki: Pki) -> Settings:
+    d = engine_pki.directory
+    return settings.model_copy(
+        update={
+            "engine_listen": "127.0.0.1:0",
+            "engine_tls_cert_file": d / "server.pem",
+            "engine_tls_key_file": d / "server.key",
+            "engine_ca_file": d / "engine-ca.pem",
+            "trust_domain": TRUST_DOMAIN,
+            "engine_heartbeat_seconds": 1.0,
+            "engine_outbox_max": 100,
+        }
+    )
+
+
+@pytest.fixture
+async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RunningVault]:
+    running = await start_vault(with_engine_port(settings, engine_pki), keyring=keyring)
+    yield running
+    await running.stop(0)
+
+
+@pytest.fixture
+async def admin_client(push_vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
+    issued = await bootstrap_admin(push_vault.store, "admin")
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    async with grpc.aio.secure_channel(f"localhost:{push_vault.port}", creds) as ch:
+        yield Client(ch, issued.token, "admin")
+
+
+@pytest.fixture
+async def connect(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Connect]:
+    clients: list[EngineClient] = []
+
+    async def open_stream(
+        location: str,
+        engine: str,
+        cert: pki.IssuedCertificate | str | None = "issue",
+        *,
+        resume: EngineClient | None = None,
+        wait: bool = True,
+    ) -> EngineClient:
+        """A stream with ``cert`` (default: a valid one; None: none), holding what ``resume`` held."""
+        client = EngineClient(
+            push_vault.engine_port,
+            engine_pki.server_ca.cert_pem,
+            engine_pki.engine(location, engine) if isinstance(cert, str) else cert,
+        )
+        if resume is not None:
+            client.monitors, client.credentials = dict(resume.monitors), dict(resume.credentials)
+        clients.append(client)
+        client.start(location, engine)
+        if wait:
+            await client.wait_until(lambda: client.synced.is_set() or client.error is not None)
+        return client
+
+    yield open_stream
+    for c in clients:
+        await c.close()
+
+
+# --- real processes (a `credvault serve` and `engine-worker`s) ---------------------------------------------------
+
+
+@pytest.fixture
+async def system(tmp_path: pathlib.Path, database_url: str, keyring: Keyring) -> AsyncIterator[System]:
+    from tests.processes import System  # it uses this module's Client
+
+    sys_ = System(make_pki(tmp_path), database_url, keyring)
+    try:
+        yield sys_
+    finally:
+        await sys_.stop_all()
+
+
+@pytest.fixture
+async def system_admin(system: System, database_url: str) -> AsyncIterator[Client]:
+    """The admin of the vault process of ``system`` (which this starts)."""
+    from tests.processes import vault_admin
+
+    async with vault_admin(system, database_url) as client:
+        yield client

@@ -129,6 +129,9 @@ class EngineClient:
         self._outgoing.put_nowait(epb.StreamRequest(ack=epb.Ack(revision=batch.revision, rejected=rejected)))
         self.changed.set()
 
+    def send(self, message: epb.StreamRequest) -> None:
+        self._outgoing.put_nowait(message)
+
     async def wait_until(self, predicate: Any, within: float = 15.0) -> None:
         async def loop() -> None:
             while not predicate():

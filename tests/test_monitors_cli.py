@@ -148,3 +148,48 @@ async def test_invalid_monitors_are_refused(env: dict[str, str], admin: Client) 
     assert malformed.rc == 2
     assert_contains(malformed.err, "--header", "'Name: value'")
     assert "literal-Zr9" not in malformed.err
+
+
+async def test_monitor_results(env: dict[str, str], admin: Client, vault: RunningVault) -> None:
+    await add_location(admin)
+    basic = (await admin.CreateCredential(create_req("basic", up("svc", PASSWORD)))).credential.id
+    definition = mpb.Monitor(
+        name="m",
+        frequency_minutes=1,
+        location_ids=["loc-a"],
+        enabled=True,
+        http=mpb.HttpScript(requests=[mpb.HttpRequest(method="GET", url="https://shop.example/")]),
+    )
+    definition.http.requests[0].authentication.basic_credential_id = basic
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=definition))).monitor
+    reported = []
+    for n, status in enumerate([mpb.EXECUTION_STATUS_SUCCESS, mpb.EXECUTION_STATUS_FAILED]):
+        r = mpb.MonitorResult(monitor_id=m.id, monitor_version=m.version, status=status, duration_ms=41.6 + n)
+        r.start_time.GetCurrentTime()
+        r.start_time.seconds -= 60 - n
+        r.requests.add(url="https://shop.example/", method="GET", status_code=200 + 300 * n)
+        if n:
+            r.failure_reason = "request 1 (GET https://shop.example/): HTTP status 500"
+        reported.append(r)
+    async with vault.store.transaction() as tx:  # as the engine stream records them
+        assert await tx.insert_results("loc-a", "e-1", reported, 100) == 2
+
+    lines = (await ok(env, "monitors", "results", m.id)).out.splitlines()
+    header = columns(lines[0])
+    assert header == ["STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "REQUESTS", "FAILURE"]
+    newest = dict(zip(header, columns(lines[1]), strict=True))
+    assert (newest["LOCATION"], newest["ENGINE"], newest["STATUS"], newest["MS"], newest["REQUESTS"]) == (
+        "loc-a",
+        "e-1",
+        "failed",
+        "43",
+        "500",
+    )
+    assert newest["FAILURE"].endswith("HTTP status 500")
+    assert columns(lines[2])[4:7] == ["success", "42", "200"]
+
+    one = json.loads((await ok(env, "monitors", "results", m.id, "--limit", "1", "--json")).out)["results"]
+    assert [r["status"] for r in one] == ["EXECUTION_STATUS_FAILED"]
+    bad = await run(env, "monitors", "results", m.id, "--limit", "9999")
+    assert bad.rc == 1
+    assert bad.err.startswith("credvault: INVALID_ARGUMENT: limit")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,82 +17,13 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
 from credvault.v1 import monitors_pb2 as mpb
-from tests.conftest import Client
+from tests.conftest import Client, Connect, with_engine_port
 from tests.helpers import create_req, token, up
-from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, expired, make_pki
+from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, expired
 from vault_service import pki
-from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
 from vault_service.server import RunningVault, start_vault
-
-Connect = Callable[..., Awaitable[EngineClient]]
-
-
-@pytest.fixture(scope="session")
-def engine_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def with_engine_port(settings: Settings, engine_pki: Pki) -> Settings:
-    d = engine_pki.directory
-    return settings.model_copy(
-        update={
-            "engine_listen": "127.0.0.1:0",
-            "engine_tls_cert_file": d / "server.pem",
-            "engine_tls_key_file": d / "server.key",
-            "engine_ca_file": d / "engine-ca.pem",
-            "trust_domain": TRUST_DOMAIN,
-            "engine_heartbeat_seconds": 1.0,
-            "engine_outbox_max": 100,
-        }
-    )
-
-
-@pytest.fixture
-async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RunningVault]:
-    running = await start_vault(with_engine_port(settings, engine_pki), keyring=keyring)
-    yield running
-    await running.stop(0)
-
-
-@pytest.fixture
-async def admin_client(push_vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
-    issued = await bootstrap_admin(push_vault.store, "admin")
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
-    async with grpc.aio.secure_channel(f"localhost:{push_vault.port}", creds) as ch:
-        yield Client(ch, issued.token, "admin")
-
-
-@pytest.fixture
-async def connect(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Connect]:
-    clients: list[EngineClient] = []
-
-    async def open_stream(
-        location: str,
-        engine: str,
-        cert: pki.IssuedCertificate | str | None = "issue",
-        *,
-        resume: EngineClient | None = None,
-        wait: bool = True,
-    ) -> EngineClient:
-        """A stream with ``cert`` (default: a valid one; None: none), holding what ``resume`` held."""
-        client = EngineClient(
-            push_vault.engine_port,
-            engine_pki.server_ca.cert_pem,
-            engine_pki.engine(location, engine) if isinstance(cert, str) else cert,
-        )
-        if resume is not None:
-            client.monitors, client.credentials = dict(resume.monitors), dict(resume.credentials)
-        clients.append(client)
-        client.start(location, engine)
-        if wait:
-            await client.wait_until(lambda: client.synced.is_set() or client.error is not None)
-        return client
-
-    yield open_stream
-    for c in clients:
-        await c.close()
 
 
 def status(client: EngineClient) -> grpc.StatusCode | None:

@@ -5,194 +5,13 @@ reconnects and converges; disable -> the worker holds no trace of the monitor.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import pathlib
-import re
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-import aiohttp
-import grpc
-import pytest
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import create_req, up
-from tests.push_helpers import TRUST_DOMAIN, Pki, make_pki
-from vault_service.bootstrap import bootstrap_admin
-from vault_service.crypto import Keyring
-from vault_service.storage.store import Store
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    """A child process whose stderr is collected (and searched) as it runs."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._new = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.lines.append(line.decode(errors="replace"))
-            self._new.set()
-
-    async def wait_for_line(self, pattern: str, within: float = 30.0) -> re.Match[str]:
-        async def look() -> re.Match[str]:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    if m := re.search(pattern, line):
-                        return m
-                seen = len(self.lines)
-                if self.proc.returncode is not None:
-                    raise AssertionError("process exited:\n" + "".join(self.lines[-30:]))
-                self._new.clear()
-                await self._new.wait()
-
-        return await asyncio.wait_for(look(), within)
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), 30)
-        await self._reader
-        return code
-
-
-async def spawn(*args: str, env: dict[str, str]) -> Proc:
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    return Proc(proc)
-
-
-class System:
-    def __init__(self, pki: Pki, database_url: str, keyring: Keyring) -> None:
-        self.pki = pki
-        self.database_url = database_url
-        self.keyring = keyring
-        self.api_port = free_port()
-        self.engine_port = free_port()
-        self.procs: list[Proc] = []
-
-    def _env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
-
-    async def start_vault(self) -> Proc:
-        d = self.pki.directory
-        env = self._env() | {
-            "CREDVAULT_DATABASE_URL": self.database_url,
-            "CREDVAULT_KEYRING": self.keyring.to_json(),
-            "CREDVAULT_LISTEN": f"127.0.0.1:{self.api_port}",
-            "CREDVAULT_TLS_CERT_FILE": str(d / "server.pem"),
-            "CREDVAULT_TLS_KEY_FILE": str(d / "server.key"),
-            "CREDVAULT_ENGINE_LISTEN": f"127.0.0.1:{self.engine_port}",
-            "CREDVAULT_ENGINE_TLS_CERT_FILE": str(d / "server.pem"),
-            "CREDVAULT_ENGINE_TLS_KEY_FILE": str(d / "server.key"),
-            "CREDVAULT_ENGINE_CA_FILE": str(d / "engine-ca.pem"),
-            "CREDVAULT_TRUST_DOMAIN": TRUST_DOMAIN,
-            "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
-        }
-        vault = await spawn(sys.executable, "-c", "from vault_service.cli import main; main()", "serve", env=env)
-        self.procs.append(vault)
-        await vault.wait_for_line(r"credvault API listening")
-        return vault
-
-    async def start_worker(self, location: str, engine: str) -> tuple[Proc, int]:
-        name = f"engine-{location}-{engine}"
-        if not (self.pki.directory / f"{name}.pem").exists():
-            self.pki.write(name, self.pki.engine(location, engine))
-        d = self.pki.directory
-        worker = await spawn(
-            sys.executable,
-            "-m",
-            "engine_worker",
-            "--vault",
-            f"localhost:{self.engine_port}",
-            "--cert",
-            str(d / f"{name}.pem"),
-            "--key",
-            str(d / f"{name}.key"),
-            "--ca",
-            str(d / "server-ca.pem"),
-            "--status-listen",
-            "127.0.0.1:0",
-            "--heartbeat-interval",
-            "1",
-            "--log-level",
-            "INFO",
-            env=self._env(),
-        )
-        self.procs.append(worker)
-        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
-        return worker, int(m.group(1))
-
-    async def stop_all(self) -> None:
-        for p in self.procs:
-            if p.proc.returncode is None:
-                p.proc.kill()
-            with contextlib.suppress(Exception):
-                await p.stop(signal.SIGKILL)
-
-
-async def introspect(port: int) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/introspection") as resp:
-        assert resp.status == 200
-        doc: dict[str, Any] = json.loads(await resp.text())
-        return doc
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    async def loop() -> None:
-        while not await check():  # noqa: ASYNC110 - polling another process's HTTP endpoint
-            await asyncio.sleep(0.1)
-
-    await asyncio.wait_for(loop(), within)
-
-
-@pytest.fixture
-async def system(tmp_path: pathlib.Path, database_url: str, keyring: Keyring) -> AsyncIterator[System]:
-    sys_ = System(make_pki(tmp_path), database_url, keyring)
-    try:
-        yield sys_
-    finally:
-        await sys_.stop_all()
-
-
-@pytest.fixture
-async def admin(system: System, database_url: str) -> AsyncIterator[Client]:
-    store = await Store.connect(database_url, min_size=1, max_size=2)
-    try:
-        from vault_service.storage.migrate import migrate
-
-        async with store.pool.acquire() as conn:
-            await migrate(conn)
-        issued = await bootstrap_admin(store, "admin")
-    finally:
-        await store.close()
-    await system.start_vault()
-    creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
-    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as ch:
-        yield Client(ch, issued.token, "admin")
+from tests.processes import System, eventually, introspect
 
 
 def http_monitor(cred_id: str) -> mpb.Monitor:
@@ -203,11 +22,11 @@ def http_monitor(cred_id: str) -> mpb.Monitor:
     )
 
 
-async def test_restart_kill_and_flush_with_real_processes(system: System, admin: Client) -> None:
-    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
-    await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
-    pair = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
-    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(pair)))).monitor
+async def test_restart_kill_and_flush_with_real_processes(system: System, system_admin: Client) -> None:
+    await system_admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
+    await system_admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
+    pair = (await system_admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
+    m = (await system_admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(pair)))).monitor
     worker, port = await system.start_worker("loc-a", "e1")
 
     async def holds(monitors: set[str], credential_version: int | None = None) -> bool:
@@ -235,7 +54,7 @@ async def test_restart_kill_and_flush_with_real_processes(system: System, admin:
     # ... and converges once a vault is back, with a change made meanwhile
     old_version = during["credentials"][pair]
     vault = await system.start_vault()
-    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
+    await system_admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
 
     async def newer() -> bool:
         doc = await introspect(port)
@@ -244,7 +63,7 @@ async def test_restart_kill_and_flush_with_real_processes(system: System, admin:
     await eventually(newer)
 
     # disabled: the worker holds no trace of the monitor or its credential
-    await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
+    await system_admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
     await eventually(lambda: holds(set()))
     assert (await introspect(port))["credentials"] == {}
     # no secret in the worker's logs

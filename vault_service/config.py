@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     trust_domain: str = Field("credvault.local", pattern=r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
     engine_heartbeat_seconds: float = Field(10.0, gt=0, le=300)
     engine_outbox_max: int = Field(20_000, ge=100, le=10_000_000)
+    results_per_monitor: int = Field(100, ge=1, le=10_000, description="execution results kept per monitor")
     replica_id: str = Field("", description="name of this replica in engine status (default: host and pid)")
 
     @field_validator("listen", "engine_listen")

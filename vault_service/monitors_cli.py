@@ -313,6 +313,34 @@ def cmd_monitors_disable(ns: argparse.Namespace, s: Session) -> None:
     _set_enabled(ns, s, enabled=False)
 
 
+_RESULT_COLUMNS = ("STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "REQUESTS", "FAILURE")
+_STATUSES: dict[str, mpb.ExecutionStatus.ValueType] = {
+    "success": mpb.EXECUTION_STATUS_SUCCESS,
+    "failed": mpb.EXECUTION_STATUS_FAILED,
+    "not-executable": mpb.EXECUTION_STATUS_NOT_EXECUTABLE,
+}
+
+
+def _result_row(r: mpb.MonitorResult) -> list[str]:
+    statuses = ",".join(str(q.status_code) if q.status_code else "-" for q in r.requests) or "-"
+    return [
+        _when(r.start_time),
+        _clean(r.location_id),
+        _clean(r.engine_id),
+        str(r.monitor_version),
+        _label(_STATUSES, r.status),
+        f"{r.duration_ms:.0f}",
+        statuses,
+        _clean(r.failure_reason) or "-",
+    ]
+
+
+def cmd_monitors_results(ns: argparse.Namespace, s: Session) -> None:
+    request = mpb.GetResultsRequest(monitor_id=ns.id, limit=ns.limit or 0, location_id=ns.location or "")
+    response = s.call(s.monitors.GetResults, request)
+    _output(ns, response, lambda: table(_RESULT_COLUMNS, [_result_row(r) for r in response.results]))
+
+
 def cmd_monitors_delete(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.DeleteMonitor, mpb.DeleteMonitorRequest(id=ns.id))
     _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
@@ -388,6 +416,10 @@ def _register_monitors(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("id")
     p = add_command(group, "create-http", common, cmd_monitors_create_http, "create an HTTP monitor of one request")
     _http_flags(p)
+    p = add_command(group, "results", common, cmd_monitors_results, "a monitor's recent results, newest first")
+    p.add_argument("id")
+    p.add_argument("--limit", type=int, help="how many (default 20, at most 500)")
+    p.add_argument("--location", metavar="ID", help="only from this location")
     for name, command, text in (
         ("enable", cmd_monitors_enable, "enable a monitor"),
         ("disable", cmd_monitors_disable, "disable a monitor"),

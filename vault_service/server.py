@@ -35,6 +35,7 @@ from vault_service.keys import verify_keyring
 from vault_service.monitors import MonitorService
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.stream import EngineStreamServicer, StreamSettings
+from vault_service.results import ResultService
 from vault_service.storage.migrate import migrate
 from vault_service.storage.store import Store
 from vault_service.tokens import TokenService
@@ -109,9 +110,9 @@ async def start_vault(
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
     tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
-    monitors_pb2_grpc.add_MonitorsServiceServicer_to_server(
-        MonitorsServicer(tokens, MonitorService(store, keyring)), server
-    )
+    monitor_service = MonitorService(store, keyring)
+    results = ResultService(store, monitor_service, settings.results_per_monitor)
+    monitors_pb2_grpc.add_MonitorsServiceServicer_to_server(MonitorsServicer(tokens, monitor_service, results), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -124,14 +125,16 @@ async def start_vault(
     await server.start()
     running = RunningVault(server, port, store, health_servicer)
     if settings.engine_listen is not None:
-        await _start_engine_port(settings, running, keyring)
+        await _start_engine_port(settings, running, keyring, results)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("credvault API listening on %s (port %d, %s)", settings.listen, port, "TLS" if creds else "plaintext")
     return running
 
 
-async def _start_engine_port(settings: Settings, running: RunningVault, keyring: Keyring) -> None:
+async def _start_engine_port(
+    settings: Settings, running: RunningVault, keyring: Keyring, results: ResultService
+) -> None:
     """The engine stream on its own port: mutual TLS with the engine CA, nothing else served there."""
     assert settings.engine_listen is not None
     assert settings.engine_tls_cert_file is not None
@@ -157,7 +160,7 @@ async def _start_engine_port(settings: Settings, running: RunningVault, keyring:
         outbox_max=settings.engine_outbox_max,
     )
     engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(
-        EngineStreamServicer(running.store, follower, stream_settings), server
+        EngineStreamServicer(running.store, follower, stream_settings, results), server
     )
     creds = grpc.ssl_server_credentials(
         [(settings.engine_tls_key_file.read_bytes(), settings.engine_tls_cert_file.read_bytes())],

@@ -21,6 +21,7 @@ from vault_service.credentials import CredentialService
 from vault_service.identity import IdentityService
 from vault_service.models import Principal, TokenKind
 from vault_service.monitors import MonitorService
+from vault_service.results import ResultService
 from vault_service.storage.store import CredentialFilter
 from vault_service.tokens import TokenService
 
@@ -218,9 +219,10 @@ class TokensServicer(_Authenticated, tgrpc.TokensServiceServicer):
 
 
 class MonitorsServicer(_Authenticated, mgrpc.MonitorsServiceServicer):
-    def __init__(self, tokens: TokenService, monitors: MonitorService) -> None:
+    def __init__(self, tokens: TokenService, monitors: MonitorService, results: ResultService) -> None:
         super().__init__(tokens)
         self._monitors = monitors
+        self._results = results
 
     async def CreateLocation(self, request: mpb.CreateLocationRequest, context: Context) -> mpb.CreateLocationResponse:
         principal = await self._principal(context)
@@ -282,3 +284,8 @@ class MonitorsServicer(_Authenticated, mgrpc.MonitorsServiceServicer):
         principal = await self._principal(context)
         await self._monitors.delete(principal, request.id)
         return mpb.DeleteMonitorResponse()
+
+    async def GetResults(self, request: mpb.GetResultsRequest, context: Context) -> mpb.GetResultsResponse:
+        principal = await self._principal(context)
+        results = await self._results.recent(principal, request.monitor_id, request.limit, request.location_id)
+        return mpb.GetResultsResponse(results=results)

@@ -18,6 +18,7 @@ from vault_service.pki import EngineIdentity, identity_from_certificate
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, removal_reason
 from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
+from vault_service.results import ResultService
 from vault_service.storage.monitor_queries import Change
 from vault_service.storage.store import Store
 
@@ -60,8 +61,11 @@ class _Ended(Exception):
 
 
 class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
-    def __init__(self, store: Store, follower: ChangeFollower, settings: StreamSettings) -> None:
+    def __init__(
+        self, store: Store, follower: ChangeFollower, settings: StreamSettings, results: ResultService
+    ) -> None:
         self._store = store
+        self._results = results
         self._follower = follower
         self._settings = settings
         self._live: dict[tuple[str, str], _Live] = {}
@@ -176,6 +180,8 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     last_heard = time.monotonic()
                     if msg.HasField("ack"):
                         await self._record_ack(loc, eng, msg.ack, rejected)
+                    elif msg.HasField("results"):
+                        await self._record_results(loc, eng, msg.results)
             finally:
                 reader_done.set()
 
@@ -279,6 +285,15 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         ]
         flat = ordered_items(items)  # apply order: credentials, monitors, removals
         return [batch_of(revision, chunk) for chunk in chunks(flat, CHUNK)]
+
+    async def _record_results(self, loc: str, eng: str, batch: epb.ResultBatch) -> None:
+        """Results are reports, not configuration: failing to store a batch is logged and the stream goes on."""
+        try:
+            await self._results.record(loc, eng, list(batch.results))
+        except Exception as exc:
+            log.warning(
+                "engine %s/%s: could not store %d results: %s", loc, eng, len(batch.results), type(exc).__name__
+            )
 
     async def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
         for r in ack.rejected:

@@ -34,6 +34,7 @@ from vault_service.models import (
     User,
 )
 from vault_service.storage.monitor_queries import MonitorQueries
+from vault_service.storage.result_queries import ResultQueries
 
 
 class Visibility(enum.Enum):
@@ -181,7 +182,7 @@ def _zones_json(zones: dict[str, frozenset[Permission]]) -> str:
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 
-class Tx(MonitorQueries):
+class Tx(MonitorQueries, ResultQueries):
     """Queries on one connection."""
 
     def __init__(self, conn: Connection) -> None:

@@ -56,6 +56,31 @@ DISABLED_REASON_CREDENTIAL_DELETED: DisabledReason.ValueType  # 2
 """A credential the monitor used was deleted: the monitor is inactive until it gets a new one."""
 Global___DisabledReason: _TypeAlias = DisabledReason  # noqa: Y015
 
+class _ExecutionStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExecutionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecutionStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXECUTION_STATUS_UNSPECIFIED: _ExecutionStatus.ValueType  # 0
+    EXECUTION_STATUS_SUCCESS: _ExecutionStatus.ValueType  # 1
+    """Every request answered and every validation rule held."""
+    EXECUTION_STATUS_FAILED: _ExecutionStatus.ValueType  # 2
+    """A request failed (connection, TLS, timeout) or a validation rule did not hold; failure_reason says which."""
+    EXECUTION_STATUS_NOT_EXECUTABLE: _ExecutionStatus.ValueType  # 3
+    """The engine holds the monitor but cannot run its type (browser monitors on an HTTP-only engine)."""
+
+class ExecutionStatus(_ExecutionStatus, metaclass=_ExecutionStatusEnumTypeWrapper): ...
+
+EXECUTION_STATUS_UNSPECIFIED: ExecutionStatus.ValueType  # 0
+EXECUTION_STATUS_SUCCESS: ExecutionStatus.ValueType  # 1
+"""Every request answered and every validation rule held."""
+EXECUTION_STATUS_FAILED: ExecutionStatus.ValueType  # 2
+"""A request failed (connection, TLS, timeout) or a validation rule did not hold; failure_reason says which."""
+EXECUTION_STATUS_NOT_EXECUTABLE: ExecutionStatus.ValueType  # 3
+"""The engine holds the monitor but cannot run its type (browser monitors on an HTTP-only engine)."""
+Global___ExecutionStatus: _TypeAlias = ExecutionStatus  # noqa: Y015
+
 @_typing.final
 class Location(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -991,3 +1016,146 @@ class DeleteMonitorResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMonitorResponse: _TypeAlias = DeleteMonitorResponse  # noqa: Y015
+
+@_typing.final
+class RequestResult(_message.Message):
+    """One request of an execution. Never holds a secret: the URL is the monitor's own, with its placeholders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position in the monitor's script, from 0."""
+    description: _builtins.str
+    method: _builtins.str
+    url: _builtins.str
+    status_code: _builtins.int
+    """The final response's status code; 0 when there was no response."""
+    duration_ms: _builtins.float
+    success: _builtins.bool
+    failure_reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        description: _builtins.str = ...,
+        method: _builtins.str = ...,
+        url: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        duration_ms: _builtins.float = ...,
+        success: _builtins.bool = ...,
+        failure_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "duration_ms", b"duration_ms", "failure_reason", b"failure_reason", "index", b"index", "method", b"method", "status_code", b"status_code", "success", b"success", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestResult: _TypeAlias = RequestResult  # noqa: Y015
+
+@_typing.final
+class MonitorResult(_message.Message):
+    """One execution of a monitor by one engine."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_ID_FIELD_NUMBER: _builtins.int
+    MONITOR_VERSION_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    ENGINE_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    monitor_id: _builtins.str
+    monitor_version: _builtins.int
+    """The monitor version that ran."""
+    location_id: _builtins.str
+    """Set by the vault from the engine's certificate (what an engine sends here is ignored)."""
+    engine_id: _builtins.str
+    duration_ms: _builtins.float
+    status: Global___ExecutionStatus.ValueType
+    failure_reason: _builtins.str
+    """Empty on success. Never holds a secret."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestResult]:
+        """The requests that ran, in order; a failing request is the last."""
+
+    def __init__(
+        self,
+        *,
+        monitor_id: _builtins.str = ...,
+        monitor_version: _builtins.int = ...,
+        location_id: _builtins.str = ...,
+        engine_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        duration_ms: _builtins.float = ...,
+        status: Global___ExecutionStatus.ValueType = ...,
+        failure_reason: _builtins.str = ...,
+        requests: _abc.Iterable[Global___RequestResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "engine_id", b"engine_id", "failure_reason", b"failure_reason", "location_id", b"location_id", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MonitorResult: _TypeAlias = MonitorResult  # noqa: Y015
+
+@_typing.final
+class GetResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITOR_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    monitor_id: _builtins.str
+    limit: _builtins.int
+    """1..500, default 20."""
+    location_id: _builtins.str
+    """Only results from this location; empty: all."""
+    def __init__(
+        self,
+        *,
+        monitor_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        location_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "location_id", b"location_id", "monitor_id", b"monitor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResultsRequest: _TypeAlias = GetResultsRequest  # noqa: Y015
+
+@_typing.final
+class GetResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___MonitorResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___MonitorResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResultsResponse: _TypeAlias = GetResultsResponse  # noqa: Y015

@@ -97,6 +97,11 @@ class MonitorsServiceStub:
                 request_serializer=credvault_dot_v1_dot_monitors__pb2.DeleteMonitorRequest.SerializeToString,
                 response_deserializer=credvault_dot_v1_dot_monitors__pb2.DeleteMonitorResponse.FromString,
                 _registered_method=True)
+        self.GetResults = channel.unary_unary(
+                '/credvault.v1.MonitorsService/GetResults',
+                request_serializer=credvault_dot_v1_dot_monitors__pb2.GetResultsRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_monitors__pb2.GetResultsResponse.FromString,
+                _registered_method=True)
 
 
 class MonitorsServiceServicer:
@@ -182,6 +187,13 @@ class MonitorsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetResults(self, request, context):
+        """The monitor's recent execution results as reported by its engines, newest first (a bounded history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +256,11 @@ def add_MonitorsServiceServicer_to_server(servicer, server):
                     servicer.DeleteMonitor,
                     request_deserializer=credvault_dot_v1_dot_monitors__pb2.DeleteMonitorRequest.FromString,
                     response_serializer=credvault_dot_v1_dot_monitors__pb2.DeleteMonitorResponse.SerializeToString,
+            ),
+            'GetResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResults,
+                    request_deserializer=credvault_dot_v1_dot_monitors__pb2.GetResultsRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_monitors__pb2.GetResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -573,6 +590,33 @@ class MonitorsService:
             '/credvault.v1.MonitorsService/DeleteMonitor',
             credvault_dot_v1_dot_monitors__pb2.DeleteMonitorRequest.SerializeToString,
             credvault_dot_v1_dot_monitors__pb2.DeleteMonitorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.MonitorsService/GetResults',
+            credvault_dot_v1_dot_monitors__pb2.GetResultsRequest.SerializeToString,
+            credvault_dot_v1_dot_monitors__pb2.GetResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,8 @@ class MonitorsServiceStub:
     """
     SetMonitorEnabled: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.SetMonitorEnabledRequest, _monitors_pb2.SetMonitorEnabledResponse]
     DeleteMonitor: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.DeleteMonitorRequest, _monitors_pb2.DeleteMonitorResponse]
+    GetResults: _grpc.UnaryUnaryMultiCallable[_monitors_pb2.GetResultsRequest, _monitors_pb2.GetResultsResponse]
+    """The monitor's recent execution results as reported by its engines, newest first (a bounded history)."""
 
 @_typing.type_check_only
 class MonitorsServiceAsyncStub(MonitorsServiceStub):
@@ -81,6 +83,8 @@ class MonitorsServiceAsyncStub(MonitorsServiceStub):
     """
     SetMonitorEnabled: _aio.UnaryUnaryMultiCallable[_monitors_pb2.SetMonitorEnabledRequest, _monitors_pb2.SetMonitorEnabledResponse]  # type: ignore[assignment]
     DeleteMonitor: _aio.UnaryUnaryMultiCallable[_monitors_pb2.DeleteMonitorRequest, _monitors_pb2.DeleteMonitorResponse]  # type: ignore[assignment]
+    GetResults: _aio.UnaryUnaryMultiCallable[_monitors_pb2.GetResultsRequest, _monitors_pb2.GetResultsResponse]  # type: ignore[assignment]
+    """The monitor's recent execution results as reported by its engines, newest first (a bounded history)."""
 
 class MonitorsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Private locations, the engines allowed to serve them, and synthetic monitors. Token scopes
@@ -177,5 +181,13 @@ class MonitorsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _monitors_pb2.DeleteMonitorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_monitors_pb2.DeleteMonitorResponse, _abc.Awaitable[_monitors_pb2.DeleteMonitorResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetResults(
+        self,
+        request: _monitors_pb2.GetResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitors_pb2.GetResultsResponse, _abc.Awaitable[_monitors_pb2.GetResultsResponse]]:
+        """The monitor's recent execution results as reported by its engines, newest first (a bounded history)."""
 
 def add_MonitorsServiceServicer_to_server(servicer: MonitorsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

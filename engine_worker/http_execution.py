@@ -1,0 +1,263 @@
+"""One execution of a held monitor: its HTTP requests in sequence with the credentials the vault resolved, checked
+against the validation rules, as a ``MonitorResult``.
+
+Each execution is isolated (seed 000: "no memory or scripts are shared among executions"): its own aiohttp session
+with its own connection pool, cookie jar and TLS context, closed when it ends; requests of one execution share that
+session (a login step's cookie reaches the next step), nothing else does.
+
+Credentials are looked up in the :class:`~engine_worker.config_store.ConfigStore` when the request is made, so an
+overwritten credential is used by the next execution without a restart. Results never carry a secret: URLs are the
+monitor's own (with their ``{{CREDENTIALS_VAULT-…}}`` placeholders), and every failure reason is scrubbed of each value
+this execution substituted, should a library echo one back.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+import ssl
+import time
+from collections.abc import Iterable
+
+import aiohttp
+from google.protobuf import timestamp_pb2
+
+from credvault.v1 import credentials_pb2, monitors_pb2
+from engine_worker.config_store import PLACEHOLDER, ConfigStore, HeldMonitor
+from engine_worker.target_tls import TargetTls, TargetTlsError
+
+__all__ = ["NOT_EXECUTABLE_REASON", "ExecutionSettings", "HttpExecutor"]
+
+DEFAULT_TIMEOUT_MS = 10_000
+NOT_EXECUTABLE_REASON = "browser monitors cannot run on this engine: it executes HTTP monitors only"
+_MAX_REASON = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionSettings:
+    # Bytes of a response body read for the body validation rules (the rest is not read).
+    max_body_bytes: int = 1024 * 1024
+    max_redirects: int = 10
+
+
+class _Failed(Exception):
+    """A request step failed; the message is a reason to report (scrubbed before it is)."""
+
+
+class _Substitutions:
+    """The secret values substituted into one execution, each with what to show instead. Lives for one execution."""
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self) -> None:
+        self._secrets: dict[str, str] = {}
+
+    def add(self, value: str, shown_as: str) -> str:
+        if value:
+            self._secrets.setdefault(value, shown_as)
+        return value
+
+    def scrub(self, text: str) -> str:
+        for value in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(value, self._secrets[value])
+        return text
+
+    def clear(self) -> None:
+        self._secrets.clear()
+
+    def __repr__(self) -> str:
+        return f"_Substitutions({len(self._secrets)} values, redacted)"
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
+
+
+class HttpExecutor:
+    """Runs held monitors. ``tls`` makes the TLS contexts for targets (system roots plus ``--target-ca``)."""
+
+    def __init__(self, store: ConfigStore, tls: TargetTls, settings: ExecutionSettings | None = None) -> None:
+        self._store = store
+        self._tls = tls
+        self._settings = settings or ExecutionSettings()
+
+    async def execute(self, held: HeldMonitor) -> monitors_pb2.MonitorResult:
+        monitor = held.monitor
+        started_wall, started = time.time(), time.perf_counter()
+        result = monitors_pb2.MonitorResult(monitor_id=held.id, monitor_version=held.version)
+        result.start_time.CopyFrom(_timestamp(started_wall))
+        if monitor.WhichOneof("script") != "http":
+            result.status = monitors_pb2.EXECUTION_STATUS_NOT_EXECUTABLE
+            result.failure_reason = NOT_EXECUTABLE_REASON
+            return result
+        substitutions = _Substitutions()
+        try:
+            await self._run_requests(monitor.http.requests, result, substitutions)
+        finally:
+            substitutions.clear()
+            result.duration_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    async def _run_requests(
+        self,
+        requests: Iterable[monitors_pb2.HttpRequest],
+        result: monitors_pb2.MonitorResult,
+        substitutions: _Substitutions,
+    ) -> None:
+        connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=None)  # this execution's pool, closed with it
+        cookies = aiohttp.CookieJar(unsafe=True)  # also for targets addressed by IP
+        default_tls: ssl.SSLContext | None = None
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=cookies, auto_decompress=True) as session:
+            for index, request in enumerate(requests):
+                step = result.requests.add(
+                    index=index, description=request.description, method=request.method or "GET", url=request.url
+                )
+                started = time.perf_counter()
+                try:
+                    if request.authentication.WhichOneof("method") == "client_certificate_credential_id":
+                        tls = self._client_certificate_tls(request.authentication.client_certificate_credential_id)
+                    else:
+                        default_tls = default_tls or self._tls.context()
+                        tls = default_tls
+                    await self._request(session, request, step, tls, substitutions)
+                    step.success = True
+                except _Failed as exc:
+                    step.failure_reason = substitutions.scrub(_short(str(exc)))
+                finally:
+                    step.duration_ms = (time.perf_counter() - started) * 1000
+                if not step.success:
+                    name = request.description or f"{step.method} {request.url}"
+                    result.status = monitors_pb2.EXECUTION_STATUS_FAILED
+                    result.failure_reason = _short(f"request {index + 1} ({name}): {step.failure_reason}")
+                    return
+        result.status = monitors_pb2.EXECUTION_STATUS_SUCCESS
+
+    async def _request(
+        self,
+        session: aiohttp.ClientSession,
+        request: monitors_pb2.HttpRequest,
+        step: monitors_pb2.RequestResult,
+        tls: ssl.SSLContext,
+        substitutions: _Substitutions,
+    ) -> None:
+        url = self._substitute(request.url, substitutions)
+        headers = [(h.name, self._substitute(h.value, substitutions)) for h in request.headers]
+        body = self._substitute(request.body, substitutions).encode() if request.body else None
+        if request.authentication.WhichOneof("method") == "basic_credential_id":
+            headers.append(
+                ("Authorization", self._basic_auth(request.authentication.basic_credential_id, substitutions))
+            )
+        timeout_ms = request.timeout_ms or DEFAULT_TIMEOUT_MS
+        try:
+            async with session.request(
+                step.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=request.follow_redirects,
+                max_redirects=self._settings.max_redirects,
+                ssl=tls,
+                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
+            ) as response:
+                step.status_code = response.status
+                text = ""
+                if any(r.WhichOneof("rule") != "status_code_in" for r in request.validation):
+                    text = _decode(await response.content.read(self._settings.max_body_bytes), response.charset)
+        except TimeoutError:
+            raise _Failed(f"no complete response within {timeout_ms} ms") from None
+        except aiohttp.TooManyRedirects:
+            raise _Failed(f"more than {self._settings.max_redirects} redirects") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _Failed(f"the server's TLS certificate is not trusted: {exc.certificate_error}") from None
+        except aiohttp.ClientSSLError as exc:
+            raise _Failed(f"TLS handshake failed: {exc.os_error}") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _Failed(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}") from None
+        except aiohttp.InvalidURL:
+            raise _Failed("the URL is not valid after its placeholders were substituted") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise _Failed(f"{type(exc).__name__}: {exc}") from None
+        _validate(request.validation, step.status_code, text)
+
+    # --- credentials -------------------------------------------------------------------------------------------
+
+    def _details(self, credential_id: str) -> credentials_pb2.CredentialDetails:
+        held = self._store.credential(credential_id)
+        if held is None:
+            raise _Failed(f"credential {credential_id} is not held by this engine")
+        return held.details()
+
+    def _substitute(self, text: str, substitutions: _Substitutions) -> str:
+        if "{{" not in text:
+            return text
+
+        def value(match: re.Match[str]) -> str:
+            credential_id, field = match.group(1), match.group(2)
+            details = self._details(credential_id)
+            if field is None and details.WhichOneof("details") == "token":
+                return substitutions.add(details.token.token, match.group(0))
+            if field is not None and details.WhichOneof("details") == "username_password":
+                return substitutions.add(getattr(details.username_password, field), match.group(0))
+            raise _Failed(f"placeholder {match.group(0)} does not fit credential {credential_id}")
+
+        return PLACEHOLDER.sub(value, text)
+
+    def _basic_auth(self, credential_id: str, substitutions: _Substitutions) -> str:
+        """The Authorization header value (RFC 7617, UTF-8); aiohttp drops it on a redirect to another origin."""
+        details = self._details(credential_id)
+        if details.WhichOneof("details") != "username_password":
+            raise _Failed(f"credential {credential_id} is not a username and password")
+        pair = details.username_password
+        if ":" in pair.username:
+            raise _Failed(f"credential {credential_id}: a username with ':' cannot log in with basic auth")
+        shown = f"{{{{{credential_id}.password}}}}"
+        substitutions.add(pair.password, shown)
+        encoded = substitutions.add(base64.b64encode(f"{pair.username}:{pair.password}".encode()).decode(), shown)
+        return f"Basic {encoded}"
+
+    def _client_certificate_tls(self, credential_id: str) -> ssl.SSLContext:
+        details = self._details(credential_id)
+        if details.WhichOneof("details") != "certificate":
+            raise _Failed(f"credential {credential_id} is not a certificate")
+        try:
+            return self._tls.context(details.certificate)
+        except TargetTlsError as exc:
+            raise _Failed(f"credential {credential_id}: {exc}") from None
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+def _validate(rules: Iterable[monitors_pb2.ValidationRule], status: int, body: str) -> None:
+    """Raises _Failed with the first rule that does not hold. Without a status rule, 4xx and 5xx fail."""
+    rules = list(rules)
+    if not any(r.WhichOneof("rule") == "status_code_in" for r in rules) and status >= 400:
+        raise _Failed(f"HTTP status {status}")
+    for rule in rules:
+        kind = rule.WhichOneof("rule")
+        if kind == "status_code_in" and status not in rule.status_code_in.codes:
+            expected = ", ".join(str(c) for c in rule.status_code_in.codes)
+            raise _Failed(f"HTTP status {status}, expected one of {expected}")
+        if kind == "body_contains" and rule.body_contains not in body:
+            raise _Failed(f"the response body does not contain {rule.body_contains!r}")
+        if kind == "body_not_contains" and rule.body_not_contains in body:
+            raise _Failed(f"the response body contains {rule.body_not_contains!r}")
+        if kind == "body_matches_regex":
+            try:
+                matched = re.search(rule.body_matches_regex, body) is not None
+            except re.error as exc:
+                raise _Failed(f"the validation regex is invalid: {exc}") from None
+            if not matched:
+                raise _Failed(f"the response body does not match {rule.body_matches_regex!r}")

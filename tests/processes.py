@@ -1,0 +1,181 @@
+"""Real processes for the end-to-end tests: a `credvault serve` process and `engine-worker` processes on a PKI of the
+test's, their stderr collected as they run, and an admin client of the vault."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import grpc
+
+from tests.conftest import Client
+from tests.push_helpers import TRUST_DOMAIN, Pki
+from vault_service.bootstrap import bootstrap_admin
+from vault_service.crypto import Keyring
+from vault_service.storage.migrate import migrate
+from vault_service.storage.store import Store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process whose stderr is collected (and searched) as it runs."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._new = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.lines.append(line.decode(errors="replace"))
+            self._new.set()
+
+    async def wait_for_line(self, pattern: str, within: float = 30.0) -> re.Match[str]:
+        async def look() -> re.Match[str]:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if m := re.search(pattern, line):
+                        return m
+                seen = len(self.lines)
+                if self.proc.returncode is not None:
+                    raise AssertionError("process exited:\n" + "".join(self.lines[-30:]))
+                self._new.clear()
+                await self._new.wait()
+
+        return await asyncio.wait_for(look(), within)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        await self._reader
+        return code
+
+
+async def spawn(*args: str, env: dict[str, str]) -> Proc:
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    return Proc(proc)
+
+
+class System:
+    def __init__(self, pki: Pki, database_url: str, keyring: Keyring) -> None:
+        self.pki = pki
+        self.database_url = database_url
+        self.keyring = keyring
+        self.api_port = free_port()
+        self.engine_port = free_port()
+        self.procs: list[Proc] = []
+
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
+
+    async def start_vault(self) -> Proc:
+        d = self.pki.directory
+        env = self._env() | {
+            "CREDVAULT_DATABASE_URL": self.database_url,
+            "CREDVAULT_KEYRING": self.keyring.to_json(),
+            "CREDVAULT_LISTEN": f"127.0.0.1:{self.api_port}",
+            "CREDVAULT_TLS_CERT_FILE": str(d / "server.pem"),
+            "CREDVAULT_TLS_KEY_FILE": str(d / "server.key"),
+            "CREDVAULT_ENGINE_LISTEN": f"127.0.0.1:{self.engine_port}",
+            "CREDVAULT_ENGINE_TLS_CERT_FILE": str(d / "server.pem"),
+            "CREDVAULT_ENGINE_TLS_KEY_FILE": str(d / "server.key"),
+            "CREDVAULT_ENGINE_CA_FILE": str(d / "engine-ca.pem"),
+            "CREDVAULT_TRUST_DOMAIN": TRUST_DOMAIN,
+            "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
+        }
+        vault = await spawn(sys.executable, "-c", "from vault_service.cli import main; main()", "serve", env=env)
+        self.procs.append(vault)
+        await vault.wait_for_line(r"credvault API listening")
+        return vault
+
+    async def start_worker(self, location: str, engine: str, *extra: str) -> tuple[Proc, int]:
+        name = f"engine-{location}-{engine}"
+        if not (self.pki.directory / f"{name}.pem").exists():
+            self.pki.write(name, self.pki.engine(location, engine))
+        d = self.pki.directory
+        worker = await spawn(
+            sys.executable,
+            "-m",
+            "engine_worker",
+            "--vault",
+            f"localhost:{self.engine_port}",
+            "--cert",
+            str(d / f"{name}.pem"),
+            "--key",
+            str(d / f"{name}.key"),
+            "--ca",
+            str(d / "server-ca.pem"),
+            "--status-listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "1",
+            "--log-level",
+            "INFO",
+            *extra,
+            env=self._env(),
+        )
+        self.procs.append(worker)
+        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
+        return worker, int(m.group(1))
+
+    async def stop_all(self) -> None:
+        for p in self.procs:
+            if p.proc.returncode is None:
+                p.proc.kill()
+            with contextlib.suppress(Exception):
+                await p.stop(signal.SIGKILL)
+
+
+async def introspect(port: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/introspection") as resp:
+        assert resp.status == 200
+        doc: dict[str, Any] = json.loads(await resp.text())
+        return doc
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    async def loop() -> None:
+        while not await check():  # noqa: ASYNC110 - polling another process's HTTP endpoint
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(loop(), within)
+
+
+@contextlib.asynccontextmanager
+async def vault_admin(system: System, database_url: str) -> AsyncIterator[Client]:
+    """Migrates, bootstraps an admin, starts the vault process, and yields the admin's client."""
+    store = await Store.connect(database_url, min_size=1, max_size=2)
+    try:
+        async with store.pool.acquire() as conn:
+            await migrate(conn)
+        issued = await bootstrap_admin(store, "admin")
+    finally:
+        await store.close()
+    await system.start_vault()
+    creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
+    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as ch:
+        yield Client(ch, issued.token, "admin")

@@ -1,0 +1,112 @@
+"""Monitor execution results: what engines report over their stream, and the bounded recent history people read.
+
+Engines are trusted only for what their certificate says: the location and engine of a result are the stream's
+identity, whatever the message claims, and results of monitors that do not run in that location are dropped.
+Everything else an engine sends is bounded (counts, lengths, times) before it is stored.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import re
+
+from credvault.v1 import monitors_pb2 as mpb
+from vault_service.errors import InvalidArgument
+from vault_service.models import Principal
+from vault_service.monitors import MonitorService, check_slug
+from vault_service.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 500
+MAX_RESULTS_PER_BATCH = 1000
+MAX_REQUESTS = 100
+MAX_TEXT = 1000
+MAX_URL = 2048
+# Results from further back or ahead than this are dropped (a badly set clock on the engine).
+MAX_AGE = datetime.timedelta(days=1)
+MAX_AHEAD = datetime.timedelta(minutes=5)
+
+_MONITOR_ID = re.compile(r"^SYNTHETIC_TEST-[0-9A-F]{16}$")
+_KNOWN_STATUSES = {mpb.EXECUTION_STATUS_SUCCESS, mpb.EXECUTION_STATUS_FAILED, mpb.EXECUTION_STATUS_NOT_EXECUTABLE}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _duration(value: float) -> float:
+    return value if math.isfinite(value) and value >= 0 else 0.0
+
+
+def sanitized(result: mpb.MonitorResult, now: datetime.datetime) -> mpb.MonitorResult | None:
+    """A bounded copy of an engine's result without location and engine (the stream sets those), or None when it
+    cannot be stored (an id that is no monitor id, an unknown status, an implausible start time)."""
+    if not _MONITOR_ID.match(result.monitor_id) or result.status not in _KNOWN_STATUSES:
+        return None
+    try:
+        started = result.start_time.ToDatetime(tzinfo=datetime.UTC)
+    except (ValueError, OverflowError):
+        return None
+    if not now - MAX_AGE <= started <= now + MAX_AHEAD:
+        return None
+    out = mpb.MonitorResult(
+        monitor_id=result.monitor_id,
+        monitor_version=result.monitor_version,
+        duration_ms=_duration(result.duration_ms),
+        status=result.status,
+        failure_reason=_clip(result.failure_reason, MAX_TEXT),
+    )
+    out.start_time.CopyFrom(result.start_time)
+    for request in result.requests[:MAX_REQUESTS]:
+        out.requests.add(
+            index=request.index,
+            description=_clip(request.description, MAX_TEXT),
+            method=_clip(request.method, 16),
+            url=_clip(request.url, MAX_URL),
+            status_code=request.status_code if 0 <= request.status_code <= 999 else 0,
+            duration_ms=_duration(request.duration_ms),
+            success=request.success,
+            failure_reason=_clip(request.failure_reason, MAX_TEXT),
+        )
+    return out
+
+
+class ResultService:
+    def __init__(self, store: Store, monitors: MonitorService, keep_per_monitor: int = 100) -> None:
+        self._store = store
+        self._monitors = monitors
+        self._keep = keep_per_monitor
+
+    async def record(self, location_id: str, engine_id: str, results: list[mpb.MonitorResult]) -> int:
+        """Stores an engine's reported results; returns how many were kept (the rest are logged as dropped)."""
+        now = datetime.datetime.now(datetime.UTC)
+        clean = [r for r in (sanitized(r, now) for r in results[:MAX_RESULTS_PER_BATCH]) if r is not None]
+        kept = 0
+        if clean:
+            async with self._store.transaction() as tx:
+                kept = await tx.insert_results(location_id, engine_id, clean, self._keep)
+        if kept < len(results):
+            log.warning(
+                "engine %s/%s: dropped %d of %d results (not monitors of its location, or malformed)",
+                location_id,
+                engine_id,
+                len(results) - kept,
+                len(results),
+            )
+        return kept
+
+    async def recent(
+        self, principal: Principal, monitor_id: str, limit: int, location_id: str
+    ) -> list[mpb.MonitorResult]:
+        """The newest results of a monitor the caller may see (NOT_FOUND otherwise, as for GetMonitor)."""
+        if limit < 0 or limit > MAX_LIMIT:
+            raise InvalidArgument("limit", f"must be between 1 and {MAX_LIMIT} (0 for the default {DEFAULT_LIMIT})")
+        if location_id:
+            check_slug("location_id", location_id)
+        await self._monitors.get(principal, monitor_id)
+        async with self._store.read() as tx:
+            return await tx.recent_results(monitor_id, location_id or None, limit or DEFAULT_LIMIT)

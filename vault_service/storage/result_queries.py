@@ -1,0 +1,91 @@
+"""SQL for monitor execution results (mixed into ``Tx``)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+
+from credvault.v1 import monitors_pb2 as mpb
+
+if TYPE_CHECKING:
+    from vault_service.storage.store import Connection
+
+_STATUS_NAMES = {
+    mpb.EXECUTION_STATUS_SUCCESS: "SUCCESS",
+    mpb.EXECUTION_STATUS_FAILED: "FAILED",
+    mpb.EXECUTION_STATUS_NOT_EXECUTABLE: "NOT_EXECUTABLE",
+}
+_STATUSES = {name: status for status, name in _STATUS_NAMES.items()}
+
+
+class ResultQueries:
+    conn: Connection
+
+    async def insert_results(
+        self, location_id: str, engine_id: str, results: list[mpb.MonitorResult], keep_per_monitor: int
+    ) -> int:
+        """Inserts the results of monitors that run in ``location_id`` (others are dropped), then prunes each
+        affected monitor's history to its newest ``keep_per_monitor``. Returns how many were kept."""
+        if not results:
+            return 0
+        rows = await self.conn.fetch(
+            "INSERT INTO monitor_results (monitor_id, monitor_version, location_id, engine_id, started_at,"
+            " duration_ms, status, failure_reason, requests)"
+            " SELECT r.monitor_id, r.monitor_version, $1, $2, r.started_at, r.duration_ms, r.status,"
+            "  r.failure_reason, r.requests::jsonb"
+            " FROM unnest($3::text[], $4::bigint[], $5::timestamptz[], $6::float8[], $7::text[], $8::text[],"
+            "  $9::text[]) AS r (monitor_id, monitor_version, started_at, duration_ms, status, failure_reason,"
+            "  requests)"
+            " JOIN monitors m ON m.id = r.monitor_id AND $1 = ANY (m.location_ids)"
+            " RETURNING monitor_id",
+            location_id,
+            engine_id,
+            [r.monitor_id for r in results],
+            [r.monitor_version for r in results],
+            [r.start_time.ToDatetime(tzinfo=datetime.UTC) for r in results],
+            [r.duration_ms for r in results],
+            [_STATUS_NAMES[r.status] for r in results],
+            [r.failure_reason for r in results],
+            [json.dumps([json_format.MessageToDict(q) for q in r.requests]) for r in results],
+        )
+        monitor_ids = sorted({row["monitor_id"] for row in rows})
+        if monitor_ids:
+            await self.conn.execute(
+                "DELETE FROM monitor_results r USING ("
+                "  SELECT id, row_number() OVER (PARTITION BY monitor_id ORDER BY started_at DESC, id DESC) AS n"
+                "  FROM monitor_results WHERE monitor_id = ANY ($1)"
+                " ) old WHERE r.id = old.id AND old.n > $2",
+                monitor_ids,
+                keep_per_monitor,
+            )
+        return len(rows)
+
+    async def recent_results(self, monitor_id: str, location_id: str | None, limit: int) -> list[mpb.MonitorResult]:
+        rows = await self.conn.fetch(
+            "SELECT monitor_id, monitor_version, location_id, engine_id, started_at, duration_ms, status,"
+            " failure_reason, requests FROM monitor_results"
+            " WHERE monitor_id = $1 AND ($2::text IS NULL OR location_id = $2)"
+            " ORDER BY started_at DESC, id DESC LIMIT $3",
+            monitor_id,
+            location_id,
+            limit,
+        )
+        out = []
+        for row in rows:
+            result = mpb.MonitorResult(
+                monitor_id=row["monitor_id"],
+                monitor_version=row["monitor_version"],
+                location_id=row["location_id"],
+                engine_id=row["engine_id"],
+                duration_ms=row["duration_ms"],
+                status=_STATUSES[row["status"]],
+                failure_reason=row["failure_reason"],
+            )
+            result.start_time.FromDatetime(row["started_at"])
+            for request in json.loads(row["requests"]):
+                json_format.ParseDict(request, result.requests.add())
+            out.append(result)
+        return out
