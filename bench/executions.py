@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -111,7 +112,7 @@ def bucket_quantile(after: Samples, before: Samples, name: str, q: float) -> flo
 
 
 async def client_rate(url: str, seconds: float, fresh_session: bool) -> dict[str, Any]:
-    auth = aiohttp.BasicAuth("bench", "bench-password")
+    headers = {"Authorization": "Basic " + base64.b64encode(b"bench:bench-password").decode()}
     done = 0
     failures = 0
     stop_at = time.perf_counter() + seconds
@@ -119,7 +120,7 @@ async def client_rate(url: str, seconds: float, fresh_session: bool) -> dict[str
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal done, failures
-        async with session.get(url, auth=auth) as resp:
+        async with session.get(url, headers=headers) as resp:
             await resp.read()
             done += 1
             failures += resp.status != 200

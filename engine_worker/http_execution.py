@@ -2,8 +2,9 @@
 against the validation rules, as a ``MonitorResult``.
 
 Each execution is isolated (seed 000: "no memory or scripts are shared among executions"): its own aiohttp session
-with its own connection pool, cookie jar and TLS context, closed when it ends; requests of one execution share that
-session (a login step's cookie reaches the next step), nothing else does.
+with its own connection pool and cookie jar, closed when it ends, and for a client-certificate login its own TLS
+context; requests of one execution share that session (a login step's cookie reaches the next step), nothing else
+does. The one thing executions share is the stateless TLS context that only verifies servers (see target_tls).
 
 Credentials are looked up in the :class:`~engine_worker.config_store.ConfigStore` when the request is made, so an
 overwritten credential is used by the next execution without a restart. Results never carry a secret: URLs are the
@@ -18,6 +19,7 @@ import dataclasses
 import re
 import ssl
 import time
+import urllib.parse
 from collections.abc import Iterable
 
 import aiohttp
@@ -54,8 +56,15 @@ class _Substitutions:
         self._secrets: dict[str, str] = {}
 
     def add(self, value: str, shown_as: str) -> str:
+        """Remembers ``value``, and the forms a URL library may turn it into, to be shown as ``shown_as``."""
         if value:
-            self._secrets.setdefault(value, shown_as)
+            for form in (
+                value,
+                urllib.parse.quote(value),
+                urllib.parse.quote(value, safe=""),
+                urllib.parse.quote_plus(value),
+            ):
+                self._secrets.setdefault(form, shown_as)
         return value
 
     def scrub(self, text: str) -> str:
@@ -114,7 +123,6 @@ class HttpExecutor:
     ) -> None:
         connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=None)  # this execution's pool, closed with it
         cookies = aiohttp.CookieJar(unsafe=True)  # also for targets addressed by IP
-        default_tls: ssl.SSLContext | None = None
         async with aiohttp.ClientSession(connector=connector, cookie_jar=cookies, auto_decompress=True) as session:
             for index, request in enumerate(requests):
                 step = result.requests.add(
@@ -125,8 +133,7 @@ class HttpExecutor:
                     if request.authentication.WhichOneof("method") == "client_certificate_credential_id":
                         tls = self._client_certificate_tls(request.authentication.client_certificate_credential_id)
                     else:
-                        default_tls = default_tls or self._tls.context()
-                        tls = default_tls
+                        tls = self._tls.verifying()
                     await self._request(session, request, step, tls, substitutions)
                     step.success = True
                 except _Failed as exc:

@@ -1,5 +1,9 @@
-"""TLS for the monitored targets (not the vault): a fresh client context per execution, with the system's trust
-roots (plus ``--target-ca``) and, for a client-certificate login, the credential's certificate and key.
+"""TLS for the monitored targets (not the vault): client contexts with the system's trust roots (plus
+``--target-ca``) and, for a client-certificate login, the credential's certificate and key.
+
+A context without a client certificate holds configuration only (trust roots, protocol floor): Python's client
+contexts keep no sessions unless one is passed explicitly, so one such context serves every execution. A context with
+a client certificate holds a secret and is made for the one execution that needs it.
 
 ``ssl`` loads a certificate chain only from a path. The key must never touch a disk, so on Linux it is written to an
 anonymous in-memory file (``memfd_create``), loaded through ``/proc/self/fd``, overwritten with zeros and closed
@@ -35,8 +39,16 @@ class TargetTls:
     def __init__(self, extra_ca_file: pathlib.Path | None = None) -> None:
         self._extra_ca = extra_ca_file.read_bytes().decode("ascii") if extra_ca_file is not None else None
         self._capath = _trust_directory()
+        self._verifying: ssl.SSLContext | None = None
+
+    def verifying(self) -> ssl.SSLContext:
+        """The shared context without a client certificate."""
+        if self._verifying is None:
+            self._verifying = self.context()
+        return self._verifying
 
     def context(self, client_certificate: credentials_pb2.CertificateDetails | None = None) -> ssl.SSLContext:
+        """A new context; with ``client_certificate``, one that presents it."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its host name
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self._capath is not None:

@@ -362,6 +362,10 @@ def test_substitutions_scrub_every_value_and_hold_them_redacted() -> None:
     assert subs.scrub(text) == "error at https://x/?k={{T}}&p={{P.password}}"
     assert CANARY_PASSWORD not in repr(subs)
     assert CANARY_TOKEN not in repr(subs)
+    encoded = "tok/en with spaces&more"
+    subs.add(encoded, "{{E}}")
+    assert subs.scrub("GET /a?x=tok%2Fen%20with%20spaces%26more failed") == "GET /a?x={{E}} failed"
+    assert subs.scrub("q=tok%2Fen+with+spaces%26more") == "q={{E}}"
     subs.clear()
     assert subs.scrub(text) == text
 
