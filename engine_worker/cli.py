@@ -20,6 +20,7 @@ import pydantic
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from credvault.logs import configure_logging
 from engine_worker.config_store import ConfigStore
 from engine_worker.status import DEFAULT_STATUS_LISTEN, StatusServer, parse_listen
 from engine_worker.stream import EngineStream, StreamSettings
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(10.0, gt=0, le=3600)
     status_listen: str = Field(DEFAULT_STATUS_LISTEN, description="host:port of the status endpoint (port 0: any)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
 
     @field_validator("max_disconnected", "heartbeat_interval", mode="before")
     @classmethod
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 10)")
     p.add_argument("--status-listen", help=f"host:port of the status endpoint (default {DEFAULT_STATUS_LISTEN})")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines (ENGINE_LOG_FORMAT)")
     return p
 
 
@@ -157,14 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat_interval=ns.heartbeat_interval,
             status_listen=ns.status_listen,
             log_level=ns.log_level,
+            log_format=ns.log_format,
         )
         check_tls_files(settings.cert, settings.key, settings.ca)
     except ValueError as exc:
         print(f"engine-worker: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except OSError as exc:  # for example the status port is taken
