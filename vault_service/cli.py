@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
-from vault_service import client_cli, keys, monitors_cli, pki_cli
+from vault_service import audit_cli, client_cli, keys, monitors_cli, pki_cli
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings, load_settings
 from vault_service.crypto import load_keyring_file, new_keyring, write_keyring_file
@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.register(sub)
     monitors_cli.register(sub)
     pki_cli.register(sub)
+    audit_cli.register(sub)
     return parser
 
 

@@ -16,6 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credvault.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     credentials_pb2,
     credentials_pb2_grpc,
     engine_pb2_grpc,
@@ -26,9 +28,11 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
+from vault_service.api.audit_servicer import AuditServicer
 from vault_service.api.metrics_interceptor import MetricsInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
 from vault_service.api.status import StatusMappingInterceptor
+from vault_service.audit import AuditService
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
@@ -49,6 +53,7 @@ SERVICE_NAMES = (
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
     tokens_pb2.DESCRIPTOR.services_by_name["TokensService"].full_name,
     monitors_pb2.DESCRIPTOR.services_by_name["MonitorsService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -126,6 +131,7 @@ async def start_vault(
     monitors_pb2_grpc.add_MonitorsServiceServicer_to_server(
         MonitorsServicer(tokens, MonitorService(store, keyring)), server
     )
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tokens, AuditService(store)), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
