@@ -67,18 +67,24 @@ class RunningVault:
     engine_server: grpc.aio.Server | None = None
     engine_port: int = 0
     follower: ChangeFollower | None = None
+    engine_streams: EngineStreamServicer | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
     metrics_server: MetricsServer | None = None
     metrics_port: int = 0
 
     async def stop(self, grace: float | None) -> None:
-        """Stop accepting, let in-flight RPCs and streams finish within ``grace`` seconds, then close the pool.
-        The health port (reporting NOT_SERVING) and the metrics port stay up until the drain is over."""
+        """Stop accepting, let in-flight RPCs finish within ``grace`` seconds and end the engine streams (their
+        engines reconnect elsewhere), then close the pool. The health port (reporting NOT_SERVING) and the metrics
+        port stay up until the drain is over."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         servers = [s for s in (self.server, self.engine_server) if s is not None]
-        await asyncio.gather(*(s.stop(grace) for s in servers))
+        stopping = asyncio.gather(*(s.stop(grace) for s in servers))
+        await asyncio.sleep(0)  # the servers refuse new calls from here on
+        if self.engine_streams is not None:
+            self.engine_streams.close_streams("the vault is shutting down; reconnect")
+        await stopping
         if self.follower is not None:
             await self.follower.stop()
         if self.health_server is not None:
@@ -183,9 +189,8 @@ async def _start_engine_port(settings: Settings, running: RunningVault, keyring:
         heartbeat_seconds=settings.engine_heartbeat_seconds,
         outbox_max=settings.engine_outbox_max,
     )
-    engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(
-        EngineStreamServicer(running.store, follower, stream_settings, running.metrics.push_latency.observe), server
-    )
+    streams = EngineStreamServicer(running.store, follower, stream_settings, running.metrics.push_latency.observe)
+    engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(streams, server)
     creds = grpc.ssl_server_credentials(
         [(settings.engine_tls_key_file.read_bytes(), settings.engine_tls_cert_file.read_bytes())],
         root_certificates=settings.engine_ca_file.read_bytes(),
@@ -193,7 +198,7 @@ async def _start_engine_port(settings: Settings, running: RunningVault, keyring:
     )
     port = server.add_secure_port(settings.engine_listen, creds)
     await server.start()
-    running.engine_server, running.engine_port = server, port
+    running.engine_server, running.engine_port, running.engine_streams = server, port, streams
     log.info("engine port listening on %s (port %d, mutual TLS)", settings.engine_listen, port)
 
 

@@ -95,6 +95,11 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             if loc == location_id and engine_id in ("*", eng):
                 live.cut_with(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
 
+    def close_streams(self, reason: str) -> None:
+        """On shutdown: end every stream with UNAVAILABLE, so its engine reconnects (to another replica)."""
+        for live in list(self._live.values()):
+            live.cut_with(grpc.StatusCode.UNAVAILABLE, reason)
+
     # --- the stream -----------------------------------------------------------------------------------------------
 
     async def Stream(self, request_iterator: Any, context: Context) -> None:  # type: ignore[override]
