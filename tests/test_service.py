@@ -60,6 +60,9 @@ async def _single(item: object) -> object:  # an async iterator of one request
         ({}, "no TLS configured"),
         ({"allow_plaintext": True, "max_message_bytes": 1}, "max_message_bytes"),
         ({"allow_plaintext": True, "log_level": "LOUD"}, "log_level"),
+        ({"allow_plaintext": True, "log_format": "xml"}, "log_format (CREDVAULT_LOG_FORMAT / --log-format)"),
+        ({"allow_plaintext": True, "metrics_listen": "9090"}, "metrics_listen (CREDVAULT_METRICS_LISTEN"),
+        ({"allow_plaintext": True, "health_listen": "x:99999"}, "health_listen (CREDVAULT_HEALTH_LISTEN"),
     ],
 )
 def test_configuration_errors_name_the_setting(
@@ -76,7 +79,16 @@ def test_configuration_errors_name_the_setting(
 def test_configuration_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREDVAULT_LISTEN", "0.0.0.0:6000")
     monkeypatch.setenv("CREDVAULT_ALLOW_PLAINTEXT", "true")
+    monkeypatch.setenv("CREDVAULT_METRICS_LISTEN", "0.0.0.0:9090")
+    monkeypatch.setenv("CREDVAULT_HEALTH_LISTEN", "[::]:8081")
+    monkeypatch.setenv("CREDVAULT_LOG_FORMAT", "json")
     settings = load_settings()
+    assert (settings.metrics_listen, settings.health_listen, settings.log_format) == (
+        "0.0.0.0:9090",
+        "[::]:8081",
+        "json",
+    )
+    assert load_settings(log_format="text").log_format == "text"
     assert settings.listen == "0.0.0.0:6000"
     assert load_settings(listen="127.0.0.1:7000").listen == "127.0.0.1:7000"  # flags win
 
