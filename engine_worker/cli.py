@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from credvault.logs import configure_logging
 from engine_worker.config_store import ConfigStore
 from engine_worker.execution_metrics import ExecutionMetrics
 from engine_worker.http_execution import HttpExecutor
@@ -73,6 +74,7 @@ class Settings(BaseSettings):
     interval_scale: float = Field(
         1.0, gt=0, le=1, description="multiplies every monitor's interval (1 in production; smaller for demos, tests)"
     )
+    log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
 
     @field_validator("max_disconnected", "heartbeat_interval", mode="before")
     @classmethod
@@ -129,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-ca", help="PEM CA certificates to trust for monitored HTTPS targets (ENGINE_TARGET_CA)")
     p.add_argument("--max-concurrent-executions", help="monitor executions at a time (default 100)")
     p.add_argument("--interval-scale", help="multiply every monitor interval by this, at most 1 (demos and tests)")
+    p.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines (ENGINE_LOG_FORMAT)")
     return p
 
 
@@ -198,14 +201,13 @@ def main(argv: list[str] | None = None) -> int:
             target_ca=ns.target_ca,
             max_concurrent_executions=ns.max_concurrent_executions,
             interval_scale=ns.interval_scale,
+            log_format=ns.log_format,
         )
         check_tls_files(settings.cert, settings.key, settings.ca)
     except ValueError as exc:
         print(f"engine-worker: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except OSError as exc:  # for example the status port is taken

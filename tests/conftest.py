@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 from credvault.v1 import (
+    audit_pb2_grpc,
     credentials_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
@@ -46,6 +47,7 @@ ALL_SCOPES = [
     "apiTokens.write",
     "users.read",
     "users.write",
+    "auditLogs.read",
 ]
 
 
@@ -183,9 +185,10 @@ class Client:
         self._ident = identity_pb2_grpc.IdentityServiceStub(channel)
         self._tokens = tokens_pb2_grpc.TokensServiceStub(channel)
         self._monitors = monitors_pb2_grpc.MonitorsServiceStub(channel)
+        self._audit = audit_pb2_grpc.AuditServiceStub(channel)
 
     def __getattr__(self, rpc: str) -> Any:
-        for stub in (self._cred, self._ident, self._tokens, self._monitors):
+        for stub in (self._cred, self._ident, self._tokens, self._monitors, self._audit):
             method = getattr(stub, rpc, None)
             if method is not None:
                 return lambda request, _m=method: _m(request, metadata=self.metadata)

@@ -92,7 +92,7 @@ class System:
     def _env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
 
-    async def start_vault(self) -> Proc:
+    async def start_vault(self, **extra_env: str) -> Proc:
         d = self.pki.directory
         env = self._env() | {
             "CREDVAULT_DATABASE_URL": self.database_url,
@@ -106,6 +106,7 @@ class System:
             "CREDVAULT_ENGINE_CA_FILE": str(d / "engine-ca.pem"),
             "CREDVAULT_TRUST_DOMAIN": TRUST_DOMAIN,
             "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
+            **extra_env,
         }
         vault = await spawn(sys.executable, "-c", "from vault_service.cli import main; main()", "serve", env=env)
         self.procs.append(vault)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from google.protobuf.message import Message
 
+from credvault.v1 import audit_pb2 as apb
 from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client
 from tests.helpers import APP, SYN, create_req, up
@@ -115,6 +116,7 @@ async def test_canary_never_leaks(
             )
         )
     responses.append(await admin.ListCredentials(cpb.ListCredentialsRequest()))
+    responses.append(await admin.ListAuditEvents(apb.ListAuditEventsRequest(page_size=500)))
 
     # failing calls that carry the canary in a secret field: messages must not echo it
     bad_calls = [
@@ -159,6 +161,9 @@ async def test_canary_never_leaks(
     # the one allowed read returns it (so the check above is not vacuous)
     details = await admin.GetCredentialDetails(cpb.GetCredentialDetailsRequest(id=ids[0], app_id="some.app"))
     assert details.details.username_password.password == CANARY  # APP_ENGINE scoped, allowed for all apps
+    audit = await admin.ListAuditEvents(apb.ListAuditEventsRequest(page_size=500))
+    assert "credential.read_details" in {e.action for e in audit.events}
+    _no_canary("audit log", audit.SerializeToString(), [key_body])
 
     dump = await asyncio.to_thread(
         subprocess.run, [_pg_dump(), "--no-owner", "--dbname", database_url], capture_output=True, check=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import re
@@ -20,9 +21,15 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import APP, create_req, expect_code, up
+from tests.processes import System, free_port
+from tests.push_helpers import EngineClient, make_pki
+from tests.test_access_rules import outcome
+from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import load_settings
+from vault_service.crypto import Keyring
 from vault_service.errors import ConfigurationError
 from vault_service.server import RunningVault
+from vault_service.storage.store import Store
 
 
 async def test_health_and_reflection(channel: grpc.aio.Channel) -> None:
@@ -53,6 +60,9 @@ async def _single(item: object) -> object:  # an async iterator of one request
         ({}, "no TLS configured"),
         ({"allow_plaintext": True, "max_message_bytes": 1}, "max_message_bytes"),
         ({"allow_plaintext": True, "log_level": "LOUD"}, "log_level"),
+        ({"allow_plaintext": True, "log_format": "xml"}, "log_format (CREDVAULT_LOG_FORMAT / --log-format)"),
+        ({"allow_plaintext": True, "metrics_listen": "9090"}, "metrics_listen (CREDVAULT_METRICS_LISTEN"),
+        ({"allow_plaintext": True, "health_listen": "x:99999"}, "health_listen (CREDVAULT_HEALTH_LISTEN"),
     ],
 )
 def test_configuration_errors_name_the_setting(
@@ -69,7 +79,16 @@ def test_configuration_errors_name_the_setting(
 def test_configuration_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREDVAULT_LISTEN", "0.0.0.0:6000")
     monkeypatch.setenv("CREDVAULT_ALLOW_PLAINTEXT", "true")
+    monkeypatch.setenv("CREDVAULT_METRICS_LISTEN", "0.0.0.0:9090")
+    monkeypatch.setenv("CREDVAULT_HEALTH_LISTEN", "[::]:8081")
+    monkeypatch.setenv("CREDVAULT_LOG_FORMAT", "json")
     settings = load_settings()
+    assert (settings.metrics_listen, settings.health_listen, settings.log_format) == (
+        "0.0.0.0:9090",
+        "[::]:8081",
+        "json",
+    )
+    assert load_settings(log_format="text").log_format == "text"
     assert settings.listen == "0.0.0.0:6000"
     assert load_settings(listen="127.0.0.1:7000").listen == "127.0.0.1:7000"  # flags win
 
@@ -81,29 +100,100 @@ async def test_plaintext_client_cannot_talk_to_tls_server(vault: RunningVault) -
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-async def test_graceful_shutdown_lets_in_flight_rpcs_finish(
-    admin: Client, vault: RunningVault, database_url: str
-) -> None:
-    cred = (await admin.CreateCredential(create_req())).credential
-    blocker = await asyncpg.connect(database_url)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM credentials WHERE id = $1 FOR UPDATE", cred.id)
-        in_flight = asyncio.ensure_future(
-            admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=up("u", "new")))
+async def _waiting_on_a_lock(conn: asyncpg.Connection) -> None:
+    """Until another session of this database waits on a lock (bounded)."""
+    for _ in range(300):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
-        await asyncio.sleep(0.3)  # the overwrite now waits on the row lock
-        assert not in_flight.done()
-        stopping = asyncio.ensure_future(vault.server.stop(10))
-        await asyncio.sleep(0.2)
-        await expect_code(admin.GetCredential(cpb.GetCredentialRequest(id=cred.id)), grpc.StatusCode.UNAVAILABLE)
-        await tx.rollback()
-        resp = await in_flight
-        assert resp.credential.version == 2
-        await stopping
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the call never waited on the lock")
+
+
+async def _health_status(port: int) -> int | None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.aio.AioRpcError:
+            return None
+        return int(resp.status)
+
+
+async def test_sigterm_drains_in_flight_calls_and_streams_then_exits_0(
+    database_url: str, keyring: Keyring, tmp_path: pathlib.Path
+) -> None:
+    """A real `credvault serve` process: SIGTERM -> health NOT_SERVING, new calls refused, the engine stream ended
+    (UNAVAILABLE: reconnect), the in-flight call completes, exit status 0 long before the grace period ends."""
+    pki = make_pki(tmp_path)
+    store = await Store.connect(database_url, min_size=1, max_size=2)
+    try:
+        issued = await bootstrap_admin(store, "admin")
+    finally:
+        await store.close()
+    system = System(pki, database_url, keyring)
+    health_port = free_port()
+    extra = {"CREDVAULT_HEALTH_LISTEN": f"127.0.0.1:{health_port}", "CREDVAULT_SHUTDOWN_GRACE_SECONDS": "300"}
+    blocker = await asyncpg.connect(database_url)
+    engine: EngineClient | None = None
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.server_ca.cert_pem)
+    try:
+        vault = await system.start_vault(**extra, CREDVAULT_LOG_FORMAT="json")
+        assert await _health_status(health_port) == health_pb2.HealthCheckResponse.SERVING
+        async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as ch:
+            admin = Client(ch, issued.token, "admin")
+            await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
+            await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
+            engine = EngineClient(system.engine_port, pki.server_ca.cert_pem, pki.engine("loc-a", "e1"))
+            engine.start("loc-a", "e1")
+            await engine.wait_until(lambda: engine is not None and (engine.synced.is_set() or engine.error is not None))
+            assert engine.error is None
+            cred = (await admin.CreateCredential(create_req())).credential
+
+            # an in-flight call: the overwrite waits on a row lock held here
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM credentials WHERE id = $1 FOR UPDATE", cred.id)
+            contents = up("u", "new")
+            in_flight = asyncio.ensure_future(
+                admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=contents))
+            )
+            await _waiting_on_a_lock(blocker)
+
+            vault.proc.send_signal(signal.SIGTERM)
+            for _ in range(300):  # draining: the health port says NOT_SERVING ...
+                if await _health_status(health_port) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the health port never reported NOT_SERVING")
+            for _ in range(300):  # ... new calls are refused ...
+                code = await outcome(admin.GetCredential(cpb.GetCredentialRequest(id=cred.id)))
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("new calls were still accepted")
+            # ... the engine stream was ended, to reconnect elsewhere ...
+            await engine.wait_until(lambda: engine is not None and engine.error is not None)
+            assert engine.error is not None
+            assert engine.error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (engine.error.details() or "")
+            # ... and the in-flight call completes once its lock is free
+            assert not in_flight.done()
+            assert vault.proc.returncode is None
+            await tx.rollback()
+            assert (await in_flight).credential.version == 2
+        assert await vault.stop() == 0  # exits by itself: stop() only waits (SIGTERM was sent already)
     finally:
         await blocker.close()
+        if engine is not None:
+            await engine.close()
+        await system.stop_all()
+    records = [json.loads(line) for line in vault.lines]
+    assert any("draining" in r["message"] for r in records)
+    assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")]
 
 
 async def test_details_read_fails_closed_without_audit(admin: Client, vault: RunningVault) -> None:

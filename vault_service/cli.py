@@ -11,8 +11,11 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from vault_service import client_cli, keys, monitors_cli, pki_cli
+from credvault.log_redaction import register_secret
+from credvault.logs import configure_logging
+from vault_service import audit_cli, client_cli, keys, monitors_cli, pki_cli
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings, load_settings
 from vault_service.crypto import load_keyring_file, new_keyring, write_keyring_file
@@ -23,8 +26,10 @@ from vault_service.storage.store import Store
 log = logging.getLogger("credvault")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _setup_logging(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.database_url is not None:  # never in a log line, whatever prints the URL
+        register_secret(urlsplit(settings.database_url.get_secret_value()).password)
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -41,6 +46,7 @@ def _settings(ns: argparse.Namespace, **extra: Any) -> Settings:
         "tls_key_file": getattr(ns, "tls_key", None),
         "allow_plaintext": True if getattr(ns, "allow_plaintext", False) else None,
         "log_level": getattr(ns, "log_level", None),
+        "log_format": getattr(ns, "log_format", None),
         **extra,
     }
     return load_settings(**flags)
@@ -61,13 +67,13 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     from vault_service.server import serve
 
     settings = _settings(ns)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     asyncio.run(serve(settings))
 
 
 def cmd_migrate(ns: argparse.Namespace) -> None:
     settings = _settings(ns, allow_plaintext=True)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
 
     async def work(store: Store) -> None:
         async with store.pool.acquire() as conn:
@@ -167,7 +173,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
         engine_ca_file=dev_pki.engine_ca,
         trust_domain=dev_pki.trust_domain,
     )
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     token_path = data_dir / "admin-token"
 
     async def run() -> None:
@@ -259,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=pathlib.Path, help="server private key PEM (env CREDVAULT_TLS_KEY_FILE)")
     p.add_argument("--allow-plaintext", action="store_true", help="serve without TLS (local use only)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["text", "json"], help="env CREDVAULT_LOG_FORMAT (default text)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("dev", help="run everything locally on the embedded PostgreSQL")
@@ -294,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.register(sub)
     monitors_cli.register(sub)
     pki_cli.register(sub)
+    audit_cli.register(sub)
     return parser
 
 

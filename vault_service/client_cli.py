@@ -26,6 +26,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from credvault.v1 import audit_pb2_grpc as agrpc
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
 from credvault.v1 import identity_pb2 as ipb
@@ -108,6 +109,7 @@ class Session:
     tokens: tgrpc.TokensServiceStub
     identity: igrpc.IdentityServiceStub
     monitors: mgrpc.MonitorsServiceStub
+    audit: agrpc.AuditServiceStub
     metadata: tuple[tuple[str, str], ...]
     timeout: float
 
@@ -205,6 +207,7 @@ def remote(command: Command) -> Callable[[argparse.Namespace], None]:
                 tokens=tgrpc.TokensServiceStub(channel),
                 identity=igrpc.IdentityServiceStub(channel),
                 monitors=mgrpc.MonitorsServiceStub(channel),
+                audit=agrpc.AuditServiceStub(channel),
                 metadata=metadata,
                 timeout=ns.timeout,
             )

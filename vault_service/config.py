@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     keyring_file: pathlib.Path | None = Field(None, description="file with the KEK keyring (JSON) or one base64 KEK")
     keyring: SecretStr | None = Field(None, description="the keyring (JSON) or one base64 KEK, inline")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
     max_message_bytes: int = Field(1024 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
     db_pool_max: int = Field(20, ge=2, le=500)
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
@@ -41,8 +42,11 @@ class Settings(BaseSettings):
     engine_outbox_max: int = Field(20_000, ge=100, le=10_000_000)
     results_per_monitor: int = Field(100, ge=1, le=10_000, description="execution results kept per monitor")
     replica_id: str = Field("", description="name of this replica in engine status (default: host and pid)")
+    # Operations: Prometheus metrics over HTTP and a plaintext gRPC health port; each off unless set.
+    metrics_listen: str | None = Field(None, description="host:port of GET /metrics (Prometheus), plain HTTP")
+    health_listen: str | None = Field(None, description="host:port of a plaintext gRPC server with only Health")
 
-    @field_validator("listen", "engine_listen")
+    @field_validator("listen", "engine_listen", "metrics_listen", "health_listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
         if v is None:

@@ -62,6 +62,7 @@ class TokenScope(enum.Enum):
     API_TOKENS_WRITE = "apiTokens.write"
     USERS_READ = "users.read"
     USERS_WRITE = "users.write"
+    AUDIT_LOGS_READ = "auditLogs.read"
 
 
 class TokenKind(enum.Enum):
@@ -212,6 +213,20 @@ class Principal:
     @property
     def username(self) -> str:
         return self.user.username
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditEvent:
+    """One row of the audit log: ids, names and versions only, never a secret value."""
+
+    id: int
+    at: datetime.datetime
+    actor: str
+    token_id: str | None  # the token's public id (cv0c01.<public id>)
+    action: str
+    target: str | None
+    outcome: str
+    detail: dict[str, str]
 
 
 T = TypeVar("T")

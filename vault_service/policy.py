@@ -168,6 +168,13 @@ def require_api_token_issue(principal: Principal) -> None:
         raise PermissionDenied("issuing API tokens needs CHANGE_ENVIRONMENT_SETTINGS; create a personal token instead")
 
 
+def require_audit_read(principal: Principal) -> None:
+    """The audit log: CHANGE_ENVIRONMENT_SETTINGS at environment level, with a token scoped auditLogs.read."""
+    require_scope(principal, TokenScope.AUDIT_LOGS_READ)
+    if not has_env(principal.user, ENVIRONMENT):
+        raise PermissionDenied("reading the audit log needs CHANGE_ENVIRONMENT_SETTINGS at environment level")
+
+
 def grantable_scopes(principal: Principal) -> frozenset[TokenScope]:
     """A token may carry any scope; its effective rights are always cut down to the user's permissions at call
     time. A new token is limited to the scopes of the token that creates it, so no token mints a stronger one."""

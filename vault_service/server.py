@@ -1,4 +1,5 @@
-"""The vault's gRPC server: services, health, reflection, TLS, limits, graceful shutdown."""
+"""The vault's gRPC server: services, health, reflection, TLS, limits, graceful shutdown; and the operations ports:
+metrics (HTTP) and a plaintext health-only gRPC port for the kubelet."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credvault.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     credentials_pb2,
     credentials_pb2_grpc,
     engine_pb2_grpc,
@@ -25,13 +28,17 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
+from vault_service.api.audit_servicer import AuditServicer
+from vault_service.api.metrics_interceptor import MetricsInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
 from vault_service.api.status import StatusMappingInterceptor
+from vault_service.audit import AuditService
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
+from vault_service.metrics import MetricsServer, VaultMetrics
 from vault_service.monitors import MonitorService
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.stream import EngineStreamServicer, StreamSettings
@@ -47,6 +54,7 @@ SERVICE_NAMES = (
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
     tokens_pb2.DESCRIPTOR.services_by_name["TokensService"].full_name,
     monitors_pb2.DESCRIPTOR.services_by_name["MonitorsService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -56,18 +64,34 @@ class RunningVault:
     port: int
     store: Store
     health: health_aio.HealthServicer
+    metrics: VaultMetrics
     engine_server: grpc.aio.Server | None = None
     engine_port: int = 0
     follower: ChangeFollower | None = None
+    engine_streams: EngineStreamServicer | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
+    metrics_server: MetricsServer | None = None
+    metrics_port: int = 0
 
     async def stop(self, grace: float | None) -> None:
-        """Stop accepting, let in-flight RPCs and streams finish within ``grace`` seconds, then close the pool."""
+        """Stop accepting, let in-flight RPCs finish within ``grace`` seconds and end the engine streams (their
+        engines reconnect elsewhere), then close the pool. The health port (reporting NOT_SERVING) and the metrics
+        port stay up until the drain is over."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         servers = [s for s in (self.server, self.engine_server) if s is not None]
-        await asyncio.gather(*(s.stop(grace) for s in servers))
+        stopping = asyncio.gather(*(s.stop(grace) for s in servers))
+        await asyncio.sleep(0)  # the servers refuse new calls from here on
+        if self.engine_streams is not None:
+            self.engine_streams.close_streams("the vault is shutting down; reconnect")
+        await stopping
         if self.follower is not None:
             await self.follower.stop()
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.store.close()
 
 
@@ -95,8 +119,9 @@ async def start_vault(
         raise
 
     tokens = TokenService(store)
+    metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
-        interceptors=[StatusMappingInterceptor(store)],
+        interceptors=[MetricsInterceptor(metrics), StatusMappingInterceptor(store)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -113,6 +138,7 @@ async def start_vault(
     monitor_service = MonitorService(store, keyring)
     results = ResultService(store, monitor_service, settings.results_per_monitor)
     monitors_pb2_grpc.add_MonitorsServiceServicer_to_server(MonitorsServicer(tokens, monitor_service, results), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tokens, AuditService(store)), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -123,9 +149,14 @@ async def start_vault(
         await store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    running = RunningVault(server, port, store, health_servicer)
-    if settings.engine_listen is not None:
-        await _start_engine_port(settings, running, keyring, results)
+    running = RunningVault(server, port, store, health_servicer, metrics)
+    try:
+        if settings.engine_listen is not None:
+            await _start_engine_port(settings, running, keyring, results)
+        await _start_operations_ports(settings, running)
+    except BaseException:
+        await running.stop(0)
+        raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("credvault API listening on %s (port %d, %s)", settings.listen, port, "TLS" if creds else "plaintext")
@@ -142,15 +173,17 @@ async def _start_engine_port(
     assert settings.engine_ca_file is not None
     follower = ChangeFollower(running.store, settings.require_database_url(), keyring)
     await follower.start()
+    running.follower = running.metrics.follower = follower
     hb_ms = int(settings.engine_heartbeat_seconds * 1000)
     server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(running.metrics)],
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", max(hb_ms, 10_000)),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     stream_settings = StreamSettings(
@@ -159,9 +192,10 @@ async def _start_engine_port(
         heartbeat_seconds=settings.engine_heartbeat_seconds,
         outbox_max=settings.engine_outbox_max,
     )
-    engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(
-        EngineStreamServicer(running.store, follower, stream_settings, results), server
+    streams = EngineStreamServicer(
+        running.store, follower, stream_settings, results, running.metrics.push_latency.observe
     )
+    engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(streams, server)
     creds = grpc.ssl_server_credentials(
         [(settings.engine_tls_key_file.read_bytes(), settings.engine_tls_cert_file.read_bytes())],
         root_certificates=settings.engine_ca_file.read_bytes(),
@@ -169,8 +203,23 @@ async def _start_engine_port(
     )
     port = server.add_secure_port(settings.engine_listen, creds)
     await server.start()
-    running.engine_server, running.engine_port, running.follower = server, port, follower
+    running.engine_server, running.engine_port, running.engine_streams = server, port, streams
     log.info("engine port listening on %s (port %d, mutual TLS)", settings.engine_listen, port)
+
+
+async def _start_operations_ports(settings: Settings, running: RunningVault) -> None:
+    """Metrics over plain HTTP, and for the kubelet's gRPC probe (which cannot do TLS) a plaintext server with only
+    the health service: the same servicer as the API port's, so the same serving status."""
+    if settings.metrics_listen is not None:
+        running.metrics_server = MetricsServer(running.metrics, running.store)
+        running.metrics_port = await running.metrics_server.start(settings.metrics_listen)
+    if settings.health_listen is not None:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
+        port = server.add_insecure_port(settings.health_listen)
+        await server.start()
+        running.health_server, running.health_port = server, port
+        log.info("health port listening on %s (port %d, plaintext, grpc.health.v1 only)", settings.health_listen, port)
 
 
 async def serve(settings: Settings) -> None:

@@ -57,6 +57,10 @@ class ChangeFollower:
             state.subscribers.add(outbox)
             return state
 
+    def outboxes(self) -> dict[str, list[Outbox]]:
+        """The subscribed outboxes (one per open engine stream) of each location, for metrics."""
+        return {location_id: list(state.subscribers) for location_id, state in self._states.items()}
+
     def unsubscribe(self, location_id: str, outbox: Outbox) -> None:
         state = self._states.get(location_id)
         if state is None:

@@ -8,7 +8,10 @@ location and change, never per engine or per execution; an engine holds only the
 
 from __future__ import annotations
 
+import collections
 import logging
+import time
+from collections.abc import Callable
 
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MONITOR = epb.RESOURCE_KIND_MONITOR
 CREDENTIAL = epb.RESOURCE_KIND_CREDENTIAL
+DELIVERED_KEPT = 1024  # recent deltas whose commit time is kept for push-latency metrics
 
 
 def _removal(kind: int, resource_id: str, reason: int) -> tuple[Key, epb.Removal]:
@@ -51,6 +55,8 @@ class LocationState:
         self.credentials: dict[str, epb.CredentialResource] = {}
         self._users: dict[str, set[str]] = {}  # credential id -> ids of held monitors that use it
         self.subscribers: set[Outbox] = set()
+        # (revision, commit time on the monotonic clock) of the recent deltas handed to the outboxes
+        self.delivered: collections.deque[tuple[int, float]] = collections.deque(maxlen=DELIVERED_KEPT)
 
     # --- building -------------------------------------------------------------------------------------------------
 
@@ -120,6 +126,8 @@ class LocationState:
             return None
         for outbox in self.subscribers:
             outbox.put(delta)
+        if change.committed_at is not None:
+            self.delivered.append((change.revision, change.committed_at))
         return delta
 
     async def _apply_monitor(self, tx: Tx, monitor_id: str, delta: Delta) -> None:
@@ -157,3 +165,22 @@ class LocationState:
         if res.version != self.credentials[credential_id].version:
             self.credentials[credential_id] = res
             delta.credentials[credential_id] = res
+
+
+class PushTimer:
+    """For one engine stream: when the engine ACKs a revision, how long ago each delta the ACK newly covers was
+    committed. Only deltas after the initial sync count (a resync is not a push)."""
+
+    def __init__(self, state: LocationState, synced_revision: int, observe: Callable[[float], None]) -> None:
+        self._state = state
+        self._acked = synced_revision
+        self._observe = observe
+
+    def acked(self, revision: int) -> None:
+        now = time.monotonic()
+        for delivered, committed_at in reversed(self._state.delivered):
+            if delivered <= self._acked:
+                break
+            if delivered <= revision:
+                self._observe(max(0.0, now - committed_at))
+        self._acked = max(self._acked, revision)

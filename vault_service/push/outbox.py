@@ -40,6 +40,11 @@ class Outbox:
         self._ready = asyncio.Event()
         self.overflowed = False
 
+    @property
+    def pending(self) -> int:
+        """Resources waiting to be handed out."""
+        return len(self._pending)
+
     def put(self, delta: Delta) -> None:
         """Coalesce a delta in; never blocks. Marks overflow instead of growing past the bound."""
         if self.overflowed:

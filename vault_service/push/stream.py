@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service.pki import EngineIdentity, identity_from_certificate
 from vault_service.push.follower import ChangeFollower
-from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, removal_reason
+from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, PushTimer, removal_reason
 from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
 from vault_service.results import ResultService
 from vault_service.storage.monitor_queries import Change
@@ -62,12 +63,18 @@ class _Ended(Exception):
 
 class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
     def __init__(
-        self, store: Store, follower: ChangeFollower, settings: StreamSettings, results: ResultService
+        self,
+        store: Store,
+        follower: ChangeFollower,
+        settings: StreamSettings,
+        results: ResultService,
+        observe_push_latency: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._store = store
         self._results = results
         self._follower = follower
         self._settings = settings
+        self._observe_push_latency = observe_push_latency
         self._live: dict[tuple[str, str], _Live] = {}
         follower.on_engine_change = self._engine_changed
 
@@ -90,6 +97,11 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         for (loc, eng), live in list(self._live.items()):
             if loc == location_id and engine_id in ("*", eng):
                 live.cut_with(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
+
+    def close_streams(self, reason: str) -> None:
+        """On shutdown: end every stream with UNAVAILABLE, so its engine reconnects (to another replica)."""
+        for live in list(self._live.values()):
+            live.cut_with(grpc.StatusCode.UNAVAILABLE, reason)
 
     # --- the stream -----------------------------------------------------------------------------------------------
 
@@ -172,6 +184,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
 
         last_heard = time.monotonic()
         reader_done = asyncio.Event()
+        push_timer = PushTimer(state, revision, self._observe_push_latency)
 
         async def read_acks() -> None:
             nonlocal last_heard
@@ -180,6 +193,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     last_heard = time.monotonic()
                     if msg.HasField("ack"):
                         await self._record_ack(loc, eng, msg.ack, rejected)
+                        push_timer.acked(msg.ack.revision)
                     elif msg.HasField("results"):
                         await self._record_results(loc, eng, msg.results)
             finally:

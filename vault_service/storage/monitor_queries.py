@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -45,6 +46,8 @@ class Change:
     kind: str
     object_id: str
     location_ids: tuple[str, ...]
+    # When the change's transaction began, on this process's time.monotonic() clock (None: unknown).
+    committed_at: float | None = None
 
 
 def _monitor(row: asyncpg.Record, credential_ids: list[str]) -> mpb.Monitor:
@@ -304,13 +307,19 @@ class MonitorQueries:
         return revision
 
     async def changes_since(self, revision: int, limit: int) -> list[Change]:
+        """The changes after ``revision``. Each one's age is measured on the database's clock alone and turned into
+        a time on this process's monotonic clock, so no clock skew between the hosts enters push latencies."""
         rows = await self.conn.fetch(
-            "SELECT revision, kind, object_id, location_ids FROM change_log WHERE revision > $1"
-            " ORDER BY revision LIMIT $2",
+            "SELECT revision, kind, object_id, location_ids, extract(epoch FROM clock_timestamp() - at)::float8 AS age"
+            " FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
             revision,
             limit,
         )
-        return [Change(r["revision"], r["kind"], r["object_id"], tuple(r["location_ids"])) for r in rows]
+        now = time.monotonic()
+        return [
+            Change(r["revision"], r["kind"], r["object_id"], tuple(r["location_ids"]), now - max(0.0, r["age"]))
+            for r in rows
+        ]
 
     async def head_revision(self) -> int:
         return int(await self.conn.fetchval("SELECT revision FROM change_head"))

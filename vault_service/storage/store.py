@@ -24,6 +24,7 @@ from vault_service.models import (
     Access,
     AccessLevel,
     AppEngineAccess,
+    AuditEvent,
     Credential,
     CredentialScope,
     CredentialType,
@@ -53,6 +54,17 @@ class CredentialFilter:
     access_level: AccessLevel | None = None
     owner: str | None = None
     scope: CredentialScope | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditFilter:
+    """Which audit events to list; every set field must match (times: since <= at < until)."""
+
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,6 +528,45 @@ class Tx(MonitorQueries, ResultQueries):
             limit,
         )
         return [dict(r) for r in rows]
+
+    async def list_audit_events(self, flt: AuditFilter, before_id: int | None, limit: int) -> list[AuditEvent]:
+        """Newest first (by id, the order of the log), from just before ``before_id``."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, op, value in (
+            ("actor", "=", flt.actor),
+            ("action", "=", flt.action),
+            ("target", "=", flt.target),
+            ("at", ">=", flt.since),
+            ("at", "<", flt.until),
+            ("id", "<", before_id),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(f"{column} {op} ${len(args)}")
+        args.append(limit)
+        rows = await self.conn.fetch(
+            f"SELECT id, at, actor, token_id, action, target, outcome, detail FROM audit_log"
+            f" WHERE {' AND '.join(clauses) or 'true'} ORDER BY id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [_audit_event(r) for r in rows]
+
+
+def _audit_event(row: asyncpg.Record) -> AuditEvent:
+    detail = row["detail"]
+    if isinstance(detail, str):
+        detail = json.loads(detail)
+    return AuditEvent(
+        id=row["id"],
+        at=row["at"],
+        actor=row["actor"],
+        token_id=row["token_id"],
+        action=row["action"],
+        target=row["target"],
+        outcome=row["outcome"],
+        detail={k: v if isinstance(v, str) else json.dumps(v) for k, v in detail.items() if v is not None},
+    )
 
 
 def _app_engine_args(app: AppEngineAccess | None) -> list[Any]:

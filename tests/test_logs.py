@@ -1,0 +1,132 @@
+"""Process logs, text and JSON, go through the redaction filter: a canary secret in a log call's arguments, in its
+message and in an exception comes out masked at every level; JSON lines parse."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from credvault.log_redaction import MASK, redact, register_secret
+from credvault.logs import configure_logging
+
+PUBLIC_ID = "cv0c01.CANARYAAAAAAAAAAAAAAAAAA"
+TOKEN_SECRET = "SECRETB" + "2" * 57
+TOKEN = f"{PUBLIC_ID}.{TOKEN_SECRET}"
+PASSWORD = "pw-canary-5d1e"
+BEARER = "eyJhbGciOiJIUzI1NiJ9.canary.sig"
+REGISTERED = "registered-canary-91b7"
+KEY_BODY = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCANARYKEYBODY"
+PEM = f"-----BEGIN PRIVATE KEY-----\n{KEY_BODY}\n-----END PRIVATE KEY-----\n"
+SECRETS = (TOKEN_SECRET, PASSWORD, BEARER, REGISTERED, KEY_BODY)
+LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[io.StringIO, list[str]]]:
+    root = logging.getLogger()
+    level = root.level
+    out = io.StringIO()
+    formats: list[str] = []
+    yield out, formats
+    for handler in [h for h in root.handlers if getattr(h, "_credvault_handler", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def _log_everything(log: logging.Logger) -> None:
+    secret_args = {"password": PASSWORD, "other": "kept"}
+    for level in LEVELS:
+        name = logging.getLevelName(level)
+        # in the arguments
+        log.log(level, "%s args: token %s, %r, key %s, value %s", name, TOKEN, secret_args, PEM, REGISTERED)
+        # in the message itself
+        log.log(level, f"{name} message: password={PASSWORD} authorization: Bearer {BEARER} token={TOKEN} {PEM}")
+        # in an exception, with its traceback
+        try:
+            raise ValueError(f"bad call: ('authorization', 'Api-Token {TOKEN}') secret={REGISTERED} {PEM}")
+        except ValueError:
+            log.log(level, "%s exception", name, exc_info=True)
+        log.log(level, "%s extra", name, extra={"request": f"password={PASSWORD}", "header": f"Api-Token {TOKEN}"})
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_every_level_is_redacted(fmt: str, capture: tuple[io.StringIO, list[str]]) -> None:
+    out, _ = capture
+    register_secret(REGISTERED)
+    configure_logging("DEBUG", fmt, stream=out)
+    _log_everything(logging.getLogger("credvault.test.canary"))
+    text = out.getvalue()
+    for secret in SECRETS:
+        assert secret not in text, f"{secret!r} leaked in {fmt} logs"
+    assert PUBLIC_ID in text  # a token's id stays readable
+    assert MASK in text
+    if fmt == "json":
+        records = [json.loads(line) for line in text.splitlines()]
+        assert len(records) == 4 * len(LEVELS)
+        assert {r["level"] for r in records} == {logging.getLevelName(level) for level in LEVELS}
+        exceptions = [r for r in records if r["message"].endswith("exception")]
+        assert len(exceptions) == len(LEVELS)
+        assert all("ValueError: bad call" in r["exception"] and "Traceback" in r["exception"] for r in exceptions)
+        assert all(r["logger"] == "credvault.test.canary" and r["time"].endswith("+00:00") for r in records)
+        extras = [r for r in records if r["message"].endswith("extra")]
+        assert all(r["request"] == f"password={MASK}" for r in extras)
+        assert all("'other': 'kept'" in r["message"] for r in records if "args" in r["message"])
+    else:
+        for level in LEVELS:
+            assert f" {logging.getLevelName(level)} credvault.test.canary: " in text
+        assert text.count("ValueError: bad call") == len(LEVELS)
+
+
+def test_handlers_after_ours_see_the_redacted_record(capture: tuple[io.StringIO, list[str]]) -> None:
+    """The filter rewrites the record (message, exception text, no exception object), so a handler that runs after
+    ours cannot render the secret again."""
+    out, _ = capture
+    configure_logging("INFO", "text", stream=out)
+    later: list[str] = []
+
+    class Later(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            later.append(logging.Formatter().format(record))
+
+    root = logging.getLogger()
+    handler = Later()
+    root.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError(f"password={PASSWORD}")
+        except RuntimeError:
+            logging.getLogger("credvault.test.order").exception("failed with %s", TOKEN)
+    finally:
+        root.removeHandler(handler)
+    assert len(later) == 1
+    assert "RuntimeError: password=" in later[0]
+    for text in (later[0], out.getvalue()):
+        assert PASSWORD not in text
+        assert TOKEN_SECRET not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("the token lacks the scope credentialVault.read", "the token lacks the scope credentialVault.read"),
+        (
+            "malformed authorization: expected 'Api-Token <token>'",
+            "malformed authorization: expected 'Api-Token <token>'",
+        ),
+        ("token_id=cv0c01.AAAAAAAAAAAAAAAAAAAAAAAA", "token_id=cv0c01.AAAAAAAAAAAAAAAAAAAAAAAA"),
+        ("postgresql://app:hunter2x@db:5432/vault", f"postgresql://app:{MASK}@db:5432/vault"),
+        ("x-api-key: abcdefghijklmnopqrstuvwxyz", f"x-api-key: {MASK}"),
+        ('{"client_secret": "a b", "id": 3}', f'{{"client_secret": "{MASK}", "id": 3}}'),
+        ("?api_key=abc&page=2", f"?api_key={MASK}&page=2"),
+        (
+            "b'-----BEGIN EC PRIVATE KEY-----\\nMHcCAQ",
+            f"b'-----BEGIN EC PRIVATE KEY-----{MASK}-----END EC PRIVATE KEY-----",
+        ),
+    ],
+)
+def test_redact_keeps_prose_and_masks_values(text: str, expected: str) -> None:
+    assert redact(text) == expected

@@ -1,0 +1,148 @@
+"""Prometheus metrics of one vault process, and the plain-HTTP ``GET /metrics`` endpoint (``metrics_listen``).
+
+Each vault has its own registry (tests run several vaults in one process). The series:
+
+- ``grpc_server_started_total``, ``grpc_server_handled_total`` (with ``grpc_code``) and the histogram
+  ``grpc_server_handling_seconds``, by ``grpc_type``, ``grpc_service``, ``grpc_method`` (both ports);
+- ``credvault_engines_connected{location}``: engine streams open on this replica;
+- ``credvault_push_pending{location}``: resources waiting in those streams' outboxes;
+- ``credvault_push_latency_seconds``: from a change's transaction to the engine's ACK covering it (live deltas);
+- ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
+- ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with.
+
+Ids, counts and durations only: never a secret, never a user-controlled label value beyond location ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vault_service.push.follower import ChangeFollower
+from vault_service.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+HEAD_TIMEOUT_SECONDS = 2.0
+
+
+class _PushCollector(Collector):
+    """Read at scrape time from the change follower: engines and outboxes per location, change-log lag."""
+
+    def __init__(self, metrics: VaultMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        follower = self._metrics.follower
+        connected = GaugeMetricFamily(
+            "credvault_engines_connected", "Engine streams open on this replica, by location", labels=["location"]
+        )
+        pending = GaugeMetricFamily(
+            "credvault_push_pending", "Resources waiting in engine outboxes on this replica", labels=["location"]
+        )
+        if follower is not None:
+            for location, outboxes in sorted(follower.outboxes().items()):
+                connected.add_metric([location], len(outboxes))
+                pending.add_metric([location], sum(o.pending for o in outboxes))
+        yield connected
+        yield pending
+        if follower is not None and self._metrics.head_revision is not None:
+            lag = max(0, self._metrics.head_revision - follower.last)
+            yield GaugeMetricFamily(
+                "credvault_change_log_lag",
+                "Change-log head revision minus the last revision this replica's follower processed",
+                value=lag,
+            )
+
+
+class VaultMetrics:
+    def __init__(self, kek_id: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rpc_started = Counter(
+            "grpc_server_started", "RPCs started on the server", RPC_LABELS, registry=self.registry
+        )
+        self.rpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            (*RPC_LABELS, "grpc_code"),
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time to complete an RPC (a stream: its life)",
+            RPC_LABELS,
+            registry=self.registry,
+        )
+        self.push_latency = Histogram(
+            "credvault_push_latency_seconds",
+            "From a change's transaction to the engine's ACK of the revision covering it",
+            buckets=PUSH_BUCKETS,
+            registry=self.registry,
+        )
+        Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(
+            {"kek_id": kek_id}
+        )
+        self.follower: ChangeFollower | None = None
+        self.head_revision: int | None = None
+        self.registry.register(_PushCollector(self))
+
+    async def refresh(self, store: Store) -> None:
+        """Read what only the database knows (the change log's head) before a scrape; on failure keep the last."""
+        if self.follower is None:
+            return
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT_SECONDS), store.read() as tx:
+                self.head_revision = await tx.head_revision()
+        except Exception as exc:
+            log.warning("metrics: cannot read the change-log head (%s)", type(exc).__name__)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsServer:
+    """``GET /metrics`` over plain HTTP (no secrets are ever in it)."""
+
+    def __init__(self, metrics: VaultMetrics, store: Store) -> None:
+        self._metrics = metrics
+        self._store = store
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, listen: str) -> int:
+        """Binds and serves; returns the bound port."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = split_listen(listen)
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = int(runner.addresses[0][1])
+        log.info("metrics listening on %s (port %d, GET /metrics)", listen, bound)
+        return bound
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        await self._metrics.refresh(self._store)
+        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
