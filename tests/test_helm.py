@@ -111,6 +111,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "locations": [{"id": "berlin"}],
     },
+    "pdb-max-unavailable": {
+        "vault": {"replicas": 4, "podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}}
+    },
     "minimal": {
         "vault": {"replicas": 1},
         "networkPolicy": {"enabled": False},
@@ -223,6 +226,8 @@ def test_every_pod_and_container_is_hardened(render: Callable[[str], list[Manife
         what = f"{doc['kind']} {doc['metadata']['name']}"
         _, spec = pod_template(doc)
         assert spec["automountServiceAccountToken"] is False, what
+        # Service links would put CREDVAULT_PORT etc. into a release named credvault's environment.
+        assert spec["enableServiceLinks"] is False, what
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True, what
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, what
@@ -605,6 +610,10 @@ def test_replicas_pdb_and_anti_affinity(render: Callable[[str], list[Manifest]])
     assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert spec["terminationGracePeriodSeconds"] > values_of("defaults")["vault"]["shutdownGraceSeconds"]
     assert not by_kind(docs, "HorizontalPodAutoscaler")
+    assert one(render("pdb-max-unavailable"), "PodDisruptionBudget", FULLNAME)["spec"] == {
+        "maxUnavailable": "25%",
+        "selector": pdb["spec"]["selector"],
+    }
     # One replica: a PDB would block every node drain.
     minimal = render("minimal")
     assert one(minimal, "Deployment", FULLNAME)["spec"]["replicas"] == 1
@@ -720,8 +729,10 @@ def test_helm_test_pod_checks_health(render: Callable[[str], list[Manifest]]) ->
     args = dict(zip(command[3::2], command[4::2], strict=True))
     service = one(docs, "Service", FULLNAME)
     ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert args["--health"] == f"{FULLNAME}:{ports['grpc-health']}"
-    assert args["--api"] == f"{FULLNAME}:{ports['grpc-api']}"
+    host = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local"
+    assert args["--health"] == f"{host}:{ports['grpc-health']}"
+    assert args["--api"] == f"{host}:{ports['grpc-api']}"
+    assert host in one(docs, "Certificate", f"{FULLNAME}-api")["spec"]["dnsNames"]
     volume, key = mounted_file(pod["spec"], container, args["--ca"])
     assert (volume["secret"]["secretName"], key) == (f"{FULLNAME}-api-tls", "ca.crt")
     assert "--api" not in one(render("minimal"), "Pod", f"{FULLNAME}-test-health")["spec"]["containers"][0]["command"]
@@ -814,6 +825,16 @@ def test_notes_tell_how_to_register_each_engine(helm: Helm, tmp_path: pathlib.Pa
     assert "credvault engines add --location tokyo --engine tokyo-2" in notes
     assert "create secret generic credvault-kek" in notes
     assert f"helm test {RELEASE}" in notes
+
+
+def test_readme_values_example_renders(helm: Helm, tmp_path: pathlib.Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploy on Kubernetes") :]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    docs = helm.render(example, tmp_path)
+    for doc in docs:
+        validate_manifest(doc)
+    assert sorted(engine_deployments(docs)) == ["berlin", "tokyo"]
 
 
 # --- the image --------------------------------------------------------------------------------------------------------
