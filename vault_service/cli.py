@@ -249,6 +249,8 @@ Try, in another shell (README.md walks through it):
   printf 's3cret' | credvault credentials create --name demo --type username-password --username alice \\
       --password-file -
   credvault credentials list
+  credvault monitors create-http --name status --url http://{status}/metrics --location local --frequency 1
+  credvault monitors results SYNTHETIC_TEST-...   # the worker's executions (within a minute)
   grpcurl -plaintext -H "authorization: Api-Token $CREDVAULT_TOKEN" {addr} list
 Stop with Ctrl-C.
 """
