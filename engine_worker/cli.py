@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 import pydantic
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -140,6 +140,7 @@ async def serve(settings: Settings) -> None:
     identity = check_tls_files(settings.cert, settings.key, settings.ca)
     log.info("engine %s", identity.spiffe_id)
     store = ConfigStore(location_id=identity.location_id)
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: there are many per monitor
     registry = CollectorRegistry(auto_describe=True)
     metrics = ExecutionMetrics(registry)
     results = ResultReporter(on_drop=metrics.results_dropped.inc)
