@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import datetime
 import pathlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -86,18 +85,29 @@ class EngineClient:
             ),
         ]
 
-    async def _requests(self, location: str, engine: str) -> AsyncIterator[epb.StreamRequest]:
-        yield epb.StreamRequest(hello=epb.Hello(location_id=location, engine_id=engine, held=self.held()))
-        while (msg := await self._outgoing.get()) is not None:
-            yield msg
-
     def start(self, location: str, engine: str) -> None:
         self._task = asyncio.ensure_future(self._run(location, engine))
 
+    async def _write(self, call: Any) -> None:
+        """Sends what the client queues. A write after the vault ended the call fails; the call's status (read by
+        _run) says why, so the failure itself is not the result (with a request iterator, grpc would report such
+        a late write as INTERNAL instead of the vault's status)."""
+        while (msg := await self._outgoing.get()) is not None:
+            try:
+                await call.write(msg)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                return
+
     async def _run(self, location: str, engine: str) -> None:
         stub = egrpc.EngineConfigServiceStub(self.channel)
+        call = stub.Stream(None)
+        writer: asyncio.Future[None] | None = None
         try:
-            async for resp in stub.Stream(self._requests(location, engine)):
+            await call.write(
+                epb.StreamRequest(hello=epb.Hello(location_id=location, engine_id=engine, held=self.held()))
+            )
+            writer = asyncio.ensure_future(self._write(call))
+            async for resp in call:
                 if resp.HasField("batch"):
                     self._apply(resp.batch)
                 elif resp.HasField("heartbeat"):
@@ -110,6 +120,10 @@ class EngineClient:
         except grpc.aio.AioRpcError as exc:
             self.error = exc
         finally:
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
             self.changed.set()
 
     def _apply(self, batch: epb.ConfigBatch) -> None:
