@@ -4,9 +4,9 @@ Each monitor has a fixed phase within its interval, derived from its id: executi
 interval`` on the wall clock. Start times are thereby spread evenly over the interval, and they stay where they were
 after a reconnect, a resync or a restart, so none of those makes every monitor run at once (no thundering herd).
 
-The scheduler listens to the :class:`~engine_worker.config_store.ConfigStore`: a new monitor gets its own task, a
-changed one (frequency, script, credentials) is rescheduled and its next execution uses the new version, and a
-removed one is cancelled at once, an execution in flight included. Executions of one monitor never overlap (a slot
+The scheduler listens to the :class:`~engine_worker.config_store.ConfigStore`: a new monitor is planned, a changed one
+(frequency, script, credentials) is planned again and its next execution uses the new version, and a removed one is
+dropped at once, an execution in flight cancelled. Executions of one monitor never overlap (a slot
 that comes while the previous execution still runs is skipped); at most ``max_concurrent`` run at a time overall.
 """
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -46,7 +48,12 @@ def next_slot(monitor_id: str, interval: float, after: float) -> float:
 
 class Scheduler:
     """:meth:`start` once the store is set up; :meth:`stop` cancels everything. ``interval_scale`` shrinks every
-    interval (1.0 in production; demos and tests run a one-minute monitor every few seconds with 0.05)."""
+    interval (1.0 in production; demos and tests run a one-minute monitor every few seconds with 0.05).
+
+    One timer loop over a heap of planned starts (not a task per monitor: 10,000 held monitors cost a heap entry
+    each); an execution gets a task only while it runs. A heap entry whose monitor was re-planned or removed since is
+    stale and skipped when it comes up.
+    """
 
     def __init__(
         self,
@@ -70,69 +77,91 @@ class Scheduler:
         self._scale = interval_scale
         self._slots = asyncio.Semaphore(max_concurrent)
         self._clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._wakes: dict[str, asyncio.Event] = {}
-        self._running = False
+        self._heap: list[tuple[float, int, str]] = []  # (planned start, sequence, monitor id)
+        self._planned: dict[str, tuple[float, int]] = {}  # monitor id -> its live heap entry (start, sequence)
+        self._last_start: dict[str, float] = {}  # monitor id -> the planned start it last ran for
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._sequence = itertools.count()
+        self._wake = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
         self._warned_not_executable: dict[str, int] = {}  # monitor id -> version warned about
         store.add_listener(self._changed)
 
     @property
     def scheduled(self) -> int:
-        return len(self._tasks)
+        """Monitors with a planned execution."""
+        return len(self._planned)
 
     def start(self) -> None:
-        self._running = True
+        self._timer = asyncio.create_task(self._timer_loop(), name="scheduler")
         self._changed({m.id for m in self._store.monitors()})
 
     async def stop(self) -> None:
-        self._running = False
-        tasks = list(self._tasks.values())
+        tasks = [t for t in (self._timer, *self._running.values()) if t is not None]
+        self._timer = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        self._wakes.clear()
+        self._heap.clear()
+        self._planned.clear()
+        self._running.clear()
 
     def interval(self, held: HeldMonitor) -> float:
         return max(held.frequency_minutes, 1) * 60.0 * self._scale
 
+    def _plan(self, held: HeldMonitor, after: float) -> None:
+        interval = self.interval(held)
+        last = self._last_start.get(held.id)
+        if last is not None:
+            after = max(after, last + interval / 2)  # never the slot it ran for again
+        start = next_slot(held.id, interval, after)
+        entry = (start, next(self._sequence))
+        self._planned[held.id] = entry
+        heapq.heappush(self._heap, (*entry, held.id))
+
     def _changed(self, monitor_ids: set[str]) -> None:
-        if not self._running:
+        if self._timer is None:
             return
+        now = self._clock()
         for monitor_id in monitor_ids:
             held = self._store.monitor(monitor_id)
-            task = self._tasks.get(monitor_id)
             if held is None:
+                self._planned.pop(monitor_id, None)  # its heap entry is stale now
+                self._last_start.pop(monitor_id, None)
+                self._warned_not_executable.pop(monitor_id, None)
+                task = self._running.pop(monitor_id, None)
                 if task is not None:
-                    task.cancel()  # at once, also mid-execution
-                    del self._tasks[monitor_id]
-                    del self._wakes[monitor_id]
-                    self._warned_not_executable.pop(monitor_id, None)
-                    if self._metrics is not None:
-                        self._metrics.forget(monitor_id)
-                    log.debug("stopped running monitor %s", monitor_id)
-            elif task is None or task.done():
-                wake = asyncio.Event()
-                self._wakes[monitor_id] = wake
-                self._tasks[monitor_id] = asyncio.create_task(self._loop(monitor_id, wake), name=f"run-{monitor_id}")
+                    task.cancel()  # at once, mid-execution
+                if self._metrics is not None:
+                    self._metrics.forget(monitor_id)
             else:
-                self._wakes[monitor_id].set()  # reschedule with the new version
+                self._plan(held, now)  # new or changed (frequency, script): plan again
+        self._wake.set()
 
-    async def _loop(self, monitor_id: str, wake: asyncio.Event) -> None:
-        last_planned = -math.inf
+    async def _timer_loop(self) -> None:
         while True:
-            held = self._store.monitor(monitor_id)
-            if held is None:
-                return
-            interval = self.interval(held)
-            planned = next_slot(monitor_id, interval, max(self._clock(), last_planned + interval / 2))
-            wake.clear()
-            delay = planned - self._clock()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), delay)
-                    continue  # changed meanwhile: plan again with the new version
-            last_planned = planned
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                start, sequence, monitor_id = heapq.heappop(self._heap)
+                if self._planned.get(monitor_id) != (start, sequence):
+                    continue  # re-planned or removed since
+                held = self._store.monitor(monitor_id)
+                if held is None:
+                    del self._planned[monitor_id]
+                    continue
+                self._last_start[monitor_id] = start
+                self._plan(held, start)
+                if monitor_id in self._running:
+                    continue  # the previous execution still runs: this slot is skipped
+                self._running[monitor_id] = asyncio.create_task(self._execution(monitor_id, start))
+            self._wake.clear()
+            delay = self._heap[0][0] - self._clock() if self._heap else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def _execution(self, monitor_id: str, planned: float) -> None:
+        try:
             async with self._slots:
                 held = self._store.monitor(monitor_id)
                 if held is None:
@@ -143,6 +172,9 @@ class Scheduler:
             if self._metrics is not None:
                 self._metrics.record(result)
             self._report(result)
+        finally:
+            if self._running.get(monitor_id) is asyncio.current_task():
+                del self._running[monitor_id]
 
     async def _run(self, held: HeldMonitor) -> monitors_pb2.MonitorResult:
         try:
