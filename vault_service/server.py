@@ -86,6 +86,8 @@ class RunningVault:
         if self.engine_streams is not None:
             self.engine_streams.close_streams("the vault is shutting down; reconnect")
         await stopping
+        if self.engine_streams is not None:
+            await self.engine_streams.acks.flush()
         if self.follower is not None:
             await self.follower.stop()
         if self.health_server is not None:

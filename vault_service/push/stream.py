@@ -16,6 +16,7 @@ import grpc
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service.pki import EngineIdentity, identity_from_certificate
+from vault_service.push.ack_recorder import AckRecorder
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, PushTimer, removal_reason
 from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
@@ -75,6 +76,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         self._follower = follower
         self._settings = settings
         self._observe_push_latency = observe_push_latency
+        self.acks = AckRecorder(store)
         self._live: dict[tuple[str, str], _Live] = {}
         follower.on_engine_change = self._engine_changed
 
@@ -192,7 +194,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                 async for msg in requests:
                     last_heard = time.monotonic()
                     if msg.HasField("ack"):
-                        await self._record_ack(loc, eng, msg.ack, rejected)
+                        self._record_ack(loc, eng, msg.ack, rejected)
                         push_timer.acked(msg.ack.revision)
                     elif msg.HasField("results"):
                         await self._record_results(loc, eng, msg.results)
@@ -309,12 +311,11 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                 "engine %s/%s: could not store %d results: %s", loc, eng, len(batch.results), type(exc).__name__
             )
 
-    async def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
+    def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
         for r in ack.rejected:
             rejected[r.monitor_id] = (r.version, r.reason[:500])
         listed = [{"monitor_id": m, "version": v, "reason": why} for m, (v, why) in sorted(rejected.items())]
-        async with self._store.read() as tx:
-            await tx.engine_acked(loc, eng, ack.revision, listed)
+        self.acks.record(loc, eng, ack.revision, listed)
 
 
 async def _first_of(within: float, *futures: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:

@@ -243,16 +243,19 @@ class MonitorQueries:
             replica,
         )
 
-    async def engine_acked(
-        self, location_id: str, engine_id: str, revision: int, rejected: list[dict[str, Any]]
-    ) -> None:
+    async def engines_acked(self, rows: list[tuple[str, str, int, str]]) -> None:
+        """(location id, engine id, applied revision, rejected monitors as JSON) for many engines, in one statement
+        (rows sorted by engine, so that two replicas never lock the same rows in opposite orders)."""
         await self.conn.execute(
-            "UPDATE engines SET applied_revision = GREATEST(applied_revision, $3), rejected = $4::jsonb"
-            " WHERE location_id = $1 AND engine_id = $2",
-            location_id,
-            engine_id,
-            revision,
-            json.dumps(rejected),
+            "UPDATE engines e SET applied_revision = GREATEST(e.applied_revision, v.revision),"
+            " rejected = v.rejected::jsonb"
+            " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])"
+            "  AS v (location_id, engine_id, revision, rejected)"
+            " WHERE e.location_id = v.location_id AND e.engine_id = v.engine_id",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
         )
 
     async def update_monitor(self, m: mpb.Monitor, expected_version: int) -> mpb.Monitor | None:
