@@ -203,12 +203,23 @@ class TokenInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthCheck:
+    """How a statement re-checks a remembered authentication: the token's id and a fingerprint of its token and user
+    rows as they were when it was looked up (computed by the database)."""
+
+    token_id: str
+    state: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's user as it is now, and the token's scopes."""
+    """Who is calling: the token's user as it is now, and the token's scopes. ``check`` is set when the principal
+    was remembered rather than looked up during this call: then the call's statements must re-check it."""
 
     user: User
     token_id: str
     token_scopes: frozenset[TokenScope]
+    check: AuthCheck | None = None
 
     @property
     def username(self) -> str:

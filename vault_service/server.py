@@ -33,6 +33,7 @@ from vault_service.api.metrics_interceptor import MetricsInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
 from vault_service.api.status import StatusMappingInterceptor
 from vault_service.audit import AuditService
+from vault_service.auth_cache import AuthCache
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
@@ -69,6 +70,7 @@ class RunningVault:
     engine_port: int = 0
     follower: ChangeFollower | None = None
     engine_streams: EngineStreamServicer | None = None
+    auth_cache: AuthCache | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
     metrics_server: MetricsServer | None = None
@@ -118,7 +120,8 @@ async def start_vault(
         await store.close()
         raise
 
-    tokens = TokenService(store)
+    auth_cache = AuthCache(settings.auth_cache_seconds) if settings.auth_cache_seconds > 0 else None
+    tokens = TokenService(store, auth_cache)
     metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(metrics), StatusMappingInterceptor(store)],
@@ -149,7 +152,7 @@ async def start_vault(
         await store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    running = RunningVault(server, port, store, health_servicer, metrics)
+    running = RunningVault(server, port, store, health_servicer, metrics, auth_cache=auth_cache)
     try:
         if settings.engine_listen is not None:
             await _start_engine_port(settings, running, keyring, results)
