@@ -29,9 +29,8 @@ from credvault.v1 import (
     tokens_pb2_grpc,
 )
 from vault_service.api.audit_servicer import AuditServicer
-from vault_service.api.metrics_interceptor import MetricsInterceptor
+from vault_service.api.interceptor import ApiInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
-from vault_service.api.status import StatusMappingInterceptor
 from vault_service.audit import AuditService
 from vault_service.auth_cache import AuthCache
 from vault_service.config import Settings
@@ -124,7 +123,7 @@ async def start_vault(
     tokens = TokenService(store, auth_cache)
     metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(metrics), StatusMappingInterceptor(store)],
+        interceptors=[ApiInterceptor(metrics, vault_calls=True, store=store)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -179,7 +178,7 @@ async def _start_engine_port(
     running.follower = running.metrics.follower = follower
     hb_ms = int(settings.engine_heartbeat_seconds * 1000)
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(running.metrics)],
+        interceptors=[ApiInterceptor(running.metrics)],
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", max(hb_ms, 10_000)),
