@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         " it up on every call); the statement doing the call re-checks it, so changes apply at once",
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
+    event_loop: str = Field(
+        "uvloop", pattern=r"^(asyncio|uvloop)$", description="credvault serve's event loop: uvloop, or asyncio's own"
+    )
     data_dir: pathlib.Path = Field(pathlib.Path.home() / ".local" / "share" / "credvault")
     # The engine port (mutual TLS only); off unless engine_listen is set.
     engine_listen: str | None = Field(None, description="host:port of the engine stream (mutual TLS)")

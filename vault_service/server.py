@@ -28,6 +28,7 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
+from vault_service import runtime
 from vault_service.api.audit_servicer import AuditServicer
 from vault_service.api.interceptor import ApiInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
@@ -227,6 +228,7 @@ async def _start_operations_ports(settings: Settings, running: RunningVault) -> 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; then drain within the grace period."""
     vault = await start_vault(settings)
+    runtime.tune_gc_for_serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
