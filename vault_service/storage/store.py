@@ -167,9 +167,13 @@ def _user(row: asyncpg.Record, prefix: str = "") -> User:
     )
 
 
+# Enum members by stored value: a dictionary lookup, not an Enum call (a List decodes hundreds per call).
+_TYPE_OF = {t.value: t for t in CredentialType}
+_SCOPE_OF = {s.value: s for s in CredentialScope}
+_LEVEL_OF = {a.value: a for a in AccessLevel}
+
+
 def _credential(row: asyncpg.Record) -> Credential:
-    ctype = CredentialType(row["type"])
-    scopes = frozenset(CredentialScope(s) for s in row["scopes"])
     app_engine = None
     if row["app_allowed_apps"] is not None:
         app_engine = AppEngineAccess(tuple(row["app_allowed_apps"]), bool(row["app_contextless"]))
@@ -180,9 +184,9 @@ def _credential(row: asyncpg.Record) -> Credential:
         id=row["id"],
         name=row["name"],
         description=row["description"],
-        type=ctype,
-        scopes=scopes,
-        access=Access(AccessLevel(row["access_level"]), tuple(row["shared_with"])),
+        type=_TYPE_OF[row["type"]],
+        scopes=frozenset([_SCOPE_OF[s] for s in row["scopes"]]),
+        access=Access(_LEVEL_OF[row["access_level"]], tuple(row["shared_with"])),
         owner=row["owner"],
         app_engine=app_engine,
         certificate_info=cert,
@@ -194,9 +198,10 @@ def _credential(row: asyncpg.Record) -> Credential:
 
 
 def _used_by(row: asyncpg.Record) -> tuple[tuple[str, int], ...]:
-    if "used_by" not in row.keys():  # noqa: SIM118 - asyncpg records support keys(), not `in`
+    entries = row.get("used_by")
+    if not entries:
         return ()
-    pairs = (entry.rpartition(":") for entry in row["used_by"])
+    pairs = (entry.rpartition(":") for entry in entries)
     return tuple((monitor_id, _MONITOR_TYPES[kind]) for monitor_id, _, kind in pairs)
 
 
