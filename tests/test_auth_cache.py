@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
 import pytest
 import trustme
@@ -23,6 +24,7 @@ from vault_service.config import Settings
 from vault_service.crypto import Keyring
 from vault_service.models import Permission, Principal, TokenScope, User
 from vault_service.server import RunningVault, start_vault
+from vault_service.storage.store import Tx
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 PD = grpc.StatusCode.PERMISSION_DENIED
@@ -257,3 +259,22 @@ async def test_switched_off(settings: Settings, keyring: Keyring) -> None:
         assert replica.auth_cache is None
     finally:
         await replica.stop(0)
+
+
+async def test_the_fingerprint_does_not_follow_the_session_time_zone(
+    vault: RunningVault, users: Users, database_url: str
+) -> None:
+    """Pool connections may differ in TimeZone (an ALTER DATABASE ... SET between two connects): the same rows must
+    give the same fingerprint on each, or every remembered authentication would be refused and looked up again."""
+    alice = await users.make("alice", [VIEW])
+    token = await token_id(alice)
+    async with vault.store.transaction() as tx:  # an expiry, so that every kind of column is in the fingerprint
+        await tx.conn.execute("UPDATE api_tokens SET expires_at = now() + interval '1 day' WHERE public_id = $1", token)
+    states = set()
+    for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+        conn = await asyncpg.connect(database_url, server_settings={"TimeZone": zone, "DateStyle": "SQL, DMY"})
+        try:
+            states.add((await Tx(conn).get_token_for_auth(token)).auth_state)
+        finally:
+            await conn.close()
+    assert len(states) == 1

@@ -128,10 +128,12 @@ _MONITOR_TYPES = {"HTTP": 1, "BROWSER": 2}  # credvault.v1.MonitorType numbers
 _TOKEN_COLUMNS = "public_id, owner, name, scopes, kind, created_at, expires_at, last_used_at, revoked_at"
 _USER_COLUMNS = "username, permissions, zone_permissions, created_at, updated_at"
 # A fingerprint of everything a principal is made of (the token row and its user's row), over ``t`` and ``u``;
-# not of the secret's hash, which never changes (and so the fingerprint says nothing about it).
+# not of the secret's hash, which never changes (and so the fingerprint says nothing about it). Times as epoch
+# numbers: their text would follow the session's TimeZone and DateStyle.
 _AUTH_STATE = (
-    "md5(ROW(t.public_id, t.owner, t.scopes, t.expires_at, t.revoked_at,"
-    " u.username, u.permissions, u.zone_permissions, u.created_at, u.updated_at)::text)"
+    "md5(ROW(t.public_id, t.owner, t.scopes, extract(epoch FROM t.expires_at), extract(epoch FROM t.revoked_at),"
+    " u.username, u.permissions, u.zone_permissions, extract(epoch FROM u.created_at),"
+    " extract(epoch FROM u.updated_at))::text)"
 )
 
 
