@@ -22,6 +22,7 @@ from tests.helpers import ALL, create_req, expect_code, up
 from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
+from vault_service.errors import AuthenticationChanged
 from vault_service.models import Permission, Principal, TokenScope, User
 from vault_service.server import RunningVault, start_vault
 from vault_service.storage.store import Tx
@@ -261,20 +262,54 @@ async def test_switched_off(settings: Settings, keyring: Keyring) -> None:
         await replica.stop(0)
 
 
-async def test_the_fingerprint_does_not_follow_the_session_time_zone(
+async def test_a_remembered_authentication_holds_across_session_time_zones(
     vault: RunningVault, users: Users, database_url: str
 ) -> None:
-    """Pool connections may differ in TimeZone (an ALTER DATABASE ... SET between two connects): the same rows must
-    give the same fingerprint on each, or every remembered authentication would be refused and looked up again."""
+    """Pool connections may differ in TimeZone and DateStyle (an ALTER DATABASE ... SET between two connects): an
+    authentication looked up on one must hold in a statement on another, or every remembered one would be refused
+    and looked up again."""
     alice = await users.make("alice", [VIEW])
     token = await token_id(alice)
-    async with vault.store.transaction() as tx:  # an expiry, so that every kind of column is in the fingerprint
+    async with vault.store.transaction() as tx:  # an expiry, so that every kind of value is compared
         await tx.conn.execute("UPDATE api_tokens SET expires_at = now() + interval '1 day' WHERE public_id = $1", token)
-    states = set()
-    for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
-        conn = await asyncpg.connect(database_url, server_settings={"TimeZone": zone, "DateStyle": "SQL, DMY"})
-        try:
-            states.add((await Tx(conn).get_token_for_auth(token)).auth_state)
-        finally:
+    zones = ("UTC", "Asia/Kolkata", "America/St_Johns")
+    conns = [
+        await asyncpg.connect(database_url, server_settings={"TimeZone": z, "DateStyle": style})
+        for z, style in zip(zones, ("ISO, MDY", "SQL, DMY", "German"), strict=True)
+    ]
+    try:
+        for looked_up in conns:
+            check = (await Tx(looked_up).get_token_for_auth(token)).auth_check(token)
+            for other in conns:
+                assert await Tx(other).get_credential("CREDENTIALS_VAULT-0000000000000000", check=check) is None
+        async with vault.store.transaction() as tx:
+            await tx.conn.execute("UPDATE users SET permissions = '{}' WHERE username = 'alice'")
+        with pytest.raises(AuthenticationChanged):
+            await Tx(conns[1]).get_credential("CREDENTIALS_VAULT-0000000000000000", check=check)
+    finally:
+        for conn in conns:
             await conn.close()
-    assert len(states) == 1
+
+
+async def test_a_remembered_authentication_needs_no_lookup(
+    vault: RunningVault, users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of it: each of the four calls, on a remembered authentication that still holds, makes no token
+    lookup (none first, and none again after its statement's re-check)."""
+    alice = await users.make("alice", [VIEW])
+    cred = (await alice.CreateCredential(create_req("mine"))).credential
+    await remembered_on(vault, alice)
+    lookups = 0
+    real = Tx.get_token_for_auth
+
+    async def counting(self: Tx, public_id: str) -> object:
+        nonlocal lookups
+        lookups += 1
+        return await real(self, public_id)
+
+    monkeypatch.setattr(Tx, "get_token_for_auth", counting)
+    await alice.GetCredential(cpb.GetCredentialRequest(id=cred.id))
+    await alice.ListCredentials(cpb.ListCredentialsRequest())
+    await alice.CreateCredential(create_req("another"))
+    await alice.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=up()))
+    assert lookups == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from vault_service.certificates import CertificateFormat, CertificateInfo
 
@@ -204,11 +204,11 @@ class TokenInfo:
 
 @dataclasses.dataclass(frozen=True)
 class AuthCheck:
-    """How a statement re-checks a remembered authentication: the token's id and a fingerprint of its token and user
-    rows as they were when it was looked up (computed by the database)."""
+    """How a statement re-checks a remembered authentication: the token's id, and the values of its token and user
+    rows when it was looked up (what storage compares them to; ids, names, scopes, permissions, times: no secret)."""
 
     token_id: str
-    state: str
+    state: tuple[Any, ...]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import secrets
 from vault_service import policy, validation
 from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from vault_service.models import AuthCheck, Page, Principal, TokenInfo, TokenKind, TokenScope
+from vault_service.models import Page, Principal, TokenInfo, TokenKind, TokenScope
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
 from vault_service.storage.store import Store, Tx
 
@@ -104,7 +104,7 @@ async def _lookup(tx: Tx, token_id: str, digest: bytes) -> CachedAuth:
     matches = hmac.compare_digest(digest, expected)
     if record.secret_hash is None or not matches:
         raise Unauthenticated(_INVALID)
-    principal = Principal(record.user(), token_id, record.scopes, AuthCheck(token_id, record.auth_state))
+    principal = Principal(record.user(), token_id, record.scopes, record.auth_check(token_id))
     return CachedAuth(digest, principal, record.expires_at, record.revoked_at, record.last_used_at)
 
 

@@ -105,10 +105,10 @@ class TokenAuthRecord:
         value: datetime.datetime | None = self._row["last_used_at"]
         return value
 
-    @property
-    def auth_state(self) -> str:
-        value: str = self._row["auth_state"]
-        return value
+    def auth_check(self, token_id: str) -> AuthCheck:
+        """What a statement compares to re-check this authentication later (after the secret matched: a failed
+        lookup costs the same whether the id exists or not)."""
+        return AuthCheck(token_id, tuple(self._row[c] for c in _AUTH_CHECK_COLUMNS))
 
     def user(self) -> User:
         return _user(self._row, "u_")
@@ -127,13 +127,22 @@ _USED_BY_COLUMN = (
 _MONITOR_TYPES = {"HTTP": 1, "BROWSER": 2}  # credvault.v1.MonitorType numbers
 _TOKEN_COLUMNS = "public_id, owner, name, scopes, kind, created_at, expires_at, last_used_at, revoked_at"
 _USER_COLUMNS = "username, permissions, zone_permissions, created_at, updated_at"
-# A fingerprint of everything a principal is made of (the token row and its user's row), over ``t`` and ``u``;
-# not of the secret's hash, which never changes (and so the fingerprint says nothing about it). Times as epoch
-# numbers: their text would follow the session's TimeZone and DateStyle.
-_AUTH_STATE = (
-    "md5(ROW(t.public_id, t.owner, t.scopes, extract(epoch FROM t.expires_at), extract(epoch FROM t.revoked_at),"
-    " u.username, u.permissions, u.zone_permissions, extract(epoch FROM u.created_at),"
-    " extract(epoch FROM u.updated_at))::text)"
+# Everything a principal is made of, as the lookup returns it, and how a statement compares it again (over ``t``
+# and ``u``, the token and its user): each equal, the token neither revoked nor expired by now.
+_AUTH_CHECK_COLUMNS = (
+    "u_username",  # the token's owner
+    "scopes",
+    "expires_at",
+    "revoked_at",
+    "u_permissions",
+    "u_zone_permissions",
+    "u_created_at",
+    "u_updated_at",
+)
+_AUTH_CHECK_SQL = (
+    "t.owner = ${} AND t.scopes = ${}::text[] AND t.expires_at IS NOT DISTINCT FROM ${}::timestamptz"
+    " AND t.revoked_at IS NOT DISTINCT FROM ${}::timestamptz AND u.permissions = ${}::text[]"
+    " AND u.zone_permissions = ${}::jsonb AND u.created_at = ${}::timestamptz AND u.updated_at = ${}::timestamptz"
 )
 
 
@@ -143,10 +152,12 @@ def _auth_guard(check: AuthCheck | None, args: list[Any]) -> str:
     Without a check (the principal was looked up during this call) it is plain true."""
     if check is None:
         return "true"
-    args += [check.token_id, check.state]
+    first = len(args) + 1
+    args += [check.token_id, *check.state]
+    compared = _AUTH_CHECK_SQL.format(*range(first + 1, first + 1 + len(check.state)))
     return (
-        f"EXISTS (SELECT 1 FROM api_tokens t JOIN users u ON u.username = t.owner WHERE t.public_id = ${len(args) - 1}"
-        f" AND {_AUTH_STATE} = ${len(args)} AND (t.revoked_at IS NULL OR t.revoked_at > now())"
+        f"EXISTS (SELECT 1 FROM api_tokens t JOIN users u ON u.username = t.owner WHERE t.public_id = ${first}"
+        f" AND {compared} AND (t.revoked_at IS NULL OR t.revoked_at > now())"
         f" AND (t.expires_at IS NULL OR t.expires_at > now()))"
     )
 
@@ -325,7 +336,7 @@ class Tx(MonitorQueries, ResultQueries):
         row = await self.conn.fetchrow(
             "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at,"
             " u.username AS u_username, u.permissions AS u_permissions, u.zone_permissions AS u_zone_permissions,"
-            f" u.created_at AS u_created_at, u.updated_at AS u_updated_at, {_AUTH_STATE} AS auth_state"
+            " u.created_at AS u_created_at, u.updated_at AS u_updated_at"
             " FROM (VALUES ($1::text)) AS q (id)"
             " LEFT JOIN api_tokens t ON t.public_id = q.id LEFT JOIN users u ON u.username = t.owner",
             public_id,
