@@ -64,11 +64,12 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[None
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:
+    from vault_service import runtime
     from vault_service.server import serve
 
     settings = _settings(ns)
     _setup_logging(settings)
-    asyncio.run(serve(settings))
+    runtime.run(serve(settings), settings.event_loop)
 
 
 def cmd_migrate(ns: argparse.Namespace) -> None:

@@ -30,7 +30,17 @@ class Settings(BaseSettings):
     log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
     max_message_bytes: int = Field(1024 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
     db_pool_max: int = Field(20, ge=2, le=500)
+    auth_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="how long a replica may remember a token's authentication for the credential calls (0: look"
+        " it up on every call); the statement doing the call re-checks it, so changes apply at once",
+    )
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
+    event_loop: str = Field(
+        "uvloop", pattern=r"^(asyncio|uvloop)$", description="credvault serve's event loop: uvloop, or asyncio's own"
+    )
     data_dir: pathlib.Path = Field(pathlib.Path.home() / ".local" / "share" / "credvault")
     # The engine port (mutual TLS only); off unless engine_listen is set.
     engine_listen: str | None = Field(None, description="host:port of the engine stream (mutual TLS)")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
 from vault_service import policy, validation
+from vault_service.certificates import CertificateInfo
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from vault_service.models import (
@@ -91,6 +92,19 @@ def _check_scopes(
     return AppEngineAccess(apps, app_engine.allow_contextless_access)
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
+class _Overwrite:
+    """An overwrite as asked for, validated and encoded (``plaintext`` holds the secret: no repr)."""
+
+    principal: Principal
+    credential_id: str
+    contents: ContentsInput
+    access: Access | None
+    expected_version: int
+    certificate_info: CertificateInfo | None
+    plaintext: bytes
+
+
 class CredentialService:
     def __init__(self, store: Store, keyring: Keyring) -> None:
         self._store = store
@@ -136,7 +150,7 @@ class CredentialService:
             audit = AuditEntry(principal.username, principal.token_id, "credential.create", {"version": 1})
             try:
                 async with self._store.read() as tx:  # one statement: the row and its audit row
-                    return await tx.insert_credential(cred, sealed, audit)
+                    return await tx.insert_credential(cred, sealed, audit, principal.check)
             except AlreadyExists:  # an id collision (2**-64): draw another
                 continue
         raise Aborted("could not allocate a credential id; retry")
@@ -145,7 +159,7 @@ class CredentialService:
         policy.require_vault_view(principal)
         check_id(credential_id)
         async with self._store.read() as tx:
-            cred = await tx.get_credential(credential_id)
+            cred = await tx.get_credential(credential_id, check=principal.check)
         return policy.require_visible(principal, cred, credential_id)
 
     async def list(self, principal: Principal, flt: CredentialFilter, size: int, page_token: str) -> Page[Credential]:
@@ -162,7 +176,9 @@ class CredentialService:
             name, cid = decode_page_token(page_token, query, 2)
             after = (name, cid)
         async with self._store.read() as tx:
-            items, total = await tx.list_credentials(visibility, principal.username, flt, after, limit + 1)
+            items, total = await tx.list_credentials(
+                visibility, principal.username, flt, after, limit + 1, principal.check
+            )
         more = len(items) > limit
         items = items[:limit]
         nxt = encode_page_token(query, items[-1].name, items[-1].id) if more else ""
@@ -176,41 +192,54 @@ class CredentialService:
         access: Access | None,
         expected_version: int,
     ) -> Credential:
-        """Full replacement of the contents. A non-owner allowed to overwrite becomes the owner."""
+        """Full replacement of the contents. A non-owner allowed to overwrite becomes the owner.
+
+        Optimistic first: read, decide, and write if the version has not moved (one statement with its audit row
+        and change-log entry). If another overwrite came between and the caller named no version, again under
+        the row's lock, so that concurrent overwrites each succeed, one version each."""
         check_id(credential_id)
         policy.require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)
         secret, cert_info = contents_codec.validate(contents)
         plaintext = contents_codec.encode(secret)
-        async with self._store.transaction() as tx:
-            current = policy.require_visible(
-                principal, await tx.get_credential(credential_id, for_update=True), credential_id
+        change = _Overwrite(principal, credential_id, contents, access, expected_version, cert_info, plaintext)
+        async with self._store.read() as tx:
+            current = await tx.get_credential(credential_id, check=principal.check)
+            written = await self._overwrite(tx, change, current)
+        if written is None and not expected_version:
+            async with self._store.transaction() as tx:
+                current = await tx.get_credential(credential_id, for_update=True, check=principal.check)
+                written = await self._overwrite(tx, change, current)
+        if written is None:
+            raise Aborted(f"credential {credential_id} changed concurrently; retry")
+        return written
+
+    async def _overwrite(self, tx: Tx, change: _Overwrite, current: Credential | None) -> Credential | None:
+        """The overwrite decided on ``current`` and written if the row is still at its version (else None)."""
+        principal = change.principal
+        current = policy.require_visible(principal, current, change.credential_id)
+        policy.require_overwrite(principal, current)
+        if credential_type_of(change.contents) is not current.type:
+            raise InvalidArgument(
+                "contents",
+                f"is of type {credential_type_of(change.contents).value}; the credential is {current.type.value}",
             )
-            policy.require_overwrite(principal, current)
-            if credential_type_of(contents) is not current.type:
-                raise InvalidArgument(
-                    "contents",
-                    f"is of type {credential_type_of(contents).value}; the credential is {current.type.value}",
-                )
-            self._check_expected(current, expected_version)
-            new_access = _check_access(access, principal.username) if access is not None else current.access
-            updated = dataclasses.replace(
-                current, owner=principal.username, access=new_access, certificate_info=cert_info
-            )
-            sealed = self._keyring.seal(credential_id, current.version + 1, plaintext)
-            written = await tx.update_credential(updated, sealed, current.version, new_contents=True)
-            if written is None:
-                raise Aborted(f"credential {credential_id} changed concurrently; retry")
-            stored, user_locations = written
-            if user_locations:  # engines running monitors that use it must get the new contents
-                await tx.append_change("credential", credential_id, user_locations)
-            await self._audit(
-                tx,
-                principal,
-                "credential.overwrite",
-                credential_id,
-                {"version": current.version + 1, "previous_owner": current.owner},
-            )
-        return stored
+        self._check_expected(current, change.expected_version)
+        access = change.access
+        new_access = _check_access(access, principal.username) if access is not None else current.access
+        updated = dataclasses.replace(
+            current, owner=principal.username, access=new_access, certificate_info=change.certificate_info
+        )
+        sealed = self._keyring.seal(current.id, current.version + 1, change.plaintext)
+        audit = AuditEntry(
+            principal.username,
+            principal.token_id,
+            "credential.overwrite",
+            {"version": current.version + 1, "previous_owner": current.owner},
+        )
+        written = await tx.update_credential(
+            updated, sealed, current.version, new_contents=True, audit=audit, check=principal.check
+        )
+        return written[0] if written is not None else None
 
     async def update_metadata(
         self,

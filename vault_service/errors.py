@@ -65,3 +65,8 @@ class DecryptionError(Exception):
 
     This is an internal fault, never caused by a caller's input; it maps to INTERNAL/DATA_LOSS.
     """
+
+
+class AuthenticationChanged(Exception):
+    """A statement found that a remembered authentication no longer holds (the token or its user changed): the
+    call must be decided again on a fresh lookup. Never reaches a caller (it would be INTERNAL)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from vault_service.certificates import CertificateFormat, CertificateInfo
 
@@ -203,12 +203,23 @@ class TokenInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthCheck:
+    """How a statement re-checks a remembered authentication: the token's id, and the values of its token and user
+    rows when it was looked up (what storage compares them to; ids, names, scopes, permissions, times: no secret)."""
+
+    token_id: str
+    state: tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's user as it is now, and the token's scopes."""
+    """Who is calling: the token's user as it is now, and the token's scopes. ``check`` is set when the principal
+    was remembered rather than looked up during this call: then the call's statements must re-check it."""
 
     user: User
     token_id: str
     token_scopes: frozenset[TokenScope]
+    check: AuthCheck | None = None
 
     @property
     def username(self) -> str:

@@ -28,11 +28,12 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
+from vault_service import runtime
 from vault_service.api.audit_servicer import AuditServicer
-from vault_service.api.metrics_interceptor import MetricsInterceptor
+from vault_service.api.interceptor import ApiInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
-from vault_service.api.status import StatusMappingInterceptor
 from vault_service.audit import AuditService
+from vault_service.auth_cache import AuthCache
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
@@ -69,6 +70,7 @@ class RunningVault:
     engine_port: int = 0
     follower: ChangeFollower | None = None
     engine_streams: EngineStreamServicer | None = None
+    auth_cache: AuthCache | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
     metrics_server: MetricsServer | None = None
@@ -120,10 +122,11 @@ async def start_vault(
         await store.close()
         raise
 
-    tokens = TokenService(store)
+    auth_cache = AuthCache(settings.auth_cache_seconds) if settings.auth_cache_seconds > 0 else None
+    tokens = TokenService(store, auth_cache)
     metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(metrics), StatusMappingInterceptor(store)],
+        interceptors=[ApiInterceptor(metrics, vault_calls=True, store=store)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -151,7 +154,7 @@ async def start_vault(
         await store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    running = RunningVault(server, port, store, health_servicer, metrics)
+    running = RunningVault(server, port, store, health_servicer, metrics, auth_cache=auth_cache)
     try:
         if settings.engine_listen is not None:
             await _start_engine_port(settings, running, keyring, results)
@@ -178,7 +181,7 @@ async def _start_engine_port(
     running.follower = running.metrics.follower = follower
     hb_ms = int(settings.engine_heartbeat_seconds * 1000)
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(running.metrics)],
+        interceptors=[ApiInterceptor(running.metrics)],
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", max(hb_ms, 10_000)),
@@ -227,6 +230,7 @@ async def _start_operations_ports(settings: Settings, running: RunningVault) -> 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; then drain within the grace period."""
     vault = await start_vault(settings)
+    runtime.tune_gc_for_serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

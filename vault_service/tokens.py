@@ -17,6 +17,7 @@ import re
 import secrets
 
 from vault_service import policy, validation
+from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from vault_service.models import Page, Principal, TokenInfo, TokenKind, TokenScope
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
@@ -73,27 +74,51 @@ def parse_scopes(field: str, values: list[str]) -> frozenset[TokenScope]:
     return frozenset(out)
 
 
-async def _verify(tx: Tx, token: str, *, touch: bool = True) -> Principal:
-    """The principal of a valid token. Same path and error for unknown ids and wrong secrets.
-
-    ``touch`` records the use (last_used_at); a lookup of a token's metadata is not a use of it."""
+def _parse(token: str) -> tuple[str, str]:
+    """(token id, secret) of a well-formed token."""
     m = _TOKEN.match(token)
     if not m:
         raise Unauthenticated(_INVALID)
-    token_id = f"{PREFIX}.{m.group(1)}"
+    return f"{PREFIX}.{m.group(1)}", m.group(2)
+
+
+def _live_now(found: CachedAuth) -> datetime.datetime | None:
+    """Now, if the token is neither revoked nor expired now; else None."""
+    now = datetime.datetime.now(datetime.UTC)
+    if (found.revoked_at is not None and found.revoked_at <= now) or (
+        found.expires_at is not None and found.expires_at <= now
+    ):
+        return None
+    return now
+
+
+def _use_due(found: CachedAuth, now: datetime.datetime) -> bool:
+    return found.last_used_at is None or now - found.last_used_at > LAST_USED_RESOLUTION
+
+
+async def _lookup(tx: Tx, token_id: str, digest: bytes) -> CachedAuth:
+    """What the database holds for a token whose hash is ``digest``. Same path and error for unknown ids and
+    wrong secrets: one lookup, one constant-time comparison against the stored or a dummy hash."""
     record = await tx.get_token_for_auth(token_id)
     expected = record.secret_hash if record.secret_hash is not None else _DUMMY_HASH
-    matches = hmac.compare_digest(_hash(token_id, m.group(2)), expected)
+    matches = hmac.compare_digest(digest, expected)
     if record.secret_hash is None or not matches:
         raise Unauthenticated(_INVALID)
-    now = datetime.datetime.now(datetime.UTC)
-    if (record.revoked_at is not None and record.revoked_at <= now) or (
-        record.expires_at is not None and record.expires_at <= now
-    ):
+    principal = Principal(record.user(), token_id, record.scopes, record.auth_check(token_id))
+    return CachedAuth(digest, principal, record.expires_at, record.revoked_at, record.last_used_at)
+
+
+async def _verify(tx: Tx, token: str, *, touch: bool = True) -> Principal:
+    """The principal of a valid token, from the database. ``touch`` records the use (last_used_at); a lookup of a
+    token's metadata is not a use of it."""
+    token_id, secret = _parse(token)
+    found = await _lookup(tx, token_id, _hash(token_id, secret))
+    now = _live_now(found)
+    if now is None:
         raise Unauthenticated(_INVALID)
-    if touch and (record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION):
+    if touch and _use_due(found, now):
         await tx.touch_token(token_id)
-    return Principal(record.user(), token_id, record.scopes)
+    return dataclasses.replace(found.principal, check=None)
 
 
 async def issue_token(
@@ -110,18 +135,54 @@ async def issue_token(
 
 
 class TokenService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache: AuthCache | None = None) -> None:
         self._store = store
+        self._cache = cache
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an ``authorization: Api-Token <token>`` header value."""
+    async def authenticate(self, authorization: str | None, *, remembered: bool = False) -> Principal:
+        """The principal of an ``authorization: Api-Token <token>`` header value.
+
+        With ``remembered``, the principal may come from the cache: then it carries a ``check`` that the caller's
+        statements must re-check (and on ``AuthenticationChanged``, or any error decided on it, the caller asks
+        again without ``remembered``). Otherwise it is looked up now, and its ``check`` is None."""
         if not authorization:
             raise Unauthenticated("missing API token: send the metadata 'authorization: Api-Token <token>'")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "api-token" or not token:
             raise Unauthenticated("malformed authorization: expected 'Api-Token <token>'")
+        token_id, secret = _parse(token.strip())
+        digest = _hash(token_id, secret)
+        cache = self._cache
+        if cache is not None and remembered:
+            # Keyed by the whole token's hash: only a token that matched in the database can hit. The comparison
+            # is the same constant-time one as the database path's (every accepted token passes exactly one).
+            cached = cache.get(digest)
+            if cached is not None and hmac.compare_digest(digest, cached.secret_hash):
+                now = _live_now(cached)
+                if now is not None:
+                    await self._touch_if_due(cached, now)
+                    return cached.principal
+                # Revoked or expired by its remembered times: the database decides (and says the same).
         async with self._store.read() as tx:
-            return await _verify(tx, token.strip())
+            found = await _lookup(tx, token_id, digest)
+            now = _live_now(found)
+            if now is None:
+                raise Unauthenticated(_INVALID)
+            if cache is not None:
+                cache.put(found)
+            await self._touch_if_due(found, now, tx)
+        return dataclasses.replace(found.principal, check=None)
+
+    async def _touch_if_due(self, found: CachedAuth, now: datetime.datetime, tx: Tx | None = None) -> None:
+        """Record the use at most once per LAST_USED_RESOLUTION (not once per concurrent call)."""
+        if not _use_due(found, now):
+            return
+        found.last_used_at = now
+        if tx is not None:
+            await tx.touch_token(found.principal.token_id)
+            return
+        async with self._store.read() as own:
+            await own.touch_token(found.principal.token_id)
 
     async def create(
         self,

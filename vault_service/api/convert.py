@@ -90,15 +90,25 @@ def _enum_out(value: E, table: Mapping[Any, E]) -> Any:
     raise AssertionError(value)
 
 
+def _reverse(table: Mapping[Any, E]) -> dict[E, Any]:
+    return {v: k for k, v in table.items()}
+
+
 # --- time ---
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """An aware datetime as a Timestamp (what Timestamp.FromDatetime does, without its pure-Python checks)."""
     if value is None:
         return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+    if value.tzinfo is None:
+        out = timestamp_pb2.Timestamp()
+        out.FromDatetime(value)
+        return out
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def from_ts(field: str, value: timestamp_pb2.Timestamp) -> datetime.datetime:
@@ -158,14 +168,19 @@ def contents(field: str, msg: cpb.CredentialContents, present: bool) -> Contents
 # --- credentials out ---
 
 
+_TYPES_OUT = _reverse(_TYPES)
+_SCOPES_OUT = _reverse(_SCOPES)
+_LEVELS_OUT = _reverse(_LEVELS)
+
+
 def credential(cred: Credential) -> cpb.Credential:
     out = cpb.Credential(
         id=cred.id,
         name=cred.name,
         description=cred.description,
-        type=_enum_out(cred.type, _TYPES),
-        scopes=sorted(_enum_out(s, _SCOPES) for s in cred.scopes),
-        access=cpb.Access(level=_enum_out(cred.access.level, _LEVELS), users=list(cred.access.users)),
+        type=_TYPES_OUT[cred.type],
+        scopes=sorted(_SCOPES_OUT[s] for s in cred.scopes),
+        access=cpb.Access(level=_LEVELS_OUT[cred.access.level], users=cred.access.users),
         owner=cred.owner,
         version=cred.version,
         create_time=ts(cred.created_at),
@@ -180,10 +195,11 @@ def credential(cred: Credential) -> cpb.Credential:
         )
     if cred.certificate_info is not None:
         out.certificate_info.CopyFrom(certificate_info(cred.certificate_info))
-    out.used_by.extend(
-        cpb.CredentialUsage(monitor_id=mid, monitor_type=mtype)  # type: ignore[arg-type]
-        for mid, mtype in cred.used_by
-    )
+    if cred.used_by:
+        out.used_by.extend(
+            cpb.CredentialUsage(monitor_id=mid, monitor_type=mtype)  # type: ignore[arg-type]
+            for mid, mtype in cred.used_by
+        )
     return out
 
 

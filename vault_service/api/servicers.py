@@ -4,7 +4,8 @@ Errors are raised as domain errors and mapped to status codes by :mod:`vault_ser
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,14 +19,16 @@ from credvault.v1 import tokens_pb2 as tpb
 from credvault.v1 import tokens_pb2_grpc as tgrpc
 from vault_service.api import convert
 from vault_service.credentials import CredentialService
+from vault_service.errors import AuthenticationChanged, VaultError
 from vault_service.identity import IdentityService
-from vault_service.models import Principal, TokenKind
+from vault_service.models import Credential, Page, Principal, TokenKind
 from vault_service.monitors import MonitorService
 from vault_service.results import ResultService
 from vault_service.storage.store import CredentialFilter
 from vault_service.tokens import TokenService
 
 Context = grpc.aio.ServicerContext[Any, Any]
+R = TypeVar("R")
 
 
 def _authorization(context: Context) -> str | None:
@@ -42,44 +45,64 @@ class _Authenticated:
     async def _principal(self, context: Context) -> Principal:
         return await self._tokens.authenticate(_authorization(context))
 
+    async def _rechecked(self, context: Context, work: Callable[[Principal], Awaitable[R]]) -> R:
+        """``work`` for the caller, who may be a remembered principal: only for work whose statements re-check it
+        (``Principal.check``). Any outcome but success decided on a remembered principal (an error, or a statement
+        finding that the authentication changed) is decided again on a fresh lookup."""
+        authorization = _authorization(context)
+        principal = await self._tokens.authenticate(authorization, remembered=True)
+        if principal.check is None:
+            return await work(principal)
+        try:
+            return await work(principal)
+        except (AuthenticationChanged, VaultError):
+            pass
+        return await work(await self._tokens.authenticate(authorization))
+
 
 class CredentialsServicer(_Authenticated, cgrpc.CredentialsServiceServicer):
     def __init__(self, tokens: TokenService, credentials: CredentialService) -> None:
         super().__init__(tokens)
         self._credentials = credentials
 
+    # The four hot calls may run on a remembered authentication: their statements re-check it.
+
     async def CreateCredential(
         self, request: cpb.CreateCredentialRequest, context: Context
     ) -> cpb.CreateCredentialResponse:
-        principal = await self._principal(context)
-        cred = await self._credentials.create(
-            principal,
-            name=request.name,
-            description=request.description,
-            scopes=convert.scopes("scopes", request.scopes),
-            contents=convert.contents("contents", request.contents, request.HasField("contents")),
-            access=convert.access("access", request.access, request.HasField("access")),
-            app_engine=convert.app_engine(request.app_engine, request.HasField("app_engine")),
-        )
-        return cpb.CreateCredentialResponse(credential=convert.credential(cred))
+        async def work(principal: Principal) -> Credential:
+            return await self._credentials.create(
+                principal,
+                name=request.name,
+                description=request.description,
+                scopes=convert.scopes("scopes", request.scopes),
+                contents=convert.contents("contents", request.contents, request.HasField("contents")),
+                access=convert.access("access", request.access, request.HasField("access")),
+                app_engine=convert.app_engine(request.app_engine, request.HasField("app_engine")),
+            )
+
+        return cpb.CreateCredentialResponse(credential=convert.credential(await self._rechecked(context, work)))
 
     async def GetCredential(self, request: cpb.GetCredentialRequest, context: Context) -> cpb.GetCredentialResponse:
-        principal = await self._principal(context)
-        cred = await self._credentials.get(principal, request.id)
-        return cpb.GetCredentialResponse(credential=convert.credential(cred))
+        async def work(principal: Principal) -> Credential:
+            return await self._credentials.get(principal, request.id)
+
+        return cpb.GetCredentialResponse(credential=convert.credential(await self._rechecked(context, work)))
 
     async def ListCredentials(
         self, request: cpb.ListCredentialsRequest, context: Context
     ) -> cpb.ListCredentialsResponse:
-        principal = await self._principal(context)
-        flt = CredentialFilter(
-            type=convert.credential_type("type", request.type),
-            name_contains=request.name_contains or None,
-            access_level=convert.access_level("access_level", request.access_level),
-            owner=request.owner or None,
-            scope=convert.scope("scope", request.scope),
-        )
-        page = await self._credentials.list(principal, flt, request.page_size, request.page_token)
+        async def work(principal: Principal) -> Page[Credential]:
+            flt = CredentialFilter(
+                type=convert.credential_type("type", request.type),
+                name_contains=request.name_contains or None,
+                access_level=convert.access_level("access_level", request.access_level),
+                owner=request.owner or None,
+                scope=convert.scope("scope", request.scope),
+            )
+            return await self._credentials.list(principal, flt, request.page_size, request.page_token)
+
+        page = await self._rechecked(context, work)
         return cpb.ListCredentialsResponse(
             credentials=[convert.credential(c) for c in page.items],
             next_page_token=page.next_page_token,
@@ -89,15 +112,16 @@ class CredentialsServicer(_Authenticated, cgrpc.CredentialsServiceServicer):
     async def OverwriteCredential(
         self, request: cpb.OverwriteCredentialRequest, context: Context
     ) -> cpb.OverwriteCredentialResponse:
-        principal = await self._principal(context)
-        cred = await self._credentials.overwrite(
-            principal,
-            request.id,
-            convert.contents("contents", request.contents, request.HasField("contents")),
-            convert.access("access", request.access, request.HasField("access")),
-            request.expected_version,
-        )
-        return cpb.OverwriteCredentialResponse(credential=convert.credential(cred))
+        async def work(principal: Principal) -> Credential:
+            return await self._credentials.overwrite(
+                principal,
+                request.id,
+                convert.contents("contents", request.contents, request.HasField("contents")),
+                convert.access("access", request.access, request.HasField("access")),
+                request.expected_version,
+            )
+
+        return cpb.OverwriteCredentialResponse(credential=convert.credential(await self._rechecked(context, work)))
 
     async def UpdateCredentialMetadata(
         self, request: cpb.UpdateCredentialMetadataRequest, context: Context

@@ -89,6 +89,23 @@ def _reason_name(reason: int) -> str | None:
     return None
 
 
+def append_change_ctes(kind: str, source: str, args: list[Any]) -> list[str]:
+    """The change-log append of ``MonitorQueries.append_change`` as CTEs of a statement whose CTE ``source``
+    returns ``id`` and ``user_locations`` (sorted, distinct): a change for those locations when there are any.
+    The head row is locked (until commit) only then. Appends its parameters to ``args``; the statement must read
+    the CTE ``change_notified`` for the notification to be sent."""
+    args += [kind, CHANGES_CHANNEL]
+    n = len(args)
+    return [
+        f"change_rev AS (UPDATE change_head SET revision = revision + 1"
+        f" WHERE EXISTS (SELECT 1 FROM {source} WHERE cardinality({source}.user_locations) > 0) RETURNING revision)",
+        f"change_row AS (INSERT INTO change_log (revision, kind, object_id, location_ids)"
+        f" SELECT change_rev.revision, ${n - 1}, {source}.id, {source}.user_locations FROM change_rev, {source}"
+        f" RETURNING revision)",
+        f"change_notified AS (SELECT pg_notify(${n}, revision::text) FROM change_row)",
+    ]
+
+
 class MonitorQueries:
     conn: Connection
 

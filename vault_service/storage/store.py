@@ -19,12 +19,13 @@ import asyncpg
 
 from vault_service.certificates import CertificateInfo
 from vault_service.crypto import SealedContents
-from vault_service.errors import AlreadyExists, Unavailable
+from vault_service.errors import AlreadyExists, AuthenticationChanged, Unavailable
 from vault_service.models import (
     Access,
     AccessLevel,
     AppEngineAccess,
     AuditEvent,
+    AuthCheck,
     Credential,
     CredentialScope,
     CredentialType,
@@ -34,7 +35,7 @@ from vault_service.models import (
     TokenScope,
     User,
 )
-from vault_service.storage.monitor_queries import MonitorQueries
+from vault_service.storage.monitor_queries import MonitorQueries, append_change_ctes
 from vault_service.storage.result_queries import ResultQueries
 
 
@@ -104,6 +105,11 @@ class TokenAuthRecord:
         value: datetime.datetime | None = self._row["last_used_at"]
         return value
 
+    def auth_check(self, token_id: str) -> AuthCheck:
+        """What a statement compares to re-check this authentication later (after the secret matched: a failed
+        lookup costs the same whether the id exists or not)."""
+        return AuthCheck(token_id, tuple(self._row[c] for c in _AUTH_CHECK_COLUMNS))
+
     def user(self) -> User:
         return _user(self._row, "u_")
 
@@ -121,6 +127,44 @@ _USED_BY_COLUMN = (
 _MONITOR_TYPES = {"HTTP": 1, "BROWSER": 2}  # credvault.v1.MonitorType numbers
 _TOKEN_COLUMNS = "public_id, owner, name, scopes, kind, created_at, expires_at, last_used_at, revoked_at"
 _USER_COLUMNS = "username, permissions, zone_permissions, created_at, updated_at"
+# Everything a principal is made of, as the lookup returns it, and how a statement compares it again (over ``t``
+# and ``u``, the token and its user): each equal, the token neither revoked nor expired by now.
+_AUTH_CHECK_COLUMNS = (
+    "u_username",  # the token's owner
+    "scopes",
+    "expires_at",
+    "revoked_at",
+    "u_permissions",
+    "u_zone_permissions",
+    "u_created_at",
+    "u_updated_at",
+)
+_AUTH_CHECK_SQL = (
+    "t.owner = ${} AND t.scopes = ${}::text[] AND t.expires_at IS NOT DISTINCT FROM ${}::timestamptz"
+    " AND t.revoked_at IS NOT DISTINCT FROM ${}::timestamptz AND u.permissions = ${}::text[]"
+    " AND u.zone_permissions = ${}::jsonb AND u.created_at = ${}::timestamptz AND u.updated_at = ${}::timestamptz"
+)
+
+
+def _auth_guard(check: AuthCheck | None, args: list[Any]) -> str:
+    """SQL that is true when the remembered authentication ``check`` still holds in the statement's snapshot: the
+    token and its user unchanged, the token neither revoked nor expired now. Appends its parameters to ``args``.
+    Without a check (the principal was looked up during this call) it is plain true."""
+    if check is None:
+        return "true"
+    first = len(args) + 1
+    args += [check.token_id, *check.state]
+    compared = _AUTH_CHECK_SQL.format(*range(first + 1, first + 1 + len(check.state)))
+    return (
+        f"EXISTS (SELECT 1 FROM api_tokens t JOIN users u ON u.username = t.owner WHERE t.public_id = ${first}"
+        f" AND {compared} AND (t.revoked_at IS NULL OR t.revoked_at > now())"
+        f" AND (t.expires_at IS NULL OR t.expires_at > now()))"
+    )
+
+
+def _require_auth(row: asyncpg.Record | None) -> None:
+    if row is None or not row["auth_ok"]:
+        raise AuthenticationChanged("the authentication changed since it was remembered")
 
 
 def _user(row: asyncpg.Record, prefix: str = "") -> User:
@@ -136,9 +180,13 @@ def _user(row: asyncpg.Record, prefix: str = "") -> User:
     )
 
 
+# Enum members by stored value: a dictionary lookup, not an Enum call (a List decodes hundreds per call).
+_TYPE_OF = {t.value: t for t in CredentialType}
+_SCOPE_OF = {s.value: s for s in CredentialScope}
+_LEVEL_OF = {a.value: a for a in AccessLevel}
+
+
 def _credential(row: asyncpg.Record) -> Credential:
-    ctype = CredentialType(row["type"])
-    scopes = frozenset(CredentialScope(s) for s in row["scopes"])
     app_engine = None
     if row["app_allowed_apps"] is not None:
         app_engine = AppEngineAccess(tuple(row["app_allowed_apps"]), bool(row["app_contextless"]))
@@ -149,9 +197,9 @@ def _credential(row: asyncpg.Record) -> Credential:
         id=row["id"],
         name=row["name"],
         description=row["description"],
-        type=ctype,
-        scopes=scopes,
-        access=Access(AccessLevel(row["access_level"]), tuple(row["shared_with"])),
+        type=_TYPE_OF[row["type"]],
+        scopes=frozenset([_SCOPE_OF[s] for s in row["scopes"]]),
+        access=Access(_LEVEL_OF[row["access_level"]], tuple(row["shared_with"])),
         owner=row["owner"],
         app_engine=app_engine,
         certificate_info=cert,
@@ -163,9 +211,10 @@ def _credential(row: asyncpg.Record) -> Credential:
 
 
 def _used_by(row: asyncpg.Record) -> tuple[tuple[str, int], ...]:
-    if "used_by" not in row.keys():  # noqa: SIM118 - asyncpg records support keys(), not `in`
+    entries = row.get("used_by")
+    if not entries:
         return ()
-    pairs = (entry.rpartition(":") for entry in row["used_by"])
+    pairs = (entry.rpartition(":") for entry in entries)
     return tuple((monitor_id, _MONITOR_TYPES[kind]) for monitor_id, _, kind in pairs)
 
 
@@ -297,7 +346,12 @@ class Tx(MonitorQueries, ResultQueries):
         return TokenAuthRecord(bytes(digest) if digest is not None else None, row)
 
     async def touch_token(self, public_id: str) -> None:
-        await self.conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE public_id = $1", public_id)
+        """Record a use, unless the token is dead by now (a remembered authentication may be late to know)."""
+        await self.conn.execute(
+            "UPDATE api_tokens SET last_used_at = now() WHERE public_id = $1"
+            " AND (revoked_at IS NULL OR revoked_at > now()) AND (expires_at IS NULL OR expires_at > now())",
+            public_id,
+        )
 
     async def get_token(self, public_id: str) -> TokenInfo | None:
         row = await self.conn.fetchrow(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE public_id = $1", public_id)
@@ -338,48 +392,67 @@ class Tx(MonitorQueries, ResultQueries):
 
     # --- credentials ---------------------------------------------------------------------------------------------
 
-    async def insert_credential(self, cred: Credential, sealed: SealedContents, audit: AuditEntry) -> Credential:
-        """Insert the credential and its audit row in one statement: atomic without a transaction round trip."""
+    async def insert_credential(
+        self, cred: Credential, sealed: SealedContents, audit: AuditEntry, check: AuthCheck | None = None
+    ) -> Credential:
+        """Insert the credential and its audit row in one statement: atomic without a transaction round trip. With a
+        remembered authentication, only if it still holds (else AuthenticationChanged, nothing written)."""
+        args: list[Any] = [
+            cred.id,
+            cred.name,
+            cred.description,
+            cred.type.value,
+            sorted(s.value for s in cred.scopes),
+            cred.owner,
+            cred.access.level.value,
+            list(cred.access.users),
+            *_app_engine_args(cred.app_engine),
+            *_cert_args(cred.certificate_info),
+            cred.version,
+            sealed.kek_id,
+            sealed.wrapped_key,
+            sealed.ciphertext,
+            audit.actor,
+            audit.token_id,
+            audit.action,
+            json.dumps(audit.detail, sort_keys=True),
+        ]
+        guard = _auth_guard(check, args)
         try:
             row = await self.conn.fetchrow(
                 f"WITH c AS (INSERT INTO credentials (id, name, description, type, scopes, owner, access_level,"
                 f" shared_with, app_allowed_apps, app_contextless, cert_subject, cert_issuer, cert_not_after,"
                 f" cert_fingerprint, version, kek_id, wrapped_key, ciphertext)"
-                f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+                f" SELECT $1::text, $2::text, $3::text, $4::text, $5::text[], $6::text, $7::text, $8::text[],"
+                f" $9::text[], $10::boolean, $11::text, $12::text, $13::timestamptz, $14::text, $15::bigint,"
+                f" $16::text, $17::bytea, $18::bytea WHERE {guard}"
                 f" RETURNING {_CREDENTIAL_COLUMNS}),"
                 f" a AS (INSERT INTO audit_log (actor, token_id, action, target, outcome, detail)"
                 f" SELECT $19, $20, $21, c.id, 'ok', $22::jsonb FROM c)"
                 f" SELECT * FROM c",
-                cred.id,
-                cred.name,
-                cred.description,
-                cred.type.value,
-                sorted(s.value for s in cred.scopes),
-                cred.owner,
-                cred.access.level.value,
-                list(cred.access.users),
-                *_app_engine_args(cred.app_engine),
-                *_cert_args(cred.certificate_info),
-                cred.version,
-                sealed.kek_id,
-                sealed.wrapped_key,
-                sealed.ciphertext,
-                audit.actor,
-                audit.token_id,
-                audit.action,
-                json.dumps(audit.detail, sort_keys=True),
+                *args,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExists(f"credential {cred.id} exists already") from None
-        assert row is not None
+        if row is None:
+            raise AuthenticationChanged("the authentication changed since it was remembered")
         return _credential(row)
 
-    async def get_credential(self, credential_id: str, *, for_update: bool = False) -> Credential | None:
+    async def get_credential(
+        self, credential_id: str, *, for_update: bool = False, check: AuthCheck | None = None
+    ) -> Credential | None:
+        """With "used by". With a remembered authentication, AuthenticationChanged unless it still holds."""
         lock = " FOR UPDATE" if for_update else ""
+        args: list[Any] = [credential_id]
+        guard = _auth_guard(check, args)
         row = await self.conn.fetchrow(
-            f"SELECT {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN} FROM credentials WHERE id = $1{lock}", credential_id
+            f"SELECT {guard} AS auth_ok, c.* FROM (VALUES (1)) AS q (one) LEFT JOIN"
+            f" (SELECT {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN} FROM credentials WHERE id = $1{lock}) AS c ON true",
+            *args,
         )
-        return _credential(row) if row else None
+        _require_auth(row)
+        assert row is not None
+        return _credential(row) if row["id"] is not None else None
 
     async def get_credential_sealed(
         self, credential_id: str, *, for_update: bool = False
@@ -405,37 +478,46 @@ class Tx(MonitorQueries, ResultQueries):
         flt: CredentialFilter,
         after: tuple[str, str] | None,
         limit: int,
+        check: AuthCheck | None = None,
     ) -> tuple[list[Credential], int]:
+        """One page and the total count, in one statement (one snapshot). With a remembered authentication,
+        AuthenticationChanged unless it still holds."""
         where, args = _credential_where(visibility, username, flt)
-        total = int(await self.conn.fetchval(f"SELECT count(*) FROM credentials WHERE {where}", *args))
         page_where = where
         if after is not None:
             args = [*args, after[0], after[1]]
             page_where += f" AND (name, id) > (${len(args) - 1}, ${len(args)})"
         args.append(limit)
+        limit_arg = len(args)
+        guard = _auth_guard(check, args)
         rows = await self.conn.fetch(
-            f"SELECT {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN} FROM credentials WHERE {page_where}"
-            f" ORDER BY name, id LIMIT ${len(args)}",
+            f"SELECT g.auth_ok, g.total, p.* FROM"
+            f" (SELECT {guard} AS auth_ok, (SELECT count(*) FROM credentials WHERE {where}) AS total) AS g"
+            f" LEFT JOIN LATERAL (SELECT {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN} FROM credentials"
+            f" WHERE g.auth_ok AND {page_where} ORDER BY name, id LIMIT ${limit_arg}) AS p ON true",
             *args,
         )
-        return [_credential(r) for r in rows], total
+        _require_auth(rows[0] if rows else None)
+        return [_credential(r) for r in rows if r["id"] is not None], int(rows[0]["total"])
 
     async def update_credential(
-        self, cred: Credential, sealed: SealedContents, expected_version: int, *, new_contents: bool
+        self,
+        cred: Credential,
+        sealed: SealedContents,
+        expected_version: int,
+        *,
+        new_contents: bool,
+        audit: AuditEntry | None = None,
+        check: AuthCheck | None = None,
     ) -> tuple[Credential, list[str]] | None:
-        """Write ``cred`` and its sealed contents if the row is still at ``expected_version``. New contents get a
-        new resource version (what engines see). Returns the stored credential and the locations of the enabled
-        monitors that use it, or None if the version moved."""
+        """Write ``cred`` and its sealed contents if the row is still at ``expected_version``, in one statement.
+        New contents get a new resource version (what engines see), and then the change log gets the change for
+        the locations of the enabled monitors that use it (engines there must get the new contents). With
+        ``audit``, its row is written by the same statement (target: the credential). With a remembered
+        authentication, nothing is written unless it still holds (else AuthenticationChanged).
+        Returns the stored credential and those locations, or None if the version moved."""
         bump = ", resource_version = nextval('resource_versions')" if new_contents else ""
-        row = await self.conn.fetchrow(
-            f"UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
-            f" shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
-            f" cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
-            f" updated_at = now(), kek_id = $15, wrapped_key = $16, ciphertext = $17{bump}"
-            f" WHERE id = $1 AND version = $2"
-            f" RETURNING {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN},"
-            f" ARRAY(SELECT DISTINCT unnest(m.location_ids) FROM monitor_credentials u JOIN monitors m"
-            f" ON m.id = u.monitor_id WHERE u.credential_id = credentials.id AND m.enabled) AS user_locations",
+        args: list[Any] = [
             cred.id,
             expected_version,
             cred.name,
@@ -449,8 +531,37 @@ class Tx(MonitorQueries, ResultQueries):
             sealed.kek_id,
             sealed.wrapped_key,
             sealed.ciphertext,
+        ]
+        guard = _auth_guard(check, args)
+        ctes = [
+            f"g AS (SELECT {guard} AS auth_ok)",
+            f"w AS (UPDATE credentials SET name = $3, description = $4, scopes = $5, owner = $6, access_level = $7,"
+            f" shared_with = $8, app_allowed_apps = $9, app_contextless = $10, cert_subject = $11,"
+            f" cert_issuer = $12, cert_not_after = $13, cert_fingerprint = $14, version = version + 1,"
+            f" updated_at = now(), kek_id = $15, wrapped_key = $16, ciphertext = $17{bump}"
+            f" WHERE id = $1 AND version = $2 AND (SELECT auth_ok FROM g)"
+            f" RETURNING {_CREDENTIAL_COLUMNS}, {_USED_BY_COLUMN},"
+            f" ARRAY(SELECT DISTINCT unnest(m.location_ids) FROM monitor_credentials u JOIN monitors m"
+            f" ON m.id = u.monitor_id WHERE u.credential_id = credentials.id AND m.enabled ORDER BY 1)"
+            f" AS user_locations)",
+        ]
+        if audit is not None:
+            args += [audit.actor, audit.token_id, audit.action, json.dumps(audit.detail, sort_keys=True)]
+            n = len(args)
+            ctes.append(
+                f"a AS (INSERT INTO audit_log (actor, token_id, action, target, outcome, detail)"
+                f" SELECT ${n - 3}, ${n - 2}, ${n - 1}, w.id, 'ok', ${n}::jsonb FROM w)"
+            )
+        notified = "0"
+        if new_contents:
+            ctes += append_change_ctes("credential", "w", args)
+            notified = "(SELECT count(*) FROM change_notified)"
+        row = await self.conn.fetchrow(
+            f"WITH {', '.join(ctes)} SELECT g.auth_ok, {notified} AS notified, w.* FROM g LEFT JOIN w ON true", *args
         )
-        if row is None:
+        _require_auth(row)
+        assert row is not None
+        if row["id"] is None:
             return None
         return _credential(row), list(row["user_locations"])
 

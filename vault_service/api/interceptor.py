@@ -1,0 +1,164 @@
+"""The one server interceptor of both ports. Every RPC is counted and timed for Prometheus
+(:mod:`vault_service.metrics`: started, handled by status code, handling time; by type, service and method; unknown
+methods are not counted, so no label comes from a caller). The unary credvault.v1 methods also get their domain
+errors mapped to status codes (:mod:`vault_service.api.status`) and, with a store, one pooled connection for the
+whole call (authentication and operation alike).
+
+Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
+dictionary lookup here, and one wrapper around the servicer method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from vault_service.api.status import status_of
+from vault_service.metrics import VaultMetrics
+from vault_service.storage.store import Store
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_OK = grpc.StatusCode.OK.name
+_UNKNOWN = grpc.StatusCode.UNKNOWN.name
+_CANCELLED = grpc.StatusCode.CANCELLED.name
+
+
+class _Measured:
+    """One method's series."""
+
+    def __init__(self, metrics: VaultMetrics, labels: tuple[str, str, str]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._started = metrics.rpc_started.labels(*labels)
+        self._seconds = metrics.rpc_seconds.labels(*labels)
+        self._handled: dict[str, Any] = {}
+
+    def call(self, context: Context) -> _Timed:
+        self._started.inc()
+        return _Timed(self, context)
+
+    def done(self, start: float, context: Context, exc: BaseException | None) -> None:
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            name = code.name
+        elif isinstance(exc, asyncio.CancelledError):
+            name = _CANCELLED
+        elif exc is not None:
+            name = _UNKNOWN
+        else:
+            name = _OK
+        handled = self._handled.get(name)
+        if handled is None:
+            handled = self._handled[name] = self._metrics.rpc_handled.labels(*self._labels, name)
+        handled.inc()
+        self._seconds.observe(time.perf_counter() - start)
+
+
+class _Timed:
+    """``with measured.call(context):`` around one RPC's work: handled and timed however it ends."""
+
+    __slots__ = ("_context", "_measured", "_start")
+
+    def __init__(self, measured: _Measured, context: Context) -> None:
+        self._measured = measured
+        self._context = context
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._measured.done(self._start, self._context, exc)
+
+
+def _vault_unary(inner: Callable[..., Any], measured: _Measured, store: Store | None) -> Callable[..., Any]:
+    """A credvault.v1 unary method: measured, on one bound connection, domain errors as status codes."""
+
+    async def unary(request: Any, context: Context) -> Any:
+        with measured.call(context):
+            try:
+                if store is None:
+                    return await inner(request, context)
+                async with store.bound():
+                    return await inner(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                code, message = status_of(exc)
+                await context.abort(code, message)
+
+    return unary
+
+
+def _measured_only(inner: Callable[..., Any], measured: _Measured) -> Callable[..., Any]:
+    """The same kind of behavior as ``inner`` (coroutine, or async generator for streamed responses), measured."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            with measured.call(context):
+                async for item in inner(request, context):
+                    yield item
+
+        return stream
+
+    async def unary(request: Any, context: Context) -> Any:
+        with measured.call(context):
+            return await inner(request, context)
+
+    return unary
+
+
+_KINDS = (
+    ("unary_unary", "unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", "server_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", "client_stream", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", "bidi_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Metrics for every method; with ``vault_calls``, also status mapping (and the store's bound connection) for
+    the unary credvault.v1 methods."""
+
+    def __init__(self, metrics: VaultMetrics, *, vault_calls: bool = False, store: Store | None = None) -> None:
+        self._metrics = metrics
+        self._vault_calls = vault_calls
+        self._store = store
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method or ""
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler  # unknown: not counted, not remembered (the name is the caller's)
+            wrapped = self._handlers[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, name = method.lstrip("/").rpartition("/")
+        for attribute, kind, make in _KINDS:
+            inner = getattr(handler, attribute)
+            if inner is None:
+                continue
+            measured = _Measured(self._metrics, (kind, service, name))
+            if self._vault_calls and kind == "unary" and method.startswith("/credvault.v1."):
+                behavior = _vault_unary(inner, measured, self._store)
+            else:
+                behavior = _measured_only(inner, measured)
+            return make(
+                behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
