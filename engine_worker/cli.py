@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from credvault import event_loop
 from credvault.logs import configure_logging
 from engine_worker.config_store import ConfigStore
 from engine_worker.execution_metrics import ExecutionMetrics
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
         1.0, gt=0, le=1, description="multiplies every monitor's interval (1 in production; smaller for demos, tests)"
     )
     log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
+    event_loop: str = Field("uvloop", pattern=r"^(uvloop|asyncio)$", description="uvloop, or asyncio's own loop")
 
     @field_validator("max_disconnected", "heartbeat_interval", mode="before")
     @classmethod
@@ -131,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-ca", help="PEM CA certificates to trust for monitored HTTPS targets (ENGINE_TARGET_CA)")
     p.add_argument("--max-concurrent-executions", help="monitor executions at a time (default 100)")
     p.add_argument("--interval-scale", help="multiply every monitor interval by this, at most 1 (demos and tests)")
+    p.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop (ENGINE_EVENT_LOOP)")
     p.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines (ENGINE_LOG_FORMAT)")
     return p
 
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrent_executions=ns.max_concurrent_executions,
             interval_scale=ns.interval_scale,
             log_format=ns.log_format,
+            event_loop=ns.event_loop,
         )
         check_tls_files(settings.cert, settings.key, settings.ca)
     except ValueError as exc:
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), settings.event_loop)
     except OSError as exc:  # for example the status port is taken
         log.error("cannot run: %s", exc)
         return 1

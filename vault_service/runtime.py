@@ -4,23 +4,15 @@ collector tuned for a long-running server once it is up."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-from collections.abc import Coroutine
-from typing import Any
+
+from credvault.event_loop import run
+
+__all__ = ["GC_THRESHOLDS", "run", "tune_gc_for_serving"]
 
 # Young collections every 20,000 net allocations instead of 700: a call's short-lived objects mostly die before
 # one runs. The objects made while starting are frozen, so that no collection walks them again.
 GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
-    if event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
 
 
 def tune_gc_for_serving() -> None:
