@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from credvault import event_loop
+from credvault import runtime
 from credvault.logs import configure_logging
 from engine_worker.config_store import ConfigStore
 from engine_worker.execution_metrics import ExecutionMetrics
@@ -170,6 +170,7 @@ async def serve(settings: Settings) -> None:
     try:
         await status.start()
         scheduler.start()
+        runtime.tune_gc_for_serving()
         runner = asyncio.create_task(stream.run(), name="engine-stream")
         stopper = asyncio.create_task(stop.wait(), name="engine-stop")
         try:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        event_loop.run(serve(settings), settings.event_loop)
+        runtime.run(serve(settings), settings.event_loop)
     except OSError as exc:  # for example the status port is taken
         log.error("cannot run: %s", exc)
         return 1

@@ -1,4 +1,5 @@
-"""credvault serve's runtime: the configured event loop, and the garbage collector's tuning."""
+"""The runtime of credvault serve and the engine worker: the configured event loop, and the garbage collector's
+tuning."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pydantic
 import pytest
 import uvloop
 
-from vault_service import runtime
+from credvault import runtime
 from vault_service.config import Settings
 
 
@@ -25,7 +26,15 @@ def test_runs_on_the_configured_loop(name: str, loop_type: type) -> None:
     assert isinstance(seen[0], uvloop.Loop) == (name == "uvloop")
 
 
-def test_event_loop_setting() -> None:
+def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine_worker.cli import load_settings
+
+    paths = {"vault": "vault:50052", "cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}
+    assert load_settings(**paths).event_loop == "uvloop"
+    monkeypatch.setenv("ENGINE_EVENT_LOOP", "asyncio")
+    assert load_settings(**paths).event_loop == "asyncio"
+    with pytest.raises(ValueError, match="event_loop"):
+        load_settings(**paths, event_loop="trio")
     assert Settings(allow_plaintext=True).event_loop == "uvloop"
     assert Settings(allow_plaintext=True, event_loop="asyncio").event_loop == "asyncio"
     with pytest.raises(pydantic.ValidationError, match="event_loop"):

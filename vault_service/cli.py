@@ -64,7 +64,7 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[None
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:
-    from vault_service import runtime
+    from credvault import runtime
     from vault_service.server import serve
 
     settings = _settings(ns)

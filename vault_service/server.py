@@ -15,6 +15,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from credvault import runtime
 from credvault.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -28,7 +29,6 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
-from vault_service import runtime
 from vault_service.api.audit_servicer import AuditServicer
 from vault_service.api.interceptor import ApiInterceptor
 from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
