@@ -17,7 +17,7 @@ class ResultReporter:
         self,
         max_buffered: int = 10_000,
         max_batch: int = 500,
-        linger: float = 0.2,
+        linger: float = 1.0,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         if max_buffered < 1 or max_batch < 1 or linger < 0:

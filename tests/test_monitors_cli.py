@@ -172,7 +172,7 @@ async def test_monitor_results(env: dict[str, str], admin: Client, vault: Runnin
             r.failure_reason = "request 1 (GET https://shop.example/): HTTP status 500"
         reported.append(r)
     async with vault.store.transaction() as tx:  # as the engine stream records them
-        assert await tx.insert_results("loc-a", "e-1", reported, 100) == 2
+        assert await tx.insert_results([("loc-a", "e-1", r) for r in reported], 100) == 2
 
     lines = (await ok(env, "monitors", "results", m.id)).out.splitlines()
     header = columns(lines[0])

@@ -7,6 +7,7 @@ Everything else an engine sends is bounded (counts, lengths, times) before it is
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import math
@@ -76,28 +77,65 @@ def sanitized(result: mpb.MonitorResult, now: datetime.datetime) -> mpb.MonitorR
 
 
 class ResultService:
-    def __init__(self, store: Store, monitors: MonitorService, keep_per_monitor: int = 100) -> None:
+    """Stores what engines report and serves the recent history.
+
+    Reports are written with group commit, as ACKs are (push/ack_recorder): :meth:`submit` never waits for the
+    database, the first report is written at once, and all that arrive meanwhile go into the next statement. A stream
+    therefore never reads its engine's ACKs late because a results insert was in the way, and 50 engines reporting a
+    few results a second cost a few statements, not one transaction each. Reports are telemetry: beyond
+    ``max_pending`` queued results, or when a write fails, they are dropped (and counted), never retried forever.
+    """
+
+    def __init__(
+        self, store: Store, monitors: MonitorService, keep_per_monitor: int = 100, max_pending: int = 20_000
+    ) -> None:
         self._store = store
         self._monitors = monitors
         self._keep = keep_per_monitor
+        self._max_pending = max_pending
+        self._pending: list[tuple[str, str, mpb.MonitorResult]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.stored = 0
+        self.dropped = 0
 
-    async def record(self, location_id: str, engine_id: str, results: list[mpb.MonitorResult]) -> int:
-        """Stores an engine's reported results; returns how many were kept (the rest are logged as dropped)."""
+    def submit(self, location_id: str, engine_id: str, results: list[mpb.MonitorResult]) -> None:
+        """Queues an engine's results (location and engine from its certificate) for the next write."""
         now = datetime.datetime.now(datetime.UTC)
         clean = [r for r in (sanitized(r, now) for r in results[:MAX_RESULTS_PER_BATCH]) if r is not None]
-        kept = 0
-        if clean:
-            async with self._store.transaction() as tx:
-                kept = await tx.insert_results(location_id, engine_id, clean, self._keep)
-        if kept < len(results):
+        room = max(0, self._max_pending - len(self._pending))
+        dropped = len(results) - min(len(clean), room)
+        self._pending.extend((location_id, engine_id, r) for r in clean[:room])
+        if dropped:
+            self.dropped += dropped
             log.warning(
-                "engine %s/%s: dropped %d of %d results (not monitors of its location, or malformed)",
+                "engine %s/%s: dropped %d of %d results (malformed, implausible, or too many waiting)",
                 location_id,
                 engine_id,
-                len(results) - kept,
+                dropped,
                 len(results),
             )
-        return kept
+        if self._pending and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self._write_all(), name="result-writer")
+
+    async def _write_all(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self._store.transaction() as tx:
+                    kept = await tx.insert_results(batch, self._keep)
+            except Exception as exc:
+                self.dropped += len(batch)
+                log.warning("could not store %d results: %s", len(batch), type(exc).__name__)
+                continue
+            self.stored += kept
+            if kept < len(batch):
+                self.dropped += len(batch) - kept
+                log.warning("dropped %d results of monitors their engines' locations do not run", len(batch) - kept)
+
+    async def flush(self) -> None:
+        """Waits for the writes queued so far (before the pool closes; tests)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     async def recent(
         self, principal: Principal, monitor_id: str, limit: int, location_id: str

@@ -89,7 +89,7 @@ class RunningVault:
             self.engine_streams.close_streams("the vault is shutting down; reconnect")
         await stopping
         if self.engine_streams is not None:
-            await self.engine_streams.acks.flush()
+            await self.engine_streams.flush()
         if self.follower is not None:
             await self.follower.stop()
         if self.health_server is not None:

@@ -100,6 +100,11 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             if loc == location_id and engine_id in ("*", eng):
                 live.cut_with(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
 
+    async def flush(self) -> None:
+        """Writes what ACKs and results are still queued (before the pool closes)."""
+        await self.acks.flush()
+        await self._results.flush()
+
     def close_streams(self, reason: str) -> None:
         """On shutdown: end every stream with UNAVAILABLE, so its engine reconnects (to another replica)."""
         for live in list(self._live.values()):
@@ -197,7 +202,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                         self._record_ack(loc, eng, msg.ack, rejected)
                         push_timer.acked(msg.ack.revision)
                     elif msg.HasField("results"):
-                        await self._record_results(loc, eng, msg.results)
+                        self._results.submit(loc, eng, list(msg.results.results))  # written in the background
             finally:
                 reader_done.set()
 
@@ -301,15 +306,6 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         ]
         flat = ordered_items(items)  # apply order: credentials, monitors, removals
         return [batch_of(revision, chunk) for chunk in chunks(flat, CHUNK)]
-
-    async def _record_results(self, loc: str, eng: str, batch: epb.ResultBatch) -> None:
-        """Results are reports, not configuration: failing to store a batch is logged and the stream goes on."""
-        try:
-            await self._results.record(loc, eng, list(batch.results))
-        except Exception as exc:
-            log.warning(
-                "engine %s/%s: could not store %d results: %s", loc, eng, len(batch.results), type(exc).__name__
-            )
 
     def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
         for r in ack.rejected:

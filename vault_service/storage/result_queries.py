@@ -24,25 +24,24 @@ _STATUSES = {name: status for status, name in _STATUS_NAMES.items()}
 class ResultQueries:
     conn: Connection
 
-    async def insert_results(
-        self, location_id: str, engine_id: str, results: list[mpb.MonitorResult], keep_per_monitor: int
-    ) -> int:
-        """Inserts the results of monitors that run in ``location_id`` (others are dropped), then prunes each
-        affected monitor's history to its newest ``keep_per_monitor``. Returns how many were kept."""
-        if not results:
+    async def insert_results(self, rows: list[tuple[str, str, mpb.MonitorResult]], keep_per_monitor: int) -> int:
+        """Inserts (location id, engine id, result) rows whose monitor runs in that location (others are dropped),
+        then prunes each affected monitor's history to its newest ``keep_per_monitor``. Returns how many were kept."""
+        if not rows:
             return 0
-        rows = await self.conn.fetch(
+        results = [r for _, _, r in rows]
+        inserted = await self.conn.fetch(
             "INSERT INTO monitor_results (monitor_id, monitor_version, location_id, engine_id, started_at,"
             " duration_ms, status, failure_reason, requests)"
-            " SELECT r.monitor_id, r.monitor_version, $1, $2, r.started_at, r.duration_ms, r.status,"
-            "  r.failure_reason, r.requests::jsonb"
-            " FROM unnest($3::text[], $4::bigint[], $5::timestamptz[], $6::float8[], $7::text[], $8::text[],"
-            "  $9::text[]) AS r (monitor_id, monitor_version, started_at, duration_ms, status, failure_reason,"
-            "  requests)"
-            " JOIN monitors m ON m.id = r.monitor_id AND $1 = ANY (m.location_ids)"
+            " SELECT r.monitor_id, r.monitor_version, r.location_id, r.engine_id, r.started_at, r.duration_ms,"
+            "  r.status, r.failure_reason, r.requests::jsonb"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], $6::float8[],"
+            "  $7::text[], $8::text[], $9::text[]) AS r (location_id, engine_id, monitor_id, monitor_version,"
+            "  started_at, duration_ms, status, failure_reason, requests)"
+            " JOIN monitors m ON m.id = r.monitor_id AND r.location_id = ANY (m.location_ids)"
             " RETURNING monitor_id",
-            location_id,
-            engine_id,
+            [loc for loc, _, _ in rows],
+            [eng for _, eng, _ in rows],
             [r.monitor_id for r in results],
             [r.monitor_version for r in results],
             [r.start_time.ToDatetime(tzinfo=datetime.UTC) for r in results],
@@ -51,7 +50,7 @@ class ResultQueries:
             [r.failure_reason for r in results],
             [json.dumps([json_format.MessageToDict(q) for q in r.requests]) for r in results],
         )
-        monitor_ids = sorted({row["monitor_id"] for row in rows})
+        monitor_ids = sorted({row["monitor_id"] for row in inserted})
         if monitor_ids:
             await self.conn.execute(
                 "DELETE FROM monitor_results r USING ("
@@ -61,7 +60,7 @@ class ResultQueries:
                 monitor_ids,
                 keep_per_monitor,
             )
-        return len(rows)
+        return len(inserted)
 
     async def recent_results(self, monitor_id: str, location_id: str | None, limit: int) -> list[mpb.MonitorResult]:
         rows = await self.conn.fetch(
