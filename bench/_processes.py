@@ -23,10 +23,8 @@ import grpc
 from _harness import Database, child_env, free_port, venv_bin
 
 from vault_service import pki
-from vault_service.bootstrap import bootstrap_admin
+from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import new_keyring
-from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
 
 TRUST_DOMAIN = "bench.credvault.local"
 
@@ -212,13 +210,7 @@ class Vault:
 
 async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
     """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port."""
-    store = await Store.connect(db.url, min_size=1, max_size=2)
-    try:
-        async with store.pool.acquire() as conn:
-            await migrate(conn)
-        issued = await bootstrap_admin(store, "bench-admin")
-    finally:
-        await store.close()
+    issued = await migrate_and_bootstrap(db.url, "bench-admin")
     exe = venv_bin("credvault")
     argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
     argv.append("serve")

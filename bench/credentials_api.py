@@ -58,10 +58,8 @@ from _harness import Database, child_env, free_port, venv_bin
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
 from vault_service import embedded_pg
-from vault_service.bootstrap import bootstrap_admin
+from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import new_keyring
-from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -306,13 +304,7 @@ class Vault:
 
 async def start_credvault(res: Resources, db: Database, tls: Tls, pool_max: int) -> Vault:
     """Migrate and bootstrap an admin from here, then run ``credvault serve`` as its own process."""
-    store = await Store.connect(db.url, min_size=1, max_size=2)
-    try:
-        async with store.pool.acquire() as conn:
-            await migrate(conn)
-        issued = await bootstrap_admin(store, "bench-admin")
-    finally:
-        await store.close()
+    issued = await migrate_and_bootstrap(db.url, "bench-admin")
     exe = venv_bin("credvault")
     argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
     port = free_port()

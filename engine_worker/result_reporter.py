@@ -28,10 +28,6 @@ class ResultReporter:
         self._linger = linger
         self._on_drop = on_drop
         self._ready = asyncio.Event()
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._buffer)
 
     def add(self, result: monitors_pb2.MonitorResult) -> None:
         self._buffer.append(result)
@@ -60,6 +56,5 @@ class ResultReporter:
         if excess > 0:
             for _ in range(excess):
                 self._buffer.popleft()
-            self.dropped += excess
             if self._on_drop is not None:
                 self._on_drop(excess)

@@ -19,10 +19,8 @@ import grpc
 
 from tests.conftest import Client
 from tests.push_helpers import TRUST_DOMAIN, Pki
-from vault_service.bootstrap import bootstrap_admin
+from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import Keyring
-from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
 
 
 def free_port() -> int:
@@ -169,13 +167,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0)
 @contextlib.asynccontextmanager
 async def vault_admin(system: System, database_url: str) -> AsyncIterator[Client]:
     """Migrates, bootstraps an admin, starts the vault process, and yields the admin's client."""
-    store = await Store.connect(database_url, min_size=1, max_size=2)
-    try:
-        async with store.pool.acquire() as conn:
-            await migrate(conn)
-        issued = await bootstrap_admin(store, "admin")
-    finally:
-        await store.close()
+    issued = await migrate_and_bootstrap(database_url, "admin")
     await system.start_vault()
     creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
     async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as ch:

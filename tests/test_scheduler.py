@@ -171,6 +171,17 @@ async def test_removal_stops_at_once_even_mid_execution(world: World) -> None:
     )
 
 
+async def test_a_removed_monitors_series_are_dropped(world: World) -> None:
+    world.apply(resource(mid(1)), resource(mid(2)))
+    await world.recorder.until(lambda: {r.monitor_id for r in world.recorder.reported} == {mid(1), mid(2)})
+    series = {"monitor_id": mid(1), "status": "success"}
+    assert world.registry.get_sample_value("monitor_executions_total", series)
+    world.apply(removals=(mid(1),))
+    assert world.registry.get_sample_value("monitor_executions_total", series) is None
+    assert world.registry.get_sample_value("monitor_execution_duration_seconds_count", {"monitor_id": mid(1)}) is None
+    assert world.registry.get_sample_value("monitor_executions_total", {"monitor_id": mid(2), "status": "success"})
+
+
 async def test_a_disabled_upsert_and_a_flush_stop_everything(world: World) -> None:
     world.apply(resource(mid(1)), resource(mid(2)))
     await world.recorder.until(lambda: world.recorder.count(mid(1)) >= 1 and world.recorder.count(mid(2)) >= 1)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
 from vault_service import audit_cli, client_cli, keys, monitors_cli, pki_cli
-from vault_service.bootstrap import bootstrap_admin
+from vault_service.bootstrap import bootstrap_admin, migrate_and_bootstrap
 from vault_service.config import Settings, load_settings
 from vault_service.crypto import load_keyring_file, new_keyring, write_keyring_file
 from vault_service.errors import ConfigurationError, Unavailable, VaultError
@@ -134,14 +134,9 @@ def cmd_keys_status(ns: argparse.Namespace) -> None:
 def cmd_admin_bootstrap(ns: argparse.Namespace) -> None:
     settings = _settings(ns, allow_plaintext=True)
 
-    async def work(store: Store) -> None:
-        async with store.pool.acquire() as conn:
-            await migrate(conn)
-        issued = await bootstrap_admin(store, ns.username)
-        print(f"created administrator {ns.username!r}. Its API token (shown once, store it now):", file=sys.stderr)
-        print(issued.token)
-
-    asyncio.run(_with_store(settings, work))
+    issued = asyncio.run(migrate_and_bootstrap(settings.require_database_url(), ns.username))
+    print(f"created administrator {ns.username!r}. Its API token (shown once, store it now):", file=sys.stderr)
+    print(issued.token)
 
 
 def cmd_dev(ns: argparse.Namespace) -> None:

@@ -83,7 +83,7 @@ class ResultService:
     database, the first report is written at once, and all that arrive meanwhile go into the next statement. A stream
     therefore never reads its engine's ACKs late because a results insert was in the way, and 50 engines reporting a
     few results a second cost a few statements, not one transaction each. Reports are telemetry: beyond
-    ``max_pending`` queued results, or when a write fails, they are dropped (and counted), never retried forever.
+    ``max_pending`` queued results, or when a write fails, they are dropped (and logged), never retried forever.
     """
 
     def __init__(
@@ -95,8 +95,6 @@ class ResultService:
         self._max_pending = max_pending
         self._pending: list[tuple[str, str, mpb.MonitorResult]] = []
         self._writer: asyncio.Task[None] | None = None
-        self.stored = 0
-        self.dropped = 0
 
     def submit(self, location_id: str, engine_id: str, results: list[mpb.MonitorResult]) -> None:
         """Queues an engine's results (location and engine from its certificate) for the next write."""
@@ -106,7 +104,6 @@ class ResultService:
         dropped = len(results) - min(len(clean), room)
         self._pending.extend((location_id, engine_id, r) for r in clean[:room])
         if dropped:
-            self.dropped += dropped
             log.warning(
                 "engine %s/%s: dropped %d of %d results (malformed, implausible, or too many waiting)",
                 location_id,
@@ -124,12 +121,9 @@ class ResultService:
                 async with self._store.transaction() as tx:
                     kept = await tx.insert_results(batch, self._keep)
             except Exception as exc:
-                self.dropped += len(batch)
                 log.warning("could not store %d results: %s", len(batch), type(exc).__name__)
                 continue
-            self.stored += kept
             if kept < len(batch):
-                self.dropped += len(batch) - kept
                 log.warning("dropped %d results of monitors their engines' locations do not run", len(batch) - kept)
 
     async def flush(self) -> None:
