@@ -104,7 +104,7 @@ async def test_credential_lifecycle_never_shows_the_password(env: dict[str, str]
 
     got = await cli("credentials", "get", cred_id)
     assert got.rc == 0, got.err
-    assert_contains(got.out, cred_id, "shop login", "admin", "username-password")
+    assert_contains(got.out, cred_id, "shop login", "admin", "username-password", "no monitors")
 
     contents = ["--username", "alice", "--password-file", "-"]
     overwritten = await cli("credentials", "overwrite", cred_id, "--json", *contents, stdin=new_password.encode())

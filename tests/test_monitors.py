@@ -14,6 +14,7 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Users
 from tests.helpers import ALL, create_req, expect_code, token, up
+from vault_service.models import USED_BY_SHOWN
 from vault_service.server import RunningVault
 from vault_service.storage.store import Store
 
@@ -65,8 +66,41 @@ async def test_create_get_and_used_by(admin: Client) -> None:
     assert (await admin.GetMonitor(mpb.GetMonitorRequest(id=m.id))).monitor == m
     got = (await admin.GetCredential(cpb.GetCredentialRequest(id=basic))).credential
     assert [(u.monitor_id, u.monitor_type) for u in got.used_by] == [(m.id, mpb.MONITOR_TYPE_HTTP)]
+    assert got.used_by_count == 1
     listed = (await admin.ListCredentials(cpb.ListCredentialsRequest())).credentials
     assert {c.id: [u.monitor_id for u in c.used_by] for c in listed} == {basic: [m.id], tok: [m.id]}
+
+
+async def test_used_by_names_the_first_monitors_and_counts_all(admin: Client) -> None:
+    """A credential used by many monitors: Get, List and Overwrite name the first USED_BY_SHOWN by id and count all
+    (a response does not grow with the monitors); ListMonitors with the credential lists every one."""
+    await setup_location(admin)
+    shared = await cred(admin, "shared")
+    other = await cred(admin, "other")
+    total = USED_BY_SHOWN + 2
+    ids = sorted(
+        [
+            (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(shared)))).monitor.id
+            for _ in range(total)
+        ]
+    )
+    got = (await admin.GetCredential(cpb.GetCredentialRequest(id=shared))).credential
+    assert [u.monitor_id for u in got.used_by] == ids[:USED_BY_SHOWN]
+    assert got.used_by_count == total
+    listed = {c.id: c for c in (await admin.ListCredentials(cpb.ListCredentialsRequest())).credentials}
+    assert (len(listed[shared].used_by), listed[shared].used_by_count) == (USED_BY_SHOWN, total)
+    assert (list(listed[other].used_by), listed[other].used_by_count) == ([], 0)
+    overwritten = await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=shared, contents=up("bob", "pw2")))
+    assert [u.monitor_id for u in overwritten.credential.used_by] == ids[:USED_BY_SHOWN]
+    assert overwritten.credential.used_by_count == total
+    every: list[str] = []
+    page = ""
+    while True:
+        resp = await admin.ListMonitors(mpb.ListMonitorsRequest(credential_id=shared, page_size=40, page_token=page))
+        every += [m.id for m in resp.monitors]
+        if not (page := resp.next_page_token):
+            break
+    assert sorted(every) == ids
 
 
 async def test_invalid_monitors(admin: Client) -> None:

@@ -415,8 +415,21 @@ def _credential_view(c: cpb.Credential) -> str:
             ("not after", _when(info.not_after)),
             ("sha256", info.sha256_fingerprint),
         ]
+    pairs.append(("used by", _used_by_text(c)))
     pairs += [("version", str(c.version)), ("created", _when(c.create_time)), ("updated", _when(c.update_time))]
     return _fields(pairs)
+
+
+def _used_by_text(c: cpb.Credential) -> str:
+    """The monitors named (the first ones by id), and how to list the rest."""
+    if not c.used_by_count:
+        return "no monitors"
+    names = ", ".join(u.monitor_id for u in c.used_by)
+    text = f"{c.used_by_count} monitor{'s' if c.used_by_count != 1 else ''}: {names}"
+    rest = c.used_by_count - len(c.used_by)
+    if rest > 0:
+        text += f" and {rest} more (credvault monitors list --credential {c.id})"
+    return text
 
 
 _TOKEN_COLUMNS = ("ID", "NAME", "OWNER", "KIND", "SCOPES", "EXPIRES", "LAST USED", "REVOKED")

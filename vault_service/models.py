@@ -160,6 +160,10 @@ class AppEngineAccess:
     allow_contextless_access: bool = False
 
 
+# How many of the monitors that use a credential it names ("used by"); all of them are counted.
+USED_BY_SHOWN = 100
+
+
 @dataclasses.dataclass(frozen=True)
 class Credential:
     """Metadata of a credential: everything but its contents."""
@@ -176,8 +180,10 @@ class Credential:
     version: int
     created_at: datetime.datetime
     updated_at: datetime.datetime
-    # (monitor id, monitor type) of the monitors that reference it; filled in by Get and List.
+    # (monitor id, monitor type) of the first USED_BY_SHOWN monitors (by id) that reference it, and how many do in
+    # all; filled in by Get, List and the writes that return a credential.
     used_by: tuple[tuple[str, int], ...] = ()
+    used_by_count: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -200,6 +200,7 @@ def credential(cred: Credential) -> cpb.Credential:
             cpb.CredentialUsage(monitor_id=mid, monitor_type=mtype)  # type: ignore[arg-type]
             for mid, mtype in cred.used_by
         )
+    out.used_by_count = cred.used_by_count
     return out
 
 

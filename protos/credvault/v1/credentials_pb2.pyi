@@ -395,6 +395,7 @@ class Credential(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     USED_BY_FIELD_NUMBER: _builtins.int
+    USED_BY_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """CREDENTIALS_VAULT-<16 upper-case hex digits>."""
     name: _builtins.str
@@ -403,6 +404,8 @@ class Credential(_message.Message):
     owner: _builtins.str
     version: _builtins.int
     """Rises by one with every change."""
+    used_by_count: _builtins.int
+    """How many monitors reference this credential."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___CredentialScope.ValueType]: ...
     @_builtins.property
@@ -421,7 +424,9 @@ class Credential(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def used_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___CredentialUsage]:
-        """The monitors that reference this credential."""
+        """The first 100 monitors (by id) that reference this credential ("used by"); used_by_count says how many do in
+        all. MonitorsService.ListMonitors with credential_id lists every one of them, page by page.
+        """
 
     def __init__(
         self,
@@ -439,10 +444,11 @@ class Credential(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         used_by: _abc.Iterable[Global___CredentialUsage] | None = ...,
+        used_by_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "scopes", b"scopes", "type", b"type", "update_time", b"update_time", "used_by", b"used_by", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "scopes", b"scopes", "type", b"type", "update_time", b"update_time", "used_by", b"used_by", "used_by_count", b"used_by_count", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
