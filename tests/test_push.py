@@ -265,6 +265,34 @@ async def test_a_stalled_engine_delays_nobody_and_is_cut_on_overflow(
         }
 
 
+async def test_a_silent_engine_gets_heartbeats_then_is_cut(
+    admin_client: Client, push_vault: RunningVault, engine_pki: Pki
+) -> None:
+    """An engine that sends Hello and then nothing: the vault sends heartbeats (one per interval, 1 s here) and ends
+    the stream (UNAVAILABLE) once it has heard nothing for three intervals."""
+    await setup(admin_client, "loc-a")
+    e1 = engine_pki.engine("loc-a", "e1")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=engine_pki.server_ca.cert_pem, private_key=e1.key_pem, certificate_chain=e1.chain_pem
+    )
+    async with grpc.aio.secure_channel(f"localhost:{push_vault.engine_port}", creds) as ch:
+        call = egrpc.EngineConfigServiceStub(ch).Stream(None)
+        await call.write(epb.StreamRequest(hello=epb.Hello(location_id="loc-a", engine_id="e1")))
+        kinds: list[str] = []
+
+        async def read_until_ended() -> None:
+            while True:
+                message = await call.read()
+                assert isinstance(message, epb.StreamResponse), kinds  # not EOF: the stream must end with a status
+                kinds.append(str(message.WhichOneof("message")))
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(read_until_ended(), 30)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "no heartbeat from the engine")
+    assert kinds[0] == "sync_complete"
+    assert kinds.count("heartbeat") >= 2, kinds
+
+
 async def _drain_after(call: Any, delay: float) -> None:
     """Start reading only after ``delay`` (the vault must have cut the stream by then)."""
     await asyncio.sleep(delay)

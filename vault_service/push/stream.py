@@ -190,51 +190,60 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         log.info("engine %s/%s synced at revision %d", loc, eng, revision)
 
         last_heard = time.monotonic()
-        reader_done = asyncio.Event()
         push_timer = PushTimer(state, revision, self._observe_push_latency)
 
         async def read_acks() -> None:
             nonlocal last_heard
-            try:
-                async for msg in requests:
-                    last_heard = time.monotonic()
-                    if msg.HasField("ack"):
-                        self._record_ack(loc, eng, msg.ack, rejected)
-                        push_timer.acked(msg.ack.revision)
-                    elif msg.HasField("results"):
-                        self._results.submit(loc, eng, list(msg.results.results))  # written in the background
-            finally:
-                reader_done.set()
+            async for msg in requests:
+                last_heard = time.monotonic()
+                if msg.HasField("ack"):
+                    self._record_ack(loc, eng, msg.ack, rejected)
+                    push_timer.acked(msg.ack.revision)
+                elif msg.HasField("results"):
+                    self._results.submit(loc, eng, list(msg.results.results))  # written in the background
 
+        # Three tasks for the stream's life, none per message: the relay of the outbox, the reader of the engine's
+        # ACKs, and the cut. The first to end ends the stream.
         reader = asyncio.create_task(read_acks())
-        hb = self._settings.heartbeat_seconds
+        relay = asyncio.create_task(self._relay(context, outbox, rejected, lambda: last_heard))
+        cut = asyncio.create_task(live.cut.wait())
         try:
-            while True:
-                take = asyncio.ensure_future(outbox.take())
-                cut = asyncio.ensure_future(live.cut.wait())
-                ended = asyncio.ensure_future(reader_done.wait())
-                done = await _first_of(hb, take, cut, ended)
-                if cut in done:
-                    raise _Ended(live.cut_code, live.cut_reason)
-                if ended in done:
-                    log.info("engine %s/%s closed its stream", loc, eng)
-                    return
-                if take in done:
-                    try:
-                        batch = take.result()
-                    except OutboxOverflow as exc:
-                        raise _Ended(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-                    _skip_rejected(batch, rejected)
-                    await self._send(context, live, epb.StreamResponse(batch=batch))
-                else:
-                    if time.monotonic() - last_heard > 3 * hb:
-                        raise _Ended(grpc.StatusCode.UNAVAILABLE, "no heartbeat from the engine")
-                    now_ms = int(time.time() * 1000)
-                    await self._send(context, live, epb.StreamResponse(heartbeat=epb.Heartbeat(sent_unix_ms=now_ms)))
+            done, _ = await asyncio.wait((reader, relay, cut), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            for task in (reader, relay, cut):
+                task.cancel()
+            await asyncio.gather(reader, relay, cut, return_exceptions=True)
+        if cut in done:
+            raise _Ended(live.cut_code, live.cut_reason)
+        if relay in done:
+            relay.result()  # it ends only by raising _Ended
+        log.info("engine %s/%s closed its stream", loc, eng)
+
+    async def _relay(
+        self, context: Context, outbox: Outbox, rejected: dict[str, tuple[int, str]], last_heard: Callable[[], float]
+    ) -> None:
+        """Writes each batch the outbox hands out, and a heartbeat when it has had none for a heartbeat interval.
+        Raises _Ended when the engine has been silent for three intervals, stops reading, or the outbox overflows."""
+        hb = self._settings.heartbeat_seconds
+        while True:
+            message: epb.StreamResponse
+            try:
+                async with asyncio.timeout(hb):
+                    batch = await outbox.take()
+            except TimeoutError:
+                if time.monotonic() - last_heard() > 3 * hb:
+                    raise _Ended(grpc.StatusCode.UNAVAILABLE, "no heartbeat from the engine") from None
+                message = epb.StreamResponse(heartbeat=epb.Heartbeat(sent_unix_ms=int(time.time() * 1000)))
+            except OutboxOverflow as exc:
+                raise _Ended(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            else:
+                _skip_rejected(batch, rejected)
+                message = epb.StreamResponse(batch=batch)
+            try:
+                async with asyncio.timeout(3 * hb):  # flow control never frees when the engine stops reading
+                    await context.write(message)
+            except TimeoutError:
+                raise _Ended(grpc.StatusCode.UNAVAILABLE, "the engine stopped reading") from None
 
     async def _send(self, context: Context, live: _Live, message: epb.StreamResponse) -> None:
         """Write, unless the stream is cut meanwhile or the engine stops reading (flow control never frees)."""
