@@ -11,6 +11,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client, with_database
 from tests.helpers import create_req, up
 from vault_service.storage.migrate import available_migrations, migrate
+from vault_service.storage.store import Store
 
 
 async def test_concurrent_overwrites_lose_no_update(admin: Client) -> None:
@@ -64,3 +65,9 @@ async def test_two_replicas_migrating_at_once(pg_url: str) -> None:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_vault_sessions_never_jit_compile(store: Store) -> None:
+    """Short statements only: PostgreSQL's JIT compilation (cost-triggered) is off on every pooled session."""
+    async with store.read() as tx:
+        assert await tx.conn.fetchval("SHOW jit") == "off"
