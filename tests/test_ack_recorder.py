@@ -41,3 +41,15 @@ async def test_a_burst_is_written_in_few_statements_and_the_latest_wins(store: S
         await asyncio.sleep(0.01)
     assert (await applied(store))["e9"][0] == 8
     assert recorder.writes == before + 1
+
+
+async def test_the_asynchronous_commit_of_acks_stays_in_their_statement(store: Store) -> None:
+    """ACKs are committed without waiting for the WAL flush; the setting must not outlive the statement on the
+    pooled connection, where the next call's writes (credentials, the change log) must be durable."""
+    async with store.transaction() as tx:
+        await tx.insert_location("loc-a", "A")
+        await tx.insert_engine("loc-a", "e1")
+    async with store.read() as tx:
+        await tx.engines_acked([("loc-a", "e1", 4, "[]")])
+        assert await tx.conn.fetchval("SHOW synchronous_commit") == "on"
+    assert (await applied(store))["e1"] == (4, [])
