@@ -217,3 +217,22 @@ async def test_audit_list_table_and_json(env: dict[str, str]) -> None:
     assert "neither an RFC 3339 time" in bad.err
     for result in (created, listed, paged):
         assert "tok-audit-never-shown" not in result.out + result.err
+
+
+def test_used_by_names_the_first_monitors_and_says_how_to_list_the_rest() -> None:
+    from credvault.v1 import credentials_pb2 as cpb
+    from vault_service.client_cli import _used_by_text
+
+    cred_id = "CREDENTIALS_VAULT-0123456789ABCDEF"
+    assert _used_by_text(cpb.Credential(id=cred_id)) == "no monitors"
+    one = cpb.Credential(id=cred_id, used_by_count=1, used_by=[cpb.CredentialUsage(monitor_id="SYNTHETIC_TEST-1")])
+    assert _used_by_text(one) == "1 monitor: SYNTHETIC_TEST-1"
+    many = cpb.Credential(
+        id=cred_id,
+        used_by_count=102,
+        used_by=[cpb.CredentialUsage(monitor_id=f"SYNTHETIC_TEST-{n}") for n in range(2)],
+    )
+    assert _used_by_text(many) == (
+        "102 monitors: SYNTHETIC_TEST-0, SYNTHETIC_TEST-1"
+        f" and 100 more (credvault monitors list --credential {cred_id})"
+    )
