@@ -160,7 +160,8 @@ class AppEngineAccess:
     allow_contextless_access: bool = False
 
 
-# How many of the monitors that use a credential it names ("used by"); all of them are counted.
+# A credential's "used by" names at most this many of the monitors that use it (the first by id); used_by_count
+# counts all of them. The API documents the number (credentials.proto).
 USED_BY_SHOWN = 100
 
 
