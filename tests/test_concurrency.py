@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import grpc
@@ -46,10 +47,9 @@ async def test_concurrent_overwrites_at_one_expected_version_one_wins(admin: Cli
 
 
 async def test_two_replicas_migrating_at_once(pg_url: str) -> None:
-    name = "credvault_mig_race"
+    name = f"credvault_mig_race_{uuid.uuid4().hex[:12]}"  # unique: two runs on one server never collide
     admin = await asyncpg.connect(with_database(pg_url, "postgres"))
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
         conns = [await asyncpg.connect(with_database(pg_url, name)) for _ in range(4)]
         try:
