@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from typing import NoReturn
 
+from credvault.held_digest import HeldDigest
 from credvault.v1 import credentials_pb2, engine_pb2, monitors_pb2
 
 __all__ = ["PLACEHOLDER", "SECRET_BEARING_FIELDS", "ConfigStore", "HeldCredential", "HeldMonitor", "Listener"]
@@ -157,6 +158,8 @@ class ConfigStore:
         self._location_id = location_id
         self._monitors: dict[str, HeldMonitor] = {}
         self._credentials: dict[str, HeldCredential] = {}
+        self._rejected: dict[str, int] = {}  # monitor id -> the version rejected last (an older one may be held)
+        self._digest = HeldDigest()  # of every held monitor and credential (credvault.held_digest)
         self._listeners: list[Listener] = []
 
     def add_listener(self, listener: Listener) -> None:
@@ -199,6 +202,16 @@ class ConfigStore:
         ]
         return monitors + credentials
 
+    def held_state(self, revision: int) -> engine_pb2.HeldState:
+        """The digest of what is held, less the monitors whose newest version was rejected, for the vault's
+        anti-entropy check (the vault leaves those out of what it expects too)."""
+        rejected = [
+            (engine_pb2.RESOURCE_KIND_MONITOR, mid, held.version)
+            for mid in self._rejected
+            if (held := self._monitors.get(mid)) is not None
+        ]
+        return engine_pb2.HeldState(revision=revision, digest=self._digest.without(rejected))
+
     def snapshot_ids(self) -> dict[str, dict[str, int]]:
         """Ids and versions only, never contents: ``{"monitors": {id: version}, "credentials": {id: version}}``."""
         return {
@@ -227,14 +240,19 @@ class ConfigStore:
             reason = self._upsert_monitor(monitor)
             if self._monitors.get(monitor.id) is not before:
                 changed.add(monitor.id)
-            if reason is not None:
+            if reason is None:
+                self._rejected.pop(monitor.id, None)
+            else:
+                self._rejected[monitor.id] = monitor.version
                 log.warning("rejected monitor %s version %d: %s", monitor.id, monitor.version, reason)
                 rejections.append(engine_pb2.Rejection(monitor_id=monitor.id, version=monitor.version, reason=reason))
         removals = list(batch.removals)
         for removal in removals:
-            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR and removal.id in self._monitors:
-                self._remove_monitor(removal.id, _reason_name(removal.reason))
-                changed.add(removal.id)
+            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR:
+                self._rejected.pop(removal.id, None)
+                if removal.id in self._monitors:
+                    self._remove_monitor(removal.id, _reason_name(removal.reason))
+                    changed.add(removal.id)
         removed_credentials = set()
         for removal in removals:
             if removal.kind == engine_pb2.RESOURCE_KIND_CREDENTIAL:
@@ -255,6 +273,8 @@ class ConfigStore:
         self._credentials.clear()
         monitor_ids = set(self._monitors)
         self._monitors.clear()
+        self._rejected.clear()
+        self._digest.clear()
         self._notify(monitor_ids)
         return count
 
@@ -273,7 +293,9 @@ class ConfigStore:
                 self._remove_credential(resource.id, "replaced by a version without contents")
             return
         self._credentials[resource.id] = HeldCredential(resource.id, resource.version, resource.details)
+        self._digest.add(engine_pb2.RESOURCE_KIND_CREDENTIAL, resource.id, resource.version)
         if held is not None:
+            self._digest.remove(engine_pb2.RESOURCE_KIND_CREDENTIAL, resource.id, held.version)
             held.wipe()
         log.debug("holding credential %s version %d", resource.id, resource.version)
 
@@ -311,17 +333,22 @@ class ConfigStore:
                     f"but the monitor uses it as {' and '.join(wrong)}"
                 )
         self._monitors[resource.id] = HeldMonitor(resource.id, resource.version, monitor)
+        self._digest.add(engine_pb2.RESOURCE_KIND_MONITOR, resource.id, resource.version)
+        if held is not None:
+            self._digest.remove(engine_pb2.RESOURCE_KIND_MONITOR, resource.id, held.version)
         log.debug("holding monitor %s version %d", resource.id, resource.version)
         return None
 
     def _remove_monitor(self, monitor_id: str, reason: str) -> None:
         held = self._monitors.pop(monitor_id, None)
         if held is not None:
+            self._digest.remove(engine_pb2.RESOURCE_KIND_MONITOR, monitor_id, held.version)
             log.info("removed monitor %s version %d (%s)", monitor_id, held.version, reason)
 
     def _remove_credential(self, credential_id: str, reason: str) -> None:
         held = self._credentials.pop(credential_id, None)
         if held is not None:
+            self._digest.remove(engine_pb2.RESOURCE_KIND_CREDENTIAL, credential_id, held.version)
             held.wipe()
             log.info("removed credential %s version %d (%s)", credential_id, held.version, reason)
 

@@ -258,10 +258,8 @@ class EngineStream:
             async with lock:
                 await call.write(request)
 
-        held = self._store.held()
-        hello = engine_pb2.Hello(location_id=self._identity.location_id, engine_id=self._identity.engine_id, held=held)
         self._last_received = self._clock()
-        await send(engine_pb2.StreamRequest(hello=hello))
+        await send(engine_pb2.StreamRequest(hello=self._hello()))
         log.info("sent hello as %s holding %s", self._identity.spiffe_id, self._held_summary())
         tasks = [
             asyncio.create_task(self._receive(call, send), name="engine-stream-receive"),
@@ -282,6 +280,12 @@ class EngineStream:
                 if error is not None:
                     raise error
 
+    def _hello(self) -> engine_pb2.Hello:
+        """Who this engine is and everything it holds: opens a session, and answers the vault's ResyncRequest."""
+        return engine_pb2.Hello(
+            location_id=self._identity.location_id, engine_id=self._identity.engine_id, held=self._store.held()
+        )
+
     async def _receive(
         self, call: grpc.aio.StreamStreamCall[engine_pb2.StreamRequest, engine_pb2.StreamResponse], send: Send
     ) -> None:
@@ -300,9 +304,13 @@ class EngineStream:
                 self._session_synced = True
                 self.synced.set()
                 log.info("in sync with the vault at revision %d, holding %s", revision, self._held_summary())
-                await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=revision)))
+                held = self._store.held_state(revision)
+                await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=revision, held=held)))
             elif which == "heartbeat":
                 log.debug("heartbeat from the vault")
+            elif which == "resync":
+                log.warning("the vault asks what this engine holds (%s)", response.resync.reason)
+                await send(engine_pb2.StreamRequest(hello=self._hello()))
             else:
                 log.warning("ignored a message of unknown type from the vault")
 
@@ -317,7 +325,8 @@ class EngineStream:
             len(batch.removals),
             len(rejected),
         )
-        await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=batch.revision, rejected=rejected)))
+        held = self._store.held_state(batch.revision)
+        await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=batch.revision, rejected=rejected, held=held)))
 
     async def _send_results(self, results: ResultReporter, send: Send) -> None:
         """Drains execution results onto the stream; a batch that could not be written waits for the next session."""
@@ -333,7 +342,9 @@ class EngineStream:
     async def _heartbeats(self, send: Send) -> None:
         while True:
             await self._sleep(self._settings.heartbeat_interval)
-            await send(engine_pb2.StreamRequest(heartbeat=engine_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000))))
+            held = self._store.held_state(self._last_applied_revision)
+            beat = engine_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000), held=held)
+            await send(engine_pb2.StreamRequest(heartbeat=beat))
 
     async def _watchdog(self) -> None:
         interval = self._settings.heartbeat_interval

@@ -40,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine_worker
+from credvault.held_digest import HeldDigest
 from credvault.v1 import credentials_pb2, engine_pb2, engine_pb2_grpc, monitors_pb2
 from engine_worker import cli, config_store
 from engine_worker.config_store import SECRET_BEARING_FIELDS, ConfigStore, HeldCredential
@@ -1116,3 +1117,42 @@ async def test_the_engine_worker_process(vault_server: VaultServer, pki: Pki) ->
     for secret in (SECRET, "svc-user"):
         assert secret not in log_text
     assert config_store.__name__ in log_text  # DEBUG logging really was on
+
+
+# --- the digest of what is held (anti-entropy) ----------------------------------------------------------------------
+
+
+def test_the_held_digest_follows_every_change_and_leaves_out_rejected_monitors() -> None:
+    """The digest kept by ConfigStore equals the digest computed afresh from what it holds, after every kind of
+    change, and leaves out a monitor whose newest version it rejected (the vault leaves it out too)."""
+
+    def afresh(store: ConfigStore, leave_out: frozenset[str] = frozenset()) -> int:
+        digest = HeldDigest()
+        held = store.snapshot_ids()
+        for mid, version in held["monitors"].items():
+            if mid not in leave_out:
+                digest.add(engine_pb2.RESOURCE_KIND_MONITOR, mid, version)
+        for cid, version in held["credentials"].items():
+            digest.add(engine_pb2.RESOURCE_KIND_CREDENTIAL, cid, version)
+        return digest.value
+
+    store = ConfigStore(LOCATION)
+    assert store.held_state(0).digest == 0
+    store.apply(batch(1, credentials=[up_cred(C1, 1)], monitors=[http_monitor(M1, 3, basic=C1)]))
+    assert store.held_state(1) == engine_pb2.HeldState(revision=1, digest=afresh(store))
+    assert store.held_state(1).digest != 0
+    store.apply(batch(2, credentials=[up_cred(C1, 2)], monitors=[http_monitor(M1, 4, basic=C1)]))
+    assert store.held_state(2).digest == afresh(store)
+    rejected = store.apply(batch(3, monitors=[http_monitor(M1, 5, basic=C2)]))  # C2 is not held: rejected
+    assert [r.monitor_id for r in rejected] == [M1]
+    assert store.snapshot_ids()["monitors"] == {M1: 4}  # the older version stays, left out of the digest
+    assert store.held_state(3).digest == afresh(store, frozenset({M1}))
+    store.apply(batch(4, monitors=[http_monitor(M1, 6, basic=C1)]))  # accepted: counted again
+    assert store.held_state(4).digest == afresh(store)
+    store.apply(batch(5, removals=[removal(engine_pb2.RESOURCE_KIND_MONITOR, M1)]))
+    store.apply(batch(6, removals=[removal(engine_pb2.RESOURCE_KIND_CREDENTIAL, C1)]))
+    assert store.snapshot_ids() == {"monitors": {}, "credentials": {}}
+    assert store.held_state(6).digest == 0
+    store.apply(batch(7, credentials=[up_cred(C1, 9)]))
+    store.flush()
+    assert store.held_state(7).digest == 0

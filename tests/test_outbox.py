@@ -19,12 +19,18 @@ def delta(revision: int, monitors: dict[str, int] | None = None, creds: dict[str
     )
 
 
+async def take_batch(box: Outbox) -> epb.ConfigBatch:
+    taken = await box.take()
+    assert isinstance(taken, epb.ConfigBatch)
+    return taken
+
+
 async def test_latest_wins_and_credentials_come_first() -> None:
     box = Outbox(100)
     box.put(delta(1, {"m1": 1}, {"c1": 1}))
     box.put(delta(2, {"m1": 5}))
     box.put(delta(3, creds={"c1": 7}))
-    batch = await box.take()
+    batch = await take_batch(box)
     assert batch.revision == 3
     assert [(c.id, c.version) for c in batch.credentials] == [("c1", 7)]
     assert [(m.id, m.version) for m in batch.monitors] == [("m1", 5)]
@@ -44,7 +50,7 @@ async def test_removal_replaces_pending_upsert_and_orders_after_monitors() -> No
             },
         )
     )
-    batch = await box.take()
+    batch = await take_batch(box)
     assert not batch.monitors
     assert not batch.credentials
     assert [(r.kind, r.id) for r in batch.removals] == [(M, "m1"), (C, "c1")]
@@ -53,7 +59,7 @@ async def test_removal_replaces_pending_upsert_and_orders_after_monitors() -> No
 async def test_chunks_never_claim_more_than_handed_out() -> None:
     box = Outbox(10_000, chunk=3)
     box.put(delta(7, {f"m{i}": 1 for i in range(4)}, {"c1": 1, "c2": 1}))
-    first, second = await box.take(), await box.take()
+    first, second = await take_batch(box), await take_batch(box)
     assert [c.id for c in first.credentials] == ["c1", "c2"]
     assert len(first.monitors) == 1
     assert first.revision == 0  # partial: the ack must not claim revision 7 yet
@@ -66,3 +72,15 @@ async def test_overflow_closes_instead_of_growing() -> None:
     box.put(delta(1, {f"m{i}": 1 for i in range(6)}))
     with pytest.raises(OutboxOverflow):
         await box.take()
+
+
+async def test_a_request_for_the_held_list_goes_before_pending_changes() -> None:
+    box = Outbox(100)
+    box.put(delta(4, {"m1": 1}))
+    box.ask_held("digest differs")
+    first = await box.take()
+    assert isinstance(first, epb.ResyncRequest)
+    assert first.reason == "digest differs"
+    batch = await take_batch(box)
+    assert [m.id for m in batch.monitors] == ["m1"]
+    assert box.revision == 4

@@ -7,6 +7,8 @@ Each vault has its own registry (tests run several vaults in one process). The s
 - ``credvault_engines_connected{location}``: engine streams open on this replica;
 - ``credvault_push_pending{location}``: resources waiting in those streams' outboxes;
 - ``credvault_push_latency_seconds``: from a change's transaction to the engine's ACK covering it (live deltas);
+- ``credvault_engine_divergence_total{location}``: engines found holding something other than what they should
+  (anti-entropy), each then sent the difference;
 - ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
 - ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with.
 
@@ -85,6 +87,12 @@ class VaultMetrics:
             "credvault_push_latency_seconds",
             "From a change's transaction to the engine's ACK of the revision covering it",
             buckets=PUSH_BUCKETS,
+            registry=self.registry,
+        )
+        self.engine_divergence = Counter(
+            "credvault_engine_divergence",
+            "Engines found holding something other than what they should (anti-entropy), each repaired",
+            ("location",),
             registry=self.registry,
         )
         Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(

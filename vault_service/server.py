@@ -197,8 +197,14 @@ async def _start_engine_port(
         heartbeat_seconds=settings.engine_heartbeat_seconds,
         outbox_max=settings.engine_outbox_max,
     )
+    divergence = running.metrics.engine_divergence
     streams = EngineStreamServicer(
-        running.store, follower, stream_settings, results, running.metrics.push_latency.observe
+        running.store,
+        follower,
+        stream_settings,
+        results,
+        running.metrics.push_latency.observe,
+        lambda location_id: divergence.labels(location_id).inc(),
     )
     engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(streams, server)
     creds = grpc.ssl_server_credentials(

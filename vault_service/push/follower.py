@@ -1,6 +1,12 @@
 """Follows the change log on this replica: LISTEN for commits, and on start and after any lost connection catch up
 from the last revision processed (the log is durable, so nothing is lost while not listening). Each change goes to
-the ``LocationState`` of every location it affects; engine changes go to the stream registry."""
+the ``LocationState`` of every location it affects; engine changes go to the stream registry.
+
+A change counts as processed only once every state it affects has applied it: a failed read is retried from the
+last revision fully applied. When the follower loses the database it cannot prove that its states missed nothing, so
+it marks them stale and rebuilds each from a snapshot (sending its engines the difference) before going on; a state
+is never handed to a new stream while stale. The wake-up is cleared before each catch-up, so a notification that
+arrives during one causes another, not a wait for the poll."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from vault_service.storage.store import Store
 
 log = logging.getLogger(__name__)
 BATCH = 1000
+RETRY_CAP = 1.0  # seconds: the most a reconnect waits once the database answers again
 
 
 class ChangeFollower:
@@ -54,6 +61,8 @@ class ChangeFollower:
                 state = LocationState(location_id, self._keyring)
                 await state.load(self._store)
                 self._states[location_id] = state
+            elif state.stale:
+                await state.rebuild(self._store)
             state.subscribers.add(outbox)
             return state
 
@@ -78,22 +87,45 @@ class ChangeFollower:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANGES_CHANNEL, lambda *_: self._wake.set())
-                attempt = 0
                 while not lost.is_set():
+                    self._wake.clear()  # before reading: a notification from here on wakes the next round
+                    await self._rebuild_stale()
                     await self.catch_up()  # on start, after reconnects, and on every notification
-                    self._wake.clear()
+                    if attempt:
+                        log.info("change follower has the database again (after %d attempts)", attempt)
+                        attempt = 0
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                self._mark_stale()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._mark_stale()
                 attempt += 1
-                delay = random.uniform(0, min(10.0, 0.2 * 2**attempt))
-                log.warning("change follower lost the database (%s); retrying in %.1fs", type(exc).__name__, delay)
+                delay = random.uniform(0, min(RETRY_CAP, 0.05 * 2**attempt))
+                if attempt == 1:
+                    log.warning("change follower lost the database (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
             finally:
                 if conn is not None and not conn.is_closed():
-                    await conn.close()
+                    conn.terminate()
+
+    def _mark_stale(self) -> None:
+        for state in self._states.values():
+            state.stale = True
+
+    async def _rebuild_stale(self) -> None:
+        async with self._lock:
+            for state in list(self._states.values()):
+                if state.stale:
+                    delta = await state.rebuild(self._store)
+                    if delta is not None:
+                        log.warning(
+                            "location %s rebuilt after the database was lost: %d upserts, %d removals",
+                            state.location_id,
+                            len(delta.credentials) + len(delta.monitors),
+                            len(delta.removals),
+                        )
 
     async def catch_up(self) -> None:
         async with self._lock:
@@ -104,9 +136,9 @@ class ChangeFollower:
                     for location_id in change.location_ids:
                         state = self._states.get(location_id)
                         if state is not None:
-                            await state.apply(self._store, change)
+                            await state.apply(self._store, change)  # raises, state untouched, if its read fails
                     if change.kind == "engine":
                         self.on_engine_change(change)
-                    self.last = change.revision
+                    self.last = change.revision  # only once every state it affects has applied it
                 if len(changes) < BATCH:
                     return

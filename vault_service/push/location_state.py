@@ -4,6 +4,13 @@ One ``LocationState`` per location with connected engines on this replica. It is
 (REPEATABLE READ, with the change-log head of that snapshot) and then advanced by change rows, each turned into a
 ``Delta`` that every subscribed stream's outbox receives. Credentials are resolved (decrypted) here, once per
 location and change, never per engine or per execution; an engine holds only the credentials its monitors use.
+
+Every step is all-or-nothing: a step first reads what it needs from the database and only then, without awaiting
+anything more, changes the state, advances its revision and hands the delta out. A read that fails leaves the state
+exactly as it was, at its old revision, so the follower retries the same change. A state whose follower lost the
+database cannot prove it missed nothing and is marked stale; it is rebuilt from a snapshot (and its engines sent
+the difference) before it serves again. The digest of what each engine should hold is kept here as well, for the
+anti-entropy check (``credvault.held_digest``).
 """
 
 from __future__ import annotations
@@ -11,14 +18,15 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
+from credvault.held_digest import HeldDigest
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
 from vault_service.api import convert
 from vault_service.crypto import Keyring
-from vault_service.push.outbox import Delta, Key, Outbox
+from vault_service.push.outbox import Delta, Item, Key, Outbox
 from vault_service.storage.monitor_queries import Change
 from vault_service.storage.store import Store, Tx
 
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 MONITOR = epb.RESOURCE_KIND_MONITOR
 CREDENTIAL = epb.RESOURCE_KIND_CREDENTIAL
 DELIVERED_KEPT = 1024  # recent deltas whose commit time is kept for push-latency metrics
+Rejected = Mapping[str, tuple[int, str]]  # monitor id -> (rejected version, reason), per engine
 
 
 def _removal(kind: int, resource_id: str, reason: int) -> tuple[Key, epb.Removal]:
@@ -51,25 +60,74 @@ class LocationState:
         self.location_id = location_id
         self._keyring = keyring
         self.revision = 0
+        # Read them; change them only through _put_*/_pop_*, which keep _users and the digest in step.
         self.monitors: dict[str, epb.MonitorResource] = {}
         self.credentials: dict[str, epb.CredentialResource] = {}
         self._users: dict[str, set[str]] = {}  # credential id -> ids of held monitors that use it
+        self._digest = HeldDigest()
+        self.stale = False  # the follower lost the database: rebuild from a snapshot before serving again
         self.subscribers: set[Outbox] = set()
         # (revision, commit time on the monotonic clock) of the recent deltas handed to the outboxes
         self.delivered: collections.deque[tuple[int, float]] = collections.deque(maxlen=DELIVERED_KEPT)
 
+    # --- the held set and its digest ------------------------------------------------------------------------------
+
+    def _put_credential(self, res: epb.CredentialResource) -> None:
+        old = self.credentials.get(res.id)
+        if old is not None:
+            self._digest.remove(CREDENTIAL, res.id, old.version)
+        self.credentials[res.id] = res
+        self._digest.add(CREDENTIAL, res.id, res.version)
+
+    def _pop_credential(self, credential_id: str) -> bool:
+        old = self.credentials.pop(credential_id, None)
+        if old is None:
+            return False
+        self._digest.remove(CREDENTIAL, credential_id, old.version)
+        return True
+
+    def _put_monitor(self, m: mpb.Monitor) -> epb.MonitorResource:
+        old = self.monitors.get(m.id)
+        if old is not None:
+            self._digest.remove(MONITOR, m.id, old.version)
+        res = self.monitors[m.id] = epb.MonitorResource(id=m.id, version=m.version, monitor=m)
+        self._digest.add(MONITOR, m.id, m.version)
+        for cid in m.credential_ids:
+            self._users.setdefault(cid, set()).add(m.id)
+        return res
+
+    def _pop_monitor(self, monitor_id: str) -> epb.MonitorResource | None:
+        old = self.monitors.pop(monitor_id, None)
+        if old is not None:
+            self._digest.remove(MONITOR, monitor_id, old.version)
+        return old
+
+    def _unuse(self, monitor_id: str, credential_ids: Iterable[str], delta: Delta) -> None:
+        """``monitor_id`` no longer uses these credentials: drop those no held monitor uses any more."""
+        for cid in credential_ids:
+            users = self._users.get(cid, set())
+            users.discard(monitor_id)
+            if not users:
+                self._users.pop(cid, None)
+                if self._pop_credential(cid):
+                    key, removal = _removal(CREDENTIAL, cid, epb.REMOVAL_REASON_UNREFERENCED)
+                    delta.removals[key] = removal
+
+    def expected_digest(self, rejected: Rejected) -> int:
+        """The digest of what an engine with these rejections should hold: everything, less each monitor whose
+        held version it rejected (it keeps an older version of those, or none)."""
+        skipped = [
+            (MONITOR, mid, version)
+            for mid, (version, _) in rejected.items()
+            if (held := self.monitors.get(mid)) is not None and held.version == version
+        ]
+        return self._digest.without(skipped)
+
     # --- building -------------------------------------------------------------------------------------------------
 
     async def load(self, store: Store) -> None:
-        async with store.snapshot() as tx:
-            self.revision = await tx.head_revision()
-            monitors = await tx.enabled_monitors_in(self.location_id)
-            needed = sorted({c for m in monitors for c in m.credential_ids})
-            creds = await self._resolve(tx, needed)
-        self.credentials = creds
-        for m in monitors:
-            if all(c in creds for c in m.credential_ids):
-                self._hold_monitor(m)
+        """Builds the state from a snapshot (a new state has no subscribers to tell)."""
+        await self.rebuild(store)
         log.info(
             "location %s: %d monitors, %d credentials at revision %d",
             self.location_id,
@@ -78,6 +136,48 @@ class LocationState:
             self.revision,
         )
 
+    async def rebuild(self, store: Store) -> Delta | None:
+        """Replaces the state with a snapshot of the database and hands the difference to the subscribers."""
+        held_ids = list(self.monitors)
+        async with store.snapshot() as tx:
+            revision = await tx.head_revision()
+            monitors = await tx.enabled_monitors_in(self.location_id)
+            needed = sorted({c for m in monitors for c in m.credential_ids})
+            creds = await self._resolve(tx, needed)
+            wanted = {m.id for m in monitors}
+            gone = await tx.monitors_by_id([mid for mid in held_ids if mid not in wanted])
+        # from here on nothing awaits: the state moves to the snapshot in one step
+        delta = Delta(revision, {}, {}, {})
+        runnable = {m.id: m for m in monitors if all(c in creds for c in m.credential_ids)}
+        for mid in [mid for mid in self.monitors if mid not in runnable]:
+            self._pop_monitor(mid)
+            reason = removal_reason(gone.get(mid), self.location_id) if mid not in wanted else None
+            key, removal = _removal(MONITOR, mid, reason or epb.REMOVAL_REASON_CREDENTIAL_DELETED)
+            delta.removals[key] = removal
+        used = {c for m in runnable.values() for c in m.credential_ids}
+        for cid in used:
+            if (old := self.credentials.get(cid)) is None or old.version != creds[cid].version:
+                self._put_credential(creds[cid])
+                delta.credentials[cid] = creds[cid]
+        for m in runnable.values():
+            if (old_m := self.monitors.get(m.id)) is None or old_m.version != m.version:
+                delta.monitors[m.id] = self._put_monitor(m)
+        for cid in [cid for cid in self.credentials if cid not in used]:  # held, but no monitor uses it any more
+            self._pop_credential(cid)
+            key, removal = _removal(CREDENTIAL, cid, epb.REMOVAL_REASON_UNREFERENCED)
+            delta.removals[key] = removal
+        self._users = {}
+        self._digest.clear()  # recomputed, not adjusted: a rebuild also repairs the digest itself
+        for res in self.monitors.values():
+            self._digest.add(MONITOR, res.id, res.version)
+            for cid in res.monitor.credential_ids:
+                self._users.setdefault(cid, set()).add(res.id)
+        for cred in self.credentials.values():
+            self._digest.add(CREDENTIAL, cred.id, cred.version)
+        self.revision = max(self.revision, revision)
+        self.stale = False
+        return self._deliver(delta, None)
+
     async def _resolve(self, tx: Tx, credential_ids: list[str]) -> dict[str, epb.CredentialResource]:
         out = {}
         for cid, (cred, sealed, version) in (await tx.credentials_sealed(credential_ids)).items():
@@ -85,86 +185,126 @@ class LocationState:
             out[cid] = epb.CredentialResource(id=cid, version=version, details=convert.details(secret))
         return out
 
-    def _hold_monitor(self, m: mpb.Monitor) -> None:
-        self.monitors[m.id] = epb.MonitorResource(id=m.id, version=m.version, monitor=m)
-        for cid in m.credential_ids:
-            self._users.setdefault(cid, set()).add(m.id)
-
     def _release_monitor(self, monitor_id: str, delta: Delta, reason: int) -> None:
-        held = self.monitors.pop(monitor_id, None)
+        held = self._pop_monitor(monitor_id)
         if held is None:
             return
         key, removal = _removal(MONITOR, monitor_id, reason)
         delta.removals[key] = removal
-        for cid in held.monitor.credential_ids:
-            users = self._users.get(cid, set())
-            users.discard(monitor_id)
-            if not users:
-                self._users.pop(cid, None)
-                if self.credentials.pop(cid, None) is not None:
-                    ckey, cremoval = _removal(CREDENTIAL, cid, epb.REMOVAL_REASON_UNREFERENCED)
-                    delta.removals[ckey] = cremoval
+        self._unuse(monitor_id, held.monitor.credential_ids, delta)
 
     # --- advancing ------------------------------------------------------------------------------------------------
 
     async def apply(self, store: Store, change: Change) -> Delta | None:
-        """Advance by one change row; returns what the engines must be told (None if nothing)."""
+        """Advance by one change row; returns what the engines must be told (None if nothing). If the database read
+        fails, nothing changed: the state stays at its revision and the same change can be applied again."""
         if change.revision <= self.revision:
             return None
-        self.revision = change.revision
-        if self.location_id not in change.location_ids:
+        if self.location_id not in change.location_ids or (
+            change.kind == "credential" and change.object_id not in self.credentials
+        ):  # not for this location, or no held monitor uses the credential: nothing to read or resolve
+            self.revision = change.revision
             return None
-        if change.kind == "credential" and change.object_id not in self.credentials:
-            return None  # no held monitor uses it: nothing to read or resolve
         delta = Delta(change.revision, {}, {}, {})
         async with store.read() as tx:
             if change.kind == "monitor":
-                await self._apply_monitor(tx, change.object_id, delta)
+                m, resolved = await self._read_monitor(tx, change.object_id)
             elif change.kind == "credential":
-                await self._apply_credential(tx, change.object_id, delta)
+                m, resolved = None, await self._resolve(tx, [change.object_id])
+        # from here on nothing awaits: state, revision and delta advance together
+        if change.kind == "monitor":
+            self._apply_monitor(change.object_id, m, resolved, delta)
+        elif change.kind == "credential":
+            self._apply_credential(change.object_id, resolved, delta)
+        self.revision = change.revision
+        return self._deliver(delta, change.committed_at)
+
+    def _deliver(self, delta: Delta, committed_at: float | None) -> Delta | None:
         if delta.empty():
             return None
         for outbox in self.subscribers:
             outbox.put(delta)
-        if change.committed_at is not None:
-            self.delivered.append((change.revision, change.committed_at))
+        if committed_at is not None:
+            self.delivered.append((delta.revision, committed_at))
         return delta
 
-    async def _apply_monitor(self, tx: Tx, monitor_id: str, delta: Delta) -> None:
+    async def _read_monitor(
+        self, tx: Tx, monitor_id: str
+    ) -> tuple[mpb.Monitor | None, dict[str, epb.CredentialResource]]:
+        """The monitor's row, and the credentials it uses that are not held yet, resolved."""
         m = (await tx.monitors_by_id([monitor_id])).get(monitor_id)
+        if m is None or not m.enabled or self.location_id not in m.location_ids:
+            return m, {}
+        previous = self.monitors.get(monitor_id)
+        if previous is not None and previous.version == m.version:
+            return m, {}
+        return m, await self._resolve(tx, [c for c in m.credential_ids if c not in self.credentials])
+
+    def _apply_monitor(
+        self, monitor_id: str, m: mpb.Monitor | None, resolved: dict[str, epb.CredentialResource], delta: Delta
+    ) -> None:
         if m is None or not m.enabled or self.location_id not in m.location_ids:
             self._release_monitor(monitor_id, delta, removal_reason(m, self.location_id))
             return
         previous = self.monitors.get(monitor_id)
         if previous is not None and previous.version == m.version:
             return
-        missing = [c for c in m.credential_ids if c not in self.credentials]
-        resolved = await self._resolve(tx, missing)
-        if len(resolved) != len(missing):  # a credential vanished meanwhile: the monitor cannot run
+        if any(c not in self.credentials and c not in resolved for c in m.credential_ids):
+            # a credential vanished meanwhile: the monitor cannot run
             self._release_monitor(monitor_id, delta, epb.REMOVAL_REASON_CREDENTIAL_DELETED)
             return
-        self.credentials.update(resolved)
+        for res in resolved.values():
+            self._put_credential(res)
         delta.credentials.update(resolved)
+        delta.monitors[monitor_id] = self._put_monitor(m)
         old_refs = set(previous.monitor.credential_ids) if previous is not None else set()
-        for cid in old_refs - set(m.credential_ids):  # credentials the new version no longer uses
-            users = self._users.get(cid, set())
-            users.discard(monitor_id)
-            if not users:
-                self._users.pop(cid, None)
-                self.credentials.pop(cid, None)
-                key, removal = _removal(CREDENTIAL, cid, epb.REMOVAL_REASON_UNREFERENCED)
-                delta.removals[key] = removal
-        self._hold_monitor(m)
-        delta.monitors[monitor_id] = self.monitors[monitor_id]
+        self._unuse(monitor_id, old_refs - set(m.credential_ids), delta)  # what the new version no longer uses
 
-    async def _apply_credential(self, tx: Tx, credential_id: str, delta: Delta) -> None:
-        resolved = await self._resolve(tx, [credential_id])
+    def _apply_credential(self, credential_id: str, resolved: dict[str, epb.CredentialResource], delta: Delta) -> None:
         res = resolved.get(credential_id)
-        if res is None:
+        if res is None or credential_id not in self.credentials:
             return  # deleted: its monitors' own changes remove it after them
         if res.version != self.credentials[credential_id].version:
-            self.credentials[credential_id] = res
+            self._put_credential(res)
             delta.credentials[credential_id] = res
+
+    # --- what one engine must be sent -----------------------------------------------------------------------------
+
+    def gone_monitors(self, held: Iterable[epb.HeldResource]) -> list[str]:
+        """The monitors an engine holds that it must no longer hold (their removal reasons need a database read)."""
+        return [h.id for h in held if h.kind == MONITOR and h.id not in self.monitors]
+
+    def diff(self, held: Iterable[epb.HeldResource], rejected: Rejected, reasons: Mapping[str, int]) -> list[Item]:
+        """Exactly the difference between what an engine holds and what it should hold, never re-sending a version
+        it rejected. ``reasons``: why each of its gone monitors goes (from :meth:`gone_monitors`)."""
+        held_monitors: dict[str, int] = {}
+        held_creds: dict[str, int] = {}
+        for h in held:
+            (held_monitors if h.kind == MONITOR else held_creds)[h.id] = h.version
+        items: list[Item] = [c for cid, c in self.credentials.items() if held_creds.get(cid) != c.version]
+        items += [
+            m
+            for mid, m in self.monitors.items()
+            if held_monitors.get(mid) != m.version and rejected.get(mid, (None, ""))[0] != m.version
+        ]
+        items += [
+            _removal(MONITOR, mid, reasons.get(mid, epb.REMOVAL_REASON_UNSPECIFIED))[1]
+            for mid in held_monitors
+            if mid not in self.monitors
+        ]
+        items += [
+            _removal(CREDENTIAL, cid, epb.REMOVAL_REASON_UNREFERENCED)[1]
+            for cid in held_creds
+            if cid not in self.credentials
+        ]
+        return items
+
+    def revocation(self) -> list[Item]:
+        """Everything the location's engines hold, as removals: what a revoked engine is told before it is refused."""
+        return [
+            *(_removal(MONITOR, i, epb.REMOVAL_REASON_ENGINE_REVOKED)[1] for i in self.monitors),
+            *(_removal(CREDENTIAL, i, epb.REMOVAL_REASON_ENGINE_REVOKED)[1] for i in self.credentials),
+        ]
 
 
 class PushTimer:

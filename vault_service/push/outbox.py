@@ -38,12 +38,23 @@ class Outbox:
         self._revision = 0  # of the newest delta put in
         self._complete_revision = 0  # everything up to this was fully handed out
         self._ready = asyncio.Event()
+        self._resync: epb.ResyncRequest | None = None
         self.overflowed = False
 
     @property
     def pending(self) -> int:
         """Resources waiting to be handed out."""
         return len(self._pending)
+
+    @property
+    def revision(self) -> int:
+        """The revision of the newest delta put in: an engine that ACKed it and has nothing pending is current."""
+        return self._revision
+
+    def ask_held(self, reason: str) -> None:
+        """Asks the engine for the list of what it holds (anti-entropy): :meth:`take` hands out the request next."""
+        self._resync = epb.ResyncRequest(reason=reason)
+        self._ready.set()
 
     def put(self, delta: Delta) -> None:
         """Coalesce a delta in; never blocks. Marks overflow instead of growing past the bound."""
@@ -62,15 +73,19 @@ class Outbox:
             self._on_overflow()
         self._ready.set()
 
-    async def take(self) -> epb.ConfigBatch:
+    async def take(self) -> epb.ConfigBatch | epb.ResyncRequest:
         """Wait for pending changes and return at most ``chunk`` of them as one batch, in apply order (so a monitor
         never comes before a credential it needs). A partial batch carries the last revision fully handed out, so
-        an ACK never claims more than the engine has. Raises OutboxOverflow."""
-        while not self._pending and not self.overflowed:
+        an ACK never claims more than the engine has. A pending :meth:`ask_held` comes first. Raises
+        OutboxOverflow."""
+        while not self._pending and not self.overflowed and self._resync is None:
             self._ready.clear()
             await self._ready.wait()
         if self.overflowed:
             raise OutboxOverflow("the engine fell too far behind; it must resync")
+        if self._resync is not None:
+            resync, self._resync = self._resync, None
+            return resync
         ordered = ordered_items(self._pending.values())
         taken = first_chunk(ordered, self._chunk)
         rest = ordered[len(taken) :]

@@ -1,5 +1,6 @@
 """The engine stream: identify the engine by its client certificate, send the difference to what it holds, then
-relay its location's deltas from its outbox. It computes nothing itself (``LocationState`` does)."""
+relay its location's deltas from its outbox. It computes nothing itself (``LocationState`` does; ``HeldCheck``
+compares what the engine reports holding with it)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service.pki import EngineIdentity, identity_from_certificate
 from vault_service.push.ack_recorder import AckRecorder
 from vault_service.push.follower import ChangeFollower
-from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, PushTimer, removal_reason
+from vault_service.push.held_check import HeldCheck
+from vault_service.push.location_state import LocationState, PushTimer, removal_reason
 from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
 from vault_service.results import ResultService
 from vault_service.storage.monitor_queries import Change
@@ -70,12 +72,14 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         settings: StreamSettings,
         results: ResultService,
         observe_push_latency: Callable[[float], None] = lambda seconds: None,
+        count_divergence: Callable[[str], None] = lambda location_id: None,
     ) -> None:
         self._store = store
         self._results = results
         self._follower = follower
         self._settings = settings
         self._observe_push_latency = observe_push_latency
+        self._count_divergence = count_divergence
         self.acks = AckRecorder(store)
         self._live: dict[tuple[str, str], _Live] = {}
         follower.on_engine_change = self._engine_changed
@@ -178,12 +182,12 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         rejected: dict[str, tuple[int, str]],
     ) -> None:
         loc, eng = live.identity.location_id, live.identity.engine_id
-        # the snapshot: copy now, before any await, so it matches state.revision exactly
+        reasons = await self._removal_reasons(loc, state.gone_monitors(hello.held))
+        # what the engine must be sent, computed with no await after it: it matches state.revision exactly
         revision = state.revision
-        monitors = dict(state.monitors)
-        credentials = dict(state.credentials)
-        for batch in await self._initial_batches(hello, revision, monitors, credentials, rejected):
-            await self._send(context, live, epb.StreamResponse(batch=batch))
+        items = ordered_items(state.diff(hello.held, rejected, reasons))  # apply order
+        for chunk in chunks(items, CHUNK):
+            await self._send(context, live, epb.StreamResponse(batch=batch_of(revision, chunk)))
         await self._send(context, live, epb.StreamResponse(sync_complete=epb.SyncComplete(revision=revision)))
         async with self._store.read() as tx:
             await tx.engine_connected(loc, eng, self._settings.replica_id)
@@ -191,16 +195,37 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
 
         last_heard = time.monotonic()
         push_timer = PushTimer(state, revision, self._observe_push_latency)
+        check = HeldCheck(
+            f"{loc}/{eng}",
+            state,
+            outbox,
+            rejected,
+            revision,
+            interval=self._settings.heartbeat_seconds,
+            on_divergence=lambda: self._count_divergence(loc),
+            on_unanswered=lambda: live.cut_with(
+                grpc.StatusCode.ABORTED, "what the engine holds differs from what it should hold; reconnect"
+            ),
+        )
 
         async def read_acks() -> None:
             nonlocal last_heard
             async for msg in requests:
                 last_heard = time.monotonic()
-                if msg.HasField("ack"):
+                which = msg.WhichOneof("message")
+                if which == "ack":
                     self._record_ack(loc, eng, msg.ack, rejected)
                     push_timer.acked(msg.ack.revision)
-                elif msg.HasField("results"):
+                    if msg.ack.HasField("held"):
+                        check.reported(msg.ack.held)
+                elif which == "heartbeat":
+                    if msg.heartbeat.HasField("held"):
+                        check.reported(msg.heartbeat.held)
+                elif which == "results":
                     self._results.submit(loc, eng, list(msg.results.results))  # written in the background
+                elif which == "hello":  # the engine's answer to a ResyncRequest: what it holds
+                    held = list(msg.hello.held)
+                    check.answered(held, await self._removal_reasons(loc, check.gone_monitors(held)))
 
         # Three tasks for the stream's life, none per message: the relay of the outbox, the reader of the engine's
         # ACKs, and the cut. The first to end ends the stream.
@@ -237,8 +262,11 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             except OutboxOverflow as exc:
                 raise _Ended(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             else:
-                _skip_rejected(batch, rejected)
-                message = epb.StreamResponse(batch=batch)
+                if isinstance(batch, epb.ResyncRequest):
+                    message = epb.StreamResponse(resync=batch)
+                else:
+                    _skip_rejected(batch, rejected)
+                    message = epb.StreamResponse(batch=batch)
             try:
                 async with asyncio.timeout(3 * hb):  # flow control never frees when the engine stops reading
                     await context.write(message)
@@ -264,57 +292,20 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             if row is not None and row.revoked_at is None:
                 ended = _Ended(grpc.StatusCode.ABORTED, "stream closed; reconnect")
             else:  # tell it to drop everything (it flushes on the refusal anyway), then refuse
-                removals = [
-                    *(
-                        epb.Removal(kind=MONITOR, id=i, reason=epb.REMOVAL_REASON_ENGINE_REVOKED)
-                        for i in state.monitors
-                    ),
-                    *(
-                        epb.Removal(kind=CREDENTIAL, id=i, reason=epb.REMOVAL_REASON_ENGINE_REVOKED)
-                        for i in state.credentials
-                    ),
-                ]
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
-                        context.write(epb.StreamResponse(batch=batch_of(state.revision, removals))), 1.0
+                        context.write(epb.StreamResponse(batch=batch_of(state.revision, state.revocation()))), 1.0
                     )
         log.info("engine %s/%s: stream ended: %s", live.identity.location_id, live.identity.engine_id, ended.reason)
         await context.abort(ended.code, ended.reason)
 
-    async def _initial_batches(
-        self,
-        hello: epb.Hello,
-        revision: int,
-        monitors: dict[str, epb.MonitorResource],
-        credentials: dict[str, epb.CredentialResource],
-        rejected: dict[str, tuple[int, str]],
-    ) -> list[epb.ConfigBatch]:
-        """Exactly the difference between what the engine holds and what it should hold."""
-        held_monitors = {h.id: h.version for h in hello.held if h.kind == MONITOR}
-        held_creds = {h.id: h.version for h in hello.held if h.kind == CREDENTIAL}
-        items: list[Any] = []
-        items += [c for cid, c in credentials.items() if held_creds.get(cid) != c.version]
-        items += [
-            m
-            for mid, m in monitors.items()
-            if held_monitors.get(mid) != m.version and rejected.get(mid, (None,))[0] != m.version
-        ]
-        gone = [mid for mid in held_monitors if mid not in monitors]
-        if gone:
-            async with self._store.read() as tx:
-                current = await tx.monitors_by_id(gone)
-            location_id = hello.location_id
-            items += [
-                epb.Removal(kind=MONITOR, id=mid, reason=removal_reason(current.get(mid), location_id))  # type: ignore[arg-type]
-                for mid in gone
-            ]
-        items += [
-            epb.Removal(kind=CREDENTIAL, id=cid, reason=epb.REMOVAL_REASON_UNREFERENCED)
-            for cid in held_creds
-            if cid not in credentials
-        ]
-        flat = ordered_items(items)  # apply order: credentials, monitors, removals
-        return [batch_of(revision, chunk) for chunk in chunks(flat, CHUNK)]
+    async def _removal_reasons(self, location_id: str, monitor_ids: list[str]) -> dict[str, int]:
+        """Why an engine must let go of each of these monitors it holds."""
+        if not monitor_ids:
+            return {}
+        async with self._store.read() as tx:
+            current = await tx.monitors_by_id(monitor_ids)
+        return {mid: removal_reason(current.get(mid), location_id) for mid in monitor_ids}
 
     def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
         for r in ack.rejected:

@@ -92,6 +92,10 @@ Global___HeldResource: _TypeAlias = HeldResource  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
+    """The engine opens the stream with Hello. It sends Hello again on the same stream when the vault asks it to
+    (ResyncRequest): the vault then sends the difference between what it holds and what it should hold.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOCATION_ID_FIELD_NUMBER: _builtins.int
@@ -117,6 +121,32 @@ class Hello(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class HeldState(_message.Message):
+    """What an engine holds, in brief: the digest (credvault.held_digest) of the (kind, id, version) of every credential
+    and monitor it holds, less the monitors whose newest version it rejected, as of an applied revision.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    digest: _builtins.int
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        digest: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldState: _TypeAlias = HeldState  # noqa: Y015
 
 @_typing.final
 class Rejection(_message.Message):
@@ -150,19 +180,25 @@ class Ack(_message.Message):
 
     REVISION_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Everything up to this revision is applied, except the rejected monitors."""
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]: ...
+    @_builtins.property
+    def held(self) -> Global___HeldState:
+        """What the engine holds after applying it (anti-entropy). Absent from engines that predate it."""
+
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
         rejected: _abc.Iterable[Global___Rejection] | None = ...,
+        held: Global___HeldState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["held", b"held"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rejected", b"rejected", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "rejected", b"rejected", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,19 +209,49 @@ class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SENT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     sent_unix_ms: _builtins.int
+    @_builtins.property
+    def held(self) -> Global___HeldState:
+        """Engine to vault: what the engine holds now (anti-entropy). Absent in the vault's heartbeats."""
+
     def __init__(
         self,
         *,
         sent_unix_ms: _builtins.int = ...,
+        held: Global___HeldState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["held", b"held"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sent_unix_ms", b"sent_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "sent_unix_ms", b"sent_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class ResyncRequest(_message.Message):
+    """The vault found that what the engine holds differs from what it should hold: the engine answers with Hello
+    listing what it holds, and the vault sends the difference.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Ids and counts only, never contents."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResyncRequest: _TypeAlias = ResyncRequest  # noqa: Y015
 
 @_typing.final
 class StreamRequest(_message.Message):
@@ -381,24 +447,28 @@ class StreamResponse(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     SYNC_COMPLETE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    RESYNC_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def batch(self) -> Global___ConfigBatch: ...
     @_builtins.property
     def sync_complete(self) -> Global___SyncComplete: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def resync(self) -> Global___ResyncRequest: ...
     def __init__(
         self,
         *,
         batch: Global___ConfigBatch | None = ...,
         sync_complete: Global___SyncComplete | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        resync: Global___ResyncRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "heartbeat", b"heartbeat", "message", b"message", "sync_complete", b"sync_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "heartbeat", b"heartbeat", "message", b"message", "resync", b"resync", "sync_complete", b"sync_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "heartbeat", b"heartbeat", "message", b"message", "sync_complete", b"sync_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "heartbeat", b"heartbeat", "message", b"message", "resync", b"resync", "sync_complete", b"sync_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["batch", "sync_complete", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["batch", "sync_complete", "heartbeat", "resync"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
