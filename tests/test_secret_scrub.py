@@ -9,6 +9,7 @@ import json
 import urllib.parse
 
 import pytest
+import yarl
 
 from credvault.secret_scrub import MIN_CUT, Scrubber, secrets_of
 from credvault.v1 import credentials_pb2 as cpb
@@ -29,7 +30,7 @@ def every_form(value: str) -> dict[str, str]:
         "percent-encoded, lower-case hex": quoted.lower(),
         "percent-encoded, path": urllib.parse.quote(value),
         "plus for space": urllib.parse.quote_plus(value),
-        "yarl query": value.replace(" ", "+").replace("Ö", "%C3%96"),
+        "yarl query": yarl.URL(f"http://h/?p={value}").raw_query_string.removeprefix("p="),
         "JSON": json.dumps(value)[1:-1],
         "JSON, ASCII": json.dumps(value, ensure_ascii=True)[1:-1],
         "JSON, slashes escaped": json.dumps(value)[1:-1].replace("/", "\\/"),
