@@ -8,7 +8,9 @@ Each vault has its own registry (tests run several vaults in one process). The s
 - ``credvault_push_pending{location}``: resources waiting in those streams' outboxes;
 - ``credvault_push_latency_seconds``: from a change's transaction to the engine's ACK covering it (live deltas);
 - ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
-- ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with.
+- ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with;
+- ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
+  (any is an engine leaking; see results).
 
 Ids, counts and durations only: never a secret, never a user-controlled label value beyond location ids.
 """
@@ -85,6 +87,12 @@ class VaultMetrics:
             "credvault_push_latency_seconds",
             "From a change's transaction to the engine's ACK of the revision covering it",
             buckets=PUSH_BUCKETS,
+            registry=self.registry,
+        )
+        self.results_redacted = Counter(
+            "credvault_results_redacted",
+            "Secret values removed from engines' results before they were stored, by location",
+            ("location",),
             registry=self.registry,
         )
         Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(

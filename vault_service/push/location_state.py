@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from credvault.secret_scrub import secrets_of
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
@@ -165,6 +166,16 @@ class LocationState:
         if res.version != self.credentials[credential_id].version:
             self.credentials[credential_id] = res
             delta.credentials[credential_id] = res
+
+    def secret_values(self, monitor_id: str) -> dict[str, str]:
+        """The secret values resolved for a held monitor's credentials, each with the placeholder to show instead
+        (to scrub its results with; empty for a monitor not held)."""
+        held = self.monitors.get(monitor_id)
+        values: dict[str, str] = {}
+        for cid in held.monitor.credential_ids if held is not None else ():
+            if (cred := self.credentials.get(cid)) is not None:
+                values.update(secrets_of(cid, cred.details))
+        return values
 
 
 class PushTimer:

@@ -200,7 +200,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     self._record_ack(loc, eng, msg.ack, rejected)
                     push_timer.acked(msg.ack.revision)
                 elif msg.HasField("results"):
-                    self._results.submit(loc, eng, list(msg.results.results))  # written in the background
+                    self._results.submit(loc, eng, list(msg.results.results), state.secret_values)  # in the background
 
         # Three tasks for the stream's life, none per message: the relay of the outbox, the reader of the engine's
         # ACKs, and the cut. The first to end ends the stream.
