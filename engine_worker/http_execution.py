@@ -8,8 +8,10 @@ does. The one thing executions share is the stateless TLS context that only veri
 
 Credentials are looked up in the :class:`~engine_worker.config_store.ConfigStore` when the request is made, so an
 overwritten credential is used by the next execution without a restart. Results never carry a secret: URLs are the
-monitor's own (with their ``{{CREDENTIALS_VAULT-…}}`` placeholders), and every failure reason is scrubbed of each value
-this execution substituted, should a library echo one back.
+monitor's own (with their ``{{CREDENTIALS_VAULT-…}}`` placeholders), failure reasons are built from the definition
+(see :mod:`engine_worker.failure_reasons`), never from exception text, and, as a second line, every reason is
+scrubbed of each value of the credentials this execution looked up (in every encoding, see
+:mod:`credvault.secret_scrub`) before it is clipped. A URL with a placeholder before its path is not sent at all.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import dataclasses
 import re
 import ssl
 import time
-import urllib.parse
 from collections.abc import Iterable
 
 import aiohttp
 from google.protobuf import timestamp_pb2
 
+from credvault.secret_scrub import Scrubber, secrets_of
+from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_path
 from credvault.v1 import credentials_pb2, monitors_pb2
 from engine_worker.config_store import PLACEHOLDER, ConfigStore, HeldMonitor
+from engine_worker.failure_reasons import request_error
 from engine_worker.target_tls import TargetTls, TargetTlsError
 
 __all__ = ["NOT_EXECUTABLE_REASON", "ExecutionSettings", "HttpExecutor"]
@@ -48,29 +52,21 @@ class _Failed(Exception):
 
 
 class _Substitutions:
-    """The secret values substituted into one execution, each with what to show instead. Lives for one execution."""
+    """The secret values of the credentials one execution looked up, each with what to show instead. Lives for one
+    execution."""
 
     __slots__ = ("_secrets",)
 
     def __init__(self) -> None:
         self._secrets: dict[str, str] = {}
 
-    def add(self, value: str, shown_as: str) -> str:
-        """Remembers ``value``, and the forms a URL library may turn it into, to be shown as ``shown_as``."""
-        if value:
-            for form in (
-                value,
-                urllib.parse.quote(value),
-                urllib.parse.quote(value, safe=""),
-                urllib.parse.quote_plus(value),
-            ):
-                self._secrets.setdefault(form, shown_as)
-        return value
+    def add(self, credential_id: str, details: credentials_pb2.CredentialDetails) -> None:
+        for value, shown_as in secrets_of(credential_id, details).items():
+            self._secrets.setdefault(value, shown_as)
 
     def scrub(self, text: str) -> str:
-        for value in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(value, self._secrets[value])
-        return text
+        """``text`` without any of the values, in any form (see credvault.secret_scrub), then clipped."""
+        return _short(Scrubber(self._secrets).scrub(text)) if self._secrets else _short(text)
 
     def clear(self) -> None:
         self._secrets.clear()
@@ -131,19 +127,21 @@ class HttpExecutor:
                 started = time.perf_counter()
                 try:
                     if request.authentication.WhichOneof("method") == "client_certificate_credential_id":
-                        tls = self._client_certificate_tls(request.authentication.client_certificate_credential_id)
+                        tls = self._client_certificate_tls(
+                            request.authentication.client_certificate_credential_id, substitutions
+                        )
                     else:
                         tls = self._tls.verifying()
                     await self._request(session, request, step, tls, substitutions)
                     step.success = True
                 except _Failed as exc:
-                    step.failure_reason = substitutions.scrub(_short(str(exc)))
+                    step.failure_reason = substitutions.scrub(str(exc))
                 finally:
                     step.duration_ms = (time.perf_counter() - started) * 1000
                 if not step.success:
                     name = request.description or f"{step.method} {request.url}"
                     result.status = monitors_pb2.EXECUTION_STATUS_FAILED
-                    result.failure_reason = _short(f"request {index + 1} ({name}): {step.failure_reason}")
+                    result.failure_reason = substitutions.scrub(f"request {index + 1} ({name}): {step.failure_reason}")
                     return
         result.status = monitors_pb2.EXECUTION_STATUS_SUCCESS
 
@@ -155,6 +153,8 @@ class HttpExecutor:
         tls: ssl.SSLContext,
         substitutions: _Substitutions,
     ) -> None:
+        if placeholder_before_path(request.url):
+            raise _Failed(f"not sent: the URL {ORIGIN_PLACEHOLDER_HINT}")
         url = self._substitute(request.url, substitutions)
         headers = [(h.name, self._substitute(h.value, substitutions)) for h in request.headers]
         body = self._substitute(request.body, substitutions).encode() if request.body else None
@@ -178,29 +178,19 @@ class HttpExecutor:
                 text = ""
                 if any(r.WhichOneof("rule") != "status_code_in" for r in request.validation):
                     text = _decode(await response.content.read(self._settings.max_body_bytes), response.charset)
-        except TimeoutError:
-            raise _Failed(f"no complete response within {timeout_ms} ms") from None
-        except aiohttp.TooManyRedirects:
-            raise _Failed(f"more than {self._settings.max_redirects} redirects") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise _Failed(f"the server's TLS certificate is not trusted: {exc.certificate_error}") from None
-        except aiohttp.ClientSSLError as exc:
-            raise _Failed(f"TLS handshake failed: {exc.os_error}") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise _Failed(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}") from None
-        except aiohttp.InvalidURL:
-            raise _Failed("the URL is not valid after its placeholders were substituted") from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise _Failed(f"{type(exc).__name__}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise _Failed(request_error(exc, request.url, timeout_ms, self._settings.max_redirects)) from None
         _validate(request.validation, step.status_code, text)
 
     # --- credentials -------------------------------------------------------------------------------------------
 
-    def _details(self, credential_id: str) -> credentials_pb2.CredentialDetails:
+    def _details(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.CredentialDetails:
         held = self._store.credential(credential_id)
         if held is None:
             raise _Failed(f"credential {credential_id} is not held by this engine")
-        return held.details()
+        details = held.details()
+        substitutions.add(credential_id, details)
+        return details
 
     def _substitute(self, text: str, substitutions: _Substitutions) -> str:
         if "{{" not in text:
@@ -208,30 +198,27 @@ class HttpExecutor:
 
         def value(match: re.Match[str]) -> str:
             credential_id, field = match.group(1), match.group(2)
-            details = self._details(credential_id)
+            details = self._details(credential_id, substitutions)
             if field is None and details.WhichOneof("details") == "token":
-                return substitutions.add(details.token.token, match.group(0))
+                return details.token.token
             if field is not None and details.WhichOneof("details") == "username_password":
-                return substitutions.add(getattr(details.username_password, field), match.group(0))
+                return str(getattr(details.username_password, field))
             raise _Failed(f"placeholder {match.group(0)} does not fit credential {credential_id}")
 
         return PLACEHOLDER.sub(value, text)
 
     def _basic_auth(self, credential_id: str, substitutions: _Substitutions) -> str:
         """The Authorization header value (RFC 7617, UTF-8); aiohttp drops it on a redirect to another origin."""
-        details = self._details(credential_id)
+        details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "username_password":
             raise _Failed(f"credential {credential_id} is not a username and password")
         pair = details.username_password
         if ":" in pair.username:
             raise _Failed(f"credential {credential_id}: a username with ':' cannot log in with basic auth")
-        shown = f"{{{{{credential_id}.password}}}}"
-        substitutions.add(pair.password, shown)
-        encoded = substitutions.add(base64.b64encode(f"{pair.username}:{pair.password}".encode()).decode(), shown)
-        return f"Basic {encoded}"
+        return "Basic " + base64.b64encode(f"{pair.username}:{pair.password}".encode()).decode()
 
-    def _client_certificate_tls(self, credential_id: str) -> ssl.SSLContext:
-        details = self._details(credential_id)
+    def _client_certificate_tls(self, credential_id: str, substitutions: _Substitutions) -> ssl.SSLContext:
+        details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "certificate":
             raise _Failed(f"credential {credential_id} is not a certificate")
         try:

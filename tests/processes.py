@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -162,6 +163,18 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0)
             await asyncio.sleep(0.1)
 
     await asyncio.wait_for(loop(), within)
+
+
+async def stop_and_dump(system: System, worker: Proc, pg_dump: str) -> bytes:
+    """Stops the worker and the vault (both must exit cleanly, so their logs are complete) and returns a plain
+    ``pg_dump`` of the database, which must hold the results table."""
+    assert await worker.stop(signal.SIGTERM) == 0
+    assert await system.procs[0].stop(signal.SIGTERM) == 0
+    dump = await asyncio.to_thread(
+        subprocess.run, [pg_dump, "--no-owner", "--dbname", system.database_url], capture_output=True, check=True
+    )
+    assert b"COPY public.monitor_results" in dump.stdout
+    return dump.stdout
 
 
 @contextlib.asynccontextmanager

@@ -7,8 +7,6 @@ target."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -20,7 +18,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import create_req, token, up
 from tests.http_target import Target
-from tests.processes import System, eventually, introspect
+from tests.processes import System, eventually, introspect, stop_and_dump
 from tests.test_canary import _pg_dump
 
 PASSWORD_1 = "canary-exec-pw-1-Zq8"
@@ -113,16 +111,10 @@ async def test_a_monitor_runs_rotates_and_stops_with_real_processes(
 
     # the secrets went to the target and nowhere else
     history = b"".join(r.SerializeToString() for r in await results())
-    assert await worker.stop(signal.SIGTERM) == 0
-    vault = system.procs[0]
-    assert await vault.stop(signal.SIGTERM) == 0
-    dump = await asyncio.to_thread(
-        subprocess.run, [_pg_dump(), "--no-owner", "--dbname", database_url], capture_output=True, check=True
-    )
-    assert b"COPY public.monitor_results" in dump.stdout
+    dump = await stop_and_dump(system, worker, _pg_dump())
     for secret in (PASSWORD_1, PASSWORD_2, TOKEN):
-        assert not any(secret in line for line in worker.lines + vault.lines)
-        assert secret.encode() not in dump.stdout
+        assert not any(secret in line for line in worker.lines + system.procs[0].lines)
+        assert secret.encode() not in dump
         assert secret.encode() not in history
 
 

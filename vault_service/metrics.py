@@ -10,7 +10,9 @@ Each vault has its own registry (tests run several vaults in one process). The s
 - ``credvault_engine_divergence_total{location}``: engines found holding something other than what they should
   (anti-entropy), each then sent the difference;
 - ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
-- ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with.
+- ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with;
+- ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
+  (any is an engine leaking; see results).
 
 Ids, counts and durations only: never a secret, never a user-controlled label value beyond location ids.
 """
@@ -92,6 +94,12 @@ class VaultMetrics:
         self.engine_divergence = Counter(
             "credvault_engine_divergence",
             "Engines found holding something other than what they should (anti-entropy), each repaired",
+            ("location",),
+            registry=self.registry,
+        )
+        self.results_redacted = Counter(
+            "credvault_results_redacted",
+            "Secret values removed from engines' results before they were stored, by location",
             ("location",),
             registry=self.registry,
         )

@@ -12,6 +12,7 @@ import enum
 import re
 import urllib.parse
 
+from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_path
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import validation
 from vault_service.errors import InvalidArgument
@@ -116,6 +117,8 @@ def _url(field: str, url: str) -> None:
         raise InvalidArgument(field, "must not be empty")
     if len(url) > MAX_URL:
         raise InvalidArgument(field, f"is longer than {MAX_URL} characters")
+    if placeholder_before_path(url):
+        raise InvalidArgument(field, ORIGIN_PLACEHOLDER_HINT)
     parsed = urllib.parse.urlsplit(PLACEHOLDER.sub("x", url))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidArgument(field, "must be an absolute http:// or https:// URL")

@@ -3,6 +3,12 @@
 Engines are trusted only for what their certificate says: the location and engine of a result are the stream's
 identity, whatever the message claims, and results of monitors that do not run in that location are dropped.
 Everything else an engine sends is bounded (counts, lengths, times) before it is stored.
+
+Results are stored in plaintext and readable by anyone who may see the monitor, also without access to its
+credentials. So every text of a result is scrubbed again here, independently of the engine, of the values this
+vault resolved for the monitor (``credvault.secret_scrub``, every encoding), before it is clipped: a clipped value
+would survive. What is removed is counted (``credvault_results_redacted_total``) and logged (without the value): it
+means an engine leaks.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import datetime
 import logging
 import math
 import re
+from collections.abc import Callable, Mapping
 
+from credvault.secret_scrub import Scrubber
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service.errors import InvalidArgument
 from vault_service.models import Principal
@@ -35,6 +43,10 @@ _MONITOR_ID = re.compile(r"^SYNTHETIC_TEST-[0-9A-F]{16}$")
 _KNOWN_STATUSES = {mpb.EXECUTION_STATUS_SUCCESS, mpb.EXECUTION_STATUS_FAILED, mpb.EXECUTION_STATUS_NOT_EXECUTABLE}
 
 
+# The secret values the vault resolved for a monitor (value -> placeholder to show), by monitor id.
+SecretsOf = Callable[[str], Mapping[str, str]]
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -43,9 +55,14 @@ def _duration(value: float) -> float:
     return value if math.isfinite(value) and value >= 0 else 0.0
 
 
-def sanitized(result: mpb.MonitorResult, now: datetime.datetime) -> mpb.MonitorResult | None:
-    """A bounded copy of an engine's result without location and engine (the stream sets those), or None when it
-    cannot be stored (an id that is no monitor id, an unknown status, an implausible start time)."""
+def sanitized(result: mpb.MonitorResult, now: datetime.datetime, scrubber: Scrubber) -> mpb.MonitorResult | None:
+    """A bounded copy of an engine's result without location and engine (the stream sets those), its texts scrubbed
+    then clipped, or None when it cannot be stored (an id that is no monitor id, an unknown status, an implausible
+    start time)."""
+
+    def text(value: str, limit: int) -> str:
+        return _clip(scrubber.scrub(value), limit)
+
     if not _MONITOR_ID.match(result.monitor_id) or result.status not in _KNOWN_STATUSES:
         return None
     try:
@@ -59,19 +76,19 @@ def sanitized(result: mpb.MonitorResult, now: datetime.datetime) -> mpb.MonitorR
         monitor_version=result.monitor_version,
         duration_ms=_duration(result.duration_ms),
         status=result.status,
-        failure_reason=_clip(result.failure_reason, MAX_TEXT),
+        failure_reason=text(result.failure_reason, MAX_TEXT),
     )
     out.start_time.CopyFrom(result.start_time)
     for request in result.requests[:MAX_REQUESTS]:
         out.requests.add(
             index=request.index,
-            description=_clip(request.description, MAX_TEXT),
-            method=_clip(request.method, 16),
-            url=_clip(request.url, MAX_URL),
+            description=text(request.description, MAX_TEXT),
+            method=text(request.method, 16),
+            url=text(request.url, MAX_URL),
             status_code=request.status_code if 0 <= request.status_code <= 999 else 0,
             duration_ms=_duration(request.duration_ms),
             success=request.success,
-            failure_reason=_clip(request.failure_reason, MAX_TEXT),
+            failure_reason=text(request.failure_reason, MAX_TEXT),
         )
     return out
 
@@ -84,22 +101,38 @@ class ResultService:
     therefore never reads its engine's ACKs late because a results insert was in the way, and 50 engines reporting a
     few results a second cost a few statements, not one transaction each. Reports are telemetry: beyond
     ``max_pending`` queued results, or when a write fails, they are dropped (and logged), never retried forever.
+    ``on_redacted(location_id, count)`` is told of each secret value removed from an engine's results.
     """
 
     def __init__(
-        self, store: Store, monitors: MonitorService, keep_per_monitor: int = 100, max_pending: int = 20_000
+        self,
+        store: Store,
+        monitors: MonitorService,
+        keep_per_monitor: int = 100,
+        max_pending: int = 20_000,
+        on_redacted: Callable[[str, int], None] = lambda location_id, count: None,
     ) -> None:
         self._store = store
+        self._on_redacted = on_redacted
         self._monitors = monitors
         self._keep = keep_per_monitor
         self._max_pending = max_pending
         self._pending: list[tuple[str, str, mpb.MonitorResult]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    def submit(self, location_id: str, engine_id: str, results: list[mpb.MonitorResult]) -> None:
-        """Queues an engine's results (location and engine from its certificate) for the next write."""
+    def submit(self, location_id: str, engine_id: str, results: list[mpb.MonitorResult], secrets_of: SecretsOf) -> None:
+        """Queues an engine's results (location and engine from its certificate) for the next write, scrubbed of
+        the values ``secrets_of(monitor_id)`` gives (those the vault resolved for the engine's location)."""
         now = datetime.datetime.now(datetime.UTC)
-        clean = [r for r in (sanitized(r, now) for r in results[:MAX_RESULTS_PER_BATCH]) if r is not None]
+        clean = []
+        scrubbers: dict[str, Scrubber] = {}  # one per monitor of this batch; dropped with it
+        for r in results[:MAX_RESULTS_PER_BATCH]:
+            scrubber = scrubbers.get(r.monitor_id)
+            if scrubber is None:
+                scrubber = scrubbers[r.monitor_id] = Scrubber(secrets_of(r.monitor_id))
+            if (kept := sanitized(r, now, scrubber)) is not None:
+                clean.append(kept)
+        self._count_redacted(location_id, engine_id, scrubbers)
         room = max(0, self._max_pending - len(self._pending))
         dropped = len(results) - min(len(clean), room)
         self._pending.extend((location_id, engine_id, r) for r in clean[:room])
@@ -113,6 +146,18 @@ class ResultService:
             )
         if self._pending and (self._writer is None or self._writer.done()):
             self._writer = asyncio.create_task(self._write_all(), name="result-writer")
+
+    def _count_redacted(self, location_id: str, engine_id: str, scrubbers: dict[str, Scrubber]) -> None:
+        for monitor_id, scrubber in scrubbers.items():
+            if scrubber.removed:
+                self._on_redacted(location_id, scrubber.removed)
+                log.warning(
+                    "engine %s/%s: removed %d secret values from its results of monitor %s (the engine leaks them)",
+                    location_id,
+                    engine_id,
+                    scrubber.removed,
+                    monitor_id,
+                )
 
     async def _write_all(self) -> None:
         while self._pending:

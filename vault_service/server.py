@@ -141,7 +141,12 @@ async def start_vault(
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
     tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
     monitor_service = MonitorService(store, keyring)
-    results = ResultService(store, monitor_service, settings.results_per_monitor)
+    results = ResultService(
+        store,
+        monitor_service,
+        settings.results_per_monitor,
+        on_redacted=lambda location_id, count: metrics.results_redacted.labels(location_id).inc(count),
+    )
     monitors_pb2_grpc.add_MonitorsServiceServicer_to_server(MonitorsServicer(tokens, monitor_service, results), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tokens, AuditService(store)), server)
     health_servicer = health_aio.HealthServicer()

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from credvault.held_digest import HeldDigest
+from credvault.secret_scrub import secrets_of
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
@@ -305,6 +306,16 @@ class LocationState:
             *(_removal(MONITOR, i, epb.REMOVAL_REASON_ENGINE_REVOKED)[1] for i in self.monitors),
             *(_removal(CREDENTIAL, i, epb.REMOVAL_REASON_ENGINE_REVOKED)[1] for i in self.credentials),
         ]
+
+    def secret_values(self, monitor_id: str) -> dict[str, str]:
+        """The secret values resolved for a held monitor's credentials, each with the placeholder to show instead
+        (to scrub its results with; empty for a monitor not held)."""
+        held = self.monitors.get(monitor_id)
+        values: dict[str, str] = {}
+        for cid in held.monitor.credential_ids if held is not None else ():
+            if (cred := self.credentials.get(cid)) is not None:
+                values.update(secrets_of(cid, cred.details))
+        return values
 
 
 class PushTimer:

@@ -222,7 +222,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     if msg.heartbeat.HasField("held"):
                         check.reported(msg.heartbeat.held)
                 elif which == "results":
-                    self._results.submit(loc, eng, list(msg.results.results))  # written in the background
+                    self._results.submit(loc, eng, list(msg.results.results), state.secret_values)  # in the background
                 elif which == "hello":  # the engine's answer to a ResyncRequest: what it holds
                     held = list(msg.hello.held)
                     check.answered(held, await self._removal_reasons(loc, check.gone_monitors(held)))
