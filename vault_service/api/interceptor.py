@@ -1,11 +1,12 @@
 """The one server interceptor of both ports. Every RPC is counted and timed for Prometheus
 (:mod:`vault_service.metrics`: started, handled by status code, handling time; by type, service and method; unknown
-methods are not counted, so no label comes from a caller). The unary credvault.v1 methods also get their domain
-errors mapped to status codes (:mod:`vault_service.api.status`) and, with a store, one pooled connection for the
-whole call (authentication and operation alike).
+methods are not counted, so no label comes from a caller). A request that is not a valid protobuf message is refused
+with INVALID_ARGUMENT before anything else (:mod:`vault_service.api.undecodable`). The unary credvault.v1 methods
+also get their domain errors mapped to status codes (:mod:`vault_service.api.status`) and, with a store, one pooled
+connection for the whole call (authentication and operation alike).
 
 Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
-dictionary lookup here, and one wrapper around the servicer method.
+dictionary lookup here, and a few wrappers around the servicer method (measured, refusing, vault).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 
 from vault_service.api.status import status_of
+from vault_service.api.undecodable import Refusals, refusing_undecodable, request_type, tolerant
 from vault_service.metrics import VaultMetrics
 from vault_service.storage.store import Store
 
@@ -76,26 +78,25 @@ class _Timed:
         self._measured.done(self._start, self._context, exc)
 
 
-def _vault_unary(inner: Callable[..., Any], measured: _Measured, store: Store | None) -> Callable[..., Any]:
-    """A credvault.v1 unary method: measured, on one bound connection, domain errors as status codes."""
+def _vault_unary(inner: Callable[..., Any], store: Store | None) -> Callable[..., Any]:
+    """A credvault.v1 unary method: on one bound connection, domain errors as status codes."""
 
     async def unary(request: Any, context: Context) -> Any:
-        with measured.call(context):
-            try:
-                if store is None:
-                    return await inner(request, context)
-                async with store.bound():
-                    return await inner(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                code, message = status_of(exc)
-                await context.abort(code, message)
+        try:
+            if store is None:
+                return await inner(request, context)
+            async with store.bound():
+                return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
 
     return unary
 
 
-def _measured_only(inner: Callable[..., Any], measured: _Measured) -> Callable[..., Any]:
+def _measured(inner: Callable[..., Any], measured: _Measured) -> Callable[..., Any]:
     """The same kind of behavior as ``inner`` (coroutine, or async generator for streamed responses), measured."""
     if inspect.isasyncgenfunction(inner):
 
@@ -129,6 +130,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._metrics = metrics
         self._vault_calls = vault_calls
         self._store = store
+        self._refusals = Refusals()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -151,14 +153,12 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             inner = getattr(handler, attribute)
             if inner is None:
                 continue
-            measured = _Measured(self._metrics, (kind, service, name))
             if self._vault_calls and kind == "unary" and method.startswith("/credvault.v1."):
-                behavior = _vault_unary(inner, measured, self._store)
-            else:
-                behavior = _measured_only(inner, measured)
+                inner = _vault_unary(inner, self._store)
+            refusing = refusing_undecodable(inner, handler.request_streaming, request_type(method), self._refusals)
             return make(
-                behavior,
-                request_deserializer=handler.request_deserializer,
+                _measured(refusing, _Measured(self._metrics, (kind, service, name))),
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
