@@ -11,7 +11,8 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Throttle(Generic[K]):
-    """``count(key)`` for each event; it says when to report and how many events the report stands for.
+    """``count(key)`` for each event; it says when to report, for which key, and how many events the report stands
+    for.
 
     At most ``max_keys`` keys are tracked: when they are all in use, a new key counts under ``overflow`` (so a
     caller who invents keys, say from many source addresses, cannot grow this or the reports without bound).
@@ -27,9 +28,10 @@ class Throttle(Generic[K]):
         self._reported_at: dict[K, float] = {}
         self._pending: dict[K, int] = {}
 
-    def count(self, key: K) -> int | None:
-        """Counts one event of ``key``: the number to report now (this event and those folded since the key's last
-        report), or None while the key's interval since that report has not passed."""
+    def count(self, key: K) -> tuple[K, int] | None:
+        """Counts one event of ``key``: the key to report (``key``, or the overflow key) and the number of events to
+        report now (this one and those folded since that key's last report); None while the key's interval since
+        that report has not passed."""
         now = self._clock()
         if key not in self._reported_at:
             key = self._room_for(key, now)
@@ -40,7 +42,7 @@ class Throttle(Generic[K]):
             return None
         self._reported_at[key] = now
         self._pending.pop(key, None)
-        return pending
+        return key, pending
 
     def _room_for(self, key: K, now: float) -> K:
         """``key`` if it can be tracked (forgetting keys whose interval is over and that have nothing pending),

@@ -2,8 +2,9 @@
 (:mod:`vault_service.metrics`: started, handled by status code, handling time; by type, service and method; unknown
 methods are not counted, so no label comes from a caller). A request that is not a valid protobuf message is refused
 with INVALID_ARGUMENT before anything else (:mod:`vault_service.api.undecodable`). The unary credvault.v1 methods
-also get their domain errors mapped to status codes (:mod:`vault_service.api.status`) and, with a store, one pooled
-connection for the whole call (authentication and operation alike).
+also get their domain errors mapped to status codes (:mod:`vault_service.api.status`), their denials audited
+(:mod:`vault_service.denial_audit`) and, with a store, one pooled connection for the whole call (authentication and
+operation alike).
 
 Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
 dictionary lookup here, and a few wrappers around the servicer method (measured, refusing, vault).
@@ -19,8 +20,11 @@ from typing import Any
 
 import grpc
 
+from vault_service.api import caller
 from vault_service.api.status import status_of
 from vault_service.api.undecodable import Refusals, refusing_undecodable, request_type, tolerant
+from vault_service.denial_audit import DenialAudit
+from vault_service.errors import PermissionDenied, Unauthenticated
 from vault_service.metrics import VaultMetrics
 from vault_service.storage.store import Store
 
@@ -78,8 +82,11 @@ class _Timed:
         self._measured.done(self._start, self._context, exc)
 
 
-def _vault_unary(inner: Callable[..., Any], store: Store | None) -> Callable[..., Any]:
-    """A credvault.v1 unary method: on one bound connection, domain errors as status codes."""
+def _vault_unary(
+    inner: Callable[..., Any], store: Store | None, action: str, denials: DenialAudit | None
+) -> Callable[..., Any]:
+    """A credvault.v1 unary method (``action``: its "service/method" name): on one bound connection, domain errors as
+    status codes, denials audited."""
 
     async def unary(request: Any, context: Context) -> Any:
         try:
@@ -90,10 +97,23 @@ def _vault_unary(inner: Callable[..., Any], store: Store | None) -> Callable[...
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
+            if denials is not None:
+                await _audit_denial(denials, exc, action, context)
             code, message = status_of(exc)
             await context.abort(code, message)
 
     return unary
+
+
+async def _audit_denial(denials: DenialAudit, exc: Exception, action: str, context: Context) -> None:
+    if isinstance(exc, Unauthenticated):
+        sent_token = any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+        source = context.peer().rpartition(":")[0] or "unknown"
+        await denials.auth_failed(source, "bad_token" if sent_token else "no_token")
+    elif isinstance(exc, PermissionDenied) and not exc.audited:
+        principal = caller.current()
+        if principal is not None:
+            await denials.denied(principal, action, exc.message)
 
 
 def _measured(inner: Callable[..., Any], measured: _Measured) -> Callable[..., Any]:
@@ -123,13 +143,21 @@ _KINDS = (
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Metrics for every method; with ``vault_calls``, also status mapping (and the store's bound connection) for
-    the unary credvault.v1 methods."""
+    """Metrics and refusal of undecodable requests for every method; with ``vault_calls``, also status mapping,
+    denial audit (with ``denials``) and the store's bound connection for the unary credvault.v1 methods."""
 
-    def __init__(self, metrics: VaultMetrics, *, vault_calls: bool = False, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        metrics: VaultMetrics,
+        *,
+        vault_calls: bool = False,
+        store: Store | None = None,
+        denials: DenialAudit | None = None,
+    ) -> None:
         self._metrics = metrics
         self._vault_calls = vault_calls
         self._store = store
+        self._denials = denials
         self._refusals = Refusals()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -154,7 +182,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if inner is None:
                 continue
             if self._vault_calls and kind == "unary" and method.startswith("/credvault.v1."):
-                inner = _vault_unary(inner, self._store)
+                inner = _vault_unary(inner, self._store, f"{service}/{name}", self._denials)
             refusing = refusing_undecodable(inner, handler.request_streaming, request_type(method), self._refusals)
             return make(
                 _measured(refusing, _Measured(self._metrics, (kind, service, name))),

@@ -64,12 +64,12 @@ class Refusals:
         self._throttle = throttle or Throttle(LOG_INTERVAL_SECONDS, None)
 
     async def refuse(self, context: Context, request_type: str) -> NoReturn:
-        refused = self._throttle.count(None)
-        if refused is not None:
+        report = self._throttle.count(None)
+        if report is not None:
             log.warning(
                 "refused %d request(s) that were not valid protobuf messages (latest: a %s); at most one such"
                 " line per %.0f s",
-                refused,
+                report[1],
                 request_type,
                 self._throttle.interval,
             )
