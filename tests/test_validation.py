@@ -7,6 +7,7 @@ import pytest
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import SYN, create_req, expect_code, shared, up
 
@@ -116,6 +117,15 @@ async def test_bad_ids_and_pages(admin: Client) -> None:
     )
     assert (err.details() or "").startswith("page_token:")
     await expect_code(admin.ListCredentials(cpb.ListCredentialsRequest(type=42)), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("field", ["location_id", "credential_id"])
+@pytest.mark.parametrize("value", ["x" * 1_000_000, "Not A Valid Id"])
+async def test_list_monitors_filters_are_bounded(admin: Client, field: str, value: str) -> None:
+    """A filter is checked like the id it stands for: a megabyte of it is refused, not sent to the database."""
+    request_ = mpb.ListMonitorsRequest(**{field: value})
+    err = await expect_code(admin.ListMonitors(request_), grpc.StatusCode.INVALID_ARGUMENT)
+    assert (err.details() or "").startswith(f"{field}:"), err.details()
 
 
 async def test_overwrite_with_another_type_is_invalid(admin: Client) -> None:

@@ -66,7 +66,9 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[None
 def cmd_serve(ns: argparse.Namespace) -> None:
     from credvault import runtime
     from vault_service.server import serve
+    from vault_service.tls13 import restart_unless_tls13_only
 
+    restart_unless_tls13_only()
     settings = _settings(ns)
     _setup_logging(settings)
     runtime.run(serve(settings), settings.event_loop)

@@ -18,7 +18,7 @@ from vault_service import contents as contents_codec
 from vault_service import policy, validation
 from vault_service.certificates import CertificateInfo
 from vault_service.crypto import Keyring
-from vault_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from vault_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from vault_service.models import (
     ALLOWED_SCOPES,
     Access,
@@ -328,9 +328,10 @@ class CredentialService:
         detail = {"app_id": app_id or None, "version": cred.version}
         try:
             policy.require_details_read(principal, cred, app_id)
-        except Exception:
+        except PermissionDenied as denied:
             async with self._store.transaction() as tx:
                 await self._audit(tx, principal, "credential.read_details", credential_id, detail, outcome="denied")
+            denied.audited = True
             raise
         secret = contents_codec.decode(self._keyring.open(cred.id, cred.version, sealed))
         async with self._store.transaction() as tx:

@@ -29,7 +29,10 @@ class Unauthenticated(VaultError):
 
 
 class PermissionDenied(VaultError):
-    """The caller is known but not allowed to do this."""
+    """The caller is known but not allowed to do this. Every denial is audited: by the API layer
+    (:mod:`vault_service.denial_audit`), unless the domain wrote its own entry and set ``audited``."""
+
+    audited = False
 
 
 class NotFound(VaultError):

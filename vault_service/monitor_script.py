@@ -67,7 +67,7 @@ def _placeholders(field: str, text: str, refs: dict[str, set[Use]]) -> None:
         )
 
 
-def _credential_id(field: str, value: str) -> str:
+def check_credential_id(field: str, value: str) -> str:
     if not _CREDENTIAL_ID.match(value):
         raise InvalidArgument(field, "must be CREDENTIALS_VAULT- followed by 16 upper-case hex digits")
     return value
@@ -86,16 +86,16 @@ def credential_uses(monitor: mpb.Monitor) -> dict[str, set[Use]]:
                 _placeholders(f"{f}.headers[{j}].value", h.value, refs)
             auth = req.authentication.WhichOneof("method")
             if auth == "basic_credential_id":
-                cid = _credential_id(f"{f}.authentication", req.authentication.basic_credential_id)
+                cid = check_credential_id(f"{f}.authentication", req.authentication.basic_credential_id)
                 refs.setdefault(cid, set()).add(Use.BASIC_AUTH)
             elif auth == "client_certificate_credential_id":
-                cid = _credential_id(f"{f}.authentication", req.authentication.client_certificate_credential_id)
+                cid = check_credential_id(f"{f}.authentication", req.authentication.client_certificate_credential_id)
                 refs.setdefault(cid, set()).add(Use.CLIENT_CERTIFICATE)
     elif which == "browser":
         b = monitor.browser
         _placeholders("browser.url", b.url, refs)
         if b.login_credential_id:
-            refs.setdefault(_credential_id("browser.login_credential_id", b.login_credential_id), set()).add(
+            refs.setdefault(check_credential_id("browser.login_credential_id", b.login_credential_id), set()).add(
                 Use.BROWSER_LOGIN
             )
         for i, ev in enumerate(b.events):
@@ -103,7 +103,7 @@ def credential_uses(monitor: mpb.Monitor) -> dict[str, set[Use]]:
                 _placeholders(f"browser.events[{i}].navigate_url", ev.navigate_url, refs)
             elif ev.WhichOneof("event") == "keystroke" and ev.keystroke.WhichOneof("text") == "credential":
                 cred = ev.keystroke.credential
-                cid = _credential_id(f"browser.events[{i}].keystroke.credential", cred.credential_id)
+                cid = check_credential_id(f"browser.events[{i}].keystroke.credential", cred.credential_id)
                 if cred.field not in ("", "username", "password"):
                     raise InvalidArgument(
                         f"browser.events[{i}].keystroke.credential.field", "must be username or password"

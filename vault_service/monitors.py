@@ -177,6 +177,10 @@ class MonitorService:
         self, principal: Principal, location_id: str, credential_id: str, size: int, page_token: str
     ) -> Page[mpb.Monitor]:
         policy.require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
+        if location_id:
+            check_slug("location_id", location_id)
+        if credential_id:
+            monitor_script.check_credential_id("credential_id", credential_id)
         limit = page_size(size)
         zones = policy.monitor_zones_visible(principal.user)
         query = ("monitors", principal.username, location_id, credential_id)

@@ -37,6 +37,7 @@ from vault_service.auth_cache import AuthCache
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
+from vault_service.denial_audit import DenialAudit
 from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
 from vault_service.metrics import MetricsServer, VaultMetrics
@@ -126,7 +127,7 @@ async def start_vault(
     tokens = TokenService(store, auth_cache)
     metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(metrics, vault_calls=True, store=store)],
+        interceptors=[ApiInterceptor(metrics, vault_calls=True, store=store, denials=DenialAudit(store))],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

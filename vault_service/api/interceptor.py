@@ -1,11 +1,13 @@
 """The one server interceptor of both ports. Every RPC is counted and timed for Prometheus
 (:mod:`vault_service.metrics`: started, handled by status code, handling time; by type, service and method; unknown
-methods are not counted, so no label comes from a caller). The unary credvault.v1 methods also get their domain
-errors mapped to status codes (:mod:`vault_service.api.status`) and, with a store, one pooled connection for the
-whole call (authentication and operation alike).
+methods are not counted, so no label comes from a caller). A request that is not a valid protobuf message is refused
+with INVALID_ARGUMENT before anything else (:mod:`vault_service.api.undecodable`). The unary credvault.v1 methods
+also get their domain errors mapped to status codes (:mod:`vault_service.api.status`), their denials audited
+(:mod:`vault_service.denial_audit`) and, with a store, one pooled connection for the whole call (authentication and
+operation alike).
 
 Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
-dictionary lookup here, and one wrapper around the servicer method.
+dictionary lookup here, and a few wrappers around the servicer method (measured, refusing, vault).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from typing import Any
 
 import grpc
 
+from vault_service.api import caller
 from vault_service.api.status import status_of
+from vault_service.api.undecodable import Refusals, refusing_undecodable, request_type, tolerant
+from vault_service.denial_audit import DenialAudit
+from vault_service.errors import PermissionDenied, Unauthenticated
 from vault_service.metrics import VaultMetrics
 from vault_service.storage.store import Store
 
@@ -76,26 +82,41 @@ class _Timed:
         self._measured.done(self._start, self._context, exc)
 
 
-def _vault_unary(inner: Callable[..., Any], measured: _Measured, store: Store | None) -> Callable[..., Any]:
-    """A credvault.v1 unary method: measured, on one bound connection, domain errors as status codes."""
+def _vault_unary(
+    inner: Callable[..., Any], store: Store | None, action: str, denials: DenialAudit | None
+) -> Callable[..., Any]:
+    """A credvault.v1 unary method (``action``: its "service/method" name): on one bound connection, domain errors as
+    status codes, denials audited."""
 
     async def unary(request: Any, context: Context) -> Any:
-        with measured.call(context):
-            try:
-                if store is None:
-                    return await inner(request, context)
-                async with store.bound():
-                    return await inner(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                code, message = status_of(exc)
-                await context.abort(code, message)
+        try:
+            if store is None:
+                return await inner(request, context)
+            async with store.bound():
+                return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if denials is not None:
+                await _audit_denial(denials, exc, action, context)
+            code, message = status_of(exc)
+            await context.abort(code, message)
 
     return unary
 
 
-def _measured_only(inner: Callable[..., Any], measured: _Measured) -> Callable[..., Any]:
+async def _audit_denial(denials: DenialAudit, exc: Exception, action: str, context: Context) -> None:
+    if isinstance(exc, Unauthenticated):
+        sent_token = any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+        source = context.peer().rpartition(":")[0] or "unknown"
+        await denials.auth_failed(source, "bad_token" if sent_token else "no_token")
+    elif isinstance(exc, PermissionDenied) and not exc.audited:
+        principal = caller.current()
+        if principal is not None:
+            await denials.denied(principal, action, exc.message)
+
+
+def _measured(inner: Callable[..., Any], measured: _Measured) -> Callable[..., Any]:
     """The same kind of behavior as ``inner`` (coroutine, or async generator for streamed responses), measured."""
     if inspect.isasyncgenfunction(inner):
 
@@ -122,13 +143,22 @@ _KINDS = (
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Metrics for every method; with ``vault_calls``, also status mapping (and the store's bound connection) for
-    the unary credvault.v1 methods."""
+    """Metrics and refusal of undecodable requests for every method; with ``vault_calls``, also status mapping,
+    denial audit (with ``denials``) and the store's bound connection for the unary credvault.v1 methods."""
 
-    def __init__(self, metrics: VaultMetrics, *, vault_calls: bool = False, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        metrics: VaultMetrics,
+        *,
+        vault_calls: bool = False,
+        store: Store | None = None,
+        denials: DenialAudit | None = None,
+    ) -> None:
         self._metrics = metrics
         self._vault_calls = vault_calls
         self._store = store
+        self._denials = denials
+        self._refusals = Refusals()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -151,14 +181,12 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             inner = getattr(handler, attribute)
             if inner is None:
                 continue
-            measured = _Measured(self._metrics, (kind, service, name))
             if self._vault_calls and kind == "unary" and method.startswith("/credvault.v1."):
-                behavior = _vault_unary(inner, measured, self._store)
-            else:
-                behavior = _measured_only(inner, measured)
+                inner = _vault_unary(inner, self._store, f"{service}/{name}", self._denials)
+            refusing = refusing_undecodable(inner, handler.request_streaming, request_type(method), self._refusals)
             return make(
-                behavior,
-                request_deserializer=handler.request_deserializer,
+                _measured(refusing, _Measured(self._metrics, (kind, service, name))),
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

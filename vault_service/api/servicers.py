@@ -17,7 +17,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from credvault.v1 import monitors_pb2_grpc as mgrpc
 from credvault.v1 import tokens_pb2 as tpb
 from credvault.v1 import tokens_pb2_grpc as tgrpc
-from vault_service.api import convert
+from vault_service.api import caller, convert
 from vault_service.credentials import CredentialService
 from vault_service.errors import AuthenticationChanged, VaultError
 from vault_service.identity import IdentityService
@@ -43,21 +43,21 @@ class _Authenticated:
         self._tokens = tokens
 
     async def _principal(self, context: Context) -> Principal:
-        return await self._tokens.authenticate(_authorization(context))
+        return caller.authenticated(await self._tokens.authenticate(_authorization(context)))
 
     async def _rechecked(self, context: Context, work: Callable[[Principal], Awaitable[R]]) -> R:
         """``work`` for the caller, who may be a remembered principal: only for work whose statements re-check it
         (``Principal.check``). Any outcome but success decided on a remembered principal (an error, or a statement
         finding that the authentication changed) is decided again on a fresh lookup."""
         authorization = _authorization(context)
-        principal = await self._tokens.authenticate(authorization, remembered=True)
+        principal = caller.authenticated(await self._tokens.authenticate(authorization, remembered=True))
         if principal.check is None:
             return await work(principal)
         try:
             return await work(principal)
         except (AuthenticationChanged, VaultError):
             pass
-        return await work(await self._tokens.authenticate(authorization))
+        return await work(caller.authenticated(await self._tokens.authenticate(authorization)))
 
 
 class CredentialsServicer(_Authenticated, cgrpc.CredentialsServiceServicer):
