@@ -250,11 +250,11 @@ class MonitorService:
             policy.require_monitor_edit(principal, current.management_zone)
             if current.enabled == enabled:
                 return current
-            if enabled and current.disabled_reason == mpb.DISABLED_REASON_CREDENTIAL_DELETED:
+            if enabled:  # however it was disabled: a credential may have been deleted meanwhile
                 for cred_id in current.credential_ids:
                     if await tx.get_credential(cred_id) is None:
                         raise FailedPrecondition(
-                            f"credential {cred_id} was deleted: give the monitor a new credential first"
+                            f"credential {cred_id} was deleted: update the monitor to use an existing credential first"
                         )
             current.enabled = enabled
             current.disabled_reason = mpb.DISABLED_REASON_UNSPECIFIED if enabled else mpb.DISABLED_REASON_BY_USER
