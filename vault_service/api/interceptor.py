@@ -2,7 +2,8 @@
 (:mod:`vault_service.metrics`: started, handled by status code, handling time; by type, service and method; unknown
 methods are not counted, so no label comes from a caller). The unary credvault.v1 methods also get their domain
 errors mapped to status codes (:mod:`vault_service.api.status`) and, with a store, one pooled connection for the
-whole call (authentication and operation alike).
+whole call (authentication and operation alike), run again on a fresh one if the database session was lost before
+anything of the call could have committed (:meth:`Store.call`).
 
 Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
 dictionary lookup here, and one wrapper around the servicer method.
@@ -84,8 +85,7 @@ def _vault_unary(inner: Callable[..., Any], measured: _Measured, store: Store | 
             try:
                 if store is None:
                     return await inner(request, context)
-                async with store.bound():
-                    return await inner(request, context)
+                return await store.call(lambda: inner(request, context))
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
