@@ -8,8 +8,10 @@ nothing for ``dead_after_intervals`` intervals (HTTP/2 keepalive catches a dead 
 Between sessions the engine waits an exponential backoff with full jitter (reset after a session that delivered
 SyncComplete) and then resumes with what it holds. It keeps its configs through an outage, but once it has had no
 contact with the vault for ``max_disconnected`` it flushes (wipes) everything: fail-safe. "Contact" means a session on
-which the vault has sent at least one message. A vault that answers PERMISSION_DENIED refuses this engine (for
-example, it was revoked): the engine flushes at once.
+which the vault has sent at least one message. The fail-safe has its own timer, so the deadline holds whatever the
+connection is doing; and connecting (TCP and the TLS handshake) is bounded by the dead-session limit, so a vault that
+accepts connections but never answers (frozen) does not hold a session open. A vault that answers PERMISSION_DENIED
+refuses this engine (for example, it was revoked): the engine flushes at once.
 
 Logs name ids, versions, revisions, counts and reasons; never contents.
 """
@@ -17,6 +19,7 @@ Logs name ids, versions, revisions, counts and reasons; never contents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -130,6 +133,7 @@ class EngineStream:
         self._flushes = 0
         self._offline_since: float | None = None
         self._flushed_this_outage = False
+        self._outage_changed = asyncio.Event()  # wakes the fail-safe timer: contact began or ended
         self._last_received = 0.0
         self.results_sent = 0
 
@@ -149,6 +153,14 @@ class EngineStream:
     async def run(self) -> None:
         """Connects, and reconnects, until cancelled. Never flushes on its own exit: the caller decides."""
         self._offline_since = self._clock()
+        timer = asyncio.create_task(self._failsafe_timer(), name="engine-failsafe-timer")
+        try:
+            await self._reconnect_forever()
+        finally:
+            timer.cancel()
+            await asyncio.wait([timer])
+
+    async def _reconnect_forever(self) -> None:
         first = True
         while True:
             self._check_failsafe()
@@ -182,6 +194,18 @@ class EngineStream:
             return None
         return self._offline_since + self._settings.max_disconnected
 
+    async def _failsafe_timer(self) -> None:
+        """Flushes at the fail-safe deadline whatever the session is doing (a connect or a TLS handshake that hangs
+        included). It waits on the event loop's timer for the time left on ``clock``; the checks at each step of the
+        loop (pause, watchdog) flush at the same deadline, and are what a test's injected sleep drives."""
+        while True:
+            self._outage_changed.clear()
+            self._check_failsafe()
+            deadline = self._failsafe_deadline()
+            remaining = None if deadline is None else max(deadline - self._clock(), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outage_changed.wait(), remaining)
+
     def _check_failsafe(self) -> None:
         deadline = self._failsafe_deadline()
         if deadline is None or self._clock() < deadline:
@@ -203,6 +227,7 @@ class EngineStream:
             self._connected = True
             self._offline_since = None
             self._flushed_this_outage = False
+            self._outage_changed.set()
             log.info("connected to the vault")
 
     def _end_contact(self) -> None:
@@ -210,6 +235,7 @@ class EngineStream:
         if self._connected:
             self._connected = False
             self._offline_since = self._clock()
+            self._outage_changed.set()
             log.warning("disconnected from the vault; keeping %s", self._held_summary())
 
     def _held_summary(self) -> str:
@@ -227,6 +253,7 @@ class EngineStream:
             return False
         call: grpc.aio.StreamStreamCall[engine_pb2.StreamRequest, engine_pb2.StreamResponse] | None = None
         try:
+            await self._until_ready(channel)
             stub = engine_pb2_grpc.EngineConfigServiceStub(channel)
             call = stub.Stream(None)
             await self._converse(call)
@@ -248,6 +275,24 @@ class EngineStream:
             await channel.close(None)
             self._end_contact()
         return self._session_synced
+
+    async def _until_ready(self, channel: grpc.aio.Channel) -> None:
+        """Until ``channel`` is ready (TCP and the TLS handshake done). A connection that fails, or that takes as
+        long as a session may stay silent (a frozen vault accepts and never answers), ends the session."""
+        limit = self._settings.heartbeat_interval * self._settings.dead_after_intervals
+
+        async def ready() -> None:
+            state = channel.get_state(try_to_connect=True)
+            while state is not grpc.ChannelConnectivity.READY:
+                if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+                    raise _StreamDead(f"cannot connect ({state.name})")
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+
+        try:
+            await asyncio.wait_for(ready(), limit)
+        except TimeoutError:
+            raise _StreamDead(f"no connection (TCP and TLS handshake) within {limit:g} s") from None
 
     async def _converse(
         self, call: grpc.aio.StreamStreamCall[engine_pb2.StreamRequest, engine_pb2.StreamResponse]

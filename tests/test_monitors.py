@@ -232,6 +232,24 @@ async def test_deleting_a_credential_deactivates_its_monitors(admin: Client, vau
     assert kinds == [("monitor", m.id), ("monitor", m.id)]  # created, then deactivated
 
 
+async def test_a_monitor_disabled_before_its_credential_was_deleted_cannot_be_enabled(admin: Client) -> None:
+    await setup_location(admin)
+    basic = await cred(admin, "basic")
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(basic)))).monitor
+    await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
+    await admin.DeleteCredential(cpb.DeleteCredentialRequest(id=basic))
+    refused = await expect_code(
+        admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=True)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    message = refused.details() or ""
+    assert basic in message
+    assert "update the monitor" in message
+    after = (await admin.GetMonitor(mpb.GetMonitorRequest(id=m.id))).monitor
+    assert not after.enabled
+    assert after.disabled_reason == mpb.DISABLED_REASON_BY_USER
+
+
 async def test_changes_are_logged_for_what_engines_hold(admin: Client, vault: RunningVault) -> None:
     await setup_location(admin, "loc-a", "loc-b")
     basic = await cred(admin, "basic")

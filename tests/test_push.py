@@ -227,6 +227,49 @@ async def test_two_replicas_one_database(
         await replica_b.stop(0)
 
 
+async def test_an_engine_that_moved_to_another_replica_stays_connected_when_the_old_stream_ends(
+    admin_client: Client,
+    connect: Connect,
+    push_vault: RunningVault,
+    settings: Settings,
+    keyring: Keyring,
+    engine_pki: Pki,
+) -> None:
+    await setup(admin_client, "loc-a")
+    on_a = await connect("loc-a", "e1")
+    replica_b = await start_vault(
+        with_engine_port(settings, engine_pki).model_copy(update={"replica_id": "replica-b"}), keyring=keyring
+    )
+    try:
+        on_b = EngineClient(replica_b.engine_port, engine_pki.server_ca.cert_pem, engine_pki.engine("loc-a", "e1"))
+        on_b.start("loc-a", "e1")
+        await on_b.wait_until(lambda: on_b.synced.is_set())
+        await on_a.close()  # the old stream ends on replica A after the engine is connected to B
+
+        def streams_ended_on_a() -> float:
+            return sum(
+                sample.value
+                for metric in push_vault.metrics.registry.collect()
+                if metric.name == "grpc_server_handled"
+                for sample in metric.samples
+                if sample.name == "grpc_server_handled_total" and sample.labels["grpc_method"] == "Stream"
+            )
+
+        async def e1_connected() -> bool:
+            engines = (await admin_client.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+            return any(e.engine_id == "e1" and e.connected for e in engines)
+
+        for _ in range(200):  # the handler on A is done, its row update included
+            if streams_ended_on_a() >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert streams_ended_on_a() >= 1
+        assert await e1_connected()
+        await on_b.close()
+    finally:
+        await replica_b.stop(0)
+
+
 async def test_a_stalled_engine_delays_nobody_and_is_cut_on_overflow(
     admin_client: Client, connect: Connect, push_vault: RunningVault, engine_pki: Pki
 ) -> None:

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     engine_ca_file: pathlib.Path | None = Field(None, description="the engine CA: engines' client certificates")
     trust_domain: str = Field("credvault.local", pattern=r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
     engine_heartbeat_seconds: float = Field(10.0, gt=0, le=300)
+    engine_lease_seconds: float = Field(
+        30.0,
+        ge=0.3,
+        le=3600,
+        description="an engine shows connected while the replica holding its stream renews this lease (every"
+        " third of it); a replica that died stops renewing, and its engines show disconnected when it lapses",
+    )
     engine_outbox_max: int = Field(20_000, ge=100, le=10_000_000)
     results_per_monitor: int = Field(100, ge=1, le=10_000, description="execution results kept per monitor")
     replica_id: str = Field("", description="name of this replica in engine status (default: host and pid)")

@@ -149,7 +149,7 @@ class CredentialService:
             sealed = self._keyring.seal(cred.id, cred.version, plaintext)
             audit = AuditEntry(principal.username, principal.token_id, "credential.create", {"version": 1})
             try:
-                async with self._store.read() as tx:  # one statement: the row and its audit row
+                async with self._store.write() as tx:  # one statement: the row and its audit row
                     return await tx.insert_credential(cred, sealed, audit, principal.check)
             except AlreadyExists:  # an id collision (2**-64): draw another
                 continue
@@ -202,7 +202,7 @@ class CredentialService:
         secret, cert_info = contents_codec.validate(contents)
         plaintext = contents_codec.encode(secret)
         change = _Overwrite(principal, credential_id, contents, access, expected_version, cert_info, plaintext)
-        async with self._store.read() as tx:
+        async with self._store.write() as tx:
             current = await tx.get_credential(credential_id, check=principal.check)
             written = await self._overwrite(tx, change, current)
         if written is None and not expected_version:

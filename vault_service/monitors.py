@@ -39,9 +39,12 @@ def check_slug(field: str, value: str) -> str:
 
 
 class MonitorService:
-    def __init__(self, store: Store, keyring: Keyring) -> None:
+    def __init__(self, store: Store, keyring: Keyring, *, engine_lease_seconds: float) -> None:
+        """``engine_lease_seconds``: an engine shows connected while the replica holding its stream renews this
+        lease (any replica's, so also on one without an engine port)."""
         self._store = store
         self._keyring = keyring
+        self._engine_lease = engine_lease_seconds
 
     # --- locations and engines -----------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ class MonitorService:
             await tx.insert_audit(
                 principal.username, principal.token_id, "engine.add", f"{location_id}/{engine_id}", "ok"
             )
-            return (await tx.list_engines(location_id, engine_id))[0]
+            return (await tx.list_engines(location_id, engine_id, lease_seconds=self._engine_lease))[0]
 
     async def list_engines(self, principal: Principal, location_id: str) -> list[tuple[EngineRow, int]]:
         """The engines, each with the head revision of its location (the last change that concerned it)."""
@@ -97,7 +100,7 @@ class MonitorService:
         if location_id:
             check_slug("location_id", location_id)
         async with self._store.read() as tx:
-            rows = await tx.list_engines(location_id or None)
+            rows = await tx.list_engines(location_id or None, lease_seconds=self._engine_lease)
             heads = {loc: await tx.location_head(loc) for loc in {r.location_id for r in rows}}
         return [(r, heads[r.location_id]) for r in rows]
 
@@ -112,7 +115,7 @@ class MonitorService:
             await tx.insert_audit(
                 principal.username, principal.token_id, "engine.revoke", f"{location_id}/{engine_id}", "ok"
             )
-            return (await tx.list_engines(location_id, engine_id))[0]
+            return (await tx.list_engines(location_id, engine_id, lease_seconds=self._engine_lease))[0]
 
     # --- monitors ------------------------------------------------------------------------------------------------
 
@@ -254,11 +257,11 @@ class MonitorService:
             policy.require_monitor_edit(principal, current.management_zone)
             if current.enabled == enabled:
                 return current
-            if enabled and current.disabled_reason == mpb.DISABLED_REASON_CREDENTIAL_DELETED:
+            if enabled:  # however it was disabled: a credential may have been deleted meanwhile
                 for cred_id in current.credential_ids:
                     if await tx.get_credential(cred_id) is None:
                         raise FailedPrecondition(
-                            f"credential {cred_id} was deleted: give the monitor a new credential first"
+                            f"credential {cred_id} was deleted: update the monitor to use an existing credential first"
                         )
             current.enabled = enabled
             current.disabled_reason = mpb.DISABLED_REASON_UNSPECIFIED if enabled else mpb.DISABLED_REASON_BY_USER

@@ -43,6 +43,7 @@ from vault_service.keys import verify_keyring
 from vault_service.metrics import MetricsServer, VaultMetrics
 from vault_service.monitors import MonitorService
 from vault_service.push.follower import ChangeFollower
+from vault_service.push.lease_renewal import LeaseRenewal
 from vault_service.push.stream import EngineStreamServicer, StreamSettings
 from vault_service.results import ResultService
 from vault_service.storage.migrate import migrate
@@ -71,6 +72,7 @@ class RunningVault:
     engine_port: int = 0
     follower: ChangeFollower | None = None
     engine_streams: EngineStreamServicer | None = None
+    engine_leases: LeaseRenewal | None = None
     auth_cache: AuthCache | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
@@ -91,6 +93,8 @@ class RunningVault:
         await stopping
         if self.engine_streams is not None:
             await self.engine_streams.flush()
+        if self.engine_leases is not None:
+            await self.engine_leases.stop()
         if self.follower is not None:
             await self.follower.stop()
         if self.health_server is not None:
@@ -141,7 +145,7 @@ async def start_vault(
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
     tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
-    monitor_service = MonitorService(store, keyring)
+    monitor_service = MonitorService(store, keyring, engine_lease_seconds=settings.engine_lease_seconds)
     results = ResultService(
         store,
         monitor_service,
@@ -221,6 +225,8 @@ async def _start_engine_port(
     port = server.add_secure_port(settings.engine_listen, creds)
     await server.start()
     running.engine_server, running.engine_port, running.engine_streams = server, port, streams
+    running.engine_leases = LeaseRenewal(running.store, replica, settings.engine_lease_seconds)
+    running.engine_leases.start()
     log.info("engine port listening on %s (port %d, mutual TLS)", settings.engine_listen, port)
 
 

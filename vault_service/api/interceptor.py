@@ -4,7 +4,8 @@ methods are not counted, so no label comes from a caller). A request that is not
 with INVALID_ARGUMENT before anything else (:mod:`vault_service.api.undecodable`). The unary credvault.v1 methods
 also get their domain errors mapped to status codes (:mod:`vault_service.api.status`), their denials audited
 (:mod:`vault_service.denial_audit`) and, with a store, one pooled connection for the whole call (authentication and
-operation alike).
+operation alike), run again on a fresh one if the database session was lost before anything of the call could
+have committed (:meth:`Store.call`).
 
 Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
 dictionary lookup here, and a few wrappers around the servicer method (measured, refusing, vault).
@@ -92,8 +93,7 @@ def _vault_unary(
         try:
             if store is None:
                 return await inner(request, context)
-            async with store.bound():
-                return await inner(request, context)
+            return await store.call(lambda: inner(request, context))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

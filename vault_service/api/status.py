@@ -3,7 +3,8 @@
 Applied to every credvault.v1 method by the server interceptor (:mod:`vault_service.api.interceptor`), so servicers
 just raise domain errors.
 Unexpected exceptions become INTERNAL with an incident id and nothing of the exception's text: the detail
-goes to the log (exception type and traceback), never to the caller.
+goes to the log (exception type and traceback), never to the caller. A lost database arrives here as
+``errors.Unavailable`` (the store translates the driver's errors), so nothing here knows the driver.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-import asyncpg
 import grpc
 
 from vault_service import errors
@@ -30,8 +30,6 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
-_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
-
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Status code and caller-facing message for an exception."""
@@ -43,8 +41,5 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, errors.DecryptionError):
         log.error("stored data failed to authenticate (incident %s): %s", incident, exc)
         return grpc.StatusCode.DATA_LOSS, f"stored data failed to authenticate (incident {incident})"
-    if isinstance(exc, _UNAVAILABLE):
-        log.warning("database unavailable (incident %s): %s", incident, type(exc).__name__)
-        return grpc.StatusCode.UNAVAILABLE, f"the database is unavailable; retry (incident {incident})"
     log.error("internal error (incident %s): %s", incident, type(exc).__name__, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"

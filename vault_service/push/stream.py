@@ -169,7 +169,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             if self._live.get(key) is live:
                 del self._live[key]
                 async with self._store.read() as tx:
-                    await tx.engine_connected(*key, None)
+                    await tx.engine_disconnected(*key, self._settings.replica_id)
 
     async def _serve(
         self,

@@ -142,13 +142,20 @@ class MonitorQueries:
         except asyncpg.UniqueViolationError:
             raise AlreadyExists(f"engine {engine_id!r} of location {location_id!r} exists already") from None
 
-    async def list_engines(self, location_id: str | None, engine_id: str | None = None) -> list[EngineRow]:
+    async def list_engines(
+        self, location_id: str | None, engine_id: str | None = None, *, lease_seconds: float | None = None
+    ) -> list[EngineRow]:
+        """With ``lease_seconds``, an engine whose replica has not renewed its lease for that long shows
+        disconnected (connected_since None): the replica is gone, whatever the row still says."""
         rows = await self.conn.fetch(
-            "SELECT location_id, engine_id, revoked_at, connected_since, applied_revision, rejected FROM engines"
+            "SELECT location_id, engine_id, revoked_at, applied_revision, rejected,"
+            " CASE WHEN $3::float8 IS NULL OR lease_renewed_at > now() - make_interval(secs => $3::float8)"
+            " THEN connected_since END AS connected_since FROM engines"
             " WHERE ($1::text IS NULL OR location_id = $1) AND ($2::text IS NULL OR engine_id = $2)"
             " ORDER BY location_id, engine_id",
             location_id,
             engine_id,
+            lease_seconds,
         )
         return [
             EngineRow(
@@ -251,14 +258,32 @@ class MonitorQueries:
         rows = await self.list_engines(location_id, engine_id)
         return rows[0] if rows else None
 
-    async def engine_connected(self, location_id: str, engine_id: str, replica: str | None) -> None:
+    async def engine_connected(self, location_id: str, engine_id: str, replica: str) -> None:
         await self.conn.execute(
-            "UPDATE engines SET connected_since = CASE WHEN $3::text IS NULL THEN NULL ELSE now() END,"
-            " connected_replica = $3 WHERE location_id = $1 AND engine_id = $2",
+            "UPDATE engines SET connected_since = now(), lease_renewed_at = now(), connected_replica = $3"
+            " WHERE location_id = $1 AND engine_id = $2",
             location_id,
             engine_id,
             replica,
         )
+
+    async def engine_disconnected(self, location_id: str, engine_id: str, replica: str) -> None:
+        """Clears the connection only if ``replica`` still holds it: the engine may already be on another one."""
+        await self.conn.execute(
+            "UPDATE engines SET connected_since = NULL, lease_renewed_at = NULL, connected_replica = NULL"
+            " WHERE location_id = $1 AND engine_id = $2 AND connected_replica = $3",
+            location_id,
+            engine_id,
+            replica,
+        )
+
+    async def renew_engine_leases(self, replica: str) -> int:
+        """Renew the lease of every engine connected to ``replica``, in one statement; how many there are."""
+        status = await self.conn.execute(
+            "UPDATE engines SET lease_renewed_at = now() WHERE connected_replica = $1 AND connected_since IS NOT NULL",
+            replica,
+        )
+        return int(status.split()[-1])
 
     async def engines_acked(self, rows: list[tuple[str, str, int, str]]) -> None:
         """(location id, engine id, applied revision, rejected monitors as JSON) for many engines, in one statement

@@ -12,8 +12,9 @@ import dataclasses
 import datetime
 import enum
 import json
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeAlias
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -38,6 +39,9 @@ from vault_service.models import (
 )
 from vault_service.storage.monitor_queries import MonitorQueries, append_change_ctes
 from vault_service.storage.result_queries import ResultQueries
+from vault_service.storage.session_loss import DATABASE_UNAVAILABLE, CallLedger, is_session_loss
+
+log = logging.getLogger(__name__)
 
 
 class Visibility(enum.Enum):
@@ -734,12 +738,26 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 # runs in 25 ms without it. Off for the vault's sessions; the server's default stays for everything else.
 SESSION_SETTINGS = {"jit": "off"}
 
+# Attempts of one call when its session is lost before it could have committed anything (see Store.call).
+CALL_ATTEMPTS = 3
+
+R = TypeVar("R")
+
+
+@dataclasses.dataclass
+class _Bound:
+    conn: Connection
+    ledger: CallLedger
+
+
 # The connection bound to the current RPC (see Store.bound): one pool checkout per call, not one per query group.
-_bound: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("credvault_bound_connection", default=None)
+_bound: contextvars.ContextVar[_Bound | None] = contextvars.ContextVar("credvault_bound_connection", default=None)
 
 
 class Store:
-    """The connection pool, and the way in to queries."""
+    """The connection pool, and the way in to queries. A lost database session surfaces as ``Unavailable`` (with
+    one fixed message), and the pool heals: the broken connection is discarded and the others are replaced on
+    their next checkout (a killed session rarely comes alone: a restart or fail-over ends them all)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -758,33 +776,101 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
+    async def call(self, work: Callable[[], Awaitable[R]]) -> R:
+        """``work`` on one bound connection (see ``bound``); run again on a fresh one, up to CALL_ATTEMPTS times in
+        all, while its session is lost before it sent anything that may commit (reads, and transactions that
+        failed before their COMMIT, were rolled back by the server: running them again cannot apply anything
+        twice). Otherwise the loss reaches the caller as Unavailable."""
+        attempt = 1
+        while True:
+            async with self.bound() as ledger:
+                try:
+                    return await work()
+                except Unavailable:
+                    if not ledger.lost or ledger.may_have_committed or attempt == CALL_ATTEMPTS:
+                        raise
+            attempt += 1
+            log.info("database session lost before anything could commit; running the call again")
+
     @contextlib.asynccontextmanager
-    async def bound(self) -> AsyncIterator[None]:
+    async def bound(self) -> AsyncIterator[CallLedger]:
         """Bind one pooled connection to the current task for the duration: every read and transaction inside
-        uses it (an RPC authenticates and works on one checkout)."""
-        if _bound.get() is not None:
-            yield
+        uses it (an RPC authenticates and works on one checkout). Yields what the call did that decides whether
+        it may run again (the outermost binding's, when nested)."""
+        outer = _bound.get()
+        if outer is not None:
+            yield outer.ledger
             return
-        async with self.pool.acquire() as conn:
-            token = _bound.set(conn)
+        async with self._checkout() as conn:
+            bound = _Bound(conn, CallLedger())
+            token = _bound.set(bound)
             try:
-                yield
+                yield bound.ledger
             finally:
                 _bound.reset(token)
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        conn = _bound.get()
-        if conn is not None:
+    async def _checkout(self) -> AsyncIterator[Connection]:
+        """A pooled connection; a session lost at checkout or in use becomes Unavailable. One that breaks after
+        the work is done does not fail the work: the pool discards it at release."""
+        try:
+            conn = await self.pool.acquire()
+        except Exception as exc:
+            if await self._discard_if_lost(exc, None):
+                raise Unavailable(DATABASE_UNAVAILABLE) from None
+            raise
+        try:
             yield conn
+        except Exception as exc:
+            if await self._discard_if_lost(exc, conn):
+                raise Unavailable(DATABASE_UNAVAILABLE) from None
+            raise
+        finally:
+            try:
+                await self.pool.release(conn)
+            except Exception as exc:
+                if not await self._discard_if_lost(exc, None):
+                    raise
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        bound = _bound.get()
+        if bound is None:
+            async with self._checkout() as conn:
+                yield conn
             return
-        async with self.pool.acquire() as acquired:
-            yield acquired
+        if bound.ledger.lost:  # discarded earlier in this call: nothing more is sent on it
+            raise Unavailable(DATABASE_UNAVAILABLE)
+        try:
+            yield bound.conn
+        except Exception as exc:
+            if await self._discard_if_lost(exc, bound.conn):
+                bound.ledger.lost = True
+                raise Unavailable(DATABASE_UNAVAILABLE) from None
+            raise
+
+    async def _discard_if_lost(self, exc: Exception, conn: Connection | None) -> bool:
+        """Whether ``exc`` means the session is lost; if so, ``conn`` is discarded and the pool replaces its other
+        connections on their next checkout. The driver's text stays out of the log and the caller's message."""
+        if not is_session_loss(exc, conn):
+            return False
+        log.warning("database session lost (%s); discarding the pool's connections", type(exc).__name__)
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):  # a proxy already given back
+                conn.terminate()
+        await self.pool.expire_connections()
+        return True
+
+    def _may_commit(self) -> None:
+        bound = _bound.get()
+        if bound is not None:
+            bound.ledger.may_have_committed = True
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._connection() as conn, conn.transaction():
             yield Tx(conn)
+            self._may_commit()  # the body succeeded: COMMIT is sent next
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:
@@ -794,5 +880,15 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
+        """Autocommit statements that read, or write idempotently (a touch, a status upsert): a call whose
+        session was lost may run them again (see ``call``). Writes that must not be repeated use ``write``."""
+        async with self._connection() as conn:
+            yield Tx(conn)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        """Autocommit statements that may write something a repetition would write again (each statement commits
+        on its own): a call that entered one is not run again after losing its session."""
+        self._may_commit()
         async with self._connection() as conn:
             yield Tx(conn)
