@@ -25,6 +25,7 @@ from tests.conftest import Client, Connect
 from tests.helpers import create_req, up
 from tests.push_helpers import Pki
 from vault_service.crypto import Keyring
+from vault_service.errors import Unavailable
 from vault_service.push.location_state import LocationState
 from vault_service.server import RunningVault
 from vault_service.storage.store import Tx
@@ -142,7 +143,7 @@ async def test_a_failed_read_leaves_the_state_as_it_was_and_the_change_applies_a
         (change,) = [c for c in await tx.changes_since(before, 10) if c.object_id == m.id]
 
     fail_monitor_reads_once(monkeypatch)
-    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+    with pytest.raises(Unavailable):  # the store's word for a lost session
         await state.apply(push_vault.store, change)
     assert state.revision == before  # nothing advanced: the change is not skipped on the retry
     assert m.id not in state.monitors

@@ -42,9 +42,10 @@ from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
 from vault_service.metrics import MetricsServer, VaultMetrics
 from vault_service.monitors import MonitorService
+from vault_service.push.engine_sessions import EngineSessions
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.lease_renewal import LeaseRenewal
-from vault_service.push.stream import EngineStreamServicer, StreamSettings
+from vault_service.push.stream import EnginePortSettings, EngineStreamServicer
 from vault_service.results import ResultService
 from vault_service.storage.migrate import migrate
 from vault_service.storage.store import Store
@@ -92,7 +93,7 @@ class RunningVault:
             self.engine_streams.close_streams("the vault is shutting down; reconnect")
         await stopping
         if self.engine_streams is not None:
-            await self.engine_streams.flush()
+            await self.engine_streams.sessions.flush()
         if self.engine_leases is not None:
             await self.engine_leases.stop()
         if self.follower is not None:
@@ -201,18 +202,16 @@ async def _start_engine_port(
         ],
     )
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
-    stream_settings = StreamSettings(
+    port_settings = EnginePortSettings(
         trust_domain=settings.trust_domain,
-        replica_id=replica,
         heartbeat_seconds=settings.engine_heartbeat_seconds,
         outbox_max=settings.engine_outbox_max,
     )
     divergence = running.metrics.engine_divergence
     streams = EngineStreamServicer(
-        running.store,
+        EngineSessions(running.store, results, replica),
         follower,
-        stream_settings,
-        results,
+        port_settings,
         running.metrics.push_latency.observe,
         lambda location_id: divergence.labels(location_id).inc(),
     )

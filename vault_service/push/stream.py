@@ -1,6 +1,7 @@
-"""The engine stream: identify the engine by its client certificate, send the difference to what it holds, then
-relay its location's deltas from its outbox. It computes nothing itself (``LocationState`` does; ``HeldCheck``
-compares what the engine reports holding with it)."""
+"""The engine stream, transport only: identify the engine by its client certificate, take its Hello, send the
+difference to what it holds, then relay its location's deltas from its outbox, with heartbeats. It computes nothing
+itself (``LocationState`` computes what to send; ``HeldCheck`` compares what the engine reports holding with it) and
+touches no database (``EngineSessions`` records connections, ACKs and results)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ import grpc
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service.pki import EngineIdentity, identity_from_certificate
-from vault_service.push.ack_recorder import AckRecorder
+from vault_service.push.engine_sessions import EngineSessions, Rejections
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.held_check import HeldCheck
-from vault_service.push.location_state import LocationState, PushTimer, removal_reason
+from vault_service.push.location_state import LocationState, PushTimer
 from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
-from vault_service.results import ResultService
 from vault_service.storage.monitor_queries import Change
-from vault_service.storage.store import Store
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -32,9 +31,8 @@ CHUNK = 500  # resources per batch in the initial sync (messages stay far below 
 
 
 @dataclasses.dataclass
-class StreamSettings:
+class EnginePortSettings:
     trust_domain: str
-    replica_id: str
     heartbeat_seconds: float = 10.0
     outbox_max: int = 20_000
     hello_timeout_seconds: float = 10.0
@@ -67,20 +65,17 @@ class _Ended(Exception):
 class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
     def __init__(
         self,
-        store: Store,
+        sessions: EngineSessions,
         follower: ChangeFollower,
-        settings: StreamSettings,
-        results: ResultService,
+        settings: EnginePortSettings,
         observe_push_latency: Callable[[float], None] = lambda seconds: None,
         count_divergence: Callable[[str], None] = lambda location_id: None,
     ) -> None:
-        self._store = store
-        self._results = results
+        self.sessions = sessions
         self._follower = follower
         self._settings = settings
         self._observe_push_latency = observe_push_latency
         self._count_divergence = count_divergence
-        self.acks = AckRecorder(store)
         self._live: dict[tuple[str, str], _Live] = {}
         follower.on_engine_change = self._engine_changed
 
@@ -103,11 +98,6 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         for (loc, eng), live in list(self._live.items()):
             if loc == location_id and engine_id in ("*", eng):
                 live.cut_with(grpc.StatusCode.PERMISSION_DENIED, "this engine was revoked")
-
-    async def flush(self) -> None:
-        """Writes what ACKs and results are still queued (before the pool closes)."""
-        await self.acks.flush()
-        await self._results.flush()
 
     def close_streams(self, reason: str) -> None:
         """On shutdown: end every stream with UNAVAILABLE, so its engine reconnects (to another replica)."""
@@ -139,9 +129,8 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
             )
             return
         key = (identity.location_id, identity.engine_id)
-        async with self._store.read() as tx:
-            row = await tx.get_engine_state(*key)
-        if row is None or row.revoked_at is not None:
+        rejected = await self.sessions.admitted(*key)
+        if rejected is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this engine is not registered or is revoked")
             return
         previous = self._live.get(key)
@@ -156,7 +145,6 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "the engine fell too far behind; reconnect to resync"
             ),
         )
-        rejected = {r["monitor_id"]: (int(r["version"]), str(r["reason"])) for r in row.rejected}
         try:
             state = await self._follower.subscribe(identity.location_id, outbox)
             try:
@@ -168,8 +156,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         finally:
             if self._live.get(key) is live:
                 del self._live[key]
-                async with self._store.read() as tx:
-                    await tx.engine_disconnected(*key, self._settings.replica_id)
+                await self.sessions.disconnected(*key)
 
     async def _serve(
         self,
@@ -179,18 +166,17 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         state: LocationState,
         outbox: Outbox,
         hello: epb.Hello,
-        rejected: dict[str, tuple[int, str]],
+        rejected: Rejections,
     ) -> None:
         loc, eng = live.identity.location_id, live.identity.engine_id
-        reasons = await self._removal_reasons(loc, state.gone_monitors(hello.held))
+        reasons = await self.sessions.removal_reasons(loc, state.gone_monitors(hello.held))
         # what the engine must be sent, computed with no await after it: it matches state.revision exactly
         revision = state.revision
         items = ordered_items(state.diff(hello.held, rejected, reasons))  # apply order
         for chunk in chunks(items, CHUNK):
             await self._send(context, live, epb.StreamResponse(batch=batch_of(revision, chunk)))
         await self._send(context, live, epb.StreamResponse(sync_complete=epb.SyncComplete(revision=revision)))
-        async with self._store.read() as tx:
-            await tx.engine_connected(loc, eng, self._settings.replica_id)
+        await self.sessions.connected(loc, eng)
         log.info("engine %s/%s synced at revision %d", loc, eng, revision)
 
         last_heard = time.monotonic()
@@ -214,7 +200,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                 last_heard = time.monotonic()
                 which = msg.WhichOneof("message")
                 if which == "ack":
-                    self._record_ack(loc, eng, msg.ack, rejected)
+                    self.sessions.acked(loc, eng, msg.ack, rejected)
                     push_timer.acked(msg.ack.revision)
                     if msg.ack.HasField("held"):
                         check.reported(msg.ack.held)
@@ -222,10 +208,10 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     if msg.heartbeat.HasField("held"):
                         check.reported(msg.heartbeat.held)
                 elif which == "results":
-                    self._results.submit(loc, eng, list(msg.results.results), state.secret_values)  # in the background
+                    self.sessions.reported(loc, eng, list(msg.results.results), state.secret_values)
                 elif which == "hello":  # the engine's answer to a ResyncRequest: what it holds
                     held = list(msg.hello.held)
-                    check.answered(held, await self._removal_reasons(loc, check.gone_monitors(held)))
+                    check.answered(held, await self.sessions.removal_reasons(loc, check.gone_monitors(held)))
 
         # Three tasks for the stream's life, none per message: the relay of the outbox, the reader of the engine's
         # ACKs, and the cut. The first to end ends the stream.
@@ -245,7 +231,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
         log.info("engine %s/%s closed its stream", loc, eng)
 
     async def _relay(
-        self, context: Context, outbox: Outbox, rejected: dict[str, tuple[int, str]], last_heard: Callable[[], float]
+        self, context: Context, outbox: Outbox, rejected: Rejections, last_heard: Callable[[], float]
     ) -> None:
         """Writes each batch the outbox hands out, and a heartbeat when it has had none for a heartbeat interval.
         Raises _Ended when the engine has been silent for three intervals, stops reading, or the outbox overflows."""
@@ -287,9 +273,8 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
 
     async def _end(self, context: Context, live: _Live, ended: _Ended, state: LocationState) -> None:
         if ended.code == grpc.StatusCode.PERMISSION_DENIED:
-            async with self._store.read() as tx:  # re-check: only a revoked engine is told it is refused
-                row = await tx.get_engine_state(live.identity.location_id, live.identity.engine_id)
-            if row is not None and row.revoked_at is None:
+            # re-check: only a revoked engine is told it is refused
+            if await self.sessions.admitted(live.identity.location_id, live.identity.engine_id) is not None:
                 ended = _Ended(grpc.StatusCode.ABORTED, "stream closed; reconnect")
             else:  # tell it to drop everything (it flushes on the refusal anyway), then refuse
                 with contextlib.suppress(Exception):
@@ -298,20 +283,6 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                     )
         log.info("engine %s/%s: stream ended: %s", live.identity.location_id, live.identity.engine_id, ended.reason)
         await context.abort(ended.code, ended.reason)
-
-    async def _removal_reasons(self, location_id: str, monitor_ids: list[str]) -> dict[str, int]:
-        """Why an engine must let go of each of these monitors it holds."""
-        if not monitor_ids:
-            return {}
-        async with self._store.read() as tx:
-            current = await tx.monitors_by_id(monitor_ids)
-        return {mid: removal_reason(current.get(mid), location_id) for mid in monitor_ids}
-
-    def _record_ack(self, loc: str, eng: str, ack: epb.Ack, rejected: dict[str, tuple[int, str]]) -> None:
-        for r in ack.rejected:
-            rejected[r.monitor_id] = (r.version, r.reason[:500])
-        listed = [{"monitor_id": m, "version": v, "reason": why} for m, (v, why) in sorted(rejected.items())]
-        self.acks.record(loc, eng, ack.revision, listed)
 
 
 async def _first_of(within: float, *futures: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
@@ -325,7 +296,7 @@ async def _first_of(within: float, *futures: asyncio.Future[Any]) -> set[asyncio
     return done
 
 
-def _skip_rejected(batch: epb.ConfigBatch, rejected: dict[str, tuple[int, str]]) -> None:
+def _skip_rejected(batch: epb.ConfigBatch, rejected: Rejections) -> None:
     """Never re-send a version the engine rejected; a newer version clears the rejection."""
     keep = []
     for m in batch.monitors:
