@@ -8,7 +8,8 @@ processes each, spread over the replicas, and bursts of changes (create, update,
 monitors; overwrite, delete and create credentials) at --rate changes a second through both replicas' API.
 
 Each round runs, in turn: a baseline (a burst of the faults' length, no fault), a session-kill fault
-(pg_terminate_backend of every vault session every --kill-every seconds for --kill-seconds) and a database stop
+(pg_terminate_backend of every vault session for --kill-seconds, each time just after a change's call returns and at
+most every --kill-every seconds, so that kills land while the replicas follow the change log) and a database stop
 (``pg_ctl stop -m immediate``, --stop-seconds down, start). Each burst starts --lead-in seconds before its fault
 and stops when the fault ends. Figures:
 
@@ -106,10 +107,10 @@ class Chaos:
         await self.start_workers()
 
 
-def fault(chaos: Chaos, kind: str) -> Awaitable[object]:
+def fault(chaos: Chaos, work: Workload, kind: str) -> Awaitable[object]:
     ns = chaos.ns
     if kind == "session_kills":
-        return kill_sessions_for(chaos.pg.admin_url, DATABASE, ns.kill_seconds, ns.kill_every)
+        return kill_sessions_for(chaos.pg.admin_url, DATABASE, ns.kill_seconds, ns.kill_every, aim=work.next_commit)
     if kind == "database_stop":
         return stop_for(chaos.pg, ns.stop_seconds)
     return asyncio.sleep(max(ns.kill_seconds, ns.stop_seconds))
@@ -146,7 +147,7 @@ async def run(ns: argparse.Namespace, res: Resources) -> dict[str, Any]:
             for kind in FAULTS:
                 work.phase = kind
                 note(f"round {n + 1}/{ns.rounds}: {kind}")
-                ended = await work.burst_around(ns.rate, fault(chaos, kind), ns.lead_in)
+                ended = await work.burst_around(ns.rate, fault(chaos, work, kind), ns.lead_in)
                 seconds, lines = await converge(chaos.engines, work.read_all, ns.converge_within, since=ended)
                 rounds.append({"round": n + 1, "fault": kind, "converged_after_s": seconds, "differing": lines[:20]})
                 note(f"  converged after {seconds:.2f} s" if seconds is not None else f"  NOT converged: {lines[:5]}")

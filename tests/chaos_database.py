@@ -223,5 +223,5 @@ def divergence(engine: str, expected: Holdings, held: Holdings) -> list[str]:
 async def create_pool(url: str) -> asyncpg.Pool:
     """Sessions of the run's own (spared by kill_vault_sessions)."""
     return await asyncpg.create_pool(
-        url, min_size=1, max_size=4, server_settings={"application_name": CHAOS_APPLICATION}
+        url, min_size=0, max_size=4, server_settings={"application_name": CHAOS_APPLICATION}
     )

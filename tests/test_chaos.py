@@ -56,7 +56,7 @@ async def postgres() -> AsyncIterator[StoppablePostgres]:
 
 
 @pytest.mark.parametrize(
-    "intensity", [Intensity(changes_per_second=30, kill_seconds=8, kill_every=0.25, stop_seconds=3)], ids=["ci"]
+    "intensity", [Intensity(changes_per_second=30, kill_seconds=8, kill_every=0.1, stop_seconds=3)], ids=["ci"]
 )
 async def test_engines_hold_what_the_database_says_after_session_kills_and_a_stop(
     tmp_path: pathlib.Path, postgres: StoppablePostgres, intensity: Intensity
