@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import math
 import pathlib
 import re
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -211,6 +212,14 @@ class Vault:
 async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
     """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port."""
     issued = await migrate_and_bootstrap(db.url, "bench-admin")
+    return await start_replica(res, db.url, p, new_keyring().to_json(), issued.token)
+
+
+async def start_replica(
+    res: Resources, database_url: str, p: BenchPki, keyring: str, token: str, name: str = "vault"
+) -> Vault:
+    """``credvault serve`` with its engine port on a migrated database; replicas of one vault share ``keyring``
+    (JSON) and the admin's ``token``. ``name`` names its log."""
     exe = venv_bin("credvault")
     argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
     argv.append("serve")
@@ -218,8 +227,8 @@ async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
     while engine_port == api_port:
         engine_port = free_port()
     env = child_env(
-        CREDVAULT_DATABASE_URL=db.url,
-        CREDVAULT_KEYRING=new_keyring().to_json(),
+        CREDVAULT_DATABASE_URL=database_url,
+        CREDVAULT_KEYRING=keyring,
         CREDVAULT_LISTEN=f"127.0.0.1:{api_port}",
         CREDVAULT_TLS_CERT_FILE=str(p.server_pem),
         CREDVAULT_TLS_KEY_FILE=str(p.server_key),
@@ -230,10 +239,10 @@ async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
         CREDVAULT_TRUST_DOMAIN=TRUST_DOMAIN,
         CREDVAULT_LOG_LEVEL="INFO",
     )
-    child = res.spawn("credvault serve", argv, env, res.root / "vault.log")
+    child = res.spawn(f"credvault serve ({name})", argv, env, res.root / f"{name}.log")
     await wait_for_log(child, r"engine port listening", 60)
     await wait_for_log(child, r"credvault API listening", 60)
-    return Vault(child, api_port, engine_port, issued.token)
+    return Vault(child, api_port, engine_port, token)
 
 
 def api_channel(vault: Vault, p: BenchPki) -> grpc.aio.Channel:
@@ -264,3 +273,25 @@ async def worker_port(w: Worker, limit_s: float) -> int:
     m = await wait_for_log(w.child, r"status listening on [\d.]+:(\d+)", limit_s)
     w.status_port = int(m.group(1))
     return w.status_port
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)  # asyncio.run's handler: cancel the run, then KeyboardInterrupt
+
+
+def run_bench(res: Resources, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+    """Runs a bench's ``run`` and prints its result as JSON with the elapsed time; cleans ``res`` up at the end,
+    also on Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    try:
+        result = asyncio.run(run())
+    except KeyboardInterrupt:
+        note("interrupted; cleaning up")
+        sys.exit(130)
+    finally:
+        res.close()
+    result["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    note(f"done in {result['elapsed_seconds']} s")
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")

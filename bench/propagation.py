@@ -36,13 +36,11 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import platform
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +59,7 @@ from _processes import (
     Worker,
     api_channel,
     poll_until,
+    run_bench,
     spawn_worker,
     start_vault,
     stop_children,
@@ -1260,26 +1259,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ns
 
 
-def _terminate(signum: int, frame: object) -> None:
-    signal.raise_signal(signal.SIGINT)  # asyncio.run's handler: cancel the run, then KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     ns = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     res = Resources(ns.keep, "propagation")
-    started = time.monotonic()
-    try:
-        result = asyncio.run(run(ns, res))
-    except KeyboardInterrupt:
-        progress("interrupted; cleaning up")
-        sys.exit(130)
-    finally:
-        res.close()
-    result["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    progress(f"done in {result['elapsed_seconds']} s")
-    json.dump(result, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    run_bench(res, lambda: run(ns, res))
 
 
 if __name__ == "__main__":
