@@ -22,7 +22,7 @@ import asyncpg
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.errors import Unauthenticated
 from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 from vault_service.tokens import TokenService, new_token
 
 

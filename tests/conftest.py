@@ -33,7 +33,7 @@ from vault_service.config import Settings
 from vault_service.crypto import Keyring, new_keyring
 from vault_service.server import RunningVault, start_vault
 from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 if TYPE_CHECKING:
     from tests.processes import System

@@ -616,7 +616,7 @@ def _app(apps: list[str] | None = None, contextless: bool = False) -> cpb.AppEng
 
 
 async def _details_rows(vault: RunningVault, cred_id: str) -> list[tuple[str, str, str | None]]:
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         rows = await tx.list_audit()
     out = []
     for r in rows:

@@ -4,16 +4,15 @@ is written at once, and the latest revision per engine wins."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from vault_service.push.ack_recorder import AckRecorder
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 
 async def applied(store: Store) -> dict[str, tuple[int, list[object]]]:
-    async with store.read() as tx:
+    async with store.autocommit() as tx:
         rows = await tx.conn.fetch("SELECT engine_id, applied_revision, rejected FROM engines ORDER BY engine_id")
-    return {r["engine_id"]: (r["applied_revision"], json.loads(r["rejected"])) for r in rows}
+    return {r["engine_id"]: (r["applied_revision"], r["rejected"]) for r in rows}
 
 
 async def test_a_burst_is_written_in_few_statements_and_the_latest_wins(store: Store) -> None:
@@ -49,7 +48,7 @@ async def test_the_asynchronous_commit_of_acks_stays_in_their_statement(store: S
     async with store.transaction() as tx:
         await tx.insert_location("loc-a", "A")
         await tx.insert_engine("loc-a", "e1")
-    async with store.read() as tx:
+    async with store.autocommit() as tx:
         await tx.engines_acked([("loc-a", "e1", 4, "[]")])
         assert await tx.conn.fetchval("SHOW synchronous_commit") == "on"
     assert (await applied(store))["e1"] == (4, [])

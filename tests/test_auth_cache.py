@@ -25,7 +25,8 @@ from vault_service.crypto import Keyring
 from vault_service.errors import AuthenticationChanged
 from vault_service.models import Permission, Principal, TokenScope, User
 from vault_service.server import RunningVault, start_vault
-from vault_service.storage.store import Tx
+from vault_service.storage.pool import register_codecs
+from vault_service.storage.queries import Queries
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 PD = grpc.StatusCode.PERMISSION_DENIED
@@ -278,14 +279,16 @@ async def test_a_remembered_authentication_holds_across_session_time_zones(
         for z, style in zip(zones, ("ISO, MDY", "SQL, DMY", "German"), strict=True)
     ]
     try:
+        for conn in conns:  # set up as the pool sets up its connections
+            await register_codecs(conn)
         for looked_up in conns:
-            check = (await Tx(looked_up).get_token_for_auth(token)).auth_check(token)
+            check = (await Queries(looked_up).get_token_for_auth(token)).auth_check(token)
             for other in conns:
-                assert await Tx(other).get_credential("CREDENTIALS_VAULT-0000000000000000", check=check) is None
+                assert await Queries(other).get_credential("CREDENTIALS_VAULT-0000000000000000", check=check) is None
         async with vault.store.transaction() as tx:
             await tx.conn.execute("UPDATE users SET permissions = '{}' WHERE username = 'alice'")
         with pytest.raises(AuthenticationChanged):
-            await Tx(conns[1]).get_credential("CREDENTIALS_VAULT-0000000000000000", check=check)
+            await Queries(conns[1]).get_credential("CREDENTIALS_VAULT-0000000000000000", check=check)
     finally:
         for conn in conns:
             await conn.close()
@@ -300,14 +303,14 @@ async def test_a_remembered_authentication_needs_no_lookup(
     cred = (await alice.CreateCredential(create_req("mine"))).credential
     await remembered_on(vault, alice)
     lookups = 0
-    real = Tx.get_token_for_auth
+    real = Queries.get_token_for_auth
 
-    async def counting(self: Tx, public_id: str) -> object:
+    async def counting(self: Queries, public_id: str) -> object:
         nonlocal lookups
         lookups += 1
         return await real(self, public_id)
 
-    monkeypatch.setattr(Tx, "get_token_for_auth", counting)
+    monkeypatch.setattr(Queries, "get_token_for_auth", counting)
     await alice.GetCredential(cpb.GetCredentialRequest(id=cred.id))
     await alice.ListCredentials(cpb.ListCredentialsRequest())
     await alice.CreateCredential(create_req("another"))

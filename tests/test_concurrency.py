@@ -12,7 +12,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client, with_database
 from tests.helpers import create_req, up
 from vault_service.storage.migrate import available_migrations, migrate
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 
 async def test_concurrent_overwrites_lose_no_update(admin: Client) -> None:
@@ -69,5 +69,5 @@ async def test_two_replicas_migrating_at_once(pg_url: str) -> None:
 
 async def test_vault_sessions_never_jit_compile(store: Store) -> None:
     """Short statements only: PostgreSQL's JIT compilation (cost-triggered) is off on every pooled session."""
-    async with store.read() as tx:
+    async with store.autocommit() as tx:
         assert await tx.conn.fetchval("SHOW jit") == "off"

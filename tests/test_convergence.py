@@ -28,7 +28,7 @@ from vault_service.crypto import Keyring
 from vault_service.errors import Unavailable
 from vault_service.push.location_state import LocationState
 from vault_service.server import RunningVault
-from vault_service.storage.store import Tx
+from vault_service.storage.queries import Queries
 
 LOCATION = "loc-a"
 
@@ -92,7 +92,7 @@ async def engine(push_vault: RunningVault, engine_pki: Pki, tmp_path: pathlib.Pa
 async def expected_holdings(vault: RunningVault) -> dict[str, dict[str, int]]:
     """What the engine should hold, from the database: enabled monitors of the location, the credentials they use,
     each at its resource version."""
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         monitors = await tx.enabled_monitors_in(LOCATION)
         creds = await tx.credentials_sealed(sorted({c for m in monitors for c in m.credential_ids}))
     return {
@@ -116,17 +116,17 @@ async def engine_holding_one_monitor(admin: Client, engine: RealEngine) -> str:
 def fail_monitor_reads_once(monkeypatch: pytest.MonkeyPatch) -> list[Exception]:
     """The next read of monitors by id fails as a killed session does; returns what is left to raise (empty once
     it has)."""
-    real = Tx.monitors_by_id
+    real = Queries.monitors_by_id
     failures: list[Exception] = [
         asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
     ]
 
-    async def failing_once(self: Tx, monitor_ids: list[str]) -> dict[str, mpb.Monitor]:
+    async def failing_once(self: Queries, monitor_ids: list[str]) -> dict[str, mpb.Monitor]:
         if failures and monitor_ids:
             raise failures.pop()
         return await real(self, monitor_ids)
 
-    monkeypatch.setattr(Tx, "monitors_by_id", failing_once)
+    monkeypatch.setattr(Queries, "monitors_by_id", failing_once)
     return failures
 
 
@@ -139,7 +139,7 @@ async def test_a_failed_read_leaves_the_state_as_it_was_and_the_change_applies_a
     await state.load(push_vault.store)
     before = state.revision
     m = await create_monitor(admin_client, cred)
-    async with push_vault.store.read() as tx:
+    async with push_vault.store.autocommit() as tx:
         (change,) = [c for c in await tx.changes_since(before, 10) if c.object_id == m.id]
 
     fail_monitor_reads_once(monkeypatch)
@@ -175,18 +175,18 @@ async def test_a_notification_during_a_catch_up_is_not_lost(
     push_vault.follower._poll_interval = 600.0  # only a notification can wake it within the test's time
     await asyncio.sleep(2.5)  # the wait that began with the old poll interval (2 s) is over
 
-    real = Tx.changes_since
+    real = Queries.changes_since
     gate = asyncio.Event()
     reading = asyncio.Event()
 
-    async def slow_catch_up(self: Tx, revision: int, limit: int) -> Any:
+    async def slow_catch_up(self: Queries, revision: int, limit: int) -> Any:
         changes = await real(self, revision, limit)
         if changes and not gate.is_set():
             reading.set()
             await gate.wait()  # a change commits (and notifies) while this catch-up is still running
         return changes
 
-    monkeypatch.setattr(Tx, "changes_since", slow_catch_up)
+    monkeypatch.setattr(Queries, "changes_since", slow_catch_up)
     second = await create_monitor(admin_client, cred, "second")
     await asyncio.wait_for(reading.wait(), 10)
     third = await create_monitor(admin_client, cred, "third")

@@ -4,8 +4,6 @@ source and kind per interval, carrying the count."""
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from credvault.v1 import audit_pb2 as apb
@@ -14,7 +12,7 @@ from credvault.v1 import identity_pb2 as ipb
 from tests.conftest import Client, Users
 from tests.helpers import create_req, expect_code
 from vault_service.denial_audit import DenialAudit
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 from vault_service.throttle import Throttle
 
 VIEW = 1
@@ -71,9 +69,9 @@ async def test_folded_failures_are_counted_in_the_next_entry(store: Store) -> No
     await audit.auth_failed("ipv4:10.0.0.1", "bad_token")  # still within the interval: folded
     now[0] += 1
     await audit.auth_failed("ipv4:10.0.0.1", "bad_token")
-    async with store.read() as tx:
+    async with store.autocommit() as tx:
         rows = await tx.list_audit()
-    assert [(r["target"], json.loads(r["detail"])["count"]) for r in reversed(rows)] == [
+    assert [(r["target"], r["detail"]["count"]) for r in reversed(rows)] == [
         ("ipv4:10.0.0.1", 1),
         ("ipv4:10.0.0.1", 6),
     ]

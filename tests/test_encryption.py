@@ -118,7 +118,7 @@ async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
     ids = {await _make(admin, f"c{i}", f"pw-{i}"): f"pw-{i}" for i in range(5)}
     rotated = keyring.with_new_active_key()
     assert await keys.rewrap_all(vault.store, rotated) == 5
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         assert await tx.kek_usage() == {rotated.active_id: 5}
     with pytest.raises(ConfigurationError, match="active"):
         await keys.retire(vault.store, rotated, rotated.active_id)
@@ -172,7 +172,7 @@ async def test_rewrap_leaves_concurrently_overwritten_rows_alone(
 ) -> None:
     """replace_sealed is conditional on (version, old kek): a row overwritten meanwhile is not clobbered."""
     cred_id = await _make(admin, "a", "pw-1")
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         _, sealed_v1 = await tx.get_credential_sealed(cred_id) or (None, None)
     assert sealed_v1 is not None
     rotated = keyring.with_new_active_key()
@@ -182,7 +182,7 @@ async def test_rewrap_leaves_concurrently_overwritten_rows_alone(
         assert not await tx.replace_sealed(cred_id, 1, keyring.active_id, rewrapped_v1)
     got = await _readable(admin, cred_id)
     assert got.details.username_password.password == "pw-2"
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         _, sealed_v2 = await tx.get_credential_sealed(cred_id) or (None, None)
     assert sealed_v2 is not None
     async with vault.store.transaction() as tx:  # at the current version it applies

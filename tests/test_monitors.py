@@ -14,9 +14,9 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Users
 from tests.helpers import ALL, create_req, expect_code, token, up
-from vault_service.models import USED_BY_SHOWN
+from vault_service.models import USED_BY_SHOWN, ChangeKind
 from vault_service.server import RunningVault
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
 MONITORING = ipb.PERMISSION_CHANGE_MONITORING_SETTINGS
@@ -227,7 +227,7 @@ async def test_deleting_a_credential_deactivates_its_monitors(admin: Client, vau
         admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=True)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         kinds = [(c.kind, c.object_id) for c in await tx.changes_since(0, 100)]
     assert kinds == [("monitor", m.id), ("monitor", m.id)]  # created, then deactivated
 
@@ -263,7 +263,7 @@ async def test_changes_are_logged_for_what_engines_hold(admin: Client, vault: Ru
     await admin.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=moved))
     await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
     await admin.DeleteMonitor(mpb.DeleteMonitorRequest(id=m.id))
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         changes = await tx.changes_since(0, 100)
         head = await tx.head_revision()
     assert [(c.kind, c.object_id, c.location_ids) for c in changes] == [
@@ -286,13 +286,13 @@ async def test_concurrent_writers_never_make_a_reader_skip_a_revision(store: Sto
     async def writer(n: int) -> None:
         for i in range(per_writer):
             async with store.transaction() as tx:
-                await tx.append_change("monitor", f"w{n}-{i}", ["loc-a"])
+                await tx.append_change(ChangeKind.MONITOR, f"w{n}-{i}", ["loc-a"])
                 await asyncio.sleep(random.uniform(0, 0.004))
 
     async def reader() -> None:
         last = 0
         while True:
-            async with store.read() as tx:
+            async with store.autocommit() as tx:
                 batch = await tx.changes_since(last, 1000)
             revisions = [c.revision for c in batch]
             assert revisions == list(range(last + 1, last + 1 + len(revisions))), (last, revisions)

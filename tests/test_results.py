@@ -137,7 +137,7 @@ async def test_results_are_bounded_and_sanitized(
     assert got[0].status == SUCCESS
     assert len(got[1].failure_reason) == 1000
     assert got[1].duration_ms == 0
-    async with push_vault.store.read() as tx:
+    async with push_vault.store.autocommit() as tx:
         assert await tx.conn.fetchval("SELECT count(*) FROM monitor_results WHERE monitor_id = $1", in_a) == 100
 
 
@@ -188,5 +188,5 @@ async def test_deleting_a_monitor_deletes_its_results(
     await eventually_results(admin_client, in_a, 1)
     await admin_client.DeleteMonitor(mpb.DeleteMonitorRequest(id=in_a))
     await expect_code(results_of(admin_client, in_a), grpc.StatusCode.NOT_FOUND)
-    async with push_vault.store.read() as tx:
+    async with push_vault.store.autocommit() as tx:
         assert await tx.conn.fetchval("SELECT count(*) FROM monitor_results") == 0

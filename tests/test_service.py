@@ -29,7 +29,7 @@ from vault_service.config import load_settings
 from vault_service.crypto import Keyring
 from vault_service.errors import ConfigurationError
 from vault_service.server import RunningVault
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 
 async def test_health_and_reflection(channel: grpc.aio.Channel) -> None:
@@ -217,7 +217,7 @@ async def test_details_read_fails_closed_without_audit(admin: Client, vault: Run
 async def test_audit_rows_for_changes_commit_with_them(admin: Client, vault: RunningVault) -> None:
     cred = (await admin.CreateCredential(create_req())).credential
     await admin.DeleteCredential(cpb.DeleteCredentialRequest(id=cred.id))
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         rows = await tx.list_audit()
         actions = [(r["action"], r["target"], r["actor"]) for r in rows]
         assert ("credential.create", cred.id, "admin") in actions

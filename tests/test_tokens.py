@@ -107,7 +107,7 @@ async def test_secret_is_stored_only_as_a_hash(vault: RunningVault, users: Users
     resp = await alice.CreateToken(create_token_req("hashed"))
     secret = resp.token.rsplit(".", 1)[1]
     await as_client(users, resp.token).GetCurrentUser(whoami())  # touch it too
-    async with vault.store.read() as tx:
+    async with vault.store.autocommit() as tx:
         rows = await tx.conn.fetch("SELECT * FROM api_tokens")
         audit = await tx.conn.fetch("SELECT * FROM audit_log")
     (row,) = [r for r in rows if r["public_id"] == resp.info.id]

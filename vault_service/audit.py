@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from vault_service import policy, validation
 from vault_service.errors import InvalidArgument
-from vault_service.models import AuditEvent, Page, Principal
+from vault_service.models import AuditEvent, AuditFilter, Page, Principal
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
-from vault_service.storage.store import AuditFilter, Store
+from vault_service.storage.pool import Store
 
 MAX_ACTION = 100
 MAX_TARGET = 300
@@ -41,7 +41,7 @@ class AuditService:
         limit = page_size(size)
         query = ("audit", flt.actor, flt.action, flt.target, flt.since, flt.until)
         before = _before_id(decode_page_token(page_token, query, 1)[0]) if page_token else None
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             events = await tx.list_audit_events(flt, before, limit + 1)
         more = len(events) > limit
         events = events[:limit]

@@ -5,7 +5,7 @@ It saves the token lookup of the hot credential calls without ever trusting a re
 - Keyed by the hash of the whole token (id and secret): only a token that matched in the database can hit, so an
   unknown id and a wrong secret both miss and take the one database path.
 - A remembered principal carries an ``AuthCheck`` (the token id and a fingerprint of its token and user rows).
-  The statement that does the call's work re-checks it in the same snapshot (``vault_service.storage.store``),
+  The statement that does the call's work re-checks it in the same snapshot (``vault_service.storage.identity``),
   so a revocation, expiry, deletion or permission change committed anywhere before that statement, by any
   replica or by hand, refuses the call as if nothing had been remembered. No notification is relied upon.
 - Revocation and expiry times are also checked at every call; an entry lives at most ``ttl`` seconds.

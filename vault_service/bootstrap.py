@@ -6,7 +6,7 @@ from vault_service import validation
 from vault_service.errors import FailedPrecondition
 from vault_service.models import Permission, TokenKind, TokenScope
 from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 from vault_service.tokens import IssuedToken, issue_token
 
 

@@ -21,7 +21,7 @@ from vault_service.config import Settings, load_settings
 from vault_service.crypto import load_keyring_file, new_keyring, write_keyring_file
 from vault_service.errors import ConfigurationError, Unavailable, VaultError
 from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger("credvault")
 
@@ -124,7 +124,7 @@ def cmd_keys_status(ns: argparse.Namespace) -> None:
 
     async def work(store: Store) -> None:
         await keys.verify_keyring(store, keyring)
-        async with store.read() as tx:
+        async with store.autocommit() as tx:
             usage = await tx.kek_usage()
         print(f"active KEK: {keyring.active_id}")
         for kek_id in sorted(set(keyring.ids) | set(usage)):
@@ -178,7 +178,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
         vault = await start_vault(settings)
         worker: asyncio.subprocess.Process | None = None
         try:
-            async with vault.store.read() as tx:
+            async with vault.store.autocommit() as tx:
                 empty = await tx.count_users() == 0
             if empty:
                 issued = await bootstrap_admin(vault.store, "admin")

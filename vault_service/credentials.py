@@ -24,8 +24,10 @@ from vault_service.models import (
     Access,
     AccessLevel,
     AppEngineAccess,
+    ChangeKind,
     ContentsInput,
     Credential,
+    CredentialFilter,
     CredentialScope,
     Page,
     Principal,
@@ -34,7 +36,9 @@ from vault_service.models import (
     credential_type_of,
 )
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
-from vault_service.storage.store import AuditEntry, CredentialFilter, Store, Tx
+from vault_service.storage.audit import AuditEntry
+from vault_service.storage.pool import Store
+from vault_service.storage.queries import Queries
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +162,7 @@ class CredentialService:
     async def get(self, principal: Principal, credential_id: str) -> Credential:
         policy.require_vault_view(principal)
         check_id(credential_id)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             cred = await tx.get_credential(credential_id, check=principal.check)
         return policy.require_visible(principal, cred, credential_id)
 
@@ -175,7 +179,7 @@ class CredentialService:
         if page_token:
             name, cid = decode_page_token(page_token, query, 2)
             after = (name, cid)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             items, total = await tx.list_credentials(
                 visibility, principal.username, flt, after, limit + 1, principal.check
             )
@@ -213,7 +217,7 @@ class CredentialService:
             raise Aborted(f"credential {credential_id} changed concurrently; retry")
         return written
 
-    async def _overwrite(self, tx: Tx, change: _Overwrite, current: Credential | None) -> Credential | None:
+    async def _overwrite(self, tx: Queries, change: _Overwrite, current: Credential | None) -> Credential | None:
         """The overwrite decided on ``current`` and written if the row is still at its version (else None)."""
         principal = change.principal
         current = policy.require_visible(principal, current, change.credential_id)
@@ -298,7 +302,7 @@ class CredentialService:
             )
 
     @staticmethod
-    async def _deactivate_users(tx: Tx, credential_id: str) -> tuple[str, ...]:
+    async def _deactivate_users(tx: Queries, credential_id: str) -> tuple[str, ...]:
         """Monitors that used a deleted credential become inactive (seed 000), in the deleting transaction."""
         disabled = []
         for monitor in await tx.monitors_using(credential_id, for_update=True):
@@ -308,7 +312,7 @@ class CredentialService:
             monitor.disabled_reason = mpb.DISABLED_REASON_CREDENTIAL_DELETED
             stored = await tx.update_monitor(monitor, monitor.version)
             assert stored is not None  # locked above
-            await tx.append_change("monitor", monitor.id, list(monitor.location_ids))
+            await tx.append_change(ChangeKind.MONITOR, monitor.id, list(monitor.location_ids))
             disabled.append(monitor.id)
         return tuple(disabled)
 
@@ -319,7 +323,7 @@ class CredentialService:
         check_id(credential_id)
         if app_id:
             validation.app_id("app_id", app_id)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             found = await tx.get_credential_sealed(credential_id)
         if found is None:
             raise NotFound(f"credential {credential_id} not found")
@@ -349,7 +353,7 @@ class CredentialService:
 
     @staticmethod
     async def _audit(
-        tx: Tx,
+        tx: Queries,
         principal: Principal,
         action: str,
         target: str,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from vault_service.models import Principal
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 from vault_service.throttle import Throttle
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from vault_service import policy, validation
 from vault_service.errors import InvalidArgument, NotFound
 from vault_service.models import ZONE_PERMISSIONS, Page, Permission, Principal, TokenScope, User
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 MAX_ZONES = 200
 
@@ -53,7 +53,7 @@ class IdentityService:
 
     async def get_user(self, principal: Principal, username: str) -> User:
         policy.require_user_admin(principal, TokenScope.USERS_READ)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             user = await tx.get_user(validation.username("username", username))
         if user is None:
             raise NotFound(f"user {username!r} not found")
@@ -63,7 +63,7 @@ class IdentityService:
         policy.require_user_admin(principal, TokenScope.USERS_READ)
         limit = page_size(size)
         after = decode_page_token(page_token, ("users",), 1)[0] if page_token else ""
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             users = await tx.list_users(after, limit + 1)
             total = await tx.count_users()
         more = len(users) > limit

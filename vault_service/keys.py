@@ -6,7 +6,7 @@ import logging
 
 from vault_service.crypto import Keyring
 from vault_service.errors import ConfigurationError
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 REWRAP_BATCH = 200
@@ -40,7 +40,7 @@ async def rewrap_all(store: Store, keyring: Keyring) -> int:
     done = 0
     after = ""
     while True:
-        async with store.read() as tx:
+        async with store.autocommit() as tx:
             batch = await tx.sealed_not_under(keyring.active_id, after, REWRAP_BATCH)
         if not batch:
             break

@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vault_service.push.follower import ChangeFollower
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class VaultMetrics:
         if self.follower is None:
             return
         try:
-            async with asyncio.timeout(HEAD_TIMEOUT_SECONDS), store.read() as tx:
+            async with asyncio.timeout(HEAD_TIMEOUT_SECONDS), store.autocommit() as tx:
                 self.head_revision = await tx.head_revision()
         except Exception as exc:
             log.warning("metrics: cannot read the change-log head (%s)", type(exc).__name__)

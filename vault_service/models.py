@@ -1,4 +1,6 @@
-"""Domain types of the vault: credentials, users, tokens. Independent of protobuf and of SQL.
+"""Domain types of the vault: credentials, users, tokens, the filters callers list them by, engines' status and the
+change log's kinds. Independent of protobuf and of SQL. Monitors, locations and results have no types here on purpose:
+they stay protobuf messages from the API down to storage (their schema is large; mirroring it would duplicate it).
 
 Types that carry a secret have reprs that redact it (see ``SECRET_BEARING_TYPES``).
 """
@@ -245,6 +247,55 @@ class AuditEvent:
     target: str | None
     outcome: str
     detail: dict[str, str]
+
+
+class Visibility(enum.Enum):
+    """Which credentials a caller may see; decided by the policy module, translated to SQL by storage."""
+
+    EVERYTHING = "EVERYTHING"
+    PUBLIC_OWN_AND_SHARED = "PUBLIC_OWN_AND_SHARED"
+    PUBLIC_ONLY = "PUBLIC_ONLY"
+    NOTHING = "NOTHING"
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialFilter:
+    type: CredentialType | None = None
+    name_contains: str | None = None
+    access_level: AccessLevel | None = None
+    owner: str | None = None
+    scope: CredentialScope | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditFilter:
+    """Which audit events to list; every set field must match (times: since <= at < until)."""
+
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineStatus:
+    """An engine of a location as the vault knows it: revoked or not, connected or not, and what it applied."""
+
+    location_id: str
+    engine_id: str
+    revoked_at: datetime.datetime | None
+    connected_since: datetime.datetime | None
+    applied_revision: int
+    rejected: list[dict[str, Any]]
+
+
+class ChangeKind(enum.StrEnum):
+    """What a change-log entry is about (its ``kind`` column)."""
+
+    MONITOR = "monitor"
+    CREDENTIAL = "credential"
+    ENGINE = "engine"
 
 
 T = TypeVar("T")

@@ -13,10 +13,18 @@ from vault_service import contents as contents_codec
 from vault_service import monitor_script, policy, validation
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from vault_service.models import CredentialScope, Page, Principal, TokenScope, UsernamePasswordSecret
+from vault_service.models import (
+    ChangeKind,
+    CredentialScope,
+    EngineStatus,
+    Page,
+    Principal,
+    TokenScope,
+    UsernamePasswordSecret,
+)
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
-from vault_service.storage.monitor_queries import EngineRow
-from vault_service.storage.store import Store, Tx
+from vault_service.storage.pool import Store
+from vault_service.storage.queries import Queries
 
 _MONITOR_ID = re.compile(r"^SYNTHETIC_TEST-[0-9A-F]{16}$")
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -61,7 +69,7 @@ class MonitorService:
 
     async def list_locations(self, principal: Principal) -> list[mpb.Location]:
         policy.require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             rows = await tx.list_locations()
         out = []
         for loc_id, name, created in rows:
@@ -78,10 +86,10 @@ class MonitorService:
                 raise FailedPrecondition(f"location {location_id!r} still has monitors; move or delete them first")
             if not await tx.delete_location(location_id):
                 raise NotFound(f"location {location_id!r} not found")
-            await tx.append_change("engine", f"{location_id}/*", [location_id])
+            await tx.append_change(ChangeKind.ENGINE, f"{location_id}/*", [location_id])
             await tx.insert_audit(principal.username, principal.token_id, "location.delete", location_id, "ok")
 
-    async def add_engine(self, principal: Principal, location_id: str, engine_id: str) -> EngineRow:
+    async def add_engine(self, principal: Principal, location_id: str, engine_id: str) -> EngineStatus:
         policy.require_locations_admin(principal)
         check_slug("location_id", location_id)
         check_slug("engine_id", engine_id)
@@ -94,24 +102,24 @@ class MonitorService:
             )
             return (await tx.list_engines(location_id, engine_id, lease_seconds=self._engine_lease))[0]
 
-    async def list_engines(self, principal: Principal, location_id: str) -> list[tuple[EngineRow, int]]:
+    async def list_engines(self, principal: Principal, location_id: str) -> list[tuple[EngineStatus, int]]:
         """The engines, each with the head revision of its location (the last change that concerned it)."""
         policy.require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
         if location_id:
             check_slug("location_id", location_id)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             rows = await tx.list_engines(location_id or None, lease_seconds=self._engine_lease)
             heads = {loc: await tx.location_head(loc) for loc in {r.location_id for r in rows}}
         return [(r, heads[r.location_id]) for r in rows]
 
-    async def revoke_engine(self, principal: Principal, location_id: str, engine_id: str) -> EngineRow:
+    async def revoke_engine(self, principal: Principal, location_id: str, engine_id: str) -> EngineStatus:
         policy.require_locations_admin(principal)
         check_slug("location_id", location_id)
         check_slug("engine_id", engine_id)
         async with self._store.transaction() as tx:
             if not await tx.revoke_engine(location_id, engine_id):
                 raise NotFound(f"engine {engine_id!r} of location {location_id!r} not found")
-            await tx.append_change("engine", f"{location_id}/{engine_id}", [location_id])
+            await tx.append_change(ChangeKind.ENGINE, f"{location_id}/{engine_id}", [location_id])
             await tx.insert_audit(
                 principal.username, principal.token_id, "engine.revoke", f"{location_id}/{engine_id}", "ok"
             )
@@ -120,7 +128,7 @@ class MonitorService:
     # --- monitors ------------------------------------------------------------------------------------------------
 
     async def _check_credentials(
-        self, tx: Tx, principal: Principal, monitor: mpb.Monitor, *, must_access: set[str]
+        self, tx: Queries, principal: Principal, monitor: mpb.Monitor, *, must_access: set[str]
     ) -> None:
         """Every referenced credential exists, is SYNTHETIC-scoped, of a type its use allows, and has a username
         the monitor type supports; those in ``must_access`` must be usable by the editor."""
@@ -156,12 +164,12 @@ class MonitorService:
             await self._check_credentials(tx, principal, m, must_access=set(m.credential_ids))
             stored = await tx.insert_monitor(m, principal.username)
             if stored.enabled:
-                await tx.append_change("monitor", stored.id, list(stored.location_ids))
+                await tx.append_change(ChangeKind.MONITOR, stored.id, list(stored.location_ids))
             await tx.insert_audit(principal.username, principal.token_id, "monitor.create", stored.id, "ok")
         return stored
 
     @staticmethod
-    async def _check_locations(tx: Tx, location_ids: list[str]) -> None:
+    async def _check_locations(tx: Queries, location_ids: list[str]) -> None:
         missing = set(location_ids) - await tx.existing_locations(location_ids)
         if missing:
             raise InvalidArgument("monitor.location_ids", f"unknown locations: {', '.join(sorted(missing))}")
@@ -169,7 +177,7 @@ class MonitorService:
     async def get(self, principal: Principal, monitor_id: str) -> mpb.Monitor:
         _check_monitor_id(monitor_id)
         policy.require_scope(principal, TokenScope.SYNTHETIC_MONITORS_READ)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             m = await tx.get_monitor(monitor_id)
         zones = policy.monitor_zones_visible(principal.user)
         if m is None or (zones is not None and m.management_zone not in zones):
@@ -189,7 +197,7 @@ class MonitorService:
         query = ("monitors", principal.username, location_id, credential_id)
         after = decode_page_token(page_token, query, 1)[0] if page_token else ""
         items: list[mpb.Monitor] = []
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             while len(items) <= limit:
                 batch = await tx.list_monitors(location_id or None, credential_id or None, after, limit + 1)
                 items += [m for m in batch if zones is None or m.management_zone in zones]
@@ -222,12 +230,12 @@ class MonitorService:
                 new.disabled_reason = mpb.DISABLED_REASON_BY_USER
             stored = await tx.update_monitor(new, current.version)
             assert stored is not None  # the row is locked
-            await tx.append_change("monitor", monitor_id, [*current.location_ids, *stored.location_ids])
+            await tx.append_change(ChangeKind.MONITOR, monitor_id, [*current.location_ids, *stored.location_ids])
             await tx.insert_audit(principal.username, principal.token_id, "monitor.update", monitor_id, "ok")
         return stored
 
     async def _check_restricted_edit(
-        self, tx: Tx, principal: Principal, current: mpb.Monitor, new: mpb.Monitor
+        self, tx: Queries, principal: Principal, current: mpb.Monitor, new: mpb.Monitor
     ) -> None:
         """With a credential the editor cannot access, only name, frequency, locations, validation and the enabled
         flag may change, and credentials only by replacing all of them with accessible ones."""
@@ -267,7 +275,7 @@ class MonitorService:
             current.disabled_reason = mpb.DISABLED_REASON_UNSPECIFIED if enabled else mpb.DISABLED_REASON_BY_USER
             stored = await tx.update_monitor(current, current.version)
             assert stored is not None
-            await tx.append_change("monitor", monitor_id, list(stored.location_ids))
+            await tx.append_change(ChangeKind.MONITOR, monitor_id, list(stored.location_ids))
             action = "monitor.enable" if enabled else "monitor.disable"
             await tx.insert_audit(principal.username, principal.token_id, action, monitor_id, "ok")
         return stored
@@ -280,5 +288,5 @@ class MonitorService:
                 raise NotFound(f"monitor {monitor_id} not found")
             policy.require_monitor_edit(principal, current.management_zone)
             await tx.delete_monitor(monitor_id)
-            await tx.append_change("monitor", monitor_id, list(current.location_ids))
+            await tx.append_change(ChangeKind.MONITOR, monitor_id, list(current.location_ids))
             await tx.insert_audit(principal.username, principal.token_id, "monitor.delete", monitor_id, "ok")

@@ -8,8 +8,16 @@ the time of the call, holds the permission. Each function raises PermissionDenie
 from __future__ import annotations
 
 from vault_service.errors import NotFound, PermissionDenied
-from vault_service.models import AccessLevel, Credential, CredentialScope, Permission, Principal, TokenScope, User
-from vault_service.storage.store import Visibility
+from vault_service.models import (
+    AccessLevel,
+    Credential,
+    CredentialScope,
+    Permission,
+    Principal,
+    TokenScope,
+    User,
+    Visibility,
+)
 
 VIEW = Permission.VIEW_ENVIRONMENT
 MONITORING = Permission.CHANGE_MONITORING_SETTINGS

@@ -25,7 +25,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from vault_service.errors import InvalidArgument
 from vault_service.models import Principal
 from vault_service.monitors import MonitorService, check_slug
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 
@@ -185,5 +185,5 @@ class ResultService:
         if location_id:
             check_slug("location_id", location_id)
         await self._monitors.get(principal, monitor_id)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             return await tx.recent_results(monitor_id, location_id or None, limit or DEFAULT_LIMIT)

@@ -48,7 +48,7 @@ from vault_service.push.lease_renewal import LeaseRenewal
 from vault_service.push.stream import EnginePortSettings, EngineStreamServicer
 from vault_service.results import ResultService
 from vault_service.storage.migrate import migrate
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 from vault_service.tokens import TokenService
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from vault_service.models import Page, Principal, TokenInfo, TokenKind, TokenScope
 from vault_service.pagination import decode_page_token, encode_page_token, page_size
-from vault_service.storage.store import Store, Tx
+from vault_service.storage.pool import Store
+from vault_service.storage.queries import Queries
 
 PREFIX = "cv0c01"
 PUBLIC_ID_CHARS = 24
@@ -96,7 +97,7 @@ def _use_due(found: CachedAuth, now: datetime.datetime) -> bool:
     return found.last_used_at is None or now - found.last_used_at > LAST_USED_RESOLUTION
 
 
-async def _lookup(tx: Tx, token_id: str, digest: bytes) -> CachedAuth:
+async def _lookup(tx: Queries, token_id: str, digest: bytes) -> CachedAuth:
     """What the database holds for a token whose hash is ``digest``. Same path and error for unknown ids and
     wrong secrets: one lookup, one constant-time comparison against the stored or a dummy hash."""
     record = await tx.get_token_for_auth(token_id)
@@ -108,7 +109,7 @@ async def _lookup(tx: Tx, token_id: str, digest: bytes) -> CachedAuth:
     return CachedAuth(digest, principal, record.expires_at, record.revoked_at, record.last_used_at)
 
 
-async def _verify(tx: Tx, token: str, *, touch: bool = True) -> Principal:
+async def _verify(tx: Queries, token: str, *, touch: bool = True) -> Principal:
     """The principal of a valid token, from the database. ``touch`` records the use (last_used_at); a lookup of a
     token's metadata is not a use of it."""
     token_id, secret = _parse(token)
@@ -122,7 +123,7 @@ async def _verify(tx: Tx, token: str, *, touch: bool = True) -> Principal:
 
 
 async def issue_token(
-    tx: Tx,
+    tx: Queries,
     owner: str,
     name: str,
     scopes: frozenset[TokenScope],
@@ -163,7 +164,7 @@ class TokenService:
                     await self._touch_if_due(cached, now)
                     return cached.principal
                 # Revoked or expired by its remembered times: the database decides (and says the same).
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             found = await _lookup(tx, token_id, digest)
             now = _live_now(found)
             if now is None:
@@ -173,7 +174,7 @@ class TokenService:
             await self._touch_if_due(found, now, tx)
         return dataclasses.replace(found.principal, check=None)
 
-    async def _touch_if_due(self, found: CachedAuth, now: datetime.datetime, tx: Tx | None = None) -> None:
+    async def _touch_if_due(self, found: CachedAuth, now: datetime.datetime, tx: Queries | None = None) -> None:
         """Record the use at most once per LAST_USED_RESOLUTION (not once per concurrent call)."""
         if not _use_due(found, now):
             return
@@ -181,7 +182,7 @@ class TokenService:
         if tx is not None:
             await tx.touch_token(found.principal.token_id)
             return
-        async with self._store.read() as own:
+        async with self._store.autocommit() as own:
             await own.touch_token(found.principal.token_id)
 
     async def create(
@@ -229,7 +230,7 @@ class TokenService:
         policy.require_token_access(principal, TokenScope.API_TOKENS_READ, owner)
         limit = page_size(size)
         after = decode_page_token(page_token, ("tokens", owner), 1)[0] if page_token else ""
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             items = await tx.list_tokens(owner, after, limit + 1)
         more = len(items) > limit
         items = items[:limit]
@@ -238,7 +239,7 @@ class TokenService:
 
     async def lookup(self, principal: Principal, token: str) -> TokenInfo:
         policy.require_scope(principal, TokenScope.API_TOKENS_READ)
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             try:
                 looked_up = await _verify(tx, token.strip(), touch=False)
             except Unauthenticated:
@@ -248,7 +249,7 @@ class TokenService:
         assert info is not None
         return info
 
-    async def _get_accessible(self, tx: Tx, principal: Principal, token_id: str) -> TokenInfo:
+    async def _get_accessible(self, tx: Queries, principal: Principal, token_id: str) -> TokenInfo:
         if not _TOKEN_ID.match(token_id):
             raise InvalidArgument("id", f"must look like {PREFIX}.<24 characters A-Z, 2-7>")
         info = await tx.get_token(token_id)

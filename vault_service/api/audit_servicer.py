@@ -7,8 +7,7 @@ from credvault.v1 import audit_pb2_grpc as agrpc
 from vault_service.api import convert
 from vault_service.api.servicers import Context, _Authenticated
 from vault_service.audit import AuditService
-from vault_service.models import AuditEvent
-from vault_service.storage.store import AuditFilter
+from vault_service.models import AuditEvent, AuditFilter
 from vault_service.tokens import TokenService
 
 

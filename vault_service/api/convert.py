@@ -25,6 +25,7 @@ from vault_service.models import (
     Credential,
     CredentialScope,
     CredentialType,
+    EngineStatus,
     Permission,
     PublicCertificateSecret,
     SecretContents,
@@ -34,7 +35,6 @@ from vault_service.models import (
     User,
     UsernamePasswordSecret,
 )
-from vault_service.storage.monitor_queries import EngineRow
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -285,7 +285,7 @@ def token_info(t: TokenInfo) -> tpb.TokenInfo:
 # --- engines ---
 
 
-def engine(row: EngineRow, head_revision: int | None) -> mpb.Engine:
+def engine(row: EngineStatus, head_revision: int | None) -> mpb.Engine:
     out = mpb.Engine(
         location_id=row.location_id,
         engine_id=row.engine_id,

@@ -27,7 +27,7 @@ from vault_service.api.undecodable import Refusals, refusing_undecodable, reques
 from vault_service.denial_audit import DenialAudit
 from vault_service.errors import PermissionDenied, Unauthenticated
 from vault_service.metrics import VaultMetrics
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _OK = grpc.StatusCode.OK.name

@@ -21,10 +21,9 @@ from vault_service.api import caller, convert
 from vault_service.credentials import CredentialService
 from vault_service.errors import AuthenticationChanged, VaultError
 from vault_service.identity import IdentityService
-from vault_service.models import Credential, Page, Principal, TokenKind
+from vault_service.models import Credential, CredentialFilter, Page, Principal, TokenKind
 from vault_service.monitors import MonitorService
 from vault_service.results import ResultService
-from vault_service.storage.store import CredentialFilter
 from vault_service.tokens import TokenService
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any
 
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class AckRecorder:
             batch, self._pending = self._pending, {}
             rows = [(loc, eng, revision, rejected) for (loc, eng), (revision, rejected) in sorted(batch.items())]
             try:
-                async with self._store.read() as tx:
+                async with self._store.autocommit() as tx:
                     await tx.engines_acked(rows)
                 self.writes += 1
             except Exception as exc:

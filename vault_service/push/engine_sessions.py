@@ -13,7 +13,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from vault_service.push.ack_recorder import AckRecorder
 from vault_service.push.location_state import removal_reason
 from vault_service.results import ResultService
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +30,18 @@ class EngineSessions:
 
     async def admitted(self, location_id: str, engine_id: str) -> Rejections | None:
         """The monitor versions a registered, unrevoked engine rejected before; None if it may not connect."""
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             row = await tx.get_engine_state(location_id, engine_id)
         if row is None or row.revoked_at is not None:
             return None
         return {r["monitor_id"]: (int(r["version"]), str(r["reason"])) for r in row.rejected}
 
     async def connected(self, location_id: str, engine_id: str) -> None:
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             await tx.engine_connected(location_id, engine_id, self._replica_id)
 
     async def disconnected(self, location_id: str, engine_id: str) -> None:
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             await tx.engine_disconnected(location_id, engine_id, self._replica_id)
 
     def acked(self, location_id: str, engine_id: str, ack: epb.Ack, rejected: Rejections) -> None:
@@ -65,7 +65,7 @@ class EngineSessions:
         """Why an engine must let go of each of these monitors it holds."""
         if not monitor_ids:
             return {}
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             current = await tx.monitors_by_id(monitor_ids)
         return {mid: removal_reason(current.get(mid), location_id) for mid in monitor_ids}
 

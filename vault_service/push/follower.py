@@ -19,10 +19,11 @@ from collections.abc import Callable
 import asyncpg
 
 from vault_service.crypto import Keyring
+from vault_service.models import ChangeKind
 from vault_service.push.location_state import LocationState
 from vault_service.push.outbox import Outbox
-from vault_service.storage.monitor_queries import CHANGES_CHANNEL, Change
-from vault_service.storage.store import Store
+from vault_service.storage.changes import CHANGES_CHANNEL, Change
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 BATCH = 1000
@@ -43,7 +44,7 @@ class ChangeFollower:
         self.on_engine_change: Callable[[Change], None] = lambda change: None
 
     async def start(self) -> None:
-        async with self._store.read() as tx:
+        async with self._store.autocommit() as tx:
             self.last = await tx.head_revision()
         self._task = asyncio.create_task(self._run(), name="change-follower")
 
@@ -130,14 +131,14 @@ class ChangeFollower:
     async def catch_up(self) -> None:
         async with self._lock:
             while True:
-                async with self._store.read() as tx:
+                async with self._store.autocommit() as tx:
                     changes = await tx.changes_since(self.last, BATCH)
                 for change in changes:
                     for location_id in change.location_ids:
                         state = self._states.get(location_id)
                         if state is not None:
                             await state.apply(self._store, change)  # raises, state untouched, if its read fails
-                    if change.kind == "engine":
+                    if change.kind is ChangeKind.ENGINE:
                         self.on_engine_change(change)
                     self.last = change.revision  # only once every state it affects has applied it
                 if len(changes) < BATCH:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from vault_service.storage.store import Store
+from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class LeaseRenewal:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                async with self._store.read() as tx:
+                async with self._store.autocommit() as tx:
                     await tx.renew_engine_leases(self._replica_id)
                 self.renewals += 1
             except Exception as exc:  # the next interval tries again; the lease outlasts two misses

@@ -27,9 +27,11 @@ from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents as contents_codec
 from vault_service.api import convert
 from vault_service.crypto import Keyring
+from vault_service.models import ChangeKind
 from vault_service.push.outbox import Delta, Item, Key, Outbox
-from vault_service.storage.monitor_queries import Change
-from vault_service.storage.store import Store, Tx
+from vault_service.storage.changes import Change
+from vault_service.storage.pool import Store
+from vault_service.storage.queries import Queries
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +181,7 @@ class LocationState:
         self.stale = False
         return self._deliver(delta, None)
 
-    async def _resolve(self, tx: Tx, credential_ids: list[str]) -> dict[str, epb.CredentialResource]:
+    async def _resolve(self, tx: Queries, credential_ids: list[str]) -> dict[str, epb.CredentialResource]:
         out = {}
         for cid, (cred, sealed, version) in (await tx.credentials_sealed(credential_ids)).items():
             secret = contents_codec.decode(self._keyring.open(cid, cred.version, sealed))
@@ -202,20 +204,20 @@ class LocationState:
         if change.revision <= self.revision:
             return None
         if self.location_id not in change.location_ids or (
-            change.kind == "credential" and change.object_id not in self.credentials
+            change.kind is ChangeKind.CREDENTIAL and change.object_id not in self.credentials
         ):  # not for this location, or no held monitor uses the credential: nothing to read or resolve
             self.revision = change.revision
             return None
         delta = Delta(change.revision, {}, {}, {})
-        async with store.read() as tx:
-            if change.kind == "monitor":
+        async with store.autocommit() as tx:
+            if change.kind is ChangeKind.MONITOR:
                 m, resolved = await self._read_monitor(tx, change.object_id)
-            elif change.kind == "credential":
+            elif change.kind is ChangeKind.CREDENTIAL:
                 m, resolved = None, await self._resolve(tx, [change.object_id])
         # from here on nothing awaits: state, revision and delta advance together
-        if change.kind == "monitor":
+        if change.kind is ChangeKind.MONITOR:
             self._apply_monitor(change.object_id, m, resolved, delta)
-        elif change.kind == "credential":
+        elif change.kind is ChangeKind.CREDENTIAL:
             self._apply_credential(change.object_id, resolved, delta)
         self.revision = change.revision
         return self._deliver(delta, change.committed_at)
@@ -230,7 +232,7 @@ class LocationState:
         return delta
 
     async def _read_monitor(
-        self, tx: Tx, monitor_id: str
+        self, tx: Queries, monitor_id: str
     ) -> tuple[mpb.Monitor | None, dict[str, epb.CredentialResource]]:
         """The monitor's row, and the credentials it uses that are not held yet, resolved."""
         m = (await tx.monitors_by_id([monitor_id])).get(monitor_id)

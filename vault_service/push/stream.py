@@ -23,7 +23,7 @@ from vault_service.push.follower import ChangeFollower
 from vault_service.push.held_check import HeldCheck
 from vault_service.push.location_state import LocationState, PushTimer
 from vault_service.push.outbox import Outbox, OutboxOverflow, batch_of, chunks, ordered_items
-from vault_service.storage.monitor_queries import Change
+from vault_service.storage.changes import Change
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -6,7 +6,7 @@ import importlib.resources
 import logging
 import re
 
-from vault_service.storage.store import Connection
+from vault_service.storage.connection import Connection
 
 log = logging.getLogger(__name__)
 

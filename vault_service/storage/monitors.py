@@ -1,28 +1,25 @@
-"""SQL for locations, engines, monitors and the change log (mixed into ``Tx``)."""
+"""SQL of locations, engines and monitors (mixed into ``Queries``).
+
+Monitors go in and come out as ``credvault.v1`` protobuf messages, on purpose: the domain works on them too, and
+mirroring the large monitor schema as dataclasses would only duplicate it (see ``vault_service.models``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
-import time
-from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from google.protobuf import json_format
 
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service.errors import AlreadyExists
+from vault_service.models import EngineStatus
+from vault_service.storage.connection import Connection
 
-if TYPE_CHECKING:
-    from vault_service.storage.store import Connection
-
-CHANGES_CHANNEL = "credvault_changes"
 _MONITOR_COLUMNS = (
     "id, name, type, enabled, disabled_reason, frequency_minutes, location_ids, management_zone, script, version,"
     " created_by, created_at, updated_at"
 )
-_TYPES = {"HTTP": mpb.MONITOR_TYPE_HTTP, "BROWSER": mpb.MONITOR_TYPE_BROWSER}
+MONITOR_TYPES = {"HTTP": mpb.MONITOR_TYPE_HTTP, "BROWSER": mpb.MONITOR_TYPE_BROWSER}
 _REASONS = {
     None: mpb.DISABLED_REASON_UNSPECIFIED,
     "BY_USER": mpb.DISABLED_REASON_BY_USER,
@@ -30,33 +27,12 @@ _REASONS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineRow:
-    location_id: str
-    engine_id: str
-    revoked_at: datetime.datetime | None
-    connected_since: datetime.datetime | None
-    applied_revision: int
-    rejected: list[dict[str, Any]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Change:
-    revision: int
-    kind: str
-    object_id: str
-    location_ids: tuple[str, ...]
-    # When the change's transaction began, on this process's time.monotonic() clock (None: unknown).
-    committed_at: float | None = None
-
-
 def _monitor(row: asyncpg.Record, credential_ids: list[str]) -> mpb.Monitor:
-    script = row["script"]
     m = mpb.Monitor()
-    json_format.Parse(script if isinstance(script, str) else json.dumps(script), m)
+    json_format.ParseDict(row["script"], m)
     m.id = row["id"]
     m.name = row["name"]
-    m.type = _TYPES[row["type"]]
+    m.type = MONITOR_TYPES[row["type"]]
     m.enabled = row["enabled"]
     m.disabled_reason = _REASONS[row["disabled_reason"]]
     m.frequency_minutes = row["frequency_minutes"]
@@ -69,13 +45,13 @@ def _monitor(row: asyncpg.Record, credential_ids: list[str]) -> mpb.Monitor:
     return m
 
 
-def _script_json(m: mpb.Monitor) -> str:
+def _script_doc(m: mpb.Monitor) -> dict[str, object]:
     script = mpb.Monitor()
     if m.WhichOneof("script") == "http":
         script.http.CopyFrom(m.http)
     else:
         script.browser.CopyFrom(m.browser)
-    return json_format.MessageToJson(script, indent=None, sort_keys=True)
+    return json_format.MessageToDict(script)
 
 
 def _type_name(m: mpb.Monitor) -> str:
@@ -87,23 +63,6 @@ def _reason_name(reason: int) -> str | None:
         if value == reason:
             return name
     return None
-
-
-def append_change_ctes(kind: str, source: str, args: list[Any]) -> list[str]:
-    """The change-log append of ``MonitorQueries.append_change`` as CTEs of a statement whose CTE ``source``
-    returns ``id`` and ``user_locations`` (sorted, distinct): a change for those locations when there are any.
-    The head row is locked (until commit) only then. Appends its parameters to ``args``; the statement must read
-    the CTE ``change_notified`` for the notification to be sent."""
-    args += [kind, CHANGES_CHANNEL]
-    n = len(args)
-    return [
-        f"change_rev AS (UPDATE change_head SET revision = revision + 1"
-        f" WHERE EXISTS (SELECT 1 FROM {source} WHERE cardinality({source}.user_locations) > 0) RETURNING revision)",
-        f"change_row AS (INSERT INTO change_log (revision, kind, object_id, location_ids)"
-        f" SELECT change_rev.revision, ${n - 1}, {source}.id, {source}.user_locations FROM change_rev, {source}"
-        f" RETURNING revision)",
-        f"change_notified AS (SELECT pg_notify(${n}, revision::text) FROM change_row)",
-    ]
 
 
 class MonitorQueries:
@@ -144,7 +103,7 @@ class MonitorQueries:
 
     async def list_engines(
         self, location_id: str | None, engine_id: str | None = None, *, lease_seconds: float | None = None
-    ) -> list[EngineRow]:
+    ) -> list[EngineStatus]:
         """With ``lease_seconds``, an engine whose replica has not renewed its lease for that long shows
         disconnected (connected_since None): the replica is gone, whatever the row still says."""
         rows = await self.conn.fetch(
@@ -158,13 +117,13 @@ class MonitorQueries:
             lease_seconds,
         )
         return [
-            EngineRow(
+            EngineStatus(
                 r["location_id"],
                 r["engine_id"],
                 r["revoked_at"],
                 r["connected_since"],
                 r["applied_revision"],
-                json.loads(r["rejected"]) if isinstance(r["rejected"], str) else r["rejected"],
+                r["rejected"],
             )
             for r in rows
         ]
@@ -193,7 +152,7 @@ class MonitorQueries:
             m.frequency_minutes,
             list(m.location_ids),
             m.management_zone,
-            _script_json(m),
+            _script_doc(m),
             created_by,
         )
         assert row is not None
@@ -248,13 +207,7 @@ class MonitorQueries:
         )
         return {r["id"]: _monitor(r, list(r["refs"])) for r in rows}
 
-    async def location_head(self, location_id: str) -> int:
-        value = await self.conn.fetchval(
-            "SELECT max(revision) FROM change_log WHERE $1 = ANY(location_ids)", location_id
-        )
-        return int(value or 0)
-
-    async def get_engine_state(self, location_id: str, engine_id: str) -> EngineRow | None:
+    async def get_engine_state(self, location_id: str, engine_id: str) -> EngineStatus | None:
         rows = await self.list_engines(location_id, engine_id)
         return rows[0] if rows else None
 
@@ -319,7 +272,7 @@ class MonitorQueries:
             m.frequency_minutes,
             list(m.location_ids),
             m.management_zone,
-            _script_json(m),
+            _script_doc(m),
         )
         if row is None:
             return None
@@ -339,37 +292,3 @@ class MonitorQueries:
             credential_id,
         )
         return [_monitor(r, list(r["refs"])) for r in rows]
-
-    # --- change log ----------------------------------------------------------------------------------------------
-
-    async def append_change(self, kind: str, object_id: str, location_ids: list[str]) -> int:
-        """Append a change; the head row's lock, held until commit, keeps revisions in commit order.
-        Listeners are told at commit (NOTIFY is transactional)."""
-        revision = int(await self.conn.fetchval("UPDATE change_head SET revision = revision + 1 RETURNING revision"))
-        await self.conn.execute(
-            "INSERT INTO change_log (revision, kind, object_id, location_ids) VALUES ($1, $2, $3, $4)",
-            revision,
-            kind,
-            object_id,
-            sorted(set(location_ids)),
-        )
-        await self.conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(revision))
-        return revision
-
-    async def changes_since(self, revision: int, limit: int) -> list[Change]:
-        """The changes after ``revision``. Each one's age is measured on the database's clock alone and turned into
-        a time on this process's monotonic clock, so no clock skew between the hosts enters push latencies."""
-        rows = await self.conn.fetch(
-            "SELECT revision, kind, object_id, location_ids, extract(epoch FROM clock_timestamp() - at)::float8 AS age"
-            " FROM change_log WHERE revision > $1 ORDER BY revision LIMIT $2",
-            revision,
-            limit,
-        )
-        now = time.monotonic()
-        return [
-            Change(r["revision"], r["kind"], r["object_id"], tuple(r["location_ids"]), now - max(0.0, r["age"]))
-            for r in rows
-        ]
-
-    async def head_revision(self) -> int:
-        return int(await self.conn.fetchval("SELECT revision FROM change_head"))

@@ -1,17 +1,16 @@
-"""SQL for monitor execution results (mixed into ``Tx``)."""
+"""SQL of monitor execution results (mixed into ``Queries``).
+
+Results go in and come out as ``credvault.v1`` protobuf messages, on purpose, as monitors do (see ``monitors``)."""
 
 from __future__ import annotations
 
 import datetime
 import json
-from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
 from credvault.v1 import monitors_pb2 as mpb
-
-if TYPE_CHECKING:
-    from vault_service.storage.store import Connection
+from vault_service.storage.connection import Connection
 
 _STATUS_NAMES = {
     mpb.EXECUTION_STATUS_SUCCESS: "SUCCESS",
@@ -84,7 +83,7 @@ class ResultQueries:
                 failure_reason=row["failure_reason"],
             )
             result.start_time.FromDatetime(row["started_at"])
-            for request in json.loads(row["requests"]):
+            for request in row["requests"]:
                 json_format.ParseDict(request, result.requests.add())
             out.append(result)
         return out
