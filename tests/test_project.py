@@ -1,4 +1,5 @@
-"""Project invariants: generated code is fresh, protos lint clean, engine_worker never imports vault_service."""
+"""Project invariants: generated code is fresh, protos lint clean, engine_worker never imports vault_service, no
+import runs against the vault's layers."""
 
 from __future__ import annotations
 
@@ -46,6 +47,59 @@ def test_engine_worker_never_imports_vault_service() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "vault_service"]
+    assert not offenders
+
+
+def _imported(path: pathlib.Path) -> set[str]:
+    """Every dotted name a module imports, at any depth (lazy and TYPE_CHECKING imports count): ``from a import b``
+    gives both ``a`` and ``a.b``, since b may be a module."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+# (the code that must not import, the packages it must not import): the layers of the vault, top to bottom, are
+# cli -> server -> {api, push} -> domain modules -> storage -> models, and no arrow runs back up.
+_LAYER_RULES = [
+    ("vault_service/api", ("vault_service.storage", "asyncpg")),  # servicers reach the database through the domain
+    ("vault_service/push", ("vault_service.api",)),  # push and api stand side by side
+    ("vault_service/metrics.py", ("vault_service.push",)),  # metrics is handed what it reads
+]
+# What storage may import of the vault: itself and the types below it (no api, push or domain module).
+_STORAGE_MAY_IMPORT = (
+    "vault_service.storage",
+    "vault_service.models",
+    "vault_service.errors",
+    "vault_service.certificates",
+    "vault_service.crypto",
+)
+
+
+@pytest.mark.parametrize(("code", "forbidden"), _LAYER_RULES, ids=[rule[0] for rule in _LAYER_RULES])
+def test_no_import_runs_against_the_layers(code: str, forbidden: tuple[str, ...]) -> None:
+    top = ROOT / code
+    paths = sorted(top.rglob("*.py")) if top.is_dir() else [top]
+    assert paths, f"{code} has no module"
+    offenders = [f"{p.relative_to(ROOT)}: {n}" for p in paths for n in sorted(_imported(p)) if _within(n, forbidden)]
+    assert not offenders
+
+
+def test_storage_imports_only_what_lies_below_it() -> None:
+    offenders = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for p in sorted((ROOT / "vault_service" / "storage").rglob("*.py"))
+        for n in sorted(_imported(p))
+        if n.split(".")[0] == "vault_service" and n != "vault_service" and not _within(n, _STORAGE_MAY_IMPORT)
+    ]
     assert not offenders
 
 

@@ -14,8 +14,7 @@ import secrets
 from collections.abc import Mapping
 
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service import contents as contents_codec
-from vault_service import policy, validation
+from vault_service import contents_codec, policy, validation
 from vault_service.certificates import CertificateInfo
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied

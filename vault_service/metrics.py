@@ -20,15 +20,15 @@ Ids, counts and durations only: never a secret, never a user-controlled label va
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vault_service.push.follower import ChangeFollower
 from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
@@ -38,28 +38,36 @@ PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 HEAD_TIMEOUT_SECONDS = 2.0
 
 
+@dataclasses.dataclass(frozen=True)
+class PushStats:
+    """What the push reports at scrape time (server.py wires it to the change follower)."""
+
+    pending_by_location: Mapping[str, Sequence[int]]  # per location, the pending count of each engine stream's outbox
+    last_revision: int  # the last change-log revision the follower processed
+
+
 class _PushCollector(Collector):
-    """Read at scrape time from the change follower: engines and outboxes per location, change-log lag."""
+    """Read at scrape time from the push: engines and outboxes per location, change-log lag."""
 
     def __init__(self, metrics: VaultMetrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        follower = self._metrics.follower
+        stats = self._metrics.push_stats() if self._metrics.push_stats is not None else None
         connected = GaugeMetricFamily(
             "credvault_engines_connected", "Engine streams open on this replica, by location", labels=["location"]
         )
         pending = GaugeMetricFamily(
             "credvault_push_pending", "Resources waiting in engine outboxes on this replica", labels=["location"]
         )
-        if follower is not None:
-            for location, outboxes in sorted(follower.outboxes().items()):
+        if stats is not None:
+            for location, outboxes in sorted(stats.pending_by_location.items()):
                 connected.add_metric([location], len(outboxes))
-                pending.add_metric([location], sum(o.pending for o in outboxes))
+                pending.add_metric([location], sum(outboxes))
         yield connected
         yield pending
-        if follower is not None and self._metrics.head_revision is not None:
-            lag = max(0, self._metrics.head_revision - follower.last)
+        if stats is not None and self._metrics.head_revision is not None:
+            lag = max(0, self._metrics.head_revision - stats.last_revision)
             yield GaugeMetricFamily(
                 "credvault_change_log_lag",
                 "Change-log head revision minus the last revision this replica's follower processed",
@@ -106,13 +114,13 @@ class VaultMetrics:
         Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(
             {"kek_id": kek_id}
         )
-        self.follower: ChangeFollower | None = None
+        self.push_stats: Callable[[], PushStats] | None = None  # set when this replica serves engines
         self.head_revision: int | None = None
         self.registry.register(_PushCollector(self))
 
     async def refresh(self, store: Store) -> None:
         """Read what only the database knows (the change log's head) before a scrape; on failure keep the last."""
-        if self.follower is None:
+        if self.push_stats is None:
             return
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_SECONDS), store.autocommit() as tx:

@@ -9,8 +9,7 @@ import re
 import secrets
 
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service import contents as contents_codec
-from vault_service import monitor_script, policy, validation
+from vault_service import contents_codec, monitor_script, policy, validation
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from vault_service.models import (

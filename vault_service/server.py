@@ -40,7 +40,7 @@ from vault_service.crypto import Keyring
 from vault_service.denial_audit import DenialAudit
 from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
-from vault_service.metrics import MetricsServer, VaultMetrics
+from vault_service.metrics import MetricsServer, PushStats, VaultMetrics
 from vault_service.monitors import MonitorService
 from vault_service.push.engine_sessions import EngineSessions
 from vault_service.push.follower import ChangeFollower
@@ -132,7 +132,7 @@ async def start_vault(
     tokens = TokenService(store, auth_cache)
     metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(metrics, vault_calls=True, store=store, denials=DenialAudit(store))],
+        interceptors=[ApiInterceptor(metrics, vault_calls=True, run_call=store.call, denials=DenialAudit(store))],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -189,7 +189,8 @@ async def _start_engine_port(
     assert settings.engine_ca_file is not None
     follower = ChangeFollower(running.store, settings.require_database_url(), keyring)
     await follower.start()
-    running.follower = running.metrics.follower = follower
+    running.follower = follower
+    running.metrics.push_stats = lambda: _push_stats(follower)
     hb_ms = int(settings.engine_heartbeat_seconds * 1000)
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(running.metrics)],
@@ -227,6 +228,11 @@ async def _start_engine_port(
     running.engine_leases = LeaseRenewal(running.store, replica, settings.engine_lease_seconds)
     running.engine_leases.start()
     log.info("engine port listening on %s (port %d, mutual TLS)", settings.engine_listen, port)
+
+
+def _push_stats(follower: ChangeFollower) -> PushStats:
+    outboxes = follower.outboxes()
+    return PushStats({loc: [o.pending for o in boxes] for loc, boxes in outboxes.items()}, follower.last)
 
 
 async def _start_operations_ports(settings: Settings, running: RunningVault) -> None:

@@ -19,7 +19,6 @@ from vault_service.models import (
     Access,
     AccessLevel,
     AppEngineAccess,
-    CertificateSecret,
     CertificateUpload,
     ContentsInput,
     Credential,
@@ -28,7 +27,6 @@ from vault_service.models import (
     EngineStatus,
     Permission,
     PublicCertificateSecret,
-    SecretContents,
     TokenInfo,
     TokenKind,
     TokenSecret,
@@ -211,22 +209,6 @@ def certificate_info(info: CertificateInfo) -> cpb.CertificateInfo:
         not_after=ts(info.not_after),
         sha256_fingerprint=info.sha256_fingerprint,
     )
-
-
-def details(secret: SecretContents) -> cpb.CredentialDetails:
-    if isinstance(secret, UsernamePasswordSecret):
-        return cpb.CredentialDetails(
-            username_password=cpb.UsernamePassword(username=secret.username, password=secret.password)
-        )
-    if isinstance(secret, TokenSecret):
-        return cpb.CredentialDetails(token=cpb.Token(token=secret.token))
-    if isinstance(secret, CertificateSecret):
-        return cpb.CredentialDetails(
-            certificate=cpb.CertificateDetails(
-                certificate_chain_pem=secret.certificate_chain_pem, private_key_pem=secret.private_key_pem
-            )
-        )
-    return cpb.CredentialDetails(public_certificate=cpb.PublicCertificate(pem=secret.pem))
 
 
 # --- identity ---

@@ -3,9 +3,9 @@
 methods are not counted, so no label comes from a caller). A request that is not a valid protobuf message is refused
 with INVALID_ARGUMENT before anything else (:mod:`vault_service.api.undecodable`). The unary credvault.v1 methods
 also get their domain errors mapped to status codes (:mod:`vault_service.api.status`), their denials audited
-(:mod:`vault_service.denial_audit`) and, with a store, one pooled connection for the whole call (authentication and
-operation alike), run again on a fresh one if the database session was lost before anything of the call could
-have committed (:meth:`Store.call`).
+(:mod:`vault_service.denial_audit`) and, with a call runner (the store's ``Store.call``), one pooled connection for
+the whole call (authentication and operation alike), run again on a fresh one if the database session was lost
+before anything of the call could have committed.
 
 Each method's wrapped handler, with its label children, is made on its first call and reused: a call costs one
 dictionary lookup here, and a few wrappers around the servicer method (measured, refusing, vault).
@@ -27,12 +27,13 @@ from vault_service.api.undecodable import Refusals, refusing_undecodable, reques
 from vault_service.denial_audit import DenialAudit
 from vault_service.errors import PermissionDenied, Unauthenticated
 from vault_service.metrics import VaultMetrics
-from vault_service.storage.pool import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _OK = grpc.StatusCode.OK.name
 _UNKNOWN = grpc.StatusCode.UNKNOWN.name
 _CANCELLED = grpc.StatusCode.CANCELLED.name
+# How a vault call's work runs on the database: server.py hands in ``Store.call`` (the API layer knows no storage).
+CallRunner = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 class _Measured:
@@ -84,16 +85,16 @@ class _Timed:
 
 
 def _vault_unary(
-    inner: Callable[..., Any], store: Store | None, action: str, denials: DenialAudit | None
+    inner: Callable[..., Any], run_call: CallRunner | None, action: str, denials: DenialAudit | None
 ) -> Callable[..., Any]:
     """A credvault.v1 unary method (``action``: its "service/method" name): on one bound connection, domain errors as
     status codes, denials audited."""
 
     async def unary(request: Any, context: Context) -> Any:
         try:
-            if store is None:
+            if run_call is None:
                 return await inner(request, context)
-            return await store.call(lambda: inner(request, context))
+            return await run_call(lambda: inner(request, context))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -144,19 +145,19 @@ _KINDS = (
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Metrics and refusal of undecodable requests for every method; with ``vault_calls``, also status mapping,
-    denial audit (with ``denials``) and the store's bound connection for the unary credvault.v1 methods."""
+    denial audit (with ``denials``) and, with ``run_call``, one bound connection for each unary credvault.v1 call."""
 
     def __init__(
         self,
         metrics: VaultMetrics,
         *,
         vault_calls: bool = False,
-        store: Store | None = None,
+        run_call: CallRunner | None = None,
         denials: DenialAudit | None = None,
     ) -> None:
         self._metrics = metrics
         self._vault_calls = vault_calls
-        self._store = store
+        self._run_call = run_call
         self._denials = denials
         self._refusals = Refusals()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -182,7 +183,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if inner is None:
                 continue
             if self._vault_calls and kind == "unary" and method.startswith("/credvault.v1."):
-                inner = _vault_unary(inner, self._store, f"{service}/{name}", self._denials)
+                inner = _vault_unary(inner, self._run_call, f"{service}/{name}", self._denials)
             refusing = refusing_undecodable(inner, handler.request_streaming, request_type(method), self._refusals)
             return make(
                 _measured(refusing, _Measured(self._metrics, (kind, service, name))),

@@ -17,6 +17,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from credvault.v1 import monitors_pb2_grpc as mgrpc
 from credvault.v1 import tokens_pb2 as tpb
 from credvault.v1 import tokens_pb2_grpc as tgrpc
+from vault_service import contents_codec
 from vault_service.api import caller, convert
 from vault_service.credentials import CredentialService
 from vault_service.errors import AuthenticationChanged, VaultError
@@ -148,7 +149,9 @@ class CredentialsServicer(_Authenticated, cgrpc.CredentialsServiceServicer):
     ) -> cpb.GetCredentialDetailsResponse:
         principal = await self._principal(context)
         cred, secret = await self._credentials.get_details(principal, request.id, request.app_id)
-        return cpb.GetCredentialDetailsResponse(credential=convert.credential(cred), details=convert.details(secret))
+        return cpb.GetCredentialDetailsResponse(
+            credential=convert.credential(cred), details=contents_codec.to_details(secret)
+        )
 
 
 class IdentityServicer(_Authenticated, igrpc.IdentityServiceServicer):

@@ -24,8 +24,7 @@ from credvault.held_digest import HeldDigest
 from credvault.secret_scrub import secrets_of
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service import contents as contents_codec
-from vault_service.api import convert
+from vault_service import contents_codec
 from vault_service.crypto import Keyring
 from vault_service.models import ChangeKind
 from vault_service.push.outbox import Delta, Item, Key, Outbox
@@ -185,7 +184,7 @@ class LocationState:
         out = {}
         for cid, (cred, sealed, version) in (await tx.credentials_sealed(credential_ids)).items():
             secret = contents_codec.decode(self._keyring.open(cid, cred.version, sealed))
-            out[cid] = epb.CredentialResource(id=cid, version=version, details=convert.details(secret))
+            out[cid] = epb.CredentialResource(id=cid, version=version, details=contents_codec.to_details(secret))
         return out
 
     def _release_monitor(self, monitor_id: str, delta: Delta, reason: int) -> None:

@@ -1,10 +1,12 @@
-"""Credential contents: validation of what callers send, and the byte encoding that gets encrypted."""
+"""Credential contents: validation of what callers send, the byte encoding that gets encrypted, and the protocol's
+CredentialDetails built from them."""
 
 from __future__ import annotations
 
 import base64
 import json
 
+from credvault.v1 import credentials_pb2 as cpb
 from vault_service import validation
 from vault_service.certificates import CertificateInfo, parse_client_certificate, parse_public_certificate
 from vault_service.errors import DecryptionError
@@ -70,3 +72,20 @@ def decode(data: bytes) -> SecretContents:
     except (ValueError, KeyError, TypeError):
         pass
     raise DecryptionError("decrypted contents are not in a known encoding")
+
+
+def to_details(secret: SecretContents) -> cpb.CredentialDetails:
+    """The contents as the protocol carries them (to a caller allowed to read them, and to engines)."""
+    if isinstance(secret, UsernamePasswordSecret):
+        return cpb.CredentialDetails(
+            username_password=cpb.UsernamePassword(username=secret.username, password=secret.password)
+        )
+    if isinstance(secret, TokenSecret):
+        return cpb.CredentialDetails(token=cpb.Token(token=secret.token))
+    if isinstance(secret, CertificateSecret):
+        return cpb.CredentialDetails(
+            certificate=cpb.CertificateDetails(
+                certificate_chain_pem=secret.certificate_chain_pem, private_key_pem=secret.private_key_pem
+            )
+        )
+    return cpb.CredentialDetails(public_certificate=cpb.PublicCertificate(pem=secret.pem))
