@@ -9,7 +9,7 @@ import re
 import secrets
 
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service import contents_codec, monitor_script, policy, validation
+from vault_service import contents_codec, monitor_rules, policy, validation
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from vault_service.models import (
@@ -131,7 +131,7 @@ class MonitorService:
     ) -> None:
         """Every referenced credential exists, is SYNTHETIC-scoped, of a type its use allows, and has a username
         the monitor type supports; those in ``must_access`` must be usable by the editor."""
-        for cred_id, uses in sorted(monitor_script.credential_uses(monitor).items()):
+        for cred_id, uses in sorted(monitor_rules.credential_uses(monitor).items()):
             found = await tx.get_credential_sealed(cred_id)
             if found is None or not policy.can_see(principal.user, found[0]):
                 raise InvalidArgument("monitor.credentials", f"credential {cred_id} does not exist")
@@ -144,17 +144,17 @@ class MonitorService:
             if CredentialScope.SYNTHETIC not in cred.scopes:
                 raise InvalidArgument("monitor.credentials", f"credential {cred_id} lacks the SYNTHETIC scope")
             for use in uses:
-                if cred.type not in monitor_script.ALLOWED_TYPES[use]:
+                if cred.type not in monitor_rules.ALLOWED_TYPES[use]:
                     raise InvalidArgument(
                         "monitor.credentials", f"credential {cred_id} is {cred.type.value}, unusable for {use.value}"
                     )
-            if uses & {monitor_script.Use.BASIC_AUTH, monitor_script.Use.BROWSER_LOGIN}:
+            if uses & {monitor_rules.Use.BASIC_AUTH, monitor_rules.Use.BROWSER_LOGIN}:
                 secret = contents_codec.decode(self._keyring.open(cred.id, cred.version, sealed))
                 assert isinstance(secret, UsernamePasswordSecret)
-                monitor_script.check_username_format(monitor.type, secret.username, cred_id)
+                monitor_rules.check_username_format(monitor.type, secret.username, cred_id)
 
     async def create(self, principal: Principal, monitor: mpb.Monitor) -> mpb.Monitor:
-        m = monitor_script.validate(monitor)
+        m = monitor_rules.validate(monitor)
         policy.require_monitor_edit(principal, m.management_zone)
         m.id = new_monitor_id()
         m.disabled_reason = mpb.DISABLED_REASON_UNSPECIFIED if m.enabled else mpb.DISABLED_REASON_BY_USER
@@ -190,7 +190,7 @@ class MonitorService:
         if location_id:
             check_slug("location_id", location_id)
         if credential_id:
-            monitor_script.check_credential_id("credential_id", credential_id)
+            monitor_rules.check_credential_id("credential_id", credential_id)
         limit = page_size(size)
         zones = policy.monitor_zones_visible(principal.user)
         query = ("monitors", principal.username, location_id, credential_id)
@@ -209,7 +209,7 @@ class MonitorService:
 
     async def update(self, principal: Principal, monitor: mpb.Monitor, expected_version: int) -> mpb.Monitor:
         monitor_id = _check_monitor_id(monitor.id)
-        new = monitor_script.validate(monitor)
+        new = monitor_rules.validate(monitor)
         async with self._store.transaction() as tx:
             current = await tx.get_monitor(monitor_id, for_update=True)
             if current is None:
@@ -245,7 +245,7 @@ class MonitorService:
                 inaccessible.append(cred_id)
         if not inaccessible:
             return
-        if monitor_script.protected_part(current) != monitor_script.protected_part(new):
+        if monitor_rules.protected_part(current) != monitor_rules.protected_part(new):
             raise PermissionDenied(
                 f"this monitor uses credentials you have no access to ({', '.join(inaccessible)}): you may change its"
                 " name, frequency, locations, validation and enabled flag, or replace all its credentials, but not"

@@ -29,16 +29,18 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
-from vault_service.api.audit_servicer import AuditServicer
+from vault_service.api.audit import AuditServicer
+from vault_service.api.credentials import CredentialsServicer
+from vault_service.api.identity import IdentityServicer
 from vault_service.api.interceptor import ApiInterceptor
-from vault_service.api.servicers import CredentialsServicer, IdentityServicer, MonitorsServicer, TokensServicer
+from vault_service.api.monitors import MonitorsServicer
+from vault_service.api.tokens import TokensServicer
 from vault_service.audit import AuditService
 from vault_service.auth_cache import AuthCache
 from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.denial_audit import DenialAudit
-from vault_service.identity import IdentityService
 from vault_service.keys import verify_keyring
 from vault_service.metrics import MetricsServer, PushStats, VaultMetrics
 from vault_service.monitors import MonitorService
@@ -50,6 +52,7 @@ from vault_service.results import ResultService
 from vault_service.storage.migrate import migrate
 from vault_service.storage.pool import Store
 from vault_service.tokens import TokenService
+from vault_service.users import IdentityService
 
 log = logging.getLogger(__name__)
 

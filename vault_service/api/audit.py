@@ -5,7 +5,7 @@ from __future__ import annotations
 from credvault.v1 import audit_pb2 as apb
 from credvault.v1 import audit_pb2_grpc as agrpc
 from vault_service.api import convert
-from vault_service.api.servicers import Context, _Authenticated
+from vault_service.api.authenticated import Authenticated, Context
 from vault_service.audit import AuditService
 from vault_service.models import AuditEvent, AuditFilter
 from vault_service.tokens import TokenService
@@ -24,7 +24,7 @@ def audit_event(event: AuditEvent) -> apb.AuditEvent:
     )
 
 
-class AuditServicer(_Authenticated, agrpc.AuditServiceServicer):
+class AuditServicer(Authenticated, agrpc.AuditServiceServicer):
     def __init__(self, tokens: TokenService, audit: AuditService) -> None:
         super().__init__(tokens)
         self._audit = audit
