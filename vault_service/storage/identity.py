@@ -117,8 +117,15 @@ def _token(row: asyncpg.Record) -> TokenInfo:
     )
 
 
-def _zones_doc(zones: dict[str, frozenset[Permission]]) -> dict[str, list[str]]:
-    return {z: sorted(p.value for p in ps) for z, ps in sorted(zones.items())}
+def _user_values(
+    username: str, permissions: frozenset[Permission], zones: dict[str, frozenset[Permission]]
+) -> tuple[str, list[str], dict[str, list[str]]]:
+    """$1 username, $2 permissions, $3 zone permissions: what a new user and a permission change write."""
+    return (
+        username,
+        sorted(p.value for p in permissions),
+        {z: sorted(p.value for p in ps) for z, ps in sorted(zones.items())},
+    )
 
 
 class IdentityQueries:
@@ -138,9 +145,7 @@ class IdentityQueries:
             row = await self.conn.fetchrow(
                 f"INSERT INTO users (username, permissions, zone_permissions) VALUES ($1, $2, $3::jsonb)"
                 f" RETURNING {_USER_COLUMNS}",
-                username,
-                sorted(p.value for p in permissions),
-                _zones_doc(zones),
+                *_user_values(username, permissions, zones),
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExists(f"user {username!r} exists already") from None
@@ -163,9 +168,7 @@ class IdentityQueries:
         row = await self.conn.fetchrow(
             f"UPDATE users SET permissions = $2, zone_permissions = $3::jsonb, updated_at = now()"
             f" WHERE username = $1 RETURNING {_USER_COLUMNS}",
-            username,
-            sorted(p.value for p in permissions),
-            _zones_doc(zones),
+            *_user_values(username, permissions, zones),
         )
         return _user(row) if row else None
 
