@@ -212,7 +212,7 @@ async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
     """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port."""
     issued = await migrate_and_bootstrap(db.url, "bench-admin")
     exe = venv_bin("credvault")
-    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
+    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
     argv.append("serve")
     api_port = engine_port = free_port()
     while engine_port == api_port:

@@ -17,7 +17,7 @@ from tests.conftest import Client
 from vault_service.server import RunningVault
 
 TOKEN_RE = re.compile(r"^cv0c01\.[A-Z2-7]{24}\.[A-Z2-7]{64}$")
-CLI = [sys.executable, "-c", "from vault_service.cli import main; main()"]
+CLI = [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ async def test_audit_list_table_and_json(env: dict[str, str]) -> None:
 
 def test_used_by_names_the_first_monitors_and_says_how_to_list_the_rest() -> None:
     from credvault.v1 import credentials_pb2 as cpb
-    from vault_service.client_cli import _used_by_text
+    from vault_service.cli.session import _used_by_text
 
     cred_id = "CREDENTIALS_VAULT-0123456789ABCDEF"
     assert _used_by_text(cpb.Credential(id=cred_id)) == "no monitors"

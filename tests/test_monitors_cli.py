@@ -17,16 +17,7 @@ from tests.helpers import create_req, token, up
 from tests.test_client_cli import Result, assert_contains, base_env
 from vault_service.server import RunningVault
 
-# Registers the monitors commands unless cli.py already does.
-_PROGRAM = """
-import sys
-import vault_service.cli as c, vault_service.client_cli as cc, vault_service.monitors_cli as m
-if "monitors_cli" not in vars(c):
-    orig = cc.register
-    cc.register = lambda sub: (orig(sub), m.register(sub))
-c.main(sys.argv[1:])
-"""
-CLI = [sys.executable, "-c", _PROGRAM]
+CLI = [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
 PASSWORD, TOKEN_VALUE = "pw-Qm42-never-shown", "tok-Vb77-never-shown"
 
 

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vault_service import pki, pki_cli
+from vault_service import pki
+from vault_service.cli import pki as pki_cli
 from vault_service.errors import ConfigurationError, InvalidArgument
 from vault_service.pki import EngineIdentity, IssuedCertificate
 

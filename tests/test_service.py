@@ -232,7 +232,7 @@ async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from vault_service.cli import main; main()",
+        "from vault_service.cli.main import main; main()",
         "dev",
         "--data-dir",
         str(tmp_path / "dev"),

@@ -1,6 +1,6 @@
 """The vault's private PKI for mutual TLS with engine workers, built with the ``cryptography`` package.
 
-Two certificate authorities live in one directory (see :mod:`vault_service.pki_cli` for why there are two):
+Two certificate authorities live in one directory (see :mod:`vault_service.cli.pki` for why there are two):
 
 * ``engine-ca``: issues engine client certificates. The engine port trusts only this CA, so holding a certificate from
   it *is* being an engine. An engine's identity is the one SAN URI of its certificate,

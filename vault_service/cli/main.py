@@ -15,8 +15,12 @@ from urllib.parse import urlsplit
 
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
-from vault_service import audit_cli, client_cli, keys, monitors_cli, pki_cli
+from vault_service import keys
 from vault_service.bootstrap import bootstrap_admin, migrate_and_bootstrap
+from vault_service.cli import audit as audit_cli
+from vault_service.cli import monitors as monitors_cli
+from vault_service.cli import pki as pki_cli
+from vault_service.cli import session as client_cli
 from vault_service.config import Settings, load_settings
 from vault_service.crypto import load_keyring_file, new_keyring, write_keyring_file
 from vault_service.errors import ConfigurationError, Unavailable, VaultError

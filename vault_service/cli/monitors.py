@@ -1,6 +1,6 @@
 """Client commands of `credvault` for synthetic monitoring: private locations, their engines, and monitors.
 
-Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`client_cli`.
+Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`vault_service.cli.session`.
 Monitors hold credential ids and ``{{CREDENTIALS_VAULT-<id>}}`` placeholders, never a secret value: a placeholder
 in a URL, header or body is a reference that the engine resolves, so it may be passed as an argument.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service.client_cli import (
+from vault_service.cli.session import (
     Session,
     _clean,
     _common_parser,

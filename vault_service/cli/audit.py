@@ -1,7 +1,7 @@
 """`credvault audit list`: the audit log for people (a table) and scripts (``--json``).
 
-Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`client_cli`. Needs
-CHANGE_ENVIRONMENT_SETTINGS and a token with the scope auditLogs.read.
+Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of
+:mod:`vault_service.cli.session`. Needs CHANGE_ENVIRONMENT_SETTINGS and a token with the scope auditLogs.read.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from credvault.v1 import audit_pb2 as apb
-from vault_service.client_cli import (
+from vault_service.cli.session import (
     Session,
     _clean,
     _common_parser,
