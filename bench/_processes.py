@@ -221,7 +221,7 @@ async def start_replica(
     """``credvault serve`` with its engine port on a migrated database; replicas of one vault share ``keyring``
     (JSON) and the admin's ``token``. ``name`` names its log."""
     exe = venv_bin("credvault")
-    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
+    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
     argv.append("serve")
     api_port = engine_port = free_port()
     while engine_port == api_port:

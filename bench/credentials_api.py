@@ -306,7 +306,7 @@ async def start_credvault(res: Resources, db: Database, tls: Tls, pool_max: int)
     """Migrate and bootstrap an admin from here, then run ``credvault serve`` as its own process."""
     issued = await migrate_and_bootstrap(db.url, "bench-admin")
     exe = venv_bin("credvault")
-    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli import main; main()"]
+    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
     port = free_port()
     argv += ["serve", "--listen", f"127.0.0.1:{port}"]
     argv += ["--tls-cert", str(tls.server_chain), "--tls-key", str(tls.server_key), "--log-level", "WARNING"]

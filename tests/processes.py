@@ -107,7 +107,7 @@ class System:
             "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
             **extra_env,
         }
-        vault = await spawn(sys.executable, "-c", "from vault_service.cli import main; main()", "serve", env=env)
+        vault = await spawn(sys.executable, "-c", "from vault_service.cli.main import main; main()", "serve", env=env)
         self.procs.append(vault)
         await vault.wait_for_line(r"credvault API listening")
         return vault

@@ -1,4 +1,4 @@
-"""The service surface: health, reflection, configuration errors, graceful shutdown, fail-closed audit, `dev`."""
+"""The service surface: health, reflection, configuration errors, graceful shutdown, fail-closed audit."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import asyncio
 import json
 import os
 import pathlib
-import re
 import signal
-import sys
 
 import asyncpg
 import grpc
@@ -17,7 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from credvault.v1 import credentials_pb2 as cpb
-from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import APP, create_req, expect_code, up
@@ -224,58 +221,3 @@ async def test_audit_rows_for_changes_commit_with_them(admin: Client, vault: Run
         assert ("credential.delete", cred.id, "admin") in actions
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await tx.conn.execute("DELETE FROM audit_log")
-
-
-async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
-    """The README's first command: embedded PostgreSQL, dev KEK, admin token, API; SIGTERM stops it cleanly."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDVAULT_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from vault_service.cli import main; main()",
-        "dev",
-        "--data-dir",
-        str(tmp_path / "dev"),
-        "--listen",
-        "127.0.0.1:0",
-        "--engine-listen",
-        "127.0.0.1:0",
-        "--worker-status-listen",
-        "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    assert proc.stderr is not None
-    try:
-        port = None
-        seen = []
-        while port is None:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 120)).decode()
-            seen.append(line)
-            assert line, "".join(seen)
-            m = re.search(r"API:\s+127\.0\.0\.1:(\d+)", line)
-            port = int(m.group(1)) if m else None
-        token = (tmp_path / "dev" / "admin-token").read_text().strip()
-        assert (tmp_path / "dev" / "keyring.json").stat().st_mode & 0o777 == 0o600
-        assert (tmp_path / "dev" / "admin-token").stat().st_mode & 0o777 == 0o600
-        assert token not in "".join(seen)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            client = Client(ch, token)
-            me = await client.GetCurrentUser(ipb.GetCurrentUserRequest())
-            assert me.user.username == "admin"
-
-            # the dev engine worker of location 'local' connects over mutual TLS
-            async def worker_connected() -> None:
-                while True:
-                    engines = (await client.ListEngines(mpb.ListEnginesRequest(location_id="local"))).engines
-                    if engines and engines[0].connected:
-                        return
-                    await asyncio.sleep(0.1)
-
-            await asyncio.wait_for(worker_connected(), 60)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

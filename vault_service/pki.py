@@ -1,6 +1,6 @@
 """The vault's private PKI for mutual TLS with engine workers, built with the ``cryptography`` package.
 
-Two certificate authorities live in one directory (see :mod:`vault_service.pki_cli` for why there are two):
+Two certificate authorities live in one directory (see :mod:`vault_service.cli.pki` for why there are two):
 
 * ``engine-ca``: issues engine client certificates. The engine port trusts only this CA, so holding a certificate from
   it *is* being an engine. An engine's identity is the one SAN URI of its certificate,
@@ -25,7 +25,6 @@ import secrets
 import stat
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -37,13 +36,12 @@ __all__ = [
     "SERVER",
     "SERVER_CA",
     "TRUST_DOMAIN_DEFAULT",
-    "DevPki",
     "EngineIdentity",
     "IssuedCertificate",
     "ca_trust_domain",
     "create_ca",
     "engine_file_name",
-    "ensure_dev_pki",
+    "file_paths",
     "identity_from_certificate",
     "issue_engine_certificate",
     "issue_server_certificate",
@@ -474,7 +472,8 @@ def engine_file_name(identity: EngineIdentity) -> str:
     return f"engine-{identity.location_id}-{identity.engine_id}"
 
 
-def _paths(directory: pathlib.Path | str, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+def file_paths(directory: pathlib.Path | str, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """``<name>.pem`` and ``<name>.key`` in ``directory``; ``name`` must be a plain file name (no path)."""
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid file name for a certificate")
     base = pathlib.Path(directory)
@@ -513,7 +512,7 @@ def write_files(
     The directory is created (mode 0700) if needed. Existing files are replaced: refusing to overwrite is the caller's
     decision.
     """
-    pem_path, key_path = _paths(directory, name)
+    pem_path, key_path = file_paths(directory, name)
     pem_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _atomic_write(key_path, issued.key_pem, 0o600)
     _atomic_write(pem_path, issued.chain_pem, 0o644)
@@ -522,7 +521,7 @@ def write_files(
 
 def read_files(directory: pathlib.Path | str, name: str) -> IssuedCertificate:
     """Reads back what :func:`write_files` wrote; the key must belong to the first certificate of the chain."""
-    pem_path, key_path = _paths(directory, name)
+    pem_path, key_path = file_paths(directory, name)
     chain_pem = pem_path.read_bytes()
     key_pem = key_path.read_bytes()
     try:
@@ -540,7 +539,7 @@ def read_files(directory: pathlib.Path | str, name: str) -> IssuedCertificate:
 
 def load_ca(directory: pathlib.Path | str, name: str = ENGINE_CA) -> IssuedCertificate:
     """Loads a CA written by :func:`write_files`, refusing a key file others may read and a non-CA certificate."""
-    _, key_path = _paths(directory, name)
+    _, key_path = file_paths(directory, name)
     if key_path.exists():
         mode = stat.S_IMODE(key_path.stat().st_mode)
         if mode & 0o077:
@@ -548,56 +547,3 @@ def load_ca(directory: pathlib.Path | str, name: str = ENGINE_CA) -> IssuedCerti
     ca = read_files(directory, name)
     _ca_parts(ca)
     return ca
-
-
-# --- development -------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DevPki:
-    """Paths of a development PKI made by :func:`ensure_dev_pki`."""
-
-    directory: pathlib.Path
-    trust_domain: str
-    engine_ca: pathlib.Path  # engine-ca.pem: what the vault's engine port trusts
-    server_ca: pathlib.Path  # server-ca.pem: what engines trust for the vault
-    server_cert: pathlib.Path  # server.pem (chain)
-    server_key: pathlib.Path  # server.key
-
-
-def ensure_dev_pki(
-    directory: pathlib.Path | str,
-    *,
-    trust_domain: str = TRUST_DOMAIN_DEFAULT,
-    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
-) -> DevPki:
-    """For ``credvault dev``: creates whatever of both CAs and the server certificate is missing, keeps the rest."""
-    directory = pathlib.Path(directory)
-    validate_trust_domain(trust_domain)
-    cas: dict[str, IssuedCertificate] = {}
-    for name, label in ((ENGINE_CA, "engine"), (SERVER_CA, "server")):
-        pem, key = _paths(directory, name)
-        if pem.exists() and key.exists():
-            cas[name] = load_ca(directory, name)
-        else:
-            cas[name] = create_ca(f"credvault {label} CA (development)", trust_domain=trust_domain)
-            write_files(directory, name, cas[name])
-    recorded = ca_trust_domain(cas[ENGINE_CA])
-    if recorded is not None and recorded != trust_domain:
-        raise ValueError(f"{directory} holds an engine CA for trust domain {recorded!r}, not {trust_domain!r}")
-    server_pem, server_key = _paths(directory, SERVER)
-    if not _usable_server_certificate(directory, cas[SERVER_CA]):
-        write_files(directory, SERVER, issue_server_certificate(cas[SERVER_CA], list(hostnames)))
-    engine_ca_pem, _ = _paths(directory, ENGINE_CA)
-    server_ca_pem, _ = _paths(directory, SERVER_CA)
-    return DevPki(directory, trust_domain, engine_ca_pem, server_ca_pem, server_pem, server_key)
-
-
-def _usable_server_certificate(directory: pathlib.Path, server_ca: IssuedCertificate) -> bool:
-    """Whether ``server.pem``/``server.key`` exist, belong together, come from ``server_ca`` and last another day."""
-    try:
-        cert = read_files(directory, SERVER).certificate
-        cert.verify_directly_issued_by(server_ca.certificate)
-    except (OSError, ValueError, TypeError, InvalidSignature):
-        return False
-    return cert.not_valid_after_utc > _now() + datetime.timedelta(days=1)

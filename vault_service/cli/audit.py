@@ -1,7 +1,7 @@
 """`credvault audit list`: the audit log for people (a table) and scripts (``--json``).
 
-Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`client_cli`. Needs
-CHANGE_ENVIRONMENT_SETTINGS and a token with the scope auditLogs.read.
+Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of
+:mod:`vault_service.cli.session`. Needs CHANGE_ENVIRONMENT_SETTINGS and a token with the scope auditLogs.read.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from credvault.v1 import audit_pb2 as apb
-from vault_service.client_cli import (
+from vault_service.cli.session import (
     Session,
-    _clean,
-    _common_parser,
-    _output,
-    _warn,
-    _when,
     add_command,
+    add_paging_flags,
+    clean,
+    common_parser,
+    output,
     parse_duration,
     table,
+    warn,
+    when,
 )
 
 _COLUMNS = ("TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "TOKEN", "DETAILS")
@@ -47,13 +48,13 @@ def parse_when(text: str) -> timestamp_pb2.Timestamp:
 
 
 def _row(e: apb.AuditEvent) -> list[str]:
-    details = " ".join(f"{_clean(k)}={_clean(v)}" for k, v in sorted(e.details.items()))
+    details = " ".join(f"{clean(k)}={clean(v)}" for k, v in sorted(e.details.items()))
     return [
-        _when(e.time),
-        _clean(e.actor),
-        _clean(e.action),
-        _clean(e.target_id) or "-",
-        _clean(e.outcome),
+        when(e.time),
+        clean(e.actor),
+        clean(e.action),
+        clean(e.target_id) or "-",
+        clean(e.outcome),
         e.token_id or "-",
         details or "-",
     ]
@@ -80,14 +81,14 @@ def cmd_audit_list(ns: argparse.Namespace, s: Session) -> None:
             page = s.call(s.audit.ListAuditEvents, request)
             response.events.extend(page.events)
             response.next_page_token = page.next_page_token
-    _output(ns, response, lambda: table(_COLUMNS, [_row(e) for e in response.events]))
+    output(ns, response, lambda: table(_COLUMNS, [_row(e) for e in response.events]))
     if response.next_page_token and not ns.json:
-        _warn(f"more events: --all, or --page-token {response.next_page_token}")
+        warn(f"more events: --all, or --page-token {response.next_page_token}")
 
 
 def register(sub: Any) -> None:
     """Adds `audit list` to the `credvault` subcommands."""
-    common = _common_parser()
+    common = common_parser()
     group = sub.add_parser("audit", help="read the audit log").add_subparsers(dest="audit_command", required=True)
     p = add_command(group, "list", common, cmd_audit_list, "list audit events, newest first")
     p.add_argument("--actor", metavar="USER", help="only this user's actions")
@@ -95,6 +96,4 @@ def register(sub: Any) -> None:
     p.add_argument("--target", metavar="ID", help="only events about this id")
     p.add_argument("--since", type=parse_when, metavar="WHEN", help="RFC 3339 time, or a duration ago (24h, 7d)")
     p.add_argument("--until", type=parse_when, metavar="WHEN", help="RFC 3339 time, or a duration ago")
-    p.add_argument("--page-size", type=int)
-    p.add_argument("--page-token")
-    p.add_argument("--all", action="store_true", help="follow page tokens to the end")
+    add_paging_flags(p)

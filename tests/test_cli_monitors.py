@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 import re
-import sys
 
 import pytest
 import trustme
 
 from credvault.v1 import monitors_pb2 as mpb
+from tests.cli_helpers import Result, assert_contains, cli_env, run
 from tests.conftest import Client
 from tests.helpers import create_req, token, up
-from tests.test_client_cli import Result, assert_contains, base_env
 from vault_service.server import RunningVault
 
-# Registers the monitors commands unless cli.py already does.
-_PROGRAM = """
-import sys
-import vault_service.cli as c, vault_service.client_cli as cc, vault_service.monitors_cli as m
-if "monitors_cli" not in vars(c):
-    orig = cc.register
-    cc.register = lambda sub: (orig(sub), m.register(sub))
-c.main(sys.argv[1:])
-"""
-CLI = [sys.executable, "-c", _PROGRAM]
 PASSWORD, TOKEN_VALUE = "pw-Qm42-never-shown", "tok-Vb77-never-shown"
-
-
-async def run(env: dict[str, str], *args: str) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 async def ok(env: dict[str, str], *args: str) -> Result:
@@ -58,15 +32,7 @@ def columns(line: str) -> list[str]:
 
 @pytest.fixture
 def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(ca.cert_pem.bytes())
-    assert admin.token is not None
-    return {
-        **base_env(),
-        "CREDVAULT_SERVER": f"localhost:{vault.port}",
-        "CREDVAULT_CA_FILE": str(ca_file),
-        "CREDVAULT_TOKEN": admin.token,
-    }
+    return cli_env(vault, ca, admin, tmp_path)
 
 
 async def add_location(admin: Client, loc: str = "loc-a") -> None:

@@ -1,6 +1,6 @@
-"""Client commands of `credvault` for synthetic monitoring: private locations, their engines, and monitors.
+"""`credvault monitors ...`: synthetic monitors, their definitions and their recent results.
 
-Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`client_cli`.
+Connection flags, CREDVAULT_* environment, output and gRPC error handling are those of :mod:`vault_service.cli.session`.
 Monitors hold credential ids and ``{{CREDENTIALS_VAULT-<id>}}`` placeholders, never a secret value: a placeholder
 in a URL, header or body is a reference that the engine resolves, so it may be passed as an argument.
 """
@@ -8,23 +8,27 @@ in a URL, header or body is a reference that the engine resolves, so it may be p
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service.client_cli import (
+from vault_service.cli.session import (
     Session,
-    _clean,
-    _common_parser,
-    _decode,
-    _fields,
-    _label,
-    _output,
-    _read_bytes,
-    _warn,
-    _when,
     add_command,
+    add_group,
+    add_paging_flags,
+    all_pages,
+    clean,
+    common_parser,
+    decode,
+    fields,
+    label,
+    output,
+    read_bytes,
     table,
+    warn,
+    when,
 )
 
 _MONITOR_TYPES: dict[str, mpb.MonitorType.ValueType] = {
@@ -38,9 +42,6 @@ _REASONS: dict[str, mpb.DisabledReason.ValueType] = {
 # Headers that usually carry a secret: without a placeholder, their value would be stored in plain text.
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _PLACEHOLDER_MARK = "{{CREDENTIALS_VAULT-"
-
-
-# --- connection ------------------------------------------------------------------------------------------------------
 
 
 # --- parsing helpers -------------------------------------------------------------------------------------------------
@@ -57,8 +58,8 @@ def parse_header(text: str) -> mpb.Header:
 def _warn_literal_secrets(headers: Sequence[mpb.Header]) -> None:
     for h in headers:
         if h.name.lower() in _SECRET_HEADERS and _PLACEHOLDER_MARK not in h.value:
-            _warn(
-                f"warning: header {_clean(h.name)} holds no {_PLACEHOLDER_MARK}<id>}} placeholder: its value is"
+            warn(
+                f"warning: header {clean(h.name)} holds no {_PLACEHOLDER_MARK}<id>}} placeholder: its value is"
                 " stored and shown in plain text; keep secrets in a credential"
             )
 
@@ -66,7 +67,7 @@ def _warn_literal_secrets(headers: Sequence[mpb.Header]) -> None:
 def _body(ns: argparse.Namespace) -> str:
     if ns.body_file is None:
         return ""
-    return _decode(_read_bytes(ns.body_file, "--body-file", show_path=True), "--body-file")
+    return decode(read_bytes(ns.body_file, "--body-file", show_path=True), "--body-file")
 
 
 def _authentication(ns: argparse.Namespace) -> mpb.HttpAuthentication | None:
@@ -116,35 +117,8 @@ def _http_monitor(ns: argparse.Namespace) -> mpb.Monitor:
 # --- output ----------------------------------------------------------------------------------------------------------
 
 
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
 def _list_text(items: Sequence[str]) -> str:
-    return ",".join(_clean(x) for x in items) or "-"
-
-
-_LOCATION_COLUMNS = ("ID", "NAME", "CREATED")
-
-
-def _location_row(loc: mpb.Location) -> list[str]:
-    return [_clean(loc.id), _clean(loc.name), _when(loc.create_time)]
-
-
-_ENGINE_COLUMNS = ("LOCATION", "ENGINE", "CONNECTED", "SINCE", "APPLIED REV", "LAG", "REJECTED", "REVOKED")
-
-
-def _engine_row(e: mpb.Engine) -> list[str]:
-    return [
-        _clean(e.location_id),
-        _clean(e.engine_id),
-        _yes_no(e.connected),
-        _when(e.connected_since),
-        str(e.applied_revision),
-        str(e.lag),
-        str(len(e.rejected_monitors)),
-        _yes_no(e.revoked),
-    ]
+    return ",".join(clean(x) for x in items) or "-"
 
 
 _MONITOR_COLUMNS = ("ID", "NAME", "TYPE", "ENABLED", "FREQ", "LOCATIONS", "CREDENTIALS", "VERSION")
@@ -153,14 +127,14 @@ _MONITOR_COLUMNS = ("ID", "NAME", "TYPE", "ENABLED", "FREQ", "LOCATIONS", "CREDE
 def _enabled_text(m: mpb.Monitor) -> str:
     if m.enabled:
         return "yes"
-    return f"no ({_label(_REASONS, m.disabled_reason)})"
+    return f"no ({label(_REASONS, m.disabled_reason)})"
 
 
 def _monitor_row(m: mpb.Monitor) -> list[str]:
     return [
         m.id,
-        _clean(m.name),
-        _label(_MONITOR_TYPES, m.type),
+        clean(m.name),
+        label(_MONITOR_TYPES, m.type),
         _enabled_text(m),
         f"{m.frequency_minutes}m",
         _list_text(m.location_ids),
@@ -184,12 +158,12 @@ def _rule_text(rule: mpb.ValidationRule) -> str:
         return "status in " + ",".join(str(c) for c in rule.status_code_in.codes)
     if which is None:
         return "?"
-    return f"{which.replace('_', ' ')} {_clean(repr(getattr(rule, which)))}"
+    return f"{which.replace('_', ' ')} {clean(repr(getattr(rule, which)))}"
 
 
 def _request_fields(i: int, req: mpb.HttpRequest) -> list[tuple[str, str]]:
-    pairs = [(f"request {i}", f"{_clean(req.method)} {_clean(req.url)}")]
-    pairs += [("  header", f"{_clean(h.name)}: {_clean(h.value)}") for h in req.headers]
+    pairs = [(f"request {i}", f"{clean(req.method)} {clean(req.url)}")]
+    pairs += [("  header", f"{clean(h.name)}: {clean(h.value)}") for h in req.headers]
     if req.body:
         pairs.append(("  body", f"{len(req.body)} characters"))
     pairs.append(("  auth", _auth_text(req.authentication)))
@@ -199,18 +173,18 @@ def _request_fields(i: int, req: mpb.HttpRequest) -> list[tuple[str, str]]:
 
 
 def _browser_fields(b: mpb.BrowserScript) -> list[tuple[str, str]]:
-    return [("url", _clean(b.url)), ("login", b.login_credential_id or "-"), ("events", str(len(b.events)))]
+    return [("url", clean(b.url)), ("login", b.login_credential_id or "-"), ("events", str(len(b.events)))]
 
 
 def _monitor_view(m: mpb.Monitor) -> str:
     pairs = [
         ("id", m.id),
-        ("name", _clean(m.name)),
-        ("type", _label(_MONITOR_TYPES, m.type)),
+        ("name", clean(m.name)),
+        ("type", label(_MONITOR_TYPES, m.type)),
         ("enabled", _enabled_text(m)),
         ("frequency", f"{m.frequency_minutes} minutes"),
         ("locations", _list_text(m.location_ids)),
-        ("management zone", _clean(m.management_zone) or "-"),
+        ("management zone", clean(m.management_zone) or "-"),
         ("credentials", _list_text(m.credential_ids)),
     ]
     if m.WhichOneof("script") == "http":
@@ -218,48 +192,12 @@ def _monitor_view(m: mpb.Monitor) -> str:
             pairs += _request_fields(i, req)
     elif m.WhichOneof("script") == "browser":
         pairs += _browser_fields(m.browser)
-    pairs += [("version", str(m.version)), ("created", _when(m.create_time)), ("updated", _when(m.update_time))]
-    return _fields(pairs)
+    pairs += [("version", str(m.version)), ("created", when(m.create_time)), ("updated", when(m.update_time))]
+    return fields(pairs)
 
 
 def _monitors_table(monitors: Sequence[mpb.Monitor]) -> str:
     return table(_MONITOR_COLUMNS, [_monitor_row(m) for m in monitors])
-
-
-# --- locations and engines commands ----------------------------------------------------------------------------------
-
-
-def cmd_locations_list(ns: argparse.Namespace, s: Session) -> None:
-    response = s.call(s.monitors.ListLocations, mpb.ListLocationsRequest())
-    _output(ns, response, lambda: table(_LOCATION_COLUMNS, [_location_row(x) for x in response.locations]))
-
-
-def cmd_locations_create(ns: argparse.Namespace, s: Session) -> None:
-    request = mpb.CreateLocationRequest(location=mpb.Location(id=ns.id, name=ns.name or ""))
-    response = s.call(s.monitors.CreateLocation, request)
-    _output(ns, response, lambda: table(_LOCATION_COLUMNS, [_location_row(response.location)]))
-
-
-def cmd_locations_delete(ns: argparse.Namespace, s: Session) -> None:
-    response = s.call(s.monitors.DeleteLocation, mpb.DeleteLocationRequest(id=ns.id))
-    _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
-
-
-def cmd_engines_list(ns: argparse.Namespace, s: Session) -> None:
-    response = s.call(s.monitors.ListEngines, mpb.ListEnginesRequest(location_id=ns.location or ""))
-    _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(e) for e in response.engines]))
-
-
-def cmd_engines_add(ns: argparse.Namespace, s: Session) -> None:
-    request = mpb.AddEngineRequest(location_id=ns.location, engine_id=ns.engine)
-    response = s.call(s.monitors.AddEngine, request)
-    _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(response.engine)]))
-
-
-def cmd_engines_revoke(ns: argparse.Namespace, s: Session) -> None:
-    request = mpb.RevokeEngineRequest(location_id=ns.location, engine_id=ns.engine)
-    response = s.call(s.monitors.RevokeEngine, request)
-    _output(ns, response, lambda: table(_ENGINE_COLUMNS, [_engine_row(response.engine)]))
 
 
 # --- monitors commands -----------------------------------------------------------------------------------------------
@@ -267,14 +205,9 @@ def cmd_engines_revoke(ns: argparse.Namespace, s: Session) -> None:
 
 def _all_monitors(s: Session, request: mpb.ListMonitorsRequest) -> mpb.ListMonitorsResponse:
     merged = mpb.ListMonitorsResponse()
-    seen: set[str] = set()
-    while True:
-        page = s.call(s.monitors.ListMonitors, request)
+    for page in all_pages(functools.partial(s.call, s.monitors.ListMonitors), request):
         merged.monitors.extend(page.monitors)
-        if not page.next_page_token or page.next_page_token in seen:
-            return merged
-        seen.add(page.next_page_token)
-        request.page_token = page.next_page_token
+    return merged
 
 
 def cmd_monitors_list(ns: argparse.Namespace, s: Session) -> None:
@@ -285,24 +218,24 @@ def cmd_monitors_list(ns: argparse.Namespace, s: Session) -> None:
         credential_id=ns.credential or "",
     )
     response = _all_monitors(s, request) if ns.all else s.call(s.monitors.ListMonitors, request)
-    _output(ns, response, lambda: _monitors_table(response.monitors))
+    output(ns, response, lambda: _monitors_table(response.monitors))
     if response.next_page_token and not ns.json:
-        _warn(f"more monitors: --all, or --page-token {response.next_page_token}")
+        warn(f"more monitors: --all, or --page-token {response.next_page_token}")
 
 
 def cmd_monitors_get(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.GetMonitor, mpb.GetMonitorRequest(id=ns.id))
-    _output(ns, response, lambda: _monitor_view(response.monitor))
+    output(ns, response, lambda: _monitor_view(response.monitor))
 
 
 def cmd_monitors_create_http(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.CreateMonitor, mpb.CreateMonitorRequest(monitor=_http_monitor(ns)))
-    _output(ns, response, lambda: _monitor_view(response.monitor))
+    output(ns, response, lambda: _monitor_view(response.monitor))
 
 
 def _set_enabled(ns: argparse.Namespace, s: Session, enabled: bool) -> None:
     response = s.call(s.monitors.SetMonitorEnabled, mpb.SetMonitorEnabledRequest(id=ns.id, enabled=enabled))
-    _output(ns, response, lambda: _monitors_table([response.monitor]))
+    output(ns, response, lambda: _monitors_table([response.monitor]))
 
 
 def cmd_monitors_enable(ns: argparse.Namespace, s: Session) -> None:
@@ -324,60 +257,29 @@ _STATUSES: dict[str, mpb.ExecutionStatus.ValueType] = {
 def _result_row(r: mpb.MonitorResult) -> list[str]:
     statuses = ",".join(str(q.status_code) if q.status_code else "-" for q in r.requests) or "-"
     return [
-        _when(r.start_time),
-        _clean(r.location_id),
-        _clean(r.engine_id),
+        when(r.start_time),
+        clean(r.location_id),
+        clean(r.engine_id),
         str(r.monitor_version),
-        _label(_STATUSES, r.status),
+        label(_STATUSES, r.status),
         f"{r.duration_ms:.0f}",
         statuses,
-        _clean(r.failure_reason) or "-",
+        clean(r.failure_reason) or "-",
     ]
 
 
 def cmd_monitors_results(ns: argparse.Namespace, s: Session) -> None:
     request = mpb.GetResultsRequest(monitor_id=ns.id, limit=ns.limit or 0, location_id=ns.location or "")
     response = s.call(s.monitors.GetResults, request)
-    _output(ns, response, lambda: table(_RESULT_COLUMNS, [_result_row(r) for r in response.results]))
+    output(ns, response, lambda: table(_RESULT_COLUMNS, [_result_row(r) for r in response.results]))
 
 
 def cmd_monitors_delete(ns: argparse.Namespace, s: Session) -> None:
     response = s.call(s.monitors.DeleteMonitor, mpb.DeleteMonitorRequest(id=ns.id))
-    _output(ns, response, lambda: f"deleted {_clean(ns.id)}")
+    output(ns, response, lambda: f"deleted {clean(ns.id)}")
 
 
 # --- argparse --------------------------------------------------------------------------------------------------------
-
-
-def _group(sub: Any, name: str, text: str) -> Any:
-    return sub.add_parser(name, help=text, description=text).add_subparsers(dest=f"{name}_command", required=True)
-
-
-def _engine_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--location", required=True, metavar="ID")
-    p.add_argument("--engine", required=True, metavar="ID")
-
-
-def _register_locations(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = _group(sub, "locations", "manage private synthetic locations")
-    add_command(group, "list", common, cmd_locations_list, "list the private locations")
-    p = add_command(group, "create", common, cmd_locations_create, "create a private location")
-    p.add_argument("id", help="lower-case letters, digits and '-'")
-    p.add_argument("--name", help="display name (default: the id)")
-    p = add_command(group, "delete", common, cmd_locations_delete, "delete a location that has no monitors")
-    p.add_argument("id")
-
-
-def _register_engines(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = _group(sub, "engines", "manage the engines allowed to serve locations")
-    p = add_command(group, "list", common, cmd_engines_list, "engines: connection, applied revision, lag, rejections")
-    p.add_argument("--location", metavar="ID", help="only this location's engines")
-    p = add_command(group, "add", common, cmd_engines_add, "allow an engine to serve a location")
-    _engine_flags(p)
-    p = add_command(
-        group, "revoke", common, cmd_engines_revoke, "cut an engine's stream at once and refuse it afterwards"
-    )
-    _engine_flags(p)
 
 
 def _http_flags(p: argparse.ArgumentParser) -> None:
@@ -405,13 +307,11 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _register_monitors(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = _group(sub, "monitors", "manage synthetic monitors")
+    group = add_group(sub, "monitors", "manage synthetic monitors")
     p = add_command(group, "list", common, cmd_monitors_list, "list the monitors you may see")
     p.add_argument("--location", metavar="ID")
     p.add_argument("--credential", metavar="ID", help="only monitors that use this credential")
-    p.add_argument("--page-size", type=int)
-    p.add_argument("--page-token")
-    p.add_argument("--all", action="store_true", help="follow page tokens to the end")
+    add_paging_flags(p)
     p = add_command(group, "get", common, cmd_monitors_get, "show a monitor's definition")
     p.add_argument("id")
     p = add_command(group, "create-http", common, cmd_monitors_create_http, "create an HTTP monitor of one request")
@@ -429,8 +329,6 @@ def _register_monitors(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    """Adds `locations ...`, `engines ...` and `monitors ...` to the `credvault` subcommands."""
-    common = _common_parser()
-    _register_locations(sub, common)
-    _register_engines(sub, common)
+    """Adds `monitors ...` to the `credvault` subcommands."""
+    common = common_parser()
     _register_monitors(sub, common)

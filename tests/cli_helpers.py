@@ -1,0 +1,64 @@
+"""Running the `credvault` console script in a subprocess, as the CLI tests do."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import stat
+import sys
+from dataclasses import dataclass
+
+import trustme
+
+from tests.conftest import Client
+from vault_service.server import RunningVault
+
+CLI = [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
+
+
+@dataclass(frozen=True)
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+async def run(env: dict[str, str], *args: str, stdin: bytes | None = None) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=30)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def assert_contains(text: str, *parts: str) -> None:
+    missing = [p for p in parts if p not in text]
+    assert not missing, f"{missing} not in {text!r}"
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CREDVAULT_")}
+
+
+def cli_env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    """The environment of a `credvault` run against ``vault`` as ``admin``, verifying the server with ``ca``."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    assert admin.token is not None
+    return {
+        **base_env(),
+        "CREDVAULT_SERVER": f"localhost:{vault.port}",
+        "CREDVAULT_CA_FILE": str(ca_file),
+        "CREDVAULT_TOKEN": admin.token,
+    }
+
+
+def mode(path: pathlib.Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
