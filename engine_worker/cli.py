@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT (or cancellation); always wipes the held secrets on the way out."""
     identity = check_tls_files(settings.cert, settings.key, settings.ca)
-    log.info("engine %s", identity.spiffe_id)
+    log.info("engine %s", identity.spiffe_uri)
     store = ConfigStore(location_id=identity.location_id)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: there are many per monitor
     registry = CollectorRegistry(auto_describe=True)

@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from credvault.identity import EngineIdentity
 from engine_worker.config_store import ConfigStore
-from engine_worker.identity import EngineIdentity
 from engine_worker.stream import StreamState
 
 __all__ = ["DEFAULT_STATUS_LISTEN", "StatusServer", "parse_listen"]

@@ -41,10 +41,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import engine_worker
 from credvault.held_digest import HeldDigest
+from credvault.identity import EngineIdentity, identity_from_certificate
 from credvault.v1 import credentials_pb2, engine_pb2, engine_pb2_grpc, monitors_pb2
 from engine_worker import cli, config_store
 from engine_worker.config_store import SECRET_BEARING_FIELDS, ConfigStore, HeldCredential
-from engine_worker.identity import EngineIdentity, identity_from_certificate, parse_spiffe_id
 from engine_worker.stream import Backoff, EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
 
@@ -453,39 +453,6 @@ def test_secret_bearing_fields_are_pinned() -> None:
     assert "_store" in seen["EngineStream"]
     for cls_name, fields in SECRET_BEARING_FIELDS.items():
         assert fields <= seen[cls_name]
-
-
-# --- identity ----------------------------------------------------------------------------------------------------
-
-
-def test_spiffe_id_round_trip() -> None:
-    identity = parse_spiffe_id(SPIFFE)
-    assert identity == EngineIdentity("credvault.local", LOCATION, ENGINE)
-    assert identity.spiffe_id == SPIFFE
-
-
-@pytest.mark.parametrize(
-    "uri",
-    [
-        "spiffe://credvault.local/location/loc-1/engine/eng-1/",
-        "spiffe://credvault.local/location/loc-1/engine/",
-        "spiffe://credvault.local/location//engine/eng-1",
-        "spiffe://Credvault.local/location/loc-1/engine/eng-1",
-        "spiffe://credvault.local/location/LOC-1/engine/eng-1",
-        "spiffe://credvault.local:443/location/loc-1/engine/eng-1",
-        "spiffe://user@credvault.local/location/loc-1/engine/eng-1",
-        "spiffe://credvault.local/location/loc-1/engine/eng-1?x=1",
-        "spiffe://credvault.local/location/loc-1/engine/eng-1#f",
-        "spiffe://credvault.local/location/loc%2D1/engine/eng-1",
-        "spiffe://credvault.local/location/loc-1/engine/eng-1/extra",
-        "spiffe://credvault.local/location/-loc/engine/eng-1",
-        "https://credvault.local/location/loc-1/engine/eng-1",
-        "spiffe:///location/loc-1/engine/eng-1",
-    ],
-)
-def test_spiffe_id_parsing_is_strict(uri: str) -> None:
-    with pytest.raises(ValueError, match=r"SPIFFE ID|not a valid"):
-        parse_spiffe_id(uri)
 
 
 # --- a test PKI (cryptography only) --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from credvault.identity import EngineIdentity
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
 from vault_service import audit_cli, client_cli, keys, monitors_cli, pki_cli
@@ -153,7 +154,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
     if not keyring_path.exists():
         write_keyring_file(keyring_path, new_keyring())
     dev_pki = pki.ensure_dev_pki(data_dir / "pki")
-    engine = pki.EngineIdentity(dev_pki.trust_domain, DEV_LOCATION, DEV_ENGINE)
+    engine = EngineIdentity(dev_pki.trust_domain, DEV_LOCATION, DEV_ENGINE)
     engine_name = pki.engine_file_name(engine)
     if not (dev_pki.directory / f"{engine_name}.pem").exists():
         engine_ca = pki.load_ca(dev_pki.directory)
