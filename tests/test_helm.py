@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from credvault.identity import EngineIdentity
-from engine_worker import cli as engine_cli
+from engine_worker import settings as engine_settings
 from tests.helm_support import (
     CHART,
     ROOT,
@@ -449,8 +449,8 @@ def test_engine_worker_environment_is_a_valid_configuration(
     for deployment in engine_deployments(render("two-locations")).values():
         _, spec = pod_template(deployment)
         env = _plain_env(spec["containers"][0], {})
-        _use_environment(monkeypatch, env, "ENGINE_", set(engine_cli.Settings.model_fields))
-        settings = engine_cli.load_settings()
+        _use_environment(monkeypatch, env, "ENGINE_", set(engine_settings.Settings.model_fields))
+        settings = engine_settings.load_settings()
         assert settings.max_disconnected in (4 * 3600.0, 30 * 60.0)
 
 
