@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from _harness import Database, child_env, free_port, venv_bin
 
+from credvault.identity import EngineIdentity
 from vault_service import pki
 from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import new_keyring
@@ -189,7 +190,7 @@ class BenchPki:
         return cls(directory, engine_ca, server_ca_pem, server_pem, server_key, engine_ca_pem)
 
     def engine(self, location: str, engine: str) -> tuple[pathlib.Path, pathlib.Path]:
-        identity = pki.EngineIdentity(TRUST_DOMAIN, location, engine)
+        identity = EngineIdentity(TRUST_DOMAIN, location, engine)
         name = pki.engine_file_name(identity)
         pem, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
         if not pem.exists():

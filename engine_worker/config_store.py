@@ -16,14 +16,14 @@ placeholders, and are kept as protobuf messages.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import NoReturn
 
+from credvault.formats import PLACEHOLDER
 from credvault.held_digest import HeldDigest
 from credvault.v1 import credentials_pb2, engine_pb2, monitors_pb2
 
-__all__ = ["PLACEHOLDER", "SECRET_BEARING_FIELDS", "ConfigStore", "HeldCredential", "HeldMonitor", "Listener"]
+__all__ = ["SECRET_BEARING_FIELDS", "ConfigStore", "HeldCredential", "HeldMonitor", "Listener"]
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,6 @@ SECRET_BEARING_FIELDS: dict[str, set[str]] = {
     # cleared after it.
     "_Substitutions": {"_secrets"},
 }
-
-# A reference to a credential's value in a URL, header value or body: the token, or a pair's username or password.
-PLACEHOLDER = re.compile(r"\{\{(CREDENTIALS_VAULT-[0-9A-F]{16})(?:\.(username|password))?\}\}")
 
 # What a monitor needs from a credential it uses a certain way (mirrors the vault's rules for a definition), by the
 # CredentialDetails oneof name.

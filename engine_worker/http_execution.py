@@ -26,10 +26,11 @@ from collections.abc import Iterable
 import aiohttp
 from google.protobuf import timestamp_pb2
 
+from credvault.formats import PLACEHOLDER
 from credvault.secret_scrub import Scrubber, secrets_of
 from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_path
 from credvault.v1 import credentials_pb2, monitors_pb2
-from engine_worker.config_store import PLACEHOLDER, ConfigStore, HeldMonitor
+from engine_worker.config_store import ConfigStore, HeldMonitor
 from engine_worker.failure_reasons import request_error
 from engine_worker.target_tls import TargetTls, TargetTlsError
 

@@ -92,9 +92,20 @@ class Scheduler:
         """Monitors with a planned execution."""
         return len(self._planned)
 
-    def start(self) -> None:
-        self._timer = asyncio.create_task(self._timer_loop(), name="scheduler")
+    def start(self) -> asyncio.Task[None]:
+        """Plans the held monitors and starts the timer loop in a task of its own (returned)."""
+        timer = self._timer = asyncio.create_task(self._timer_loop(), name="scheduler")
         self._changed({m.id for m in self._store.monitors()})
+        return timer
+
+    async def run(self) -> None:
+        """:meth:`start`, then waits on the timer loop until cancelled, so that a supervisor sees it fail;
+        :meth:`stop` on the way out."""
+        timer = self.start()
+        try:
+            await timer
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         tasks = [t for t in (self._timer, *self._running.values()) if t is not None]

@@ -6,39 +6,20 @@ loopback by default; the bound address is logged as ``status listening on HOST:P
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import logging
-import re
-import socket
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from credvault.identity import EngineIdentity
+from credvault.metrics_http import MetricsHttpServer
 from engine_worker.config_store import ConfigStore
-from engine_worker.identity import EngineIdentity
+from engine_worker.settings import DEFAULT_STATUS_LISTEN
 from engine_worker.stream import StreamState
 
-__all__ = ["DEFAULT_STATUS_LISTEN", "StatusServer", "parse_listen"]
-
-log = logging.getLogger(__name__)
-
-DEFAULT_STATUS_LISTEN = "127.0.0.1:9464"
-_LISTEN = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.\-]+)):(\d{1,5})$")
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6-address]:port`` (port 0 to 65535) as (host, port); else a ValueError."""
-    match = _LISTEN.match(value)
-    if match is None or int(match.group(3)) > 65535:
-        raise ValueError(f"{value!r} is not host:port, for example 127.0.0.1:9464 or [::1]:9464")
-    host = match.group(1) or match.group(2)
-    if match.group(1) is not None:
-        ipaddress.IPv6Address(match.group(1))
-    return host, int(match.group(3))
+__all__ = ["StatusServer"]
 
 
 class _Collector(Collector):
@@ -73,48 +54,24 @@ class StatusServer:
         self._store = store
         self._identity = identity
         self._state = state
-        self._host, self._port = parse_listen(listen)
+        self._listen = listen
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(store, state))
-        self._runner: web.AppRunner | None = None
+        # Per-monitor series make the exposition large (~20 lines a monitor): rendered off the event loop, so that a
+        # scrape does not delay the executions scheduled meanwhile.
+        self._http = MetricsHttpServer(
+            self.registry, name="status", render_off_loop=True, routes={"/introspection": self._introspection}
+        )
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/introspection", self._introspection)
-        return app
+        return self._http.app()
 
     async def start(self) -> tuple[str, int]:
         """Binds and serves; returns the bound (host, port)."""
-        family, kind, proto, _, address = socket.getaddrinfo(
-            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-        except OSError:
-            sock.close()
-            raise
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        self._runner = runner
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        log.info("status listening on %s:%d", shown, port)
-        return host, port
+        return await self._http.start(self._listen)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        # Per-monitor series make this large (~20 lines a monitor): rendered off the event loop, so that a scrape
-        # does not delay the executions scheduled meanwhile.
-        body = await asyncio.to_thread(generate_latest, self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        await self._http.stop()
 
     async def _introspection(self, request: web.Request) -> web.Response:
         state = self._state()

@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from credvault.identity import EngineIdentity
 from credvault.v1 import engine_pb2, engine_pb2_grpc
 from engine_worker.config_store import ConfigStore
-from engine_worker.identity import EngineIdentity
 from engine_worker.result_reporter import ResultReporter
 from engine_worker.tls import ChannelFactory
 
@@ -305,7 +305,7 @@ class EngineStream:
 
         self._last_received = self._clock()
         await send(engine_pb2.StreamRequest(hello=self._hello()))
-        log.info("sent hello as %s holding %s", self._identity.spiffe_id, self._held_summary())
+        log.info("sent hello as %s holding %s", self._identity.spiffe_uri, self._held_summary())
         tasks = [
             asyncio.create_task(self._receive(call, send), name="engine-stream-receive"),
             asyncio.create_task(self._heartbeats(send), name="engine-stream-heartbeats"),

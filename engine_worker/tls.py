@@ -13,7 +13,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from engine_worker.identity import EngineIdentity, identity_from_certificate
+from credvault.identity import EngineIdentity, identity_from_certificate
 
 __all__ = ["KEEPALIVE_OPTIONS", "ChannelFactory", "check_tls_files", "mtls_channel_factory"]
 
@@ -76,7 +76,7 @@ def mtls_channel_factory(
     def factory() -> grpc.aio.Channel:
         chain = _read(cert_file, "certificate")
         if identity_from_certificate(chain) != identity:
-            raise ValueError(f"{cert_file} now names another engine than {identity.spiffe_id}: restart the engine")
+            raise ValueError(f"{cert_file} now names another engine than {identity.spiffe_uri}: restart the engine")
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(ca_file, "CA"), private_key=_read(key_file, "key"), certificate_chain=chain
         )

@@ -1,6 +1,9 @@
-"""Regenerate the Python code (with mypy stubs) for protos/credvault/v1 into the same folder.
+"""Regenerate the Python code (with mypy stubs) of protos/credvault/v1/*.proto into credvault/v1/.
 
-Usage: python scripts/gen_protos.py [--out DIR]   (DIR defaults to protos/, the committed location)
+protos/ holds only the IDL; the generated modules land in the package at the repository root (``-Iprotos
+--python_out=.``), so the proto path credvault/v1/x.proto and the import credvault.v1.x_pb2 agree without remapping.
+
+Usage: python scripts/gen_protos.py [--out DIR]   (DIR defaults to the repository root: DIR/credvault/v1/)
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def generate(out: pathlib.Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=pathlib.Path, default=PROTO_ROOT)
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT)
     ns = parser.parse_args()
     ns.out.mkdir(parents=True, exist_ok=True)
     generate(ns.out)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -44,6 +45,8 @@ class Proc:
         while line := await self.proc.stderr.readline():
             self.lines.append(line.decode(errors="replace"))
             self._new.set()
+        await self.proc.wait()
+        self._new.set()  # a waiter sees the exit at once
 
     async def wait_for_line(self, pattern: str, within: float = 30.0) -> re.Match[str]:
         async def look() -> re.Match[str]:
@@ -68,28 +71,43 @@ class Proc:
         return code
 
 
-async def spawn(*args: str, env: dict[str, str]) -> Proc:
+async def spawn(*args: str, env: dict[str, str], cwd: pathlib.Path | None = None) -> Proc:
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd=cwd,
     )
     return Proc(proc)
 
 
 class System:
-    def __init__(self, pki: Pki, database_url: str, keyring: Keyring) -> None:
+    """A vault process and worker processes. By default they run from this interpreter (the source tree); with
+    ``installed``, a virtual environment's bin directory, they are its console scripts, run from the PKI directory
+    (outside the source tree) without PYTHONPATH."""
+
+    def __init__(self, pki: Pki, database_url: str, keyring: Keyring, installed: pathlib.Path | None = None) -> None:
         self.pki = pki
         self.database_url = database_url
         self.keyring = keyring
+        self.installed = installed
         self.api_port = free_port()
         self.engine_port = free_port()
         self.procs: list[Proc] = []
 
     def _env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
+        dropped = ("CREDVAULT_", "ENGINE_", *(("PYTHONPATH",) if self.installed else ()))
+        return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+
+    def _command(self, script: str, module_argv: list[str]) -> list[str]:
+        return [str(self.installed / script)] if self.installed else [sys.executable, *module_argv]
+
+    async def _spawn(self, *args: str, env: dict[str, str]) -> Proc:
+        proc = await spawn(*args, env=env, cwd=self.pki.directory if self.installed else None)
+        self.procs.append(proc)
+        return proc
 
     async def start_vault(self, **extra_env: str) -> Proc:
         d = self.pki.directory
@@ -107,8 +125,9 @@ class System:
             "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
             **extra_env,
         }
-        vault = await spawn(sys.executable, "-c", "from vault_service.cli.main import main; main()", "serve", env=env)
-        self.procs.append(vault)
+        vault = await self._spawn(
+            *self._command("credvault", ["-c", "from vault_service.cli.main import main; main()"]), "serve", env=env
+        )
         await vault.wait_for_line(r"credvault API listening")
         return vault
 
@@ -117,10 +136,8 @@ class System:
         if not (self.pki.directory / f"{name}.pem").exists():
             self.pki.write(name, self.pki.engine(location, engine))
         d = self.pki.directory
-        worker = await spawn(
-            sys.executable,
-            "-m",
-            "engine_worker",
+        worker = await self._spawn(
+            *self._command("engine-worker", ["-m", "engine_worker"]),
             "--vault",
             f"localhost:{self.engine_port}",
             "--cert",
@@ -138,7 +155,6 @@ class System:
             *extra,
             env=self._env(),
         )
-        self.procs.append(worker)
         m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
         return worker, int(m.group(1))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from credvault.identity import EngineIdentity
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service import pki
@@ -27,7 +28,7 @@ class Pki:
     server: pki.IssuedCertificate
 
     def engine(self, location: str, engine: str, **kw: Any) -> pki.IssuedCertificate:
-        return pki.issue_engine_certificate(self.engine_ca, pki.EngineIdentity(TRUST_DOMAIN, location, engine), **kw)
+        return pki.issue_engine_certificate(self.engine_ca, EngineIdentity(TRUST_DOMAIN, location, engine), **kw)
 
     def write(self, name: str, issued: pki.IssuedCertificate) -> tuple[pathlib.Path, pathlib.Path]:
         return pki.write_files(self.directory, name, issued)

@@ -8,11 +8,11 @@ import pathlib
 
 import pytest
 
+from credvault.identity import EngineIdentity, identity_from_certificate
 from tests.cli_helpers import mode
 from vault_service import pki
 from vault_service.cli import pki as pki_cli
 from vault_service.errors import ConfigurationError
-from vault_service.pki import EngineIdentity
 
 UTC = datetime.UTC
 
@@ -46,7 +46,7 @@ def test_cli_init_issue_server_issue_engine(tmp_path: pathlib.Path, capsys: pyte
             assert p.read_bytes().decode().splitlines()[1] not in out
 
     engine = pki.read_files(d, "engine-l1-e1")
-    assert pki.identity_from_certificate(engine.cert_pem, "example.org") == EngineIdentity("example.org", "l1", "e1")
+    assert identity_from_certificate(engine.cert_pem, "example.org") == EngineIdentity("example.org", "l1", "e1")
     lifetime = engine.certificate.not_valid_after_utc - datetime.datetime.now(UTC)
     assert datetime.timedelta(days=6) < lifetime <= datetime.timedelta(days=7)
     engine.certificate.verify_directly_issued_by(pki.load_ca(d, "engine-ca").certificate)

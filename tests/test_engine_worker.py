@@ -41,12 +41,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import engine_worker
 from credvault.held_digest import HeldDigest
+from credvault.identity import EngineIdentity, identity_from_certificate
 from credvault.v1 import credentials_pb2, engine_pb2, engine_pb2_grpc, monitors_pb2
 from engine_worker import cli, config_store
 from engine_worker.config_store import SECRET_BEARING_FIELDS, ConfigStore, HeldCredential
-from engine_worker.identity import EngineIdentity, identity_from_certificate, parse_spiffe_id
+from engine_worker.scheduler import Scheduler
+from engine_worker.settings import Settings, load_settings
 from engine_worker.stream import Backoff, EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
+from engine_worker.worker import EngineWorker
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
@@ -453,39 +456,6 @@ def test_secret_bearing_fields_are_pinned() -> None:
     assert "_store" in seen["EngineStream"]
     for cls_name, fields in SECRET_BEARING_FIELDS.items():
         assert fields <= seen[cls_name]
-
-
-# --- identity ----------------------------------------------------------------------------------------------------
-
-
-def test_spiffe_id_round_trip() -> None:
-    identity = parse_spiffe_id(SPIFFE)
-    assert identity == EngineIdentity("credvault.local", LOCATION, ENGINE)
-    assert identity.spiffe_id == SPIFFE
-
-
-@pytest.mark.parametrize(
-    "uri",
-    [
-        "spiffe://credvault.local/location/loc-1/engine/eng-1/",
-        "spiffe://credvault.local/location/loc-1/engine/",
-        "spiffe://credvault.local/location//engine/eng-1",
-        "spiffe://Credvault.local/location/loc-1/engine/eng-1",
-        "spiffe://credvault.local/location/LOC-1/engine/eng-1",
-        "spiffe://credvault.local:443/location/loc-1/engine/eng-1",
-        "spiffe://user@credvault.local/location/loc-1/engine/eng-1",
-        "spiffe://credvault.local/location/loc-1/engine/eng-1?x=1",
-        "spiffe://credvault.local/location/loc-1/engine/eng-1#f",
-        "spiffe://credvault.local/location/loc%2D1/engine/eng-1",
-        "spiffe://credvault.local/location/loc-1/engine/eng-1/extra",
-        "spiffe://credvault.local/location/-loc/engine/eng-1",
-        "https://credvault.local/location/loc-1/engine/eng-1",
-        "spiffe:///location/loc-1/engine/eng-1",
-    ],
-)
-def test_spiffe_id_parsing_is_strict(uri: str) -> None:
-    with pytest.raises(ValueError, match=r"SPIFFE ID|not a valid"):
-        parse_spiffe_id(uri)
 
 
 # --- a test PKI (cryptography only) --------------------------------------------------------------------------------
@@ -982,14 +952,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("4h", 14400.0), ("30m", 1800.0), ("1h30m", 5400.0), ("0.5s", 0.5), ("250ms", 0.25), ("12", 12.0)],
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert cli.parse_duration(text) == seconds
-
-
 def test_settings_from_env_and_flags(clean_env: None, monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None:
     monkeypatch.setenv("ENGINE_VAULT", "vault.internal:7443")
     monkeypatch.setenv("ENGINE_CERT", str(pki.cert))
@@ -997,12 +959,12 @@ def test_settings_from_env_and_flags(clean_env: None, monkeypatch: pytest.Monkey
     monkeypatch.setenv("ENGINE_CA", str(pki.ca))
     monkeypatch.setenv("ENGINE_MAX_DISCONNECTED", "2h")
     monkeypatch.setenv("ENGINE_STATUS_LISTEN", "[::1]:0")
-    settings = cli.load_settings()
+    settings = load_settings()
     assert settings.vault == "vault.internal:7443"
     assert settings.max_disconnected == 7200.0
     assert settings.status_listen == "[::1]:0"
     assert settings.heartbeat_interval == 10.0
-    flagged = cli.load_settings(vault="10.0.0.1:1", max_disconnected="30m")
+    flagged = load_settings(vault="10.0.0.1:1", max_disconnected="30m")
     assert flagged.vault == "10.0.0.1:1"
     assert flagged.max_disconnected == 1800.0
 
@@ -1156,3 +1118,48 @@ def test_the_held_digest_follows_every_change_and_leaves_out_rejected_monitors()
     store.apply(batch(7, credentials=[up_cred(C1, 9)]))
     store.flush()
     assert store.held_state(7).digest == 0
+
+
+# --- the worker object -------------------------------------------------------------------------------------------
+
+
+def worker_settings(pki: Pki) -> Settings:
+    # Nothing listens on port 1: the stream keeps reconnecting, which is all these tests need of it.
+    return Settings(vault="127.0.0.1:1", cert=pki.cert, key=pki.key, ca=pki.ca, status_listen="127.0.0.1:0")
+
+
+def holding(worker: EngineWorker) -> bytearray:
+    """Makes the worker hold a monitor and its credential; returns the credential's secret buffer."""
+    assert worker.store.apply(batch(1, credentials=[up_cred(C1, 1)], monitors=[http_monitor(M1, 1, basic=C1)])) == []
+    return secret_buffer(worker.store.credential(C1))
+
+
+async def test_a_failing_task_ends_the_worker_which_wipes(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken_timer_loop(self: Scheduler) -> None:
+        raise ZeroDivisionError("the timer loop broke")
+
+    monkeypatch.setattr(Scheduler, "_timer_loop", broken_timer_loop)
+    worker = EngineWorker(worker_settings(pki))
+    buffer = holding(worker)
+    with pytest.raises(RuntimeError, match="the scheduler stopped unexpectedly") as failed:
+        await asyncio.wait_for(worker.run(), 60)  # the stream alone would run forever
+    assert isinstance(failed.value.__cause__, ZeroDivisionError)
+    assert (worker.store.monitor_count, worker.store.credential_count) == (0, 0)
+    assert not any(buffer)
+
+
+async def test_leaving_async_with_wipes(pki: Pki) -> None:
+    async with EngineWorker(worker_settings(pki)) as idle:
+        idle_buffer = holding(idle)
+    assert idle.store.credential_count == 0, "wiped also when run() never ran"
+    assert not any(idle_buffer)
+
+    async with EngineWorker(worker_settings(pki)) as worker:
+        buffer = holding(worker)
+        running = asyncio.create_task(worker.run())
+        await asyncio.sleep(0)  # run() begins
+        assert not running.done()
+    assert running.done(), "leaving the block ends run()"
+    assert running.result() is None
+    assert (worker.store.monitor_count, worker.store.credential_count) == (0, 0)
+    assert not any(buffer)

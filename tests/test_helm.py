@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from engine_worker import cli as engine_cli
-from engine_worker.identity import parse_spiffe_id
+from credvault.identity import EngineIdentity
+from engine_worker import settings as engine_settings
 from tests.helm_support import (
     CHART,
     ROOT,
@@ -427,10 +427,10 @@ def test_each_location_gets_a_deployment_and_a_certificate(render: Callable[[str
         assert "ipAddresses" not in cert["spec"]
         assert cert["spec"]["commonName"] == expected_ids[location]
         assert cert["spec"]["issuerRef"]["name"] == f"{FULLNAME}-engine-ca"
-        # Both parsers (the worker's and the vault's) accept exactly this identity.
-        identity = parse_spiffe_id(spiffe)
+        # The one parser (shared by the worker and the vault) accepts exactly this identity.
+        identity = EngineIdentity.from_uri(spiffe)
         assert (identity.location_id, identity.engine_id) == (location, expected_ids[location])
-        assert pki.EngineIdentity.from_uri(spiffe).spiffe_uri == spiffe
+        assert identity.spiffe_uri == spiffe
         # The worker dials the engine Service by a name its server certificate carries, and trusts its CA.
         host, port = env["ENGINE_VAULT"]["value"].rsplit(":", 1)
         assert host in engine_server["spec"]["dnsNames"]
@@ -449,8 +449,8 @@ def test_engine_worker_environment_is_a_valid_configuration(
     for deployment in engine_deployments(render("two-locations")).values():
         _, spec = pod_template(deployment)
         env = _plain_env(spec["containers"][0], {})
-        _use_environment(monkeypatch, env, "ENGINE_", set(engine_cli.Settings.model_fields))
-        settings = engine_cli.load_settings()
+        _use_environment(monkeypatch, env, "ENGINE_", set(engine_settings.Settings.model_fields))
+        settings = engine_settings.load_settings()
         assert settings.max_disconnected in (4 * 3600.0, 30 * 60.0)
 
 
@@ -491,7 +491,7 @@ def test_certificates_match_what_the_vault_pki_issues(render: Callable[[str], li
     certs = {c["metadata"]["name"]: c["spec"] for c in by_kind(docs, "Certificate")}
     engine_ca = pki.create_ca("engine CA", trust_domain="synthetic.example.com")
     server_ca = pki.create_ca("server CA")
-    engine = pki.issue_engine_certificate(engine_ca, pki.EngineIdentity("synthetic.example.com", "berlin", "k8s-1"))
+    engine = pki.issue_engine_certificate(engine_ca, EngineIdentity("synthetic.example.com", "berlin", "k8s-1"))
     server = pki.issue_server_certificate(server_ca, ["localhost"])
 
     assert set(certs[f"{FULLNAME}-engine-berlin"]["usages"]) == _usages(engine.certificate)

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_generated_code_matches_protos(tmp_path: pathlib.Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True)
-    committed = ROOT / "protos" / "credvault" / "v1"
+    committed = ROOT / "credvault" / "v1"
     generated = tmp_path / "credvault" / "v1"
     names = sorted(p.name for p in generated.iterdir() if p.suffix in {".py", ".pyi"})
     assert names, "nothing generated"

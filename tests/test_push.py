@@ -13,6 +13,7 @@ import grpc
 import pytest
 import trustme
 
+from credvault.identity import EngineIdentity
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
@@ -168,7 +169,7 @@ async def test_refused_identities(
     assert status(unknown) == grpc.StatusCode.PERMISSION_DENIED
     # an expired certificate, a certificate of another CA, no certificate: the TLS handshake fails
     other_ca = pki.create_ca("other", trust_domain=TRUST_DOMAIN)
-    foreign = pki.issue_engine_certificate(other_ca, pki.EngineIdentity(TRUST_DOMAIN, "loc-a", "e1"))
+    foreign = pki.issue_engine_certificate(other_ca, EngineIdentity(TRUST_DOMAIN, "loc-a", "e1"))
     for cert in (expired(engine_pki, "loc-a", "e1"), foreign):
         refused = await connect("loc-a", "e1", cert)
         assert status(refused) == grpc.StatusCode.UNAVAILABLE

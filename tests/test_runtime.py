@@ -27,7 +27,7 @@ def test_runs_on_the_configured_loop(name: str, loop_type: type) -> None:
 
 
 def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine_worker.cli import load_settings
+    from engine_worker.settings import load_settings
 
     paths = {"vault": "vault:50052", "cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}
     assert load_settings(**paths).event_loop == "uvloop"

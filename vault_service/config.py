@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import pathlib
-import re
 from typing import Any
 
 import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from credvault.settings import describe_invalid, parse_listen
 from vault_service.crypto import Keyring, load_keyring_file
 from vault_service.errors import ConfigurationError
-
-_LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
 class Settings(BaseSettings):
@@ -68,9 +66,7 @@ class Settings(BaseSettings):
     def _listen(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        m = _LISTEN.match(v)
-        if not m or int(m.group(2)) > 65535:
-            raise ValueError("must be host:port, for example 127.0.0.1:50051 or [::]:50051")
+        parse_listen(v)
         return v
 
     @model_validator(mode="after")
@@ -106,9 +102,4 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except pydantic.ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
-            where = f" (CREDVAULT_{name.upper()} / --{name.replace('_', '-')})" if err["loc"] else ""
-            lines.append(f"  {name}{where}: {err['msg']}")
-        raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None
+        raise ConfigurationError(describe_invalid(exc, "CREDVAULT_")) from None

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import re
 import secrets
 from collections.abc import Mapping
 
+from credvault.formats import CREDENTIAL_ID, CREDENTIAL_ID_PREFIX
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents_codec, policy, validation
 from vault_service.certificates import CertificateInfo
@@ -41,17 +41,15 @@ from vault_service.storage.queries import Queries
 
 log = logging.getLogger(__name__)
 
-ID_PREFIX = "CREDENTIALS_VAULT-"
-_ID = re.compile(r"^CREDENTIALS_VAULT-[0-9A-F]{16}$")
 _ID_ATTEMPTS = 5
 
 
 def new_credential_id() -> str:
-    return ID_PREFIX + secrets.token_hex(8).upper()
+    return CREDENTIAL_ID_PREFIX + secrets.token_hex(8).upper()
 
 
 def check_id(credential_id: str) -> str:
-    if not _ID.match(credential_id):
+    if not CREDENTIAL_ID.match(credential_id):
         raise InvalidArgument("id", "must be CREDENTIALS_VAULT- followed by 16 upper-case hex digits")
     return credential_id
 

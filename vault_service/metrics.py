@@ -1,4 +1,5 @@
-"""Prometheus metrics of one vault process, and the plain-HTTP ``GET /metrics`` endpoint (``metrics_listen``).
+"""Prometheus metrics of one vault process (served at ``GET /metrics`` on ``metrics_listen`` by
+:mod:`credvault.metrics_http`).
 
 Each vault has its own registry (tests run several vaults in one process). The series:
 
@@ -24,8 +25,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -130,43 +130,3 @@ class VaultMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-class MetricsServer:
-    """``GET /metrics`` over plain HTTP (no secrets are ever in it)."""
-
-    def __init__(self, metrics: VaultMetrics, store: Store) -> None:
-        self._metrics = metrics
-        self._store = store
-        self._runner: web.AppRunner | None = None
-
-    async def start(self, listen: str) -> int:
-        """Binds and serves; returns the bound port."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._scrape)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        host, port = split_listen(listen)
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound = int(runner.addresses[0][1])
-        log.info("metrics listening on %s (port %d, GET /metrics)", listen, bound)
-        return bound
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _scrape(self, request: web.Request) -> web.Response:
-        await self._metrics.refresh(self._store)
-        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

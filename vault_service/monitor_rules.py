@@ -12,16 +12,14 @@ import enum
 import re
 import urllib.parse
 
+from credvault.formats import CREDENTIAL_ID, PLACEHOLDER, SLUG
 from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_path
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import validation
 from vault_service.errors import InvalidArgument
 from vault_service.models import CredentialType
 
-PLACEHOLDER = re.compile(r"\{\{(CREDENTIALS_VAULT-[0-9A-F]{16})(?:\.(username|password))?\}\}")
 _LOOSE_PLACEHOLDER = re.compile(r"\{\{\s*CREDENTIALS_VAULT[^}]*\}\}")
-_CREDENTIAL_ID = re.compile(r"^CREDENTIALS_VAULT-[0-9A-F]{16}$")
-_LOCATION_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 FREQUENCIES = frozenset({1, 2, 5, 10, 15, 30, 60})
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -68,7 +66,7 @@ def _placeholders(field: str, text: str, refs: dict[str, set[Use]]) -> None:
 
 
 def check_credential_id(field: str, value: str) -> str:
-    if not _CREDENTIAL_ID.match(value):
+    if not CREDENTIAL_ID.match(value):
         raise InvalidArgument(field, "must be CREDENTIALS_VAULT- followed by 16 upper-case hex digits")
     return value
 
@@ -153,7 +151,7 @@ def validate(monitor: mpb.Monitor) -> mpb.Monitor:
     if not locations or len(locations) > MAX_LOCATIONS:
         raise InvalidArgument("monitor.location_ids", f"must list 1 to {MAX_LOCATIONS} locations")
     for loc in locations:
-        if not _LOCATION_ID.match(loc):
+        if not SLUG.match(loc):
             raise InvalidArgument("monitor.location_ids", f"{loc!r} is not a location id")
     del out.location_ids[:]
     out.location_ids.extend(locations)

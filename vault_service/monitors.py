@@ -5,9 +5,9 @@ Every change that alters what an engine should hold appends to the change log in
 
 from __future__ import annotations
 
-import re
 import secrets
 
+from credvault.formats import MONITOR_ID, MONITOR_ID_PREFIX, SLUG
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents_codec, monitor_rules, policy, validation
 from vault_service.crypto import Keyring
@@ -25,22 +25,19 @@ from vault_service.pagination import decode_page_token, encode_page_token, page_
 from vault_service.storage.pool import Store
 from vault_service.storage.queries import Queries
 
-_MONITOR_ID = re.compile(r"^SYNTHETIC_TEST-[0-9A-F]{16}$")
-_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
 
 def new_monitor_id() -> str:
-    return "SYNTHETIC_TEST-" + secrets.token_hex(8).upper()
+    return MONITOR_ID_PREFIX + secrets.token_hex(8).upper()
 
 
 def _check_monitor_id(monitor_id: str) -> str:
-    if not _MONITOR_ID.match(monitor_id):
+    if not MONITOR_ID.match(monitor_id):
         raise InvalidArgument("id", "must be SYNTHETIC_TEST- followed by 16 upper-case hex digits")
     return monitor_id
 
 
 def check_slug(field: str, value: str) -> str:
-    if not _ID.match(value):
+    if not SLUG.match(value):
         raise InvalidArgument(field, "must be 1-63 lower-case letters, digits and '-', not starting or ending in '-'")
     return value
 

@@ -4,8 +4,9 @@ Two certificate authorities live in one directory (see :mod:`vault_service.cli.p
 
 * ``engine-ca``: issues engine client certificates. The engine port trusts only this CA, so holding a certificate from
   it *is* being an engine. An engine's identity is the one SAN URI of its certificate,
-  ``spiffe://<trust-domain>/location/<location-id>/engine/<engine-id>`` (:class:`EngineIdentity`); the CA certificate
-  itself carries ``spiffe://<trust-domain>`` so the trust domain is recorded where the identities are minted.
+  ``spiffe://<trust-domain>/location/<location-id>/engine/<engine-id>`` (:class:`credvault.identity.EngineIdentity`,
+  shared with the engine); the CA certificate itself carries ``spiffe://<trust-domain>`` so the trust domain is
+  recorded where the identities are minted.
 * ``server-ca``: issues the vault's server certificate; engines trust only this CA for the vault.
 
 Every key is EC P-256 and every signature ECDSA with SHA-256. Files come in pairs: ``<name>.pem`` (the certificate
@@ -29,6 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from credvault.formats import SLUG_RULE
+from credvault.identity import (
+    TRUST_DOMAIN_RULE,
+    EngineIdentity,
+    is_ca_certificate,
+    is_valid_id,
+    is_valid_trust_domain,
+)
 from vault_service.errors import InvalidArgument
 
 __all__ = [
@@ -36,13 +45,11 @@ __all__ = [
     "SERVER",
     "SERVER_CA",
     "TRUST_DOMAIN_DEFAULT",
-    "EngineIdentity",
     "IssuedCertificate",
     "ca_trust_domain",
     "create_ca",
     "engine_file_name",
     "file_paths",
-    "identity_from_certificate",
     "issue_engine_certificate",
     "issue_server_certificate",
     "load_ca",
@@ -60,11 +67,6 @@ ENGINE_CA = "engine-ca"
 SERVER_CA = "server-ca"
 SERVER = "server"
 
-_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-# SPIFFE trust domain names: lower-case letters, digits, '.', '-', '_' (here: dot-separated non-empty labels).
-_TRUST_DOMAIN = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
-_MAX_TRUST_DOMAIN = 255
-_SPIFFE_ENGINE = re.compile(r"spiffe://([^/]*)/location/([^/]*)/engine/([^/]*)")
 _SPIFFE_ROOT = re.compile(r"spiffe://([^/]*)")
 _HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
@@ -77,10 +79,8 @@ _HASH = hashes.SHA256()
 
 
 def _check_id(field: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise InvalidArgument(
-            field, f"{value!r} is not a valid id: 1-63 characters a-z, 0-9 and '-', not starting or ending with '-'"
-        )
+    if not is_valid_id(value):
+        raise InvalidArgument(field, f"{value!r} is not a valid id: {SLUG_RULE}")
     return value
 
 
@@ -96,94 +96,9 @@ def validate_engine_id(value: str) -> str:
 
 def validate_trust_domain(value: str) -> str:
     """``value`` if it is a valid SPIFFE trust domain name (lower case, no port, no user info)."""
-    if not isinstance(value, str) or len(value) > _MAX_TRUST_DOMAIN or not _TRUST_DOMAIN.fullmatch(value):
-        raise InvalidArgument(
-            "trust_domain",
-            f"{value!r} is not a valid trust domain: dot-separated labels of a-z, 0-9, '-' and '_', "
-            f"at most {_MAX_TRUST_DOMAIN} characters",
-        )
+    if not is_valid_trust_domain(value):
+        raise InvalidArgument("trust_domain", f"{value!r} is not a valid trust domain: {TRUST_DOMAIN_RULE}")
     return value
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineIdentity:
-    """Who an engine is: ``spiffe://<trust_domain>/location/<location_id>/engine/<engine_id>``."""
-
-    trust_domain: str
-    location_id: str
-    engine_id: str
-
-    def __post_init__(self) -> None:
-        validate_trust_domain(self.trust_domain)
-        validate_location_id(self.location_id)
-        validate_engine_id(self.engine_id)
-
-    @property
-    def spiffe_uri(self) -> str:
-        return f"spiffe://{self.trust_domain}/location/{self.location_id}/engine/{self.engine_id}"
-
-    @classmethod
-    def from_uri(cls, uri: str) -> EngineIdentity:
-        """Parses exactly the form :attr:`spiffe_uri` produces; anything else is a :class:`ValueError`.
-
-        No normalisation happens: upper case, percent-encoding, a port, user info, a query, a fragment, empty or
-        extra path segments and a trailing slash are all rejected.
-        """
-        if not isinstance(uri, str):
-            raise ValueError("an engine SPIFFE ID must be a string")
-        match = _SPIFFE_ENGINE.fullmatch(uri)
-        if match is None:
-            raise ValueError(
-                f"{uri!r} is not an engine SPIFFE ID of the form spiffe://<trust-domain>/location/<id>/engine/<id>"
-            )
-        try:
-            return cls(*match.groups())
-        except InvalidArgument as exc:
-            raise ValueError(f"{uri!r} is not a valid engine SPIFFE ID: {exc.message}") from None
-
-
-def identity_from_certificate(cert_der_or_pem: bytes, trust_domain: str) -> EngineIdentity:
-    """The engine identity of a (leaf) certificate, DER or PEM; for a PEM chain the first certificate is used.
-
-    The certificate must not be a CA certificate, must carry exactly one URI SAN, that URI must be an engine SPIFFE ID
-    (:meth:`EngineIdentity.from_uri`), and its trust domain must be ``trust_domain``. Anything else is a
-    :class:`ValueError` saying which rule failed. This does not verify the signature or validity period: that is the
-    TLS handshake's job (the engine port trusts only the engine CA).
-    """
-    cert = _load_certificate(cert_der_or_pem)
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is not None and bc.ca:
-        raise ValueError("the certificate is a CA certificate, not an engine certificate")
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise ValueError("the certificate has no subjectAltName extension, so no SPIFFE ID") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if not uris:
-        raise ValueError("the certificate has no URI subjectAltName, so no SPIFFE ID")
-    if len(uris) > 1:
-        raise ValueError(f"the certificate has {len(uris)} URI subjectAltNames; exactly one SPIFFE ID is allowed")
-    identity = EngineIdentity.from_uri(uris[0])
-    if identity.trust_domain != trust_domain:
-        raise ValueError(
-            f"the certificate's SPIFFE ID is in trust domain {identity.trust_domain!r}, expected {trust_domain!r}"
-        )
-    return identity
-
-
-def _load_certificate(data: bytes) -> x509.Certificate:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError("a certificate must be given as bytes (DER or PEM)")
-    data = bytes(data)
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificates(data)[0]
-        return x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise ValueError("the data is not an X.509 certificate in DER or PEM") from None
 
 
 # --- issuing -----------------------------------------------------------------------------------------------------
@@ -317,11 +232,7 @@ def _ca_parts(ca: IssuedCertificate) -> tuple[x509.Certificate, ec.EllipticCurve
         raise ValueError("the CA private key is not an EC key")
     if key.public_key().public_numbers() != _ec_public(cert).public_numbers():
         raise ValueError("the CA private key does not belong to the CA certificate")
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.ca:
+    if not is_ca_certificate(cert):
         raise ValueError("the CA certificate is not a CA certificate (basicConstraints CA is not true)")
     return cert, key
 

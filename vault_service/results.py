@@ -17,9 +17,9 @@ import asyncio
 import datetime
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping
 
+from credvault.formats import MONITOR_ID
 from credvault.secret_scrub import Scrubber
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service.errors import InvalidArgument
@@ -39,7 +39,6 @@ MAX_URL = 2048
 MAX_AGE = datetime.timedelta(days=1)
 MAX_AHEAD = datetime.timedelta(minutes=5)
 
-_MONITOR_ID = re.compile(r"^SYNTHETIC_TEST-[0-9A-F]{16}$")
 _KNOWN_STATUSES = {mpb.EXECUTION_STATUS_SUCCESS, mpb.EXECUTION_STATUS_FAILED, mpb.EXECUTION_STATUS_NOT_EXECUTABLE}
 
 
@@ -63,7 +62,7 @@ def sanitized(result: mpb.MonitorResult, now: datetime.datetime, scrubber: Scrub
     def text(value: str, limit: int) -> str:
         return _clip(scrubber.scrub(value), limit)
 
-    if not _MONITOR_ID.match(result.monitor_id) or result.status not in _KNOWN_STATUSES:
+    if not MONITOR_ID.match(result.monitor_id) or result.status not in _KNOWN_STATUSES:
         return None
     try:
         started = result.start_time.ToDatetime(tzinfo=datetime.UTC)

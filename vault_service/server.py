@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credvault import runtime
+from credvault.metrics_http import MetricsHttpServer
 from credvault.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -42,7 +43,7 @@ from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.denial_audit import DenialAudit
 from vault_service.keys import verify_keyring
-from vault_service.metrics import MetricsServer, PushStats, VaultMetrics
+from vault_service.metrics import PushStats, VaultMetrics
 from vault_service.monitors import MonitorService
 from vault_service.push.engine_sessions import EngineSessions
 from vault_service.push.follower import ChangeFollower
@@ -80,7 +81,7 @@ class RunningVault:
     auth_cache: AuthCache | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
-    metrics_server: MetricsServer | None = None
+    metrics_server: MetricsHttpServer | None = None
     metrics_port: int = 0
 
     async def stop(self, grace: float | None) -> None:
@@ -242,8 +243,9 @@ async def _start_operations_ports(settings: Settings, running: RunningVault) -> 
     """Metrics over plain HTTP, and for the kubelet's gRPC probe (which cannot do TLS) a plaintext server with only
     the health service: the same servicer as the API port's, so the same serving status."""
     if settings.metrics_listen is not None:
-        running.metrics_server = MetricsServer(running.metrics, running.store)
-        running.metrics_port = await running.metrics_server.start(settings.metrics_listen)
+        metrics, store = running.metrics, running.store
+        running.metrics_server = MetricsHttpServer(metrics.registry, before_scrape=lambda: metrics.refresh(store))
+        _, running.metrics_port = await running.metrics_server.start(settings.metrics_listen)
     if settings.health_listen is not None:
         server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(running.health, server)

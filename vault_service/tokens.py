@@ -16,6 +16,7 @@ import hmac
 import re
 import secrets
 
+from credvault.formats import TOKEN_PREFIX, TOKEN_PUBLIC_ID_CHARS
 from vault_service import policy, validation
 from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
@@ -24,14 +25,12 @@ from vault_service.pagination import decode_page_token, encode_page_token, page_
 from vault_service.storage.pool import Store
 from vault_service.storage.queries import Queries
 
-PREFIX = "cv0c01"
-PUBLIC_ID_CHARS = 24
 SECRET_CHARS = 64
 MAX_PERSONAL_TOKENS = 5
 MAX_GRACE = datetime.timedelta(days=7)
 LAST_USED_RESOLUTION = datetime.timedelta(seconds=60)
-_TOKEN = re.compile(rf"^{PREFIX}\.([A-Z2-7]{{{PUBLIC_ID_CHARS}}})\.([A-Z2-7]{{{SECRET_CHARS}}})$")
-_TOKEN_ID = re.compile(rf"^{PREFIX}\.[A-Z2-7]{{{PUBLIC_ID_CHARS}}}$")
+_TOKEN = re.compile(rf"^{TOKEN_PREFIX}\.([A-Z2-7]{{{TOKEN_PUBLIC_ID_CHARS}}})\.([A-Z2-7]{{{SECRET_CHARS}}})$")
+_TOKEN_ID = re.compile(rf"^{TOKEN_PREFIX}\.[A-Z2-7]{{{TOKEN_PUBLIC_ID_CHARS}}}$")
 _INVALID = "invalid API token: it is malformed, unknown, revoked or expired"
 # Compared against when the public id is unknown, so both failures cost the same.
 _DUMMY_HASH = hashlib.sha256(b"credvault dummy token hash").digest()
@@ -56,7 +55,7 @@ def _hash(token_id: str, secret: str) -> bytes:
 
 def new_token() -> tuple[str, str, bytes]:
     """(token id, full token, hash)."""
-    token_id = f"{PREFIX}.{_b32(15)}"
+    token_id = f"{TOKEN_PREFIX}.{_b32(15)}"
     secret = _b32(40)
     return token_id, f"{token_id}.{secret}", _hash(token_id, secret)
 
@@ -80,7 +79,7 @@ def _parse(token: str) -> tuple[str, str]:
     m = _TOKEN.match(token)
     if not m:
         raise Unauthenticated(_INVALID)
-    return f"{PREFIX}.{m.group(1)}", m.group(2)
+    return f"{TOKEN_PREFIX}.{m.group(1)}", m.group(2)
 
 
 def _live_now(found: CachedAuth) -> datetime.datetime | None:
@@ -251,7 +250,7 @@ class TokenService:
 
     async def _get_accessible(self, tx: Queries, principal: Principal, token_id: str) -> TokenInfo:
         if not _TOKEN_ID.match(token_id):
-            raise InvalidArgument("id", f"must look like {PREFIX}.<24 characters A-Z, 2-7>")
+            raise InvalidArgument("id", f"must look like {TOKEN_PREFIX}.<{TOKEN_PUBLIC_ID_CHARS} characters A-Z, 2-7>")
         info = await tx.get_token(token_id)
         if info is None or (
             info.owner != principal.username and not policy.has_env(principal.user, policy.ENVIRONMENT)

@@ -13,6 +13,7 @@ import sys
 
 from cryptography.exceptions import InvalidSignature
 
+from credvault.identity import EngineIdentity
 from vault_service import pki
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.cli.admin import setup_logging
@@ -32,7 +33,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
     if not keyring_path.exists():
         write_keyring_file(keyring_path, new_keyring())
     dev_pki = ensure_dev_pki(data_dir / "pki")
-    engine = pki.EngineIdentity(dev_pki.trust_domain, DEV_LOCATION, DEV_ENGINE)
+    engine = EngineIdentity(dev_pki.trust_domain, DEV_LOCATION, DEV_ENGINE)
     engine_name = pki.engine_file_name(engine)
     if not (dev_pki.directory / f"{engine_name}.pem").exists():
         engine_ca = pki.load_ca(dev_pki.directory)

@@ -12,6 +12,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+from credvault.identity import EngineIdentity, identity_from_certificate
 from vault_service import pki
 from vault_service.errors import ConfigurationError, InvalidArgument
 
@@ -117,16 +118,16 @@ def cmd_pki_issue_engine(ns: argparse.Namespace) -> None:
     if recorded is not None and trust_domain != recorded:
         raise ConfigurationError(f"the engine CA in {directory} is for trust domain {recorded!r}, not {trust_domain!r}")
     try:
-        identity = pki.EngineIdentity(trust_domain, ns.location, ns.engine)
-    except InvalidArgument as exc:
-        raise ConfigurationError(exc.message) from None
+        identity = EngineIdentity(trust_domain, ns.location, ns.engine)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     name = pki.engine_file_name(identity)
     _refuse_overwrite(directory, [name], ns.force)
     pem = directory / f"{name}.pem"
     if pem.exists():
         # engine-a-b-c is both (location a, engine b-c) and (location a-b, engine c): never replace another engine.
         try:
-            other = pki.identity_from_certificate(pem.read_bytes(), trust_domain)
+            other = identity_from_certificate(pem.read_bytes(), trust_domain)
         except (OSError, ValueError):
             other = None
         if other is not None and other != identity:

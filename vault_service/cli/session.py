@@ -27,6 +27,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from credvault import settings
 from credvault.v1 import audit_pb2_grpc as agrpc
 from credvault.v1 import credentials_pb2_grpc as cgrpc
 from credvault.v1 import identity_pb2_grpc as igrpc
@@ -52,8 +53,6 @@ STDIN_OPTIONS = (*_SECRET_FILE_OPTIONS, "body_file")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 Req = TypeVar("Req", bound=Message)
@@ -241,12 +240,11 @@ def required_file(path: str | None, what: str, option: str) -> bytes:
 
 
 def parse_duration(text: str) -> datetime.timedelta:
-    """``30d``, ``12h``, ``3600s``, ``1h30m`` (units s, m, h, d, w)."""
-    value = text.strip().lower()
-    parts = _DURATION_PART.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m or 3600s")
-    return datetime.timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+    """``30d``, ``12h``, ``3600s``, ``1h30m``, ``2w`` (:func:`credvault.settings.parse_duration`'s grammar)."""
+    try:
+        return datetime.timedelta(seconds=settings.parse_duration(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m or 3600s") from None
 
 
 def label(names: dict[str, Any], value: int) -> str:

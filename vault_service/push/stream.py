@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
+from credvault.identity import EngineIdentity, identity_from_certificate
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
-from vault_service.pki import EngineIdentity, identity_from_certificate
 from vault_service.push.engine_sessions import EngineSessions, Rejections
 from vault_service.push.follower import ChangeFollower
 from vault_service.push.held_check import HeldCheck

@@ -19,11 +19,13 @@ import logging
 import re
 import threading
 
+from credvault.formats import TOKEN_PREFIX, TOKEN_PUBLIC_ID_CHARS
+
 __all__ = ["MASK", "RedactionFilter", "redact", "register_secret"]
 
 MASK = "<redacted>"
 
-_TOKEN = re.compile(r"\b(cv0c01\.[A-Za-z0-9]{24})\.[A-Za-z0-9]+")
+_TOKEN = re.compile(rf"\b({TOKEN_PREFIX}\.[A-Za-z0-9]{{{TOKEN_PUBLIC_ID_CHARS}}})\.[A-Za-z0-9]+")
 _PEM = re.compile(
     r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)",
     re.DOTALL,

@@ -25,6 +25,7 @@ import contextlib
 import re
 from collections.abc import Iterable, Mapping
 
+from credvault.formats import placeholder
 from credvault.v1 import credentials_pb2
 
 __all__ = ["MIN_CUT", "Scrubber", "secrets_of"]
@@ -48,18 +49,18 @@ def secrets_of(credential_id: str, details: credentials_pb2.CredentialDetails) -
     """The secret values of one credential, each with the placeholder to show in its place."""
     kind = details.WhichOneof("details")
     if kind == "token":
-        return {details.token.token: f"{{{{{credential_id}}}}}"}
+        return {details.token.token: placeholder(credential_id)}
     if kind == "username_password":
         pair = details.username_password
-        password = f"{{{{{credential_id}.password}}}}"
+        password = placeholder(credential_id, "password")
         return {
-            pair.username: f"{{{{{credential_id}.username}}}}",
+            pair.username: placeholder(credential_id, "username"),
             pair.password: password,
             f"{pair.username}:{pair.password}": password,  # what a Basic header encodes
         }
     if kind == "certificate":
         key_lines = details.certificate.private_key_pem.decode("ascii", "replace").splitlines()
-        return {line: f"{{{{{credential_id}}}}}" for line in key_lines if line and not line.startswith("-----")}
+        return {line: placeholder(credential_id) for line in key_lines if line and not line.startswith("-----")}
     return {}
 
 
