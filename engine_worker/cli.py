@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credvault import runtime
 from credvault.logs import configure_logging
+from credvault.memory_guard import MemoryLockUnavailable, protect_memory
 from engine_worker.config_store import ConfigStore
 from engine_worker.execution_metrics import ExecutionMetrics
 from engine_worker.http_execution import HttpExecutor
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
     event_loop: str = Field("uvloop", pattern=r"^(uvloop|asyncio)$", description="uvloop, or asyncio's own loop")
+    require_mlock: bool = Field(False, description="refuse to start if the memory cannot be locked (CAP_IPC_LOCK)")
 
     @field_validator("max_disconnected", "heartbeat_interval", mode="before")
     @classmethod
@@ -135,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-scale", help="multiply every monitor interval by this, at most 1 (demos and tests)")
     p.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop (ENGINE_EVENT_LOOP)")
     p.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines (ENGINE_LOG_FORMAT)")
+    p.add_argument(
+        "--require-mlock",
+        action="store_true",
+        default=None,
+        help="refuse to start unless the memory can be locked: needs CAP_IPC_LOCK (ENGINE_REQUIRE_MLOCK)",
+    )
     return p
 
 
@@ -208,12 +216,18 @@ def main(argv: list[str] | None = None) -> int:
             interval_scale=ns.interval_scale,
             log_format=ns.log_format,
             event_loop=ns.event_loop,
+            require_mlock=ns.require_mlock,
         )
         check_tls_files(settings.cert, settings.key, settings.ca)
     except ValueError as exc:
         print(f"engine-worker: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    try:  # before the stream brings any credential
+        protect_memory(require_lock=settings.require_mlock, setting="--require-mlock (ENGINE_REQUIRE_MLOCK)")
+    except MemoryLockUnavailable as exc:
+        print(f"engine-worker: error: {exc}", file=sys.stderr)
+        return 2
     try:
         runtime.run(serve(settings), settings.event_loop)
     except OSError as exc:  # for example the status port is taken

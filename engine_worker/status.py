@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from credvault.memory_guard import memory_locked
 from engine_worker.config_store import ConfigStore
 from engine_worker.identity import EngineIdentity
 from engine_worker.stream import StreamState
@@ -59,6 +60,7 @@ class _Collector(Collector):
         yield CounterMetricFamily("reconnects", "Connection attempts after the first", value=state.reconnects)
         yield CounterMetricFamily("flushes", "Times every held configuration was wiped", value=state.flushes)
         yield CounterMetricFamily("results_sent", "Results sent to the vault", value=state.results_sent)
+        yield GaugeMetricFamily("memory_locked", "1 if the memory is locked (mlockall)", value=int(memory_locked()))
 
 
 class StatusServer:
@@ -128,5 +130,6 @@ class StatusServer:
                 "last_applied_revision": state.last_applied_revision,
                 "monitors": ids["monitors"],
                 "credentials": ids["credentials"],
+                "memory_locked": memory_locked(),
             }
         )

@@ -63,18 +63,24 @@ class Proc:
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), 30)
+        return await self.exited()
+
+    async def exited(self, within: float = 30.0) -> int:
+        """Its exit status, once it exited by itself and all its stderr is read."""
+        code = await asyncio.wait_for(self.proc.wait(), within)
         await self._reader
         return code
 
 
-async def spawn(*args: str, env: dict[str, str]) -> Proc:
+async def spawn(*args: str, env: dict[str, str], before_exec: Callable[[], None] | None = None) -> Proc:
+    """``before_exec`` runs in the child before it execs (for example to drop a capability or lower a limit)."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        preexec_fn=before_exec,
     )
     return Proc(proc)
 
@@ -91,7 +97,13 @@ class System:
     def _env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
 
-    async def start_vault(self, **extra_env: str) -> Proc:
+    async def start_vault(self, before_exec: Callable[[], None] | None = None, **extra_env: str) -> Proc:
+        vault = await self.spawn_vault(before_exec, **extra_env)
+        await vault.wait_for_line(r"credvault API listening")
+        return vault
+
+    async def spawn_vault(self, before_exec: Callable[[], None] | None = None, **extra_env: str) -> Proc:
+        """A `credvault serve` process, not waited for."""
         d = self.pki.directory
         env = self._env() | {
             "CREDVAULT_DATABASE_URL": self.database_url,
@@ -107,12 +119,28 @@ class System:
             "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
             **extra_env,
         }
-        vault = await spawn(sys.executable, "-c", "from vault_service.cli import main; main()", "serve", env=env)
+        vault = await spawn(
+            sys.executable,
+            "-c",
+            "from vault_service.cli import main; main()",
+            "serve",
+            env=env,
+            before_exec=before_exec,
+        )
         self.procs.append(vault)
-        await vault.wait_for_line(r"credvault API listening")
         return vault
 
-    async def start_worker(self, location: str, engine: str, *extra: str) -> tuple[Proc, int]:
+    async def start_worker(
+        self, location: str, engine: str, *extra: str, before_exec: Callable[[], None] | None = None
+    ) -> tuple[Proc, int]:
+        worker = await self.spawn_worker(location, engine, *extra, before_exec=before_exec)
+        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
+        return worker, int(m.group(1))
+
+    async def spawn_worker(
+        self, location: str, engine: str, *extra: str, before_exec: Callable[[], None] | None = None
+    ) -> Proc:
+        """An `engine-worker` process, not waited for."""
         name = f"engine-{location}-{engine}"
         if not (self.pki.directory / f"{name}.pem").exists():
             self.pki.write(name, self.pki.engine(location, engine))
@@ -137,10 +165,10 @@ class System:
             "INFO",
             *extra,
             env=self._env(),
+            before_exec=before_exec,
         )
         self.procs.append(worker)
-        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
-        return worker, int(m.group(1))
+        return worker
 
     async def stop_all(self) -> None:
         for p in self.procs:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
+from credvault.memory_guard import MemoryLockUnavailable, protect_memory
 from vault_service import audit_cli, client_cli, keys, monitors_cli, pki_cli
 from vault_service.bootstrap import bootstrap_admin, migrate_and_bootstrap
 from vault_service.config import Settings, load_settings
@@ -68,9 +69,13 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     from vault_service.server import serve
     from vault_service.tls13 import restart_unless_tls13_only
 
-    restart_unless_tls13_only()
+    restart_unless_tls13_only()  # first: exec resets what protect_memory sets
     settings = _settings(ns)
     _setup_logging(settings)
+    try:
+        protect_memory(require_lock=settings.require_mlock, setting="CREDVAULT_REQUIRE_MLOCK")
+    except MemoryLockUnavailable as exc:
+        raise ConfigurationError(str(exc)) from None
     runtime.run(serve(settings), settings.event_loop)
 
 
@@ -172,6 +177,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
         trust_domain=dev_pki.trust_domain,
     )
     _setup_logging(settings)
+    log.info("dev mode: this process does not lock its memory or turn core dumps off (credvault serve does)")
     token_path = data_dir / "admin-token"
 
     async def run() -> None:

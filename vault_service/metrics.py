@@ -11,6 +11,7 @@ Each vault has its own registry (tests run several vaults in one process). The s
   (anti-entropy), each then sent the difference;
 - ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
 - ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with;
+- ``credvault_memory_locked``: 1 if this process's memory is locked (mlockall; see credvault.memory_guard);
 - ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
   (any is an engine leaking; see results).
 
@@ -24,10 +25,11 @@ import logging
 from collections.abc import Iterable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from credvault.memory_guard import memory_locked
 from vault_service.push.follower import ChangeFollower
 from vault_service.storage.store import Store
 
@@ -106,6 +108,9 @@ class VaultMetrics:
         Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(
             {"kek_id": kek_id}
         )
+        Gauge(
+            "credvault_memory_locked", "1 if this process's memory is locked (mlockall)", registry=self.registry
+        ).set_function(lambda: float(memory_locked()))
         self.follower: ChangeFollower | None = None
         self.head_revision: int | None = None
         self.registry.register(_PushCollector(self))
