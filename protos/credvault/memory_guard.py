@@ -5,8 +5,9 @@ decrypted secrets while it answers a call or pushes a configuration.
 :func:`protect_memory`, called once at start before any secret is in memory, does three things (Linux):
 
 - RLIMIT_CORE 0, soft and hard: a crash writes no core file, and nothing in the process can raise the limit again;
-- ``prctl(PR_SET_DUMPABLE, 0)``: no core dump either (also through a core_pattern pipe), and processes of the same
-  user can no longer attach with ptrace or read ``/proc/<pid>/mem`` (only CAP_SYS_PTRACE can);
+- ``prctl(PR_SET_DUMPABLE, 0)``: no core dump either, not even through a core_pattern pipe (unless the node sets
+  fs.suid_dumpable=2), and processes of the same user can no longer attach with ptrace or read ``/proc/<pid>/mem``
+  (only CAP_SYS_PTRACE can);
 - ``mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)``: every page the process has or will have stays in RAM, never
   in swap. MCL_ONFAULT locks pages as they are first touched instead of touching every reserved page at once: Python
   threads reserve 8 MiB stacks and glibc 64 MiB malloc arenas they mostly never use, and locking those up front
