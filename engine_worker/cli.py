@@ -16,6 +16,7 @@ import sys
 
 from credvault import runtime
 from credvault.logs import configure_logging
+from credvault.memory_guard import MemoryLockUnavailable, protect_memory
 from engine_worker.settings import DEFAULT_STATUS_LISTEN, Settings, load_settings
 from engine_worker.tls import check_tls_files
 from engine_worker.worker import EngineWorker
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-scale", help="multiply every monitor interval by this, at most 1 (demos and tests)")
     p.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop (ENGINE_EVENT_LOOP)")
     p.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines (ENGINE_LOG_FORMAT)")
+    p.add_argument(
+        "--require-mlock",
+        action="store_true",
+        default=None,
+        help="refuse to start unless the memory can be locked: needs CAP_IPC_LOCK (ENGINE_REQUIRE_MLOCK)",
+    )
     return p
 
 
@@ -76,12 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             interval_scale=ns.interval_scale,
             log_format=ns.log_format,
             event_loop=ns.event_loop,
+            require_mlock=ns.require_mlock,
         )
         check_tls_files(settings.cert, settings.key, settings.ca)
     except ValueError as exc:
         print(f"engine-worker: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    try:  # before the stream brings any credential
+        protect_memory(require_lock=settings.require_mlock, setting="--require-mlock (ENGINE_REQUIRE_MLOCK)")
+    except MemoryLockUnavailable as exc:
+        print(f"engine-worker: error: {exc}", file=sys.stderr)
+        return 2
     try:
         runtime.run(serve(settings), settings.event_loop)
     except OSError as exc:  # for example the status port is taken

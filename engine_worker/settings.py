@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("text", pattern=r"^(text|json)$", description="text, or json: one JSON object per line")
     event_loop: str = Field("uvloop", pattern=r"^(uvloop|asyncio)$", description="uvloop, or asyncio's own loop")
+    require_mlock: bool = Field(False, description="refuse to start if the memory cannot be locked (CAP_IPC_LOCK)")
 
     @field_validator("max_disconnected", "heartbeat_interval", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from credvault.identity import EngineIdentity
+from credvault.memory_guard import memory_locked
 from credvault.metrics_http import MetricsHttpServer
 from engine_worker.config_store import ConfigStore
 from engine_worker.settings import DEFAULT_STATUS_LISTEN
@@ -40,6 +41,7 @@ class _Collector(Collector):
         yield CounterMetricFamily("reconnects", "Connection attempts after the first", value=state.reconnects)
         yield CounterMetricFamily("flushes", "Times every held configuration was wiped", value=state.flushes)
         yield CounterMetricFamily("results_sent", "Results sent to the vault", value=state.results_sent)
+        yield GaugeMetricFamily("memory_locked", "1 if the memory is locked (mlockall)", value=int(memory_locked()))
 
 
 class StatusServer:
@@ -85,5 +87,6 @@ class StatusServer:
                 "last_applied_revision": state.last_applied_revision,
                 "monitors": ids["monitors"],
                 "credentials": ids["credentials"],
+                "memory_locked": memory_locked(),
             }
         )

@@ -66,12 +66,22 @@ class Proc:
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), 30)
+        return await self.exited()
+
+    async def exited(self, within: float = 30.0) -> int:
+        """Its exit status, once it exited by itself and all its stderr is read."""
+        code = await asyncio.wait_for(self.proc.wait(), within)
         await self._reader
         return code
 
 
-async def spawn(*args: str, env: dict[str, str], cwd: pathlib.Path | None = None) -> Proc:
+async def spawn(
+    *args: str,
+    env: dict[str, str],
+    cwd: pathlib.Path | None = None,
+    before_exec: Callable[[], None] | None = None,
+) -> Proc:
+    """``before_exec`` runs in the child before it execs (for example to drop a capability or lower a limit)."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -79,6 +89,7 @@ async def spawn(*args: str, env: dict[str, str], cwd: pathlib.Path | None = None
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=cwd,
+        preexec_fn=before_exec,
     )
     return Proc(proc)
 
@@ -104,12 +115,18 @@ class System:
     def _command(self, script: str, module_argv: list[str]) -> list[str]:
         return [str(self.installed / script)] if self.installed else [sys.executable, *module_argv]
 
-    async def _spawn(self, *args: str, env: dict[str, str]) -> Proc:
-        proc = await spawn(*args, env=env, cwd=self.pki.directory if self.installed else None)
+    async def _spawn(self, *args: str, env: dict[str, str], before_exec: Callable[[], None] | None = None) -> Proc:
+        proc = await spawn(*args, env=env, cwd=self.pki.directory if self.installed else None, before_exec=before_exec)
         self.procs.append(proc)
         return proc
 
-    async def start_vault(self, **extra_env: str) -> Proc:
+    async def start_vault(self, before_exec: Callable[[], None] | None = None, **extra_env: str) -> Proc:
+        vault = await self.spawn_vault(before_exec, **extra_env)
+        await vault.wait_for_line(r"credvault API listening")
+        return vault
+
+    async def spawn_vault(self, before_exec: Callable[[], None] | None = None, **extra_env: str) -> Proc:
+        """A `credvault serve` process, not waited for."""
         d = self.pki.directory
         env = self._env() | {
             "CREDVAULT_DATABASE_URL": self.database_url,
@@ -125,18 +142,29 @@ class System:
             "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
             **extra_env,
         }
-        vault = await self._spawn(
-            *self._command("credvault", ["-c", "from vault_service.cli.main import main; main()"]), "serve", env=env
+        return await self._spawn(
+            *self._command("credvault", ["-c", "from vault_service.cli.main import main; main()"]),
+            "serve",
+            env=env,
+            before_exec=before_exec,
         )
-        await vault.wait_for_line(r"credvault API listening")
-        return vault
 
-    async def start_worker(self, location: str, engine: str, *extra: str) -> tuple[Proc, int]:
+    async def start_worker(
+        self, location: str, engine: str, *extra: str, before_exec: Callable[[], None] | None = None
+    ) -> tuple[Proc, int]:
+        worker = await self.spawn_worker(location, engine, *extra, before_exec=before_exec)
+        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
+        return worker, int(m.group(1))
+
+    async def spawn_worker(
+        self, location: str, engine: str, *extra: str, before_exec: Callable[[], None] | None = None
+    ) -> Proc:
+        """An `engine-worker` process, not waited for."""
         name = f"engine-{location}-{engine}"
         if not (self.pki.directory / f"{name}.pem").exists():
             self.pki.write(name, self.pki.engine(location, engine))
         d = self.pki.directory
-        worker = await self._spawn(
+        return await self._spawn(
             *self._command("engine-worker", ["-m", "engine_worker"]),
             "--vault",
             f"localhost:{self.engine_port}",
@@ -154,9 +182,8 @@ class System:
             "INFO",
             *extra,
             env=self._env(),
+            before_exec=before_exec,
         )
-        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
-        return worker, int(m.group(1))
 
     async def stop_all(self) -> None:
         for p in self.procs:

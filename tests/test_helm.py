@@ -106,6 +106,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "locations": [{"id": "berlin"}],
     },
+    "no-memory-lock": {"memoryLock": {"enabled": False}, "locations": [{"id": "berlin"}]},
     "pdb-max-unavailable": {
         "vault": {"replicas": 4, "podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}}
     },
@@ -212,6 +213,12 @@ def test_chart_creates_no_secret(render: Callable[[str], list[Manifest]]) -> Non
 # --- hardening --------------------------------------------------------------------------------------------------------
 
 
+def expected_capabilities(container: dict[str, Any], values: dict[str, Any]) -> dict[str, list[str]]:
+    """None at all, except IPC_LOCK (memoryLock) for the two processes that lock their memory."""
+    locks = container["command"] in (["credvault", "serve"], ["engine-worker"]) and values["memoryLock"]["enabled"]
+    return {"drop": ["ALL"], "add": ["IPC_LOCK"]} if locks else {"drop": ["ALL"]}
+
+
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_every_pod_and_container_is_hardened(render: Callable[[str], list[Manifest]], name: str) -> None:
     values = values_of(name)
@@ -229,12 +236,12 @@ def test_every_pod_and_container_is_hardened(render: Callable[[str], list[Manife
         assert psc["runAsUser"] == values["securityContext"]["runAsUser"] != 0, what
         for c in containers(spec):
             sc = c["securityContext"]
+            assert sc["capabilities"] == expected_capabilities(c, values), what
             assert sc["runAsNonRoot"] is True, what
             assert sc["runAsUser"] != 0, what
             assert sc["readOnlyRootFilesystem"] is True, what
             assert sc["allowPrivilegeEscalation"] is False, what
             assert sc.get("privileged", False) is False, what
-            assert sc["capabilities"] == {"drop": ["ALL"]}, what
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, what
             assert c["resources"]["requests"]["memory"], what
             assert c["resources"]["limits"]["memory"], what
@@ -694,6 +701,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "port-range": ({"vault": {"ports": {"health": 70000}}}, "health"),
     "log-level": ({"vault": {"logLevel": "verbose"}}, "logLevel"),
     "unknown-key": ({"replicas": 3}, "replicas"),
+    "memory-lock": ({"memoryLock": {"enabled": "yes"}}, "enabled"),
     "api-without-names": ({"tls": {"certManager": {"api": {"serviceNames": False}}}}, "api"),
     "hpa-bounds": ({"vault": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "maxReplicas"),
 }

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     event_loop: str = Field(
         "uvloop", pattern=r"^(asyncio|uvloop)$", description="credvault serve's event loop: uvloop, or asyncio's own"
     )
+    require_mlock: bool = Field(
+        False, description="credvault serve refuses to start if its memory cannot be locked (needs CAP_IPC_LOCK)"
+    )
     data_dir: pathlib.Path = Field(pathlib.Path.home() / ".local" / "share" / "credvault")
     # The engine port (mutual TLS only); off unless engine_listen is set.
     engine_listen: str | None = Field(None, description="host:port of the engine stream (mutual TLS)")

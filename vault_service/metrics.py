@@ -12,6 +12,7 @@ Each vault has its own registry (tests run several vaults in one process). The s
   (anti-entropy), each then sent the difference;
 - ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
 - ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with;
+- ``credvault_memory_locked``: 1 if this process's memory is locked (mlockall; see credvault.memory_guard);
 - ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
   (any is an engine leaking; see results).
 
@@ -25,10 +26,11 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from credvault.memory_guard import memory_locked
 from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,9 @@ class VaultMetrics:
         Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(
             {"kek_id": kek_id}
         )
+        Gauge(
+            "credvault_memory_locked", "1 if this process's memory is locked (mlockall)", registry=self.registry
+        ).set_function(lambda: float(memory_locked()))
         self.push_stats: Callable[[], PushStats] | None = None  # set when this replica serves engines
         self.head_revision: int | None = None
         self.registry.register(_PushCollector(self))

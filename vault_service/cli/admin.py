@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
+from credvault.memory_guard import MemoryLockUnavailable, protect_memory
 from vault_service import keys
 from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.config import Settings, load_settings
@@ -56,9 +57,13 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     from vault_service.server import serve
     from vault_service.tls13 import restart_unless_tls13_only
 
-    restart_unless_tls13_only()
+    restart_unless_tls13_only()  # first: exec resets what protect_memory sets
     settings = _settings(ns)
     setup_logging(settings)
+    try:
+        protect_memory(require_lock=settings.require_mlock, setting="CREDVAULT_REQUIRE_MLOCK")
+    except MemoryLockUnavailable as exc:
+        raise ConfigurationError(str(exc)) from None
     runtime.run(serve(settings), settings.event_loop)
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import logging
 import os
 import pathlib
 import signal
@@ -52,6 +53,9 @@ def cmd_dev(ns: argparse.Namespace) -> None:
         trust_domain=dev_pki.trust_domain,
     )
     setup_logging(settings)
+    logging.getLogger("credvault").info(
+        "dev mode: this process does not lock its memory or turn core dumps off (credvault serve does)"
+    )
     token_path = data_dir / "admin-token"
 
     async def run() -> None:

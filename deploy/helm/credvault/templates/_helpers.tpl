@@ -67,14 +67,27 @@ seccompProfile:
 {{- end }}
 
 {{- define "credvault.containerSecurityContext" -}}
+{{- include "credvault.securityContextWith" (list . false) }}
+{{- end }}
+
+{{/* The vault's and the engine workers' containers: they also lock their memory (memoryLock). */}}
+{{- define "credvault.memoryLockingSecurityContext" -}}
+{{- include "credvault.securityContextWith" (list . .Values.memoryLock.enabled) }}
+{{- end }}
+
+{{- define "credvault.securityContextWith" -}}
+{{- $root := index . 0 -}}
 runAsNonRoot: true
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsGroup }}
+runAsUser: {{ $root.Values.securityContext.runAsUser }}
+runAsGroup: {{ $root.Values.securityContext.runAsGroup }}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 privileged: false
 capabilities:
   drop: ["ALL"]
+  {{- if index . 1 }}
+  add: ["IPC_LOCK"]
+  {{- end }}
 seccompProfile:
   type: RuntimeDefault
 {{- end }}

@@ -1,0 +1,110 @@
+"""What the memory tests look at from outside a process: /proc/<pid>/status and limits, a reader of the same user and
+the same capabilities (tests/same_user_reader.py), and children started without capabilities or with other limits.
+
+Capabilities are dropped from the child's bounding set just before it execs (prctl PR_CAPBSET_DROP; root may): a
+process of uid 0 gets its bounding set as its capabilities at exec, so the program runs without them. No capsh
+needed, and nothing to quote through a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import json
+import os
+import pathlib
+import resource
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+CAP_IPC_LOCK = 14
+CAP_SYS_PTRACE = 19
+PR_CAPBSET_DROP = 24
+READER = pathlib.Path(__file__).with_name("same_user_reader.py")
+
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: a child between fork and exec must not load libraries
+
+
+def child_setup(
+    drop: tuple[int, ...] = (),
+    memlock_bytes: int | None = None,
+    core_unlimited: bool = False,
+    cwd: pathlib.Path | None = None,
+) -> Callable[[], None]:
+    """What a child does before it execs: drop capabilities, lower RLIMIT_MEMLOCK, allow core files, change
+    directory."""
+
+    def setup() -> None:
+        for capability in drop:
+            if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot drop capability {capability}")
+        if memlock_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock_bytes, memlock_bytes))
+        if core_unlimited:
+            hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+            resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+        if cwd is not None:
+            os.chdir(cwd)
+
+    return setup
+
+
+def core_file_places(cwd: pathlib.Path) -> set[pathlib.Path]:
+    """Where a process running in cwd would write a core file: cwd, and the directory of the kernel's core_pattern
+    (relative to cwd unless absolute). Skips the test when the pattern pipes cores to a program instead."""
+    pattern = pathlib.Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|"):
+        pytest.skip(f"core_pattern pipes cores to a program ({pattern.split()[0]}): no file to look for")
+    parts = (cwd / pattern).parent.parts  # an absolute pattern replaces cwd
+    fixed = itertools.takewhile(lambda part: "%" not in part, parts)  # the directories before any %e, %p, ...
+    return {place for place in (cwd, pathlib.Path(*fixed)) if place.is_dir()}
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
+def kib(value: str) -> int:
+    """``123 kB`` (as in /proc/<pid>/status) as 123."""
+    number, unit = value.split()
+    assert unit == "kB", value
+    return int(number)
+
+
+def core_limit(pid: int) -> tuple[str, str]:
+    """(soft, hard) of "Max core file size" in /proc/<pid>/limits."""
+    line = next(x for x in pathlib.Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max core"))
+    soft, hard = line.split()[4:6]
+    return soft, hard
+
+
+def capabilities(pid: int) -> int:
+    """The permitted capabilities of pid, as a bit mask."""
+    return int(proc_status(pid)["CapPrm"], 16)
+
+
+def capabilities_besides(mask: int) -> tuple[int, ...]:
+    """Every capability the kernel knows that is not in mask."""
+    last = int(pathlib.Path("/proc/sys/kernel/cap_last_cap").read_text())
+    return tuple(cap for cap in range(last + 1) if not mask >> cap & 1)
+
+
+async def read_as_same_user(pid: int) -> dict[str, Any]:
+    """What another process of pid's user with pid's own capabilities (none besides) gets when it reads pid's memory
+    and attaches to it (tests/same_user_reader.py). With fewer capabilities than its target a process may not do
+    either whatever the target does, and with CAP_SYS_PTRACE it may do both: so pid must run without that one."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(READER),
+        str(pid),
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=child_setup(drop=capabilities_besides(capabilities(pid))),
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out
+    report: dict[str, Any] = json.loads(out)
+    return report
