@@ -103,6 +103,77 @@ def test_storage_imports_only_what_lies_below_it() -> None:
     assert not offenders
 
 
+# Every module of the vault on its floor: cli (5) -> server (4) -> api | push (3, side by side) -> domain modules (2)
+# -> storage (1) -> the core types (0). A module imports only from its own floor or below, api and push never each
+# other. A newcomer adding a module at the top of vault_service/ adds a domain module.
+_CORE = ("vault_service.models", "vault_service.errors", "vault_service.crypto", "vault_service.certificates")
+
+
+def _floor(module: str) -> tuple[int, str] | None:
+    parts = module.split(".")
+    if parts[0] != "vault_service" or len(parts) < 2:
+        return None
+    room = parts[1]
+    if room == "cli":
+        return 5, "cli"
+    if room in ("server", "tls13"):
+        return 4, "server"
+    if room in ("api", "push"):
+        return 3, room
+    if room == "storage":
+        return 1, "storage"
+    if _within(module, _CORE):
+        return 0, "core"
+    return 2, "domain"
+
+
+def _vault_modules() -> dict[str, pathlib.Path]:
+    modules = {}
+    for path in sorted((ROOT / "vault_service").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def test_the_vault_imports_only_downward() -> None:
+    offenders = []
+    for module, path in _vault_modules().items():
+        mine = _floor(module)
+        for name in sorted(_imported(path)):
+            theirs = _floor(name)
+            if mine is None or theirs is None:
+                continue
+            if theirs[0] > mine[0] or (theirs[0] == mine[0] == 3 and theirs[1] != mine[1]):
+                offenders.append(f"{module} ({mine[1]}) imports {name} ({theirs[1]})")
+    assert not offenders
+
+
+def test_no_import_cycle() -> None:
+    """No module of the vault, kernel or worker reaches itself through its imports (lazy ones included)."""
+    modules = {}
+    for package in ("credvault", "vault_service", "engine_worker"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges = {m: {n for n in _imported(p) if n in modules and n != m} for m, p in modules.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for nxt in sorted(edges[module]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[module] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles
+
+
 def test_no_private_keys_committed() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
     for name in tracked.splitlines():
