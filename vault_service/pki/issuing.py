@@ -1,29 +1,11 @@
-"""The vault's private PKI for mutual TLS with engine workers, built with the ``cryptography`` package.
-
-Two certificate authorities live in one directory (see :mod:`vault_service.cli.pki` for why there are two):
-
-* ``engine-ca``: issues engine client certificates. The engine port trusts only this CA, so holding a certificate from
-  it *is* being an engine. An engine's identity is the one SAN URI of its certificate,
-  ``spiffe://<trust-domain>/location/<location-id>/engine/<engine-id>`` (:class:`credvault.identity.EngineIdentity`,
-  shared with the engine); the CA certificate itself carries ``spiffe://<trust-domain>`` so the trust domain is
-  recorded where the identities are minted.
-* ``server-ca``: issues the vault's server certificate; engines trust only this CA for the vault.
-
-Every key is EC P-256 and every signature ECDSA with SHA-256. Files come in pairs: ``<name>.pem`` (the certificate
-chain, leaf first) and ``<name>.key`` (the unencrypted PKCS#8 private key, mode 0600). Both are written atomically
-(temporary file in the same directory, then :func:`os.replace`), the key file is created 0600 from the start.
-"""
+"""Certificate authorities and the certificates they issue (see :mod:`vault_service.pki`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import ipaddress
-import os
-import pathlib
 import re
-import secrets
-import stat
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,18 +28,15 @@ __all__ = [
     "SERVER_CA",
     "TRUST_DOMAIN_DEFAULT",
     "IssuedCertificate",
+    "ca_parts",
     "ca_trust_domain",
+    "cert_pem",
     "create_ca",
-    "engine_file_name",
-    "file_paths",
     "issue_engine_certificate",
     "issue_server_certificate",
-    "load_ca",
-    "read_files",
     "validate_engine_id",
     "validate_location_id",
     "validate_trust_domain",
-    "write_files",
 ]
 
 TRUST_DOMAIN_DEFAULT = "credvault.local"
@@ -69,7 +48,6 @@ SERVER = "server"
 
 _SPIFFE_ROOT = re.compile(r"spiffe://([^/]*)")
 _HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 _CLOCK_SKEW = datetime.timedelta(minutes=5)  # leaf certificates are valid from a little before "now"
 _HASH = hashes.SHA256()
@@ -141,7 +119,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
+def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -201,7 +179,7 @@ def create_ca(
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")])
         builder = builder.add_extension(san, critical=False)
     cert = builder.sign(key, _HASH)
-    pem = _cert_pem(cert)
+    pem = cert_pem(cert)
     return IssuedCertificate(cert_pem=pem, key_pem=_key_pem(key), chain_pem=pem)
 
 
@@ -218,7 +196,7 @@ def ca_trust_domain(ca: IssuedCertificate) -> str | None:
     return None
 
 
-def _ca_parts(ca: IssuedCertificate) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def ca_parts(ca: IssuedCertificate) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA's certificate and key, after checking that they belong together and that it is a CA."""
     try:
         cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -258,7 +236,7 @@ def _issue(
     not_before: datetime.datetime,
     not_after: datetime.datetime,
 ) -> IssuedCertificate:
-    ca_cert, ca_key = _ca_parts(ca)
+    ca_cert, ca_key = ca_parts(ca)
     not_before = _aware("not_before", not_before)
     not_after = _aware("not_after", not_after)
     if not_after <= not_before:
@@ -303,8 +281,8 @@ def _issue(
         .add_extension(aki, critical=False)
         .sign(ca_key, _HASH)
     )
-    pem = _cert_pem(cert)
-    return IssuedCertificate(cert_pem=pem, key_pem=_key_pem(key), chain_pem=pem + _cert_pem(ca_cert))
+    pem = cert_pem(cert)
+    return IssuedCertificate(cert_pem=pem, key_pem=_key_pem(key), chain_pem=pem + cert_pem(ca_cert))
 
 
 def _general_name(hostname: str) -> x509.GeneralName:
@@ -373,88 +351,3 @@ def issue_engine_certificate(
         not_before if not_before is not None else now - _CLOCK_SKEW,
         not_after if not_after is not None else now + datetime.timedelta(days=days),
     )
-
-
-# --- files -------------------------------------------------------------------------------------------------------
-
-
-def engine_file_name(identity: EngineIdentity) -> str:
-    """``engine-<location>-<engine>``: the file name (without suffix) of an engine's certificate and key."""
-    return f"engine-{identity.location_id}-{identity.engine_id}"
-
-
-def file_paths(directory: pathlib.Path | str, name: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """``<name>.pem`` and ``<name>.key`` in ``directory``; ``name`` must be a plain file name (no path)."""
-    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a valid file name for a certificate")
-    base = pathlib.Path(directory)
-    return base / f"{name}.pem", base / f"{name}.key"
-
-
-def _atomic_write(path: pathlib.Path, data: bytes, mode: int) -> None:
-    """Writes ``data`` to ``path`` via a new temporary file (created with ``mode``) and :func:`os.replace`."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have removed bits; the mode is exactly this, never more
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_files(
-    directory: pathlib.Path | str, name: str, issued: IssuedCertificate
-) -> tuple[pathlib.Path, pathlib.Path]:
-    """Writes ``<name>.key`` (mode 0600) and then ``<name>.pem`` (the chain, mode 0644); returns (pem, key) paths.
-
-    The directory is created (mode 0700) if needed. Existing files are replaced: refusing to overwrite is the caller's
-    decision.
-    """
-    pem_path, key_path = file_paths(directory, name)
-    pem_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _atomic_write(key_path, issued.key_pem, 0o600)
-    _atomic_write(pem_path, issued.chain_pem, 0o644)
-    return pem_path, key_path
-
-
-def read_files(directory: pathlib.Path | str, name: str) -> IssuedCertificate:
-    """Reads back what :func:`write_files` wrote; the key must belong to the first certificate of the chain."""
-    pem_path, key_path = file_paths(directory, name)
-    chain_pem = pem_path.read_bytes()
-    key_pem = key_path.read_bytes()
-    try:
-        certs = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError:
-        raise ValueError(f"{pem_path} holds no PEM certificate") from None
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
-        raise ValueError(f"{key_path} is not an unencrypted PEM private key") from None
-    if key.public_key() != certs[0].public_key():
-        raise ValueError(f"the key in {key_path} does not belong to the certificate in {pem_path}")
-    return IssuedCertificate(cert_pem=_cert_pem(certs[0]), key_pem=key_pem, chain_pem=chain_pem)
-
-
-def load_ca(directory: pathlib.Path | str, name: str = ENGINE_CA) -> IssuedCertificate:
-    """Loads a CA written by :func:`write_files`, refusing a key file others may read and a non-CA certificate."""
-    _, key_path = file_paths(directory, name)
-    if key_path.exists():
-        mode = stat.S_IMODE(key_path.stat().st_mode)
-        if mode & 0o077:
-            raise ValueError(f"{key_path} is readable by others (mode {mode:04o}); chmod 600 {key_path}")
-    ca = read_files(directory, name)
-    _ca_parts(ca)
-    return ca
