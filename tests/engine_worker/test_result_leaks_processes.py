@@ -13,11 +13,11 @@ import pytest
 
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
+from tests.engine_worker.test_result_leaks import SECRET_PASSWORD, SECRET_TOKEN, assert_nowhere
 from tests.helpers import create_req, expect_code, token, up
 from tests.hostile_target import HostileTarget
 from tests.processes import System, eventually, stop_and_dump
-from tests.test_canary import _pg_dump
-from tests.test_result_leaks import SECRET_PASSWORD, SECRET_TOKEN, assert_nowhere
+from tests.vault_service.test_canary import _pg_dump
 
 SCALE = "0.02"  # a one-minute monitor every 1.2 s
 

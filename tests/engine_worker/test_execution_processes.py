@@ -19,7 +19,7 @@ from tests.conftest import Client
 from tests.helpers import create_req, token, up
 from tests.http_target import Target
 from tests.processes import System, eventually, introspect, stop_and_dump
-from tests.test_canary import _pg_dump
+from tests.vault_service.test_canary import _pg_dump
 
 PASSWORD_1 = "canary-exec-pw-1-Zq8"
 PASSWORD_2 = "canary-exec-pw-2-Lm3"

@@ -51,7 +51,7 @@ from engine_worker.stream import Backoff, EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
 from engine_worker.worker import EngineWorker
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
 
 LOCATION = "loc-1"

@@ -8,8 +8,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from tests import test_engine_worker as engine_tests
-from tests.test_engine_worker import C1, M1, TIMEOUT, Pki, VaultServer, batch, http_monitor, running, up_cred, worker
+from tests.engine_worker import test_engine_worker as engine_tests
+from tests.engine_worker.test_engine_worker import (
+    C1,
+    M1,
+    TIMEOUT,
+    Pki,
+    VaultServer,
+    batch,
+    http_monitor,
+    running,
+    up_cred,
+    worker,
+)
 
 # The engine tests' fixtures: their PKI (a vault certificate and an engine's), and a fake vault on the engine port.
 pki = engine_tests.pki

@@ -16,9 +16,9 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from engine_worker.target_tls import TargetTls
+from tests.credvault.test_secret_scrub import every_form
+from tests.engine_worker.test_http_execution import FAILED, PAIR, TOKEN, Engine, basic, monitor, request, rule
 from tests.hostile_target import HostileTarget
-from tests.test_http_execution import FAILED, PAIR, TOKEN, Engine, basic, monitor, request, rule
-from tests.test_secret_scrub import every_form
 
 SECRET_TOKEN = "CvPriv5B89-Tok3n-0123456789abcdef"  # 33 characters, a valid host label
 SECRET_PASSWORD = "Pa ss+wörd Zq8&x/y"  # spaces, '+', non-ASCII, '&', '/'

@@ -15,10 +15,10 @@ import pytest
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Connect
+from tests.credvault.test_secret_scrub import every_form
 from tests.helpers import create_req, token, up
-from tests.test_canary import _pg_dump
-from tests.test_results import eventually_results
-from tests.test_secret_scrub import every_form
+from tests.vault_service.test_canary import _pg_dump
+from tests.vault_service.test_results import eventually_results
 from vault_service.results import MAX_TEXT
 from vault_service.server import RunningVault
 

@@ -17,7 +17,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
 from tests.conftest import Client
 from tests.helpers import create_req
-from tests.test_access_rules import outcome
+from tests.vault_service.test_access_rules import outcome
 
 # Every session on the test's database but the asking one: the vault's pool (the test's vault has no engine port,
 # so no change follower is listening).

@@ -30,7 +30,7 @@ from tests.memory_probes import (
     read_as_same_user,
 )
 from tests.processes import Proc, System, eventually, free_port, introspect
-from tests.test_push_processes import http_monitor
+from tests.vault_service.push.test_push_processes import http_monitor
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0, reason="Linux, as root (the tests drop capabilities of children)"

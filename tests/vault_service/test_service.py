@@ -20,7 +20,7 @@ from tests.conftest import Client
 from tests.helpers import APP, create_req, expect_code, up
 from tests.processes import System, free_port
 from tests.push_helpers import EngineClient, make_pki
-from tests.test_access_rules import outcome
+from tests.vault_service.test_access_rules import outcome
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import load_settings
 from vault_service.crypto import Keyring
