@@ -370,8 +370,13 @@ class EngineStream:
             len(batch.removals),
             len(rejected),
         )
-        held = self._store.held_state(batch.revision)
-        await send(engine_pb2.StreamRequest(ack=engine_pb2.Ack(revision=batch.revision, rejected=rejected, held=held)))
+        ack = engine_pb2.Ack(revision=batch.revision, rejected=rejected, held=self._held_state(batch.revision))
+        await send(engine_pb2.StreamRequest(ack=ack))
+
+    def _held_state(self, revision: int) -> engine_pb2.HeldState | None:
+        """What this engine holds, for the vault's anti-entropy check; None until SyncComplete on this session: the
+        batches of the initial sync all carry the sync's revision, and the set is whole only after the last one."""
+        return self._store.held_state(revision) if self._session_synced else None
 
     async def _send_results(self, results: ResultReporter, send: Send) -> None:
         """Drains execution results onto the stream; a batch that could not be written waits for the next session."""
@@ -387,7 +392,7 @@ class EngineStream:
     async def _heartbeats(self, send: Send) -> None:
         while True:
             await self._sleep(self._settings.heartbeat_interval)
-            held = self._store.held_state(self._last_applied_revision)
+            held = self._held_state(self._last_applied_revision)
             beat = engine_pb2.Heartbeat(sent_unix_ms=int(time.time() * 1000), held=held)
             await send(engine_pb2.StreamRequest(heartbeat=beat))
 

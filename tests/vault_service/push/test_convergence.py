@@ -26,6 +26,7 @@ from tests.helpers import create_req, up
 from tests.push_helpers import Pki
 from vault_service.crypto import Keyring
 from vault_service.errors import Unavailable
+from vault_service.push import stream as stream_module
 from vault_service.push.location_state import LocationState
 from vault_service.server import RunningVault
 from vault_service.storage.queries import Queries
@@ -261,6 +262,25 @@ async def test_anti_entropy_repairs_an_engine_whose_memory_was_corrupted(
     assert kept.id in repaired[0]
     assert lost.id in repaired[0]
     assert stray not in engine.holds()["credentials"]
+
+
+async def test_an_initial_sync_in_several_batches_is_no_divergence(
+    admin_client: Client, push_vault: RunningVault, engine: RealEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batches of an initial sync all carry the sync's revision: what the engine holds after the first ones is
+    not the whole set, and must not be taken for a divergence."""
+    monkeypatch.setattr(stream_module, "CHUNK", 2)
+    await admin_client.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id=LOCATION)))
+    cred = (await admin_client.CreateCredential(create_req("pair", up("alice", "pw")))).credential.id
+    for n in range(7):
+        await create_monitor(admin_client, cred, f"m{n}")
+    await admin_client.AddEngine(mpb.AddEngineRequest(location_id=LOCATION, engine_id="e1"))  # now it may sync
+    expected = await expected_holdings(push_vault)
+    await engine.wait_until(lambda: engine.holds() == expected)
+    synced_at = engine.stream.state.reconnects
+    await asyncio.sleep(1.5)  # three heartbeats of the engine, each compared
+    assert engine.stream.state.reconnects == synced_at
+    assert divergences(push_vault) == 0
 
 
 async def test_an_engine_that_cannot_answer_is_made_to_reconnect(
