@@ -293,7 +293,15 @@ async def _first_of(within: float, *futures: asyncio.Future[Any]) -> set[asyncio
         for f in futures:
             if not f.done():
                 f.cancel()
+                # A cancelled grpc write may still end with its own error (the stream went away meanwhile): nobody
+                # waits for it any more, so take its outcome here rather than log it as never retrieved.
+                f.add_done_callback(_discard_outcome)
     return done
+
+
+def _discard_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _skip_rejected(batch: epb.ConfigBatch, rejected: Rejections) -> None:

@@ -356,3 +356,32 @@ async def test_engine_port_negotiates_tls13(push_vault: RunningVault, engine_pki
     out = (stdout + stderr).decode(errors="replace")  # the server may already have sent HTTP/2 bytes
     assert "Protocol version: TLSv1.3" in out, out
     assert "Verification: OK" in out, out
+
+
+async def test_a_write_abandoned_by_a_cut_leaves_no_unretrieved_error() -> None:
+    """A grpc write that is cancelled but still ends with its own error (the stream went away) must not surface as
+    "Task exception was never retrieved" in the vault's log."""
+    import gc
+
+    from vault_service.push.stream import _first_of
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    async def write_failing_on_cancel() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("the stream went away") from None
+
+    write = asyncio.ensure_future(write_failing_on_cancel())
+    cut = asyncio.ensure_future(asyncio.sleep(0))
+    done = await _first_of(5, write, cut)
+    assert done == {cut}
+    await asyncio.sleep(0.01)  # the cancelled write ends with its error
+    assert write.done()
+    del write, cut, done
+    gc.collect()
+    loop.set_exception_handler(None)
+    assert not [c for c in reported if "never retrieved" in str(c.get("message"))]
