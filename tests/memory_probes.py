@@ -1,21 +1,17 @@
 """What the memory tests look at from outside a process: /proc/<pid>/status and limits, a reader of the same user and
 the same capabilities (tests/same_user_reader.py), and children started without capabilities or with other limits.
 
-Capabilities are dropped from the child's bounding set just before it execs (prctl PR_CAPBSET_DROP; root may): a
-process of uid 0 gets its bounding set as its capabilities at exec, so the program runs without them. No capsh
-needed, and nothing to quote through a shell."""
+Children are started through tests/child_launcher.py, which drops capabilities from its bounding set (prctl
+PR_CAPBSET_DROP; root may) and sets limits before it execs the program: a process of uid 0 gets its bounding set as
+its capabilities at exec, so the program runs without them. No capsh needed, and nothing to quote through a shell."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import json
-import os
 import pathlib
-import resource
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,8 +20,7 @@ CAP_IPC_LOCK = 14
 CAP_SYS_PTRACE = 19
 PR_CAPBSET_DROP = 24
 READER = pathlib.Path(__file__).with_name("same_user_reader.py")
-
-_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: a child between fork and exec must not load libraries
+LAUNCHER = pathlib.Path(__file__).with_name("child_launcher.py")
 
 
 def child_setup(
@@ -33,23 +28,19 @@ def child_setup(
     memlock_bytes: int | None = None,
     core_unlimited: bool = False,
     cwd: pathlib.Path | None = None,
-) -> Callable[[], None]:
-    """What a child does before it execs: drop capabilities, lower RLIMIT_MEMLOCK, allow core files, change
-    directory."""
-
-    def setup() -> None:
-        for capability in drop:
-            if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), f"cannot drop capability {capability}")
-        if memlock_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock_bytes, memlock_bytes))
-        if core_unlimited:
-            hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
-            resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
-        if cwd is not None:
-            os.chdir(cwd)
-
-    return setup
+) -> list[str]:
+    """The launcher to start a child through (tests/child_launcher.py): drop capabilities, lower RLIMIT_MEMLOCK,
+    allow core files, change directory; then it execs the child's command."""
+    launcher = [sys.executable, str(LAUNCHER)]
+    for capability in drop:
+        launcher += ["--drop", str(capability)]
+    if memlock_bytes is not None:
+        launcher += ["--memlock", str(memlock_bytes)]
+    if core_unlimited:
+        launcher.append("--core-unlimited")
+    if cwd is not None:
+        launcher += ["--cwd", str(cwd)]
+    return [*launcher, "--"]
 
 
 def core_file_places(cwd: pathlib.Path) -> set[pathlib.Path]:
@@ -98,11 +89,11 @@ async def read_as_same_user(pid: int) -> dict[str, Any]:
     and attaches to it (tests/same_user_reader.py). With fewer capabilities than its target a process may not do
     either whatever the target does, and with CAP_SYS_PTRACE it may do both: so pid must run without that one."""
     proc = await asyncio.create_subprocess_exec(
+        *child_setup(drop=capabilities_besides(capabilities(pid))),
         sys.executable,
         str(READER),
         str(pid),
         stdout=asyncio.subprocess.PIPE,
-        preexec_fn=child_setup(drop=capabilities_besides(capabilities(pid))),
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -79,17 +79,18 @@ async def spawn(
     *args: str,
     env: dict[str, str],
     cwd: pathlib.Path | None = None,
-    before_exec: Callable[[], None] | None = None,
+    launcher: Sequence[str] = (),
 ) -> Proc:
-    """``before_exec`` runs in the child before it execs (for example to drop a capability or lower a limit)."""
+    """``launcher``: a command that sets the child up and execs the rest (tests/child_launcher.py: drop a capability,
+    lower a limit). Never a preexec_fn: Python code between fork and exec in a process with gRPC threads is unsafe."""
     proc = await asyncio.create_subprocess_exec(
+        *launcher,
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=cwd,
-        preexec_fn=before_exec,
     )
     return Proc(proc)
 
@@ -115,17 +116,17 @@ class System:
     def _command(self, script: str, module_argv: list[str]) -> list[str]:
         return [str(self.installed / script)] if self.installed else [sys.executable, *module_argv]
 
-    async def _spawn(self, *args: str, env: dict[str, str], before_exec: Callable[[], None] | None = None) -> Proc:
-        proc = await spawn(*args, env=env, cwd=self.pki.directory if self.installed else None, before_exec=before_exec)
+    async def _spawn(self, *args: str, env: dict[str, str], launcher: Sequence[str] = ()) -> Proc:
+        proc = await spawn(*args, env=env, cwd=self.pki.directory if self.installed else None, launcher=launcher)
         self.procs.append(proc)
         return proc
 
-    async def start_vault(self, before_exec: Callable[[], None] | None = None, **extra_env: str) -> Proc:
-        vault = await self.spawn_vault(before_exec, **extra_env)
+    async def start_vault(self, launcher: Sequence[str] = (), **extra_env: str) -> Proc:
+        vault = await self.spawn_vault(launcher, **extra_env)
         await vault.wait_for_line(r"credvault API listening")
         return vault
 
-    async def spawn_vault(self, before_exec: Callable[[], None] | None = None, **extra_env: str) -> Proc:
+    async def spawn_vault(self, launcher: Sequence[str] = (), **extra_env: str) -> Proc:
         """A `credvault serve` process, not waited for."""
         d = self.pki.directory
         env = self._env() | {
@@ -146,19 +147,17 @@ class System:
             *self._command("credvault", ["-c", "from vault_service.cli.main import main; main()"]),
             "serve",
             env=env,
-            before_exec=before_exec,
+            launcher=launcher,
         )
 
     async def start_worker(
-        self, location: str, engine: str, *extra: str, before_exec: Callable[[], None] | None = None
+        self, location: str, engine: str, *extra: str, launcher: Sequence[str] = ()
     ) -> tuple[Proc, int]:
-        worker = await self.spawn_worker(location, engine, *extra, before_exec=before_exec)
+        worker = await self.spawn_worker(location, engine, *extra, launcher=launcher)
         m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
         return worker, int(m.group(1))
 
-    async def spawn_worker(
-        self, location: str, engine: str, *extra: str, before_exec: Callable[[], None] | None = None
-    ) -> Proc:
+    async def spawn_worker(self, location: str, engine: str, *extra: str, launcher: Sequence[str] = ()) -> Proc:
         """An `engine-worker` process, not waited for."""
         name = f"engine-{location}-{engine}"
         if not (self.pki.directory / f"{name}.pem").exists():
@@ -182,7 +181,7 @@ class System:
             "INFO",
             *extra,
             env=self._env(),
-            before_exec=before_exec,
+            launcher=launcher,
         )
 
     async def stop_all(self) -> None:

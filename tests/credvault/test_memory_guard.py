@@ -10,7 +10,6 @@ import os
 import pathlib
 import signal
 import sys
-from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -46,13 +45,13 @@ WITHOUT_IPC_LOCK = child_setup(drop=(*AS_A_USER, CAP_IPC_LOCK), memlock_bytes=LO
 
 
 async def worker_holding_a_credential(
-    system: System, admin: Client, *extra: str, before_exec: Callable[[], None] = WITH_IPC_LOCK
+    system: System, admin: Client, *extra: str, launcher: list[str] = WITH_IPC_LOCK
 ) -> tuple[Proc, int]:
     await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
     await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
     cred = (await admin.CreateCredential(create_req("pair", up("alice", SECRET)))).credential.id
     await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(cred)))
-    worker, port = await system.start_worker("loc-a", "e1", *extra, before_exec=before_exec)
+    worker, port = await system.start_worker("loc-a", "e1", *extra, launcher=launcher)
 
     async def holds() -> bool:
         return cred in (await introspect(port))["credentials"]
@@ -120,12 +119,12 @@ async def test_worker_holding_a_credential_is_unreadable_undumpable_and_locked(
 async def test_worker_without_ipc_lock_warns_runs_unlocked_and_refuses_when_required(
     system: System, system_admin: Client
 ) -> None:
-    worker, port = await worker_holding_a_credential(system, system_admin, before_exec=WITHOUT_IPC_LOCK)
+    worker, port = await worker_holding_a_credential(system, system_admin, launcher=WITHOUT_IPC_LOCK)
     await assert_runs_unlocked(worker, port, "memory_locked")
     assert (await introspect(port))["memory_locked"] is False
     assert await worker.stop(signal.SIGTERM) == 0
 
-    refused = await system.spawn_worker("loc-a", "e1", "--require-mlock", before_exec=WITHOUT_IPC_LOCK)
+    refused = await system.spawn_worker("loc-a", "e1", "--require-mlock", launcher=WITHOUT_IPC_LOCK)
     await assert_refused(refused, "engine-worker: error: ", "--require-mlock", never="status listening")
 
 
@@ -138,7 +137,7 @@ async def test_crashing_worker_leaves_no_core_file(
     before = {p: set(p.iterdir()) for p in places}
     # the soft core limit raised to the hard one, so that only the worker itself can turn core dumps off
     crashing = child_setup(drop=AS_A_USER, core_unlimited=True, cwd=cwd)
-    worker, _ = await worker_holding_a_credential(system, system_admin, before_exec=crashing)
+    worker, _ = await worker_holding_a_credential(system, system_admin, launcher=crashing)
     assert await worker.stop(signal.SIGSEGV) == -signal.SIGSEGV
     for place in places:
         assert set(place.iterdir()) == before[place], place
