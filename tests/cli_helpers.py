@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import trustme
 
+from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from vault_service.server import RunningVault
 
@@ -62,3 +63,16 @@ def cli_env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathli
 
 def mode(path: pathlib.Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def basic_auth_monitor(credential_id: str, location: str = "loc-a") -> mpb.Monitor:
+    """An enabled one-minute HTTP monitor of one GET request, with basic authentication from ``credential_id``."""
+    definition = mpb.Monitor(
+        name="m",
+        frequency_minutes=1,
+        location_ids=[location],
+        enabled=True,
+        http=mpb.HttpScript(requests=[mpb.HttpRequest(method="GET", url="https://shop.example/")]),
+    )
+    definition.http.requests[0].authentication.basic_credential_id = credential_id
+    return definition

@@ -27,8 +27,8 @@ def validate(contents: ContentsInput) -> tuple[SecretContents, CertificateInfo |
         validation.text(
             "username_password.username", contents.username, max_len=validation.MAX_USERNAME * 2, required=True
         )
-        # A blank password is allowed: overwriting with it keeps nothing of the old one.
-        validation.secret_field("username_password.password", contents.password, required=False)
+        # An empty password is refused: it is almost always a file or a pipe that held nothing.
+        validation.secret_field("username_password.password", contents.password, required=True)
         return contents, None
     if isinstance(contents, TokenSecret):
         validation.secret_field("token.token", contents.token, required=True)

@@ -284,7 +284,8 @@ class CredentialService:
             )
         return stored
 
-    async def delete(self, principal: Principal, credential_id: str) -> None:
+    async def delete(self, principal: Principal, credential_id: str) -> tuple[str, ...]:
+        """Deletes the credential; returns the ids of the monitors that used it and were enabled (now disabled)."""
         check_id(credential_id)
         policy.require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)
         async with self._store.transaction() as tx:
@@ -297,6 +298,7 @@ class CredentialService:
             await self._audit(
                 tx, principal, "credential.delete", credential_id, {"owner": current.owner, "disabled": disabled}
             )
+        return disabled
 
     @staticmethod
     async def _deactivate_users(tx: Queries, credential_id: str) -> tuple[str, ...]:

@@ -63,6 +63,10 @@ class ConfigurationError(Exception):
     """The process cannot start with this configuration (not reported over gRPC)."""
 
 
+class UsageError(ConfigurationError):
+    """A command-line argument (or a file it names) of the `credvault` console script is wrong: what to change."""
+
+
 class DecryptionError(Exception):
     """Ciphertext does not authenticate under the key it claims: tampering or a wrong key.
 

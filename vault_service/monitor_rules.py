@@ -77,34 +77,39 @@ def credential_uses(monitor: mpb.Monitor) -> dict[str, set[Use]]:
     which = monitor.WhichOneof("script")
     if which == "http":
         for i, req in enumerate(monitor.http.requests):
-            f = f"http.requests[{i}]"
+            f = f"monitor.http.requests[{i}]"
             _placeholders(f"{f}.url", req.url, refs)
             _placeholders(f"{f}.body", req.body, refs)
             for j, h in enumerate(req.headers):
                 _placeholders(f"{f}.headers[{j}].value", h.value, refs)
             auth = req.authentication.WhichOneof("method")
             if auth == "basic_credential_id":
-                cid = check_credential_id(f"{f}.authentication", req.authentication.basic_credential_id)
+                cid = check_credential_id(
+                    f"{f}.authentication.basic_credential_id", req.authentication.basic_credential_id
+                )
                 refs.setdefault(cid, set()).add(Use.BASIC_AUTH)
             elif auth == "client_certificate_credential_id":
-                cid = check_credential_id(f"{f}.authentication", req.authentication.client_certificate_credential_id)
+                cid = check_credential_id(
+                    f"{f}.authentication.client_certificate_credential_id",
+                    req.authentication.client_certificate_credential_id,
+                )
                 refs.setdefault(cid, set()).add(Use.CLIENT_CERTIFICATE)
     elif which == "browser":
         b = monitor.browser
-        _placeholders("browser.url", b.url, refs)
+        _placeholders("monitor.browser.url", b.url, refs)
         if b.login_credential_id:
-            refs.setdefault(check_credential_id("browser.login_credential_id", b.login_credential_id), set()).add(
-                Use.BROWSER_LOGIN
-            )
+            refs.setdefault(
+                check_credential_id("monitor.browser.login_credential_id", b.login_credential_id), set()
+            ).add(Use.BROWSER_LOGIN)
         for i, ev in enumerate(b.events):
             if ev.WhichOneof("event") == "navigate_url":
-                _placeholders(f"browser.events[{i}].navigate_url", ev.navigate_url, refs)
+                _placeholders(f"monitor.browser.events[{i}].navigate_url", ev.navigate_url, refs)
             elif ev.WhichOneof("event") == "keystroke" and ev.keystroke.WhichOneof("text") == "credential":
                 cred = ev.keystroke.credential
-                cid = check_credential_id(f"browser.events[{i}].keystroke.credential", cred.credential_id)
+                cid = check_credential_id(f"monitor.browser.events[{i}].keystroke.credential", cred.credential_id)
                 if cred.field not in ("", "username", "password"):
                     raise InvalidArgument(
-                        f"browser.events[{i}].keystroke.credential.field", "must be username or password"
+                        f"monitor.browser.events[{i}].keystroke.credential.field", "must be username or password"
                     )
                 refs.setdefault(cid, set()).add(Use.FIELD_PLACEHOLDER if cred.field else Use.TOKEN_PLACEHOLDER)
     return refs

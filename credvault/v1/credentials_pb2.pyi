@@ -782,12 +782,21 @@ Global___DeleteCredentialRequest: _TypeAlias = DeleteCredentialRequest  # noqa: 
 class DeleteCredentialResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    DISABLED_MONITOR_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def disabled_monitor_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The monitors that used the credential and were enabled: the deletion disabled them (reason
+        DISABLED_REASON_CREDENTIAL_DELETED), in the same transaction.
+        """
+
     def __init__(
         self,
+        *,
+        disabled_monitor_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled_monitor_ids", b"disabled_monitor_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,7 +119,7 @@ async def test_invalid_monitors(admin: Client) -> None:
     cases.append((http_monitor(ext), "monitor.credentials"))  # no SYNTHETIC scope
     cases.append((http_monitor(domain_user), "monitor.credentials"))  # DOMAIN\user on HTTP
     cases.append((http_monitor(url="ftp://x"), "monitor.http.requests[0].url"))
-    cases.append((http_monitor(url="https://x/{{CREDENTIALS_VAULT-zz}}"), "http.requests[0].url"))
+    cases.append((http_monitor(url="https://x/{{CREDENTIALS_VAULT-zz}}"), "monitor.http.requests[0].url"))
     m = http_monitor()
     m.http.requests[0].method = "BREW"
     cases.append((m, "monitor.http.requests[0].method"))

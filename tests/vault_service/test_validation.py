@@ -153,11 +153,14 @@ async def test_oversized_message_is_rejected_not_internal(admin: Client) -> None
     await expect_code(admin.CreateCredential(big), grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-async def test_blank_password_overwrite_keeps_nothing_of_the_old(admin: Client) -> None:
+async def test_blank_password_overwrite_is_refused_and_the_old_one_stays(admin: Client) -> None:
     req = create_req(contents=up("u", SECRET), scopes=[SYN, cpb.CREDENTIAL_SCOPE_APP_ENGINE])
     req.app_engine.allow_contextless_access = True
     cred = (await admin.CreateCredential(req)).credential
-    over = await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=up("u", "")))
-    assert over.credential.version == cred.version + 1
+    err = await expect_code(
+        admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred.id, contents=up("u", ""))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert (err.details() or "").startswith("username_password.password: must not be empty")
     details = await admin.GetCredentialDetails(cpb.GetCredentialDetailsRequest(id=cred.id))
-    assert details.details.username_password.password == ""
+    assert details.details.username_password.password == SECRET

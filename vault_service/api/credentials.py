@@ -94,8 +94,8 @@ class CredentialsServicer(Authenticated, cgrpc.CredentialsServiceServicer):
         self, request: cpb.DeleteCredentialRequest, context: Context
     ) -> cpb.DeleteCredentialResponse:
         principal = await self._principal(context)
-        await self._credentials.delete(principal, request.id)
-        return cpb.DeleteCredentialResponse()
+        disabled = await self._credentials.delete(principal, request.id)
+        return cpb.DeleteCredentialResponse(disabled_monitor_ids=disabled)
 
     async def GetCredentialDetails(
         self, request: cpb.GetCredentialDetailsRequest, context: Context

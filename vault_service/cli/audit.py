@@ -16,6 +16,7 @@ from credvault.v1 import audit_pb2 as apb
 from vault_service.cli.session import (
     Session,
     add_command,
+    add_group,
     add_paging_flags,
     clean,
     common_parser,
@@ -89,7 +90,7 @@ def cmd_audit_list(ns: argparse.Namespace, s: Session) -> None:
 def register(sub: Any) -> None:
     """Adds `audit list` to the `credvault` subcommands."""
     common = common_parser()
-    group = sub.add_parser("audit", help="read the audit log").add_subparsers(dest="audit_command", required=True)
+    group = add_group(sub, "audit", "read the audit log")
     p = add_command(group, "list", common, cmd_audit_list, "list audit events, newest first")
     p.add_argument("--actor", metavar="USER", help="only this user's actions")
     p.add_argument("--action", help="only this action, e.g. credential.delete")

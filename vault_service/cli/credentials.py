@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from credvault.v1 import credentials_pb2 as cpb
+from vault_service import validation
+from vault_service.certificates import MAX_CERTIFICATE_BYTES
 from vault_service.cli.session import (
     Session,
     add_command,
+    add_group,
     add_paging_flags,
     all_pages,
     clean,
@@ -31,7 +34,7 @@ from vault_service.cli.session import (
     warn,
     when,
 )
-from vault_service.errors import ConfigurationError
+from vault_service.errors import InvalidArgument, UsageError
 
 _TYPES: dict[str, cpb.CredentialType.ValueType] = {
     "username-password": cpb.CREDENTIAL_TYPE_USERNAME_PASSWORD,
@@ -68,6 +71,21 @@ _CONTENTS_OPTIONS = frozenset().union(*_OPTIONS_OF_TYPE.values())
 # --- contents --------------------------------------------------------------------------------------------------------
 
 
+def _checked_secret(value: str, option: str) -> str:
+    """The vault's own limits on a secret text, checked before sending: a value past the message size limit would
+    otherwise fail as transport text, without naming the field."""
+    try:
+        return validation.secret_field(option, value, required=True)
+    except InvalidArgument as exc:
+        raise UsageError(f"{exc.message} (the file's text, one trailing newline removed)") from None
+
+
+def _checked_file(data: bytes, option: str) -> bytes:
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise UsageError(f"{option}: the file has {len(data)} bytes; at most {MAX_CERTIFICATE_BYTES} are allowed")
+    return data
+
+
 def _certificate_format(ns: argparse.Namespace) -> cpb.CertificateFormat.ValueType:
     if ns.certificate_format is not None:
         return _CERT_FORMATS[ns.certificate_format]
@@ -87,7 +105,7 @@ def _certificate_password(ns: argparse.Namespace, fmt: cpb.CertificateFormat.Val
 
 
 def _certificate(ns: argparse.Namespace) -> cpb.Certificate:
-    data = required_file(ns.certificate_file, "certificate", "--certificate-file")
+    data = _checked_file(required_file(ns.certificate_file, "certificate", "--certificate-file"), "--certificate-file")
     fmt = _certificate_format(ns)
     return cpb.Certificate(data=data, password=_certificate_password(ns, fmt, data), format=fmt)
 
@@ -97,25 +115,28 @@ def _refuse_other_contents_options(ns: argparse.Namespace, ctype: int) -> None:
     given = sorted(o for o in _CONTENTS_OPTIONS - allowed if getattr(ns, o, None) is not None)
     if given:
         names = ", ".join("--" + o.replace("_", "-") for o in given)
-        raise ConfigurationError(f"not for a {label(_TYPES, ctype)} credential: {names}")
+        raise UsageError(f"not for a {label(_TYPES, ctype)} credential: {names}")
 
 
 def _contents(ns: argparse.Namespace, ctype: int) -> cpb.CredentialContents:
     _refuse_other_contents_options(ns, ctype)
     if ctype == cpb.CREDENTIAL_TYPE_USERNAME_PASSWORD:
         if not ns.username:
-            raise ConfigurationError("--username is required for a username-password credential")
-        password = secret_text(ns.password_file, "password", "--password-file")
+            raise UsageError("--username is required for a username-password credential")
+        password = _checked_secret(secret_text(ns.password_file, "password", "--password-file"), "--password-file")
         return cpb.CredentialContents(username_password=cpb.UsernamePassword(username=ns.username, password=password))
     if ctype == cpb.CREDENTIAL_TYPE_CERTIFICATE:
         return cpb.CredentialContents(certificate=_certificate(ns))
     if ctype == cpb.CREDENTIAL_TYPE_TOKEN:
-        value = secret_text(ns.token_value_file, "token value", "--token-value-file")
+        value = _checked_secret(
+            secret_text(ns.token_value_file, "token value", "--token-value-file"), "--token-value-file"
+        )
         return cpb.CredentialContents(token=cpb.Token(token=value))
     if ctype == cpb.CREDENTIAL_TYPE_PUBLIC_CERTIFICATE:
-        pem = required_file(ns.public_certificate_file, "public certificate", "--public-certificate-file")
+        option = "--public-certificate-file"
+        pem = _checked_file(required_file(ns.public_certificate_file, "public certificate", option), option)
         return cpb.CredentialContents(public_certificate=cpb.PublicCertificate(pem=pem))
-    raise ConfigurationError(f"this client cannot write credentials of type {ctype}")
+    raise UsageError(f"this client cannot write credentials of type {ctype}")
 
 
 def _access(level: str | None, users: list[str] | None) -> cpb.Access | None:
@@ -266,7 +287,7 @@ def cmd_credentials_overwrite(ns: argparse.Namespace, s: Session) -> None:
 def cmd_credentials_update(ns: argparse.Namespace, s: Session) -> None:
     access = _access(ns.access, ns.share_with)
     if ns.name is None and ns.description is None and access is None:
-        raise ConfigurationError("nothing to update: give --name, --description or --access/--share-with")
+        raise UsageError("nothing to update: give --name, --description or --access/--share-with")
     request = cpb.UpdateCredentialMetadataRequest(id=ns.id, expected_version=ns.expected_version or 0)
     if ns.name is not None:
         request.name = ns.name
@@ -279,8 +300,23 @@ def cmd_credentials_update(ns: argparse.Namespace, s: Session) -> None:
 
 
 def cmd_credentials_delete(ns: argparse.Namespace, s: Session) -> None:
+    """A credential monitors use is deleted only with --force: the deletion disables them (the API's rule)."""
+    if not ns.force:
+        current = s.call(s.credentials.GetCredential, cpb.GetCredentialRequest(id=ns.id)).credential
+        if current.used_by_count:
+            raise UsageError(
+                f"not deleted: {ns.id} is used by {_used_by_text(current)}; deleting it disables them."
+                " Pass --force to delete it anyway"
+            )
     response = s.call(s.credentials.DeleteCredential, cpb.DeleteCredentialRequest(id=ns.id))
-    output(ns, response, lambda: f"deleted {ns.id}")
+    output(ns, response, lambda: _deleted_text(ns.id, response))
+
+
+def _deleted_text(credential_id: str, response: cpb.DeleteCredentialResponse) -> str:
+    disabled = response.disabled_monitor_ids
+    if not disabled:
+        return f"deleted {credential_id}"
+    return f"deleted {credential_id}; disabled {len(disabled)} monitor(s) that used it: {', '.join(disabled)}"
 
 
 # --- argparse --------------------------------------------------------------------------------------------------------
@@ -305,9 +341,7 @@ def _access_flags(p: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     """Adds `credentials ...` to the `credvault` subcommands."""
     common = common_parser()
-    group = sub.add_parser("credentials", help="manage credentials on a vault").add_subparsers(
-        dest="credentials_command", required=True
-    )
+    group = add_group(sub, "credentials", "manage credentials on a vault")
     p = add_command(group, "list", common, cmd_credentials_list, "list the credentials you may see")
     p.add_argument("--type", choices=list(_TYPES))
     p.add_argument("--name", help="case-insensitive substring of the name")
@@ -344,3 +378,4 @@ def register(sub: Any) -> None:
 
     p = add_command(group, "delete", common, cmd_credentials_delete, "delete a credential")
     p.add_argument("id")
+    p.add_argument("--force", action="store_true", help="delete it even if monitors use it (they are disabled)")

@@ -9,6 +9,7 @@ import datetime
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import sys
 
@@ -18,6 +19,8 @@ from credvault.identity import EngineIdentity
 from vault_service import pki
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.cli.admin import setup_logging
+from vault_service.cli.dev_lock import lock_data_dir
+from vault_service.cli.grpc_env import child_environment
 from vault_service.config import load_settings
 from vault_service.crypto import new_keyring, write_keyring_file
 
@@ -30,6 +33,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
 
     data_dir: pathlib.Path = (ns.data_dir or pathlib.Path.cwd() / ".credvault-dev").resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_data_dir(data_dir)  # held until this process ends
     keyring_path = data_dir / "keyring.json"
     if not keyring_path.exists():
         write_keyring_file(keyring_path, new_keyring())
@@ -39,6 +43,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
     if not (dev_pki.directory / f"{engine_name}.pem").exists():
         engine_ca = pki.load_ca(dev_pki.directory)
         pki.write_files(dev_pki.directory, engine_name, pki.issue_engine_certificate(engine_ca, engine, days=365))
+    embedded_pg.adopt_orphans()
     url, pg = embedded_pg.start(data_dir / "pg")
     settings = load_settings(
         database_url=url,
@@ -90,6 +95,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
                 "--status-listen",
                 ns.worker_status_listen,
                 stdin=asyncio.subprocess.DEVNULL,
+                env=child_environment(),
             )
             addr = f"127.0.0.1:{vault.port}"
             banner = _DEV_BANNER.format(
@@ -98,6 +104,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
                 data_dir=data_dir,
                 token_path=token_path,
                 status=ns.worker_status_listen,
+                cli=_cli_command(),
             )
             print(banner, file=sys.stderr, flush=True)
             stop = asyncio.Event()
@@ -114,8 +121,23 @@ def cmd_dev(ns: argparse.Namespace) -> None:
     try:
         asyncio.run(run())
     finally:
-        pg.cleanup()
+        embedded_pg.stop_and_reap(pg)
 
+
+def _cli_command() -> str:
+    """How to call `credvault` from another shell: bare if it is on PATH, else its full path (a fresh venv's
+    bin directory is not on PATH until ``source .venv/bin/activate``)."""
+    beside = pathlib.Path(sys.executable).parent / "credvault"
+    on_path = shutil.which("credvault")
+    if on_path is not None and (not beside.exists() or pathlib.Path(on_path).resolve() == beside.resolve()):
+        return "credvault"
+    return str(beside) if beside.exists() else "credvault"
+
+
+DESCRIPTION = """Runs everything on this machine, for development: an embedded PostgreSQL, a dev KEK and a dev PKI
+(keys mode 0600) and an admin whose token is written to <data dir>/admin-token, all in the data directory; the
+API on --listen (plaintext, loopback), the engine port on --engine-listen (mutual TLS) and one engine worker for
+location 'local'. One credvault dev per data directory: a second one is refused. Stop with Ctrl-C."""
 
 DEV_LOCATION = "local"
 DEV_ENGINE = "local-1"
@@ -130,11 +152,11 @@ credvault dev is running (development only: plaintext API on loopback).
 
 Try, in another shell (README.md walks through it):
   export CREDVAULT_SERVER={addr} CREDVAULT_INSECURE=1 CREDVAULT_TOKEN=$(cat {token_path})
-  printf 's3cret' | credvault credentials create --name demo --type username-password --username alice \\
+  printf 's3cret' | {cli} credentials create --name demo --type username-password --username alice \\
       --password-file -
-  credvault credentials list
-  credvault monitors create-http --name status --url http://{status}/metrics --location local --frequency 1
-  credvault monitors results SYNTHETIC_TEST-...   # the worker's executions (within a minute)
+  {cli} credentials list
+  {cli} monitors create-http --name status --url http://{status}/metrics --location local --frequency 1
+  {cli} monitors results SYNTHETIC_TEST-...   # the worker's executions (within a minute)
   grpcurl -plaintext -H "authorization: Api-Token $CREDVAULT_TOKEN" {addr} list
 Stop with Ctrl-C.
 """

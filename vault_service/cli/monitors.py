@@ -67,7 +67,7 @@ def _warn_literal_secrets(headers: Sequence[mpb.Header]) -> None:
 def _body(ns: argparse.Namespace) -> str:
     if ns.body_file is None:
         return ""
-    return decode(read_bytes(ns.body_file, "--body-file", show_path=True), "--body-file")
+    return decode(read_bytes(ns.body_file, "--body-file"), "--body-file")
 
 
 def _authentication(ns: argparse.Namespace) -> mpb.HttpAuthentication | None:
@@ -246,7 +246,8 @@ def cmd_monitors_disable(ns: argparse.Namespace, s: Session) -> None:
     _set_enabled(ns, s, enabled=False)
 
 
-_RESULT_COLUMNS = ("STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "REQUESTS", "FAILURE")
+# CODES: the HTTP status code of each request of the execution, in order ("-": no response).
+_RESULT_COLUMNS = ("STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "CODES", "FAILURE")
 _STATUSES: dict[str, mpb.ExecutionStatus.ValueType] = {
     "success": mpb.EXECUTION_STATUS_SUCCESS,
     "failed": mpb.EXECUTION_STATUS_FAILED,
@@ -302,7 +303,13 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-contains", action="append", metavar="TEXT", help="repeatable")
     p.add_argument("--frequency", type=int, default=5, metavar="MINUTES", help="1, 2, 5, 10, 15, 30 or 60 (default 5)")
     p.add_argument("--management-zone", metavar="ZONE")
-    p.add_argument("--timeout-ms", type=int, metavar="MS", help="per request, 1-60000 (default 10000)")
+    p.add_argument(
+        "--request-timeout-ms",
+        dest="timeout_ms",
+        type=int,
+        metavar="MS",
+        help="the monitor's HTTP request timeout, 1-60000 (default 10000); --timeout is this command's own call",
+    )
     p.add_argument("--disabled", action="store_true", help="create it disabled")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from credvault.identity import EngineIdentity, identity_from_certificate
 from vault_service import pki
+from vault_service.cli.session import add_group
 from vault_service.errors import ConfigurationError, InvalidArgument
 
 _INIT_HELP = """\
@@ -144,9 +145,7 @@ def cmd_pki_issue_engine(ns: argparse.Namespace) -> None:
 
 def register(sub: Any) -> None:
     """Adds `pki init | issue-server | issue-engine` to the `credvault` subcommands."""
-    group = sub.add_parser(
-        "pki", help="create the CAs and certificates for mutual TLS with engines", description=__doc__
-    ).add_subparsers(dest="pki_command", required=True)
+    group = add_group(sub, "pki", "create the CAs and certificates for mutual TLS with engines", description=__doc__)
 
     p = group.add_parser(
         "init",

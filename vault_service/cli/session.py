@@ -33,7 +33,7 @@ from credvault.v1 import credentials_pb2_grpc as cgrpc
 from credvault.v1 import identity_pb2_grpc as igrpc
 from credvault.v1 import monitors_pb2_grpc as mgrpc
 from credvault.v1 import tokens_pb2_grpc as tgrpc
-from vault_service.errors import ConfigurationError
+from vault_service.errors import ConfigurationError, UsageError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -99,17 +99,15 @@ def _is_loopback(target: str) -> bool:
         return False
 
 
-def read_bytes(path: str, option: str, show_path: bool = False) -> bytes:
-    """A file's bytes ("-": stdin). The path of a secret is not echoed: it might be a mistyped secret."""
+def read_bytes(path: str, option: str) -> bytes:
+    """A file's bytes ("-": stdin). The error names the path as given: a path is not a secret (secrets are never
+    arguments), and a user who mistyped one needs to see which."""
     if path == "-":
         return sys.stdin.buffer.read()
     try:
         return pathlib.Path(path).read_bytes()
     except OSError as exc:
-        where = f" {path!r}" if show_path else ""
-        raise ConfigurationError(
-            f"cannot read the {option} file{where}: {exc.strerror or type(exc).__name__}"
-        ) from None
+        raise UsageError(f"cannot read the {option} file {path!r}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _api_token(ns: argparse.Namespace) -> str:
@@ -126,14 +124,27 @@ def _api_token(ns: argparse.Namespace) -> str:
     return token
 
 
-def _channel(ns: argparse.Namespace) -> grpc.Channel:
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """Where the commands connect, and how."""
+
+    target: str
+    plaintext: bool
+
+
+def _endpoint(ns: argparse.Namespace) -> _Endpoint:
     target = ns.server or os.environ.get("CREDVAULT_SERVER") or DEFAULT_SERVER
-    if ns.insecure or _env_flag("CREDVAULT_INSECURE"):
+    return _Endpoint(target, bool(ns.insecure) or _env_flag("CREDVAULT_INSECURE"))
+
+
+def _channel(ns: argparse.Namespace, endpoint: _Endpoint) -> grpc.Channel:
+    target = endpoint.target
+    if endpoint.plaintext:
         if not _is_loopback(target):
             warn(f"warning: sending the API token in plaintext to {target} (--insecure is for development)")
         return grpc.insecure_channel(target)
     ca_file = ns.ca or os.environ.get("CREDVAULT_CA_FILE")
-    roots = read_bytes(ca_file, "CA (--ca, CREDVAULT_CA_FILE)", show_path=True) if ca_file else None
+    roots = read_bytes(ca_file, "CA (--ca, CREDVAULT_CA_FILE)") if ca_file else None
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
 
 
@@ -141,16 +152,40 @@ def _check_stdin_once(ns: argparse.Namespace) -> None:
     readers = [name for name in STDIN_OPTIONS if getattr(ns, name, None) == "-"]
     if len(readers) > 1:
         names = ", ".join("--" + n.replace("_", "-") for n in readers)
-        raise ConfigurationError(f"only one option can read stdin ('-'); got {names}")
+        raise UsageError(f"only one option can read stdin ('-'); got {names}")
 
 
-def _fail_rpc(exc: grpc.RpcError) -> NoReturn:
+# What grpc's UNAVAILABLE details say when client and server disagree on TLS, or nothing listens.
+_TLS_TO_PLAINTEXT = ("WRONG_VERSION_NUMBER", "Tls handshake failed")
+_PLAINTEXT_TO_TLS = ("Socket closed",)
+_REFUSED = ("Connection refused",)
+
+
+def connection_hint(details: str, endpoint: _Endpoint) -> str | None:
+    """What to change when a call could not reach the vault, from grpc's UNAVAILABLE details; None if unsure."""
+    if not endpoint.plaintext and any(mark in details for mark in _TLS_TO_PLAINTEXT):
+        return (
+            f"the server at {endpoint.target} does not speak TLS (a plaintext server such as credvault dev):"
+            " set CREDVAULT_INSECURE=1 or pass --insecure"
+        )
+    if endpoint.plaintext and any(mark in details for mark in _PLAINTEXT_TO_TLS):
+        return (
+            f"the server at {endpoint.target} closed a plaintext connection; if it uses TLS, unset"
+            " CREDVAULT_INSECURE and drop --insecure (and give its CA with --ca or CREDVAULT_CA_FILE)"
+        )
+    if any(mark in details for mark in _REFUSED):
+        return f"nothing listens at {endpoint.target}: is the vault running? (CREDVAULT_SERVER or --server)"
+    return None
+
+
+def _fail_rpc(exc: grpc.RpcError, endpoint: _Endpoint) -> NoReturn:
     code = getattr(exc, "code", None)
     details = getattr(exc, "details", None)
     status = code() if callable(code) else None
     name = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
     text = clean(str((details() if callable(details) else None) or exc))
-    print(f"credvault: {name}: {text}", file=sys.stderr)
+    hint = connection_hint(text, endpoint) if status == grpc.StatusCode.UNAVAILABLE else None
+    print(f"credvault: {name}: {hint or text}", file=sys.stderr)
     raise SystemExit(1)
 
 
@@ -161,7 +196,8 @@ def remote(command: Command) -> Callable[[argparse.Namespace], None]:
     def run(ns: argparse.Namespace) -> None:
         _check_stdin_once(ns)
         metadata = (("authorization", f"Api-Token {_api_token(ns)}"),)
-        with _channel(ns) as channel:
+        endpoint = _endpoint(ns)
+        with _channel(ns, endpoint) as channel:
             session = Session(
                 credentials=cgrpc.CredentialsServiceStub(channel),
                 tokens=tgrpc.TokensServiceStub(channel),
@@ -174,7 +210,7 @@ def remote(command: Command) -> Callable[[argparse.Namespace], None]:
             try:
                 command(ns, session)
             except grpc.RpcError as exc:
-                _fail_rpc(exc)
+                _fail_rpc(exc, endpoint)
 
     return run
 
@@ -211,7 +247,7 @@ def decode(data: bytes, option: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigurationError(f"{option}: the file is not UTF-8 text") from None
+        raise UsageError(f"{option}: the file is not UTF-8 text") from None
 
 
 def _strip_newline(text: str) -> str:
@@ -227,12 +263,12 @@ def secret_text(path: str | None, what: str, option: str) -> str:
         return _strip_newline(decode(read_bytes(path, option), option))
     if sys.stdin.isatty():
         return getpass.getpass(f"{what}: ")
-    raise ConfigurationError(f"{option} FILE is required ('-' for stdin): secrets are never taken as arguments")
+    raise UsageError(f"{option} FILE is required ('-' for stdin): secrets are never taken as arguments")
 
 
 def required_file(path: str | None, what: str, option: str) -> bytes:
     if path is None:
-        raise ConfigurationError(f"{option} FILE is required for a {what} ('-' for stdin)")
+        raise UsageError(f"{option} FILE is required for a {what} ('-' for stdin)")
     return read_bytes(path, option)
 
 
@@ -340,9 +376,14 @@ def common_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_group(sub: Any, name: str, text: str) -> Any:
+def subcommands(parser: argparse.ArgumentParser, dest: str) -> Any:
+    """The subcommands of ``parser``; a missing one is reported as COMMAND, never by its internal name."""
+    return parser.add_subparsers(dest=dest, metavar="COMMAND", title="commands", required=True)
+
+
+def add_group(sub: Any, name: str, text: str, description: str | None = None) -> Any:
     """A command group (`credvault <name> ...`) whose subcommands are added with :func:`add_command`."""
-    return sub.add_parser(name, help=text, description=text).add_subparsers(dest=f"{name}_command", required=True)
+    return subcommands(sub.add_parser(name, help=text, description=description or text), f"{name}_command")
 
 
 def add_paging_flags(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from credvault.v1 import tokens_pb2 as tpb
 from vault_service.cli.session import (
     Session,
     add_command,
+    add_group,
     all_pages,
     clean,
     common_parser,
@@ -139,7 +140,7 @@ def cmd_whoami(ns: argparse.Namespace, s: Session) -> None:
 def register(sub: Any) -> None:
     """Adds `tokens ...` and `whoami` to the `credvault` subcommands."""
     common = common_parser()
-    group = sub.add_parser("tokens", help="manage API tokens").add_subparsers(dest="tokens_command", required=True)
+    group = add_group(sub, "tokens", "manage API tokens")
     p = add_command(group, "create", common, cmd_tokens_create, "issue a token; it is printed alone on stdout, once")
     p.add_argument("--name", required=True)
     p.add_argument("--scope", action="append", required=True, help="repeatable, e.g. credentialVault.read")

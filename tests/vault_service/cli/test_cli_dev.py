@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import re
-import signal
 
 import grpc
 import pytest
@@ -13,43 +11,20 @@ from cryptography import x509
 
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
-from tests.cli_helpers import CLI, base_env, mode
+from tests.cli_helpers import assert_contains, mode
 from tests.conftest import Client
+from tests.dev_helpers import running_dev, start_dev
 from vault_service.cli.dev import ensure_dev_pki
 
 
 async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
     """The README's first command: embedded PostgreSQL, dev KEK, admin token, API; SIGTERM stops it cleanly."""
-    env = base_env()
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "dev",
-        "--data-dir",
-        str(tmp_path / "dev"),
-        "--listen",
-        "127.0.0.1:0",
-        "--engine-listen",
-        "127.0.0.1:0",
-        "--worker-status-listen",
-        "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    assert proc.stderr is not None
-    try:
-        port = None
-        seen = []
-        while port is None:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 120)).decode()
-            seen.append(line)
-            assert line, "".join(seen)
-            m = re.search(r"API:\s+127\.0\.0\.1:(\d+)", line)
-            port = int(m.group(1)) if m else None
+    async with running_dev(tmp_path / "dev") as dev:
         token = (tmp_path / "dev" / "admin-token").read_text().strip()
         assert (tmp_path / "dev" / "keyring.json").stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "dev" / "admin-token").stat().st_mode & 0o777 == 0o600
-        assert token not in "".join(seen)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        assert token not in dev.stderr
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{dev.api_port}") as ch:
             client = Client(ch, token)
             me = await client.GetCurrentUser(ipb.GetCurrentUserRequest())
             assert me.user.username == "admin"
@@ -63,12 +38,7 @@ async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
                     await asyncio.sleep(0.1)
 
             await asyncio.wait_for(worker_connected(), 60)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await dev.stop() == 0
 
 
 def test_ensure_dev_pki(tmp_path: pathlib.Path) -> None:
@@ -86,3 +56,38 @@ def test_ensure_dev_pki(tmp_path: pathlib.Path) -> None:
     server.verify_directly_issued_by(x509.load_pem_x509_certificate(dev.server_ca.read_bytes()))
     with pytest.raises(ValueError, match="trust domain"):
         ensure_dev_pki(tmp_path / "dev", trust_domain="other.example")
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (Z: a zombie, exited and not reaped), or None once it is gone."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+async def test_second_dev_on_the_same_data_dir_is_refused_and_dev_is_quiet(tmp_path: pathlib.Path) -> None:
+    """A second `credvault dev` on a data directory in use stops at once naming the first one's PID (the first keeps
+    running); dev mode's output holds no library noise, and stopping it leaves no <defunct> PostgreSQL behind."""
+    async with running_dev(tmp_path / "dev") as first:
+        postmaster = int((tmp_path / "dev" / "pg" / "postmaster.pid").read_text().split()[0])
+        second = await start_dev(tmp_path / "dev")
+        try:
+            rc = await asyncio.wait_for(second.proc.wait(), 60)
+        finally:
+            await second.kill_all()
+        assert second.proc.stderr is not None
+        err = await second.proc.stderr.read()
+        assert rc == 2, err.decode()
+        assert_contains(err.decode(), f"another credvault dev (PID {first.proc.pid}) is running on", "--data-dir")
+        assert "Traceback" not in err.decode()
+        assert first.proc.returncode is None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.api_port}") as ch:
+            token = (tmp_path / "dev" / "admin-token").read_text().strip()
+            me = await Client(ch, token).GetCurrentUser(ipb.GetCurrentUserRequest())
+            assert me.user.username == "admin"
+        assert await first.stop() == 0
+    assert _process_state(postmaster) in (None, "X"), "the embedded PostgreSQL was left unreaped"
+    for noise in ("RuntimeDirWarning", "XDG_RUNTIME_DIR", "Running commandline", "fork()", "Traceback", "Warning:"):
+        assert noise not in first.stderr, first.stderr

@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from credvault.v1 import monitors_pb2 as mpb
-from tests.cli_helpers import Result, assert_contains, cli_env, run
+from tests.cli_helpers import Result, assert_contains, basic_auth_monitor, cli_env, run
 from tests.conftest import Client
 from tests.helpers import create_req, token, up
 from vault_service.server import RunningVault
@@ -119,15 +119,7 @@ async def test_invalid_monitors_are_refused(env: dict[str, str], admin: Client) 
 async def test_monitor_results(env: dict[str, str], admin: Client, vault: RunningVault) -> None:
     await add_location(admin)
     basic = (await admin.CreateCredential(create_req("basic", up("svc", PASSWORD)))).credential.id
-    definition = mpb.Monitor(
-        name="m",
-        frequency_minutes=1,
-        location_ids=["loc-a"],
-        enabled=True,
-        http=mpb.HttpScript(requests=[mpb.HttpRequest(method="GET", url="https://shop.example/")]),
-    )
-    definition.http.requests[0].authentication.basic_credential_id = basic
-    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=definition))).monitor
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=basic_auth_monitor(basic)))).monitor
     reported = []
     for n, status in enumerate([mpb.EXECUTION_STATUS_SUCCESS, mpb.EXECUTION_STATUS_FAILED]):
         r = mpb.MonitorResult(monitor_id=m.id, monitor_version=m.version, status=status, duration_ms=41.6 + n)
@@ -142,9 +134,9 @@ async def test_monitor_results(env: dict[str, str], admin: Client, vault: Runnin
 
     lines = (await ok(env, "monitors", "results", m.id)).out.splitlines()
     header = columns(lines[0])
-    assert header == ["STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "REQUESTS", "FAILURE"]
+    assert header == ["STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "CODES", "FAILURE"]
     newest = dict(zip(header, columns(lines[1]), strict=True))
-    assert (newest["LOCATION"], newest["ENGINE"], newest["STATUS"], newest["MS"], newest["REQUESTS"]) == (
+    assert (newest["LOCATION"], newest["ENGINE"], newest["STATUS"], newest["MS"], newest["CODES"]) == (
         "loc-a",
         "e-1",
         "failed",
