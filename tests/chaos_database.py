@@ -18,13 +18,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from pgserver._commands import POSTGRES_BIN_PATH
 
 from vault_service import embedded_pg
+
+with warnings.catch_warnings():  # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (it is fine)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from pgserver._commands import POSTGRES_BIN_PATH
 
 # application_name of the run's own sessions: the session kills spare them.
 CHAOS_APPLICATION = "credvault-chaos"
