@@ -130,3 +130,78 @@ def test_handlers_after_ours_see_the_redacted_record(capture: tuple[io.StringIO,
 )
 def test_redact_keeps_prose_and_masks_values(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+class _LoginFailed(Exception):
+    """An exception whose arguments carry a secret beside a harmless message."""
+
+
+def _extras() -> dict[str, object]:
+    """One ``extra`` field per shape a value can take in a log record, each carrying a secret."""
+    return {
+        "nested": {"request": {"headers": {"authorization": f"Api-Token {TOKEN}"}, "password": PASSWORD}},
+        "listed": [{"user": "alice", "secret": REGISTERED}, ("token", f"token={TOKEN}")],
+        "raw": f"POST /login password={PASSWORD}".encode(),
+        "error": _LoginFailed("login failed", {"password": PASSWORD}, f"Bearer {BEARER}"),
+        "key": [PEM.encode()],
+    }
+
+
+def _json_records(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_every_shape_of_an_extra_value_is_redacted(capture: tuple[io.StringIO, list[str]]) -> None:
+    """Non-string ``extra`` values (nested dicts and lists, bytes, exceptions with args) are masked too: the JSON
+    formatter would otherwise render them in full."""
+    out, _ = capture
+    register_secret(REGISTERED)
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("credvault.test.shapes").info("request failed", extra=_extras())
+    (record,) = _json_records(out)
+    for name in _extras():
+        rendered = str(record[name])
+        for secret in SECRETS:
+            assert secret not in rendered, f"{secret!r} leaked in the {name!r} extra"
+        assert MASK in rendered, f"nothing masked in the {name!r} extra"
+    assert "alice" in str(record["listed"])
+    assert "login failed" in str(record["error"])
+    assert PUBLIC_ID in str(record["nested"])
+
+
+def test_non_secret_scalars_stay_as_they_are(capture: tuple[io.StringIO, list[str]]) -> None:
+    out, _ = capture
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("credvault.test.shapes").info("done", extra={"count": 3, "ok": True, "ratio": 0.5, "gone": None})
+    (record,) = _json_records(out)
+    assert (record["count"], record["ok"], record["ratio"], record["gone"]) == (3, True, 0.5, None)
+
+
+def _log_with_stack(log: logging.Logger) -> None:
+    log.warning("where am I", stack_info=True)  # this source line is in the stack text: password=pw-canary-5d1e
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_stack_info_is_redacted(fmt: str, capture: tuple[io.StringIO, list[str]]) -> None:
+    out, _ = capture
+    configure_logging("INFO", fmt, stream=out)
+    _log_with_stack(logging.getLogger("credvault.test.stack"))
+    text = out.getvalue()
+    assert "Stack (most recent call last)" in text
+    assert "_log_with_stack" in text
+    assert PASSWORD not in text
+    assert f"password={MASK}" in text
+
+
+def test_exception_arguments_and_mapping_arguments_are_redacted(capture: tuple[io.StringIO, list[str]]) -> None:
+    """An exception passed as a log argument (its args rendered by %r) and a single mapping used for %(name)s."""
+    out, _ = capture
+    configure_logging("INFO", "json", stream=out)
+    log = logging.getLogger("credvault.test.args")
+    log.info("failed: %r", _LoginFailed("login failed", {"password": PASSWORD}, f"Bearer {BEARER}"))
+    log.info("user %(user)s with secret=%(secret)s", {"user": "alice", "secret": REGISTERED + "-x"})
+    first, second = _json_records(out)
+    assert "login failed" in str(first["message"])
+    assert PASSWORD not in str(first["message"])
+    assert BEARER not in str(first["message"])
+    assert second["message"] == f"user alice with secret={MASK}"
