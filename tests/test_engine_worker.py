@@ -842,17 +842,22 @@ async def test_flushes_everything_after_max_disconnected(vault_server: VaultServ
 
 
 async def test_a_silent_vault_is_dead_after_three_heartbeat_intervals(pki: Pki) -> None:
-    server = VaultServer(pki, FakeVault(heartbeat_every=None))
+    """Counted in intervals, not seconds: the engine sends one heartbeat per interval, so the heartbeats it sent
+    after the vault's last message bound how long it waited (three, plus one in flight when counting starts)."""
+    server = VaultServer(pki, FakeVault(heartbeat_every=None))  # the real vault always answers: a fake must be silent
     await server.start()
     try:
-        _store, stream = worker(pki, server.port)
+        _store, stream = worker(pki, server.port, dead_after_intervals=3)
         async with running(stream):
             session = await server.vault.next_session()
             await session.sync(batch(2, credentials=[up_cred(C1, 1)]), revision=2)
+            while not session.heartbeats.empty():  # sent before the vault's last message
+                session.heartbeats.get_nowait()
             # The engine keeps sending heartbeats, hears nothing back, and gives the stream up.
             await asyncio.wait_for(session.heartbeats.get(), TIMEOUT)
             again = await server.vault.next_session()
             await asyncio.wait_for(session.ended.wait(), TIMEOUT)
+            assert 1 + session.heartbeats.qsize() <= 3 + 1
             assert held_tuples(list(again.hello.held)) == [(CREDENTIAL, C1, 1)]
             assert stream.state.reconnects >= 1
     finally:
