@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from credvault.log_redaction import MASK, redact, register_secret
+from credvault import log_redaction
+from credvault.log_redaction import MASK, RedactionFilter, redact, register_secret
 from credvault.logs import configure_logging
 
 PUBLIC_ID = "cv0c01.CANARYAAAAAAAAAAAAAAAAAA"
@@ -205,3 +206,64 @@ def test_exception_arguments_and_mapping_arguments_are_redacted(capture: tuple[i
     assert PASSWORD not in str(first["message"])
     assert BEARER not in str(first["message"])
     assert second["message"] == f"user alice with secret={MASK}"
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty registry of secrets to mask, for this test only (it is process-wide)."""
+    monkeypatch.setattr(log_redaction, "_known", set())
+    monkeypatch.setattr(log_redaction, "_known_pattern", None)
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_registered_values_from_six_characters_longest_first() -> None:
+    register_secret("abcde")  # too short: it would mask ordinary words
+    register_secret("abcdef")
+    register_secret(None)
+    assert redact("abcde abcdef") == f"abcde {MASK}"
+    register_secret("abcdefghij")  # the longer one is masked whole, not as "abcdef" + "ghij"
+    assert redact("xx abcdefghij xx") == f"xx {MASK} xx"
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_at_most_max_known_values_are_registered() -> None:
+    for n in range(999):  # the documented bound: at most 1000 values
+        register_secret(f"filler-{n:06d}")
+    register_secret("the-last-one-kept")
+    register_secret("the-last-one-kept")  # again: no place taken
+    register_secret("one-too-many")
+    assert redact("the-last-one-kept one-too-many") == f"{MASK} one-too-many"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def.ghi", f"Authorization: Bearer {MASK}"),
+        ("('authorization', 'Api-Token cv0c01x')", f"('authorization', 'Api-Token {MASK}')"),
+        (f"Authorization: Bearer {MASK}", f"Authorization: Bearer {MASK}"),
+        ("sent Bearer eyJhbGciOiJIUzI1NiJ9 twice", f"sent Bearer {MASK} twice"),
+        (f"sent Bearer {MASK} twice", f"sent Bearer {MASK} twice"),
+        ("password=b'hunter22' next", f"password=b'{MASK}' next"),
+        (f"password={MASK} next", f"password={MASK} next"),
+    ],
+)
+def test_headers_schemes_and_quoted_values_keep_their_shape(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_a_record_filtered_twice_is_still_emitted_once_redacted() -> None:
+    """Two handlers with the filter see one record: the second must not drop it, nor mask it again."""
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "password=%s", (PASSWORD,), None)
+    redaction = RedactionFilter()
+    assert redaction.filter(record)
+    assert redaction.filter(record)
+    assert record.getMessage() == f"password={MASK}"
+
+
+def test_a_record_with_bad_arguments_is_kept_and_masked() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, f"password={PASSWORD} %s %s", ("only one",), None)
+    assert RedactionFilter().filter(record)
+    message = record.getMessage()
+    assert f"password={MASK}" in message
+    assert "only one" in message
+    assert PASSWORD not in message
