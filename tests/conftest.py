@@ -4,6 +4,7 @@ migrated template database cloned per test, a real TLS gRPC server on loopback p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pathlib
@@ -26,6 +27,7 @@ from credvault.v1 import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
+from tests.ci_skips import pytest_runtest_makereport  # noqa: F401 - the hook that fails required skips on CI
 from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, make_pki
 from vault_service import embedded_pg, pki
 from vault_service.bootstrap import bootstrap_admin
@@ -275,12 +277,20 @@ async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> A
     await running.stop(0)
 
 
+@contextlib.asynccontextmanager
+async def admin_of(vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
+    """A bootstrapped admin of ``vault`` on its own channel (which follows the vault through a restart on the same
+    port)."""
+    issued = await bootstrap_admin(vault.store, "admin")
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    async with grpc.aio.secure_channel(f"localhost:{vault.port}", creds) as ch:
+        yield Client(ch, issued.token, "admin")
+
+
 @pytest.fixture
 async def admin_client(push_vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
-    issued = await bootstrap_admin(push_vault.store, "admin")
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
-    async with grpc.aio.secure_channel(f"localhost:{push_vault.port}", creds) as ch:
-        yield Client(ch, issued.token, "admin")
+    async with admin_of(push_vault, ca) as client:
+        yield client
 
 
 @pytest.fixture

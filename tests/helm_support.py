@@ -16,7 +16,7 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jsonschema
@@ -242,6 +242,13 @@ def validate_manifest(doc: Manifest) -> None:
 
 
 # --- navigating rendered manifests ------------------------------------------------------------------------------------
+
+
+def some(items: Iterable[Manifest], what: str) -> list[Manifest]:
+    """``items`` as a list, which must not be empty: a check looped over nothing passes without checking."""
+    found = list(items)
+    assert found, f"no {what} rendered"
+    return found
 
 
 def by_kind(docs: list[Manifest], kind: str) -> list[Manifest]:

@@ -130,6 +130,9 @@ URI = x509.UniformResourceIdentifier
         (_self_signed([URI(GOOD), URI("spiffe://credvault.local/location/l1/engine/e2")]), "2 URI"),
         (_self_signed([URI(GOOD), URI("https://example.com/")]), "2 URI"),
         (_self_signed([URI("spiffe://other.example/location/l1/engine/e1")]), "trust domain 'other.example'"),
+        # any other trust domain, also one that sorts before the expected one or is a prefix of it
+        (_self_signed([URI("spiffe://aaa.example/location/l1/engine/e1")]), "trust domain 'aaa.example'"),
+        (_self_signed([URI("spiffe://credvault.loca/location/l1/engine/e1")]), "trust domain 'credvault.loca'"),
         (_self_signed([URI("spiffe://credvault.local/location/l1/engine/e1/x")]), "not an engine SPIFFE ID"),
         (_self_signed([URI("https://credvault.local/location/l1/engine/e1")]), "not an engine SPIFFE ID"),
         (_self_signed([URI(GOOD)], ca=True), "CA certificate"),

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from credvault.log_redaction import MASK, redact, register_secret
+from credvault import log_redaction
+from credvault.log_redaction import MASK, RedactionFilter, redact, register_secret
 from credvault.logs import configure_logging
 
 PUBLIC_ID = "cv0c01.CANARYAAAAAAAAAAAAAAAAAA"
@@ -130,3 +131,139 @@ def test_handlers_after_ours_see_the_redacted_record(capture: tuple[io.StringIO,
 )
 def test_redact_keeps_prose_and_masks_values(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+class _LoginFailed(Exception):
+    """An exception whose arguments carry a secret beside a harmless message."""
+
+
+def _extras() -> dict[str, object]:
+    """One ``extra`` field per shape a value can take in a log record, each carrying a secret."""
+    return {
+        "nested": {"request": {"headers": {"authorization": f"Api-Token {TOKEN}"}, "password": PASSWORD}},
+        "listed": [{"user": "alice", "secret": REGISTERED}, ("token", f"token={TOKEN}")],
+        "raw": f"POST /login password={PASSWORD}".encode(),
+        "error": _LoginFailed("login failed", {"password": PASSWORD}, f"Bearer {BEARER}"),
+        "key": [PEM.encode()],
+    }
+
+
+def _json_records(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_every_shape_of_an_extra_value_is_redacted(capture: tuple[io.StringIO, list[str]]) -> None:
+    """Non-string ``extra`` values (nested dicts and lists, bytes, exceptions with args) are masked too: the JSON
+    formatter would otherwise render them in full."""
+    out, _ = capture
+    register_secret(REGISTERED)
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("credvault.test.shapes").info("request failed", extra=_extras())
+    (record,) = _json_records(out)
+    for name in _extras():
+        rendered = str(record[name])
+        for secret in SECRETS:
+            assert secret not in rendered, f"{secret!r} leaked in the {name!r} extra"
+        assert MASK in rendered, f"nothing masked in the {name!r} extra"
+    assert "alice" in str(record["listed"])
+    assert "login failed" in str(record["error"])
+    assert PUBLIC_ID in str(record["nested"])
+
+
+def test_non_secret_scalars_stay_as_they_are(capture: tuple[io.StringIO, list[str]]) -> None:
+    out, _ = capture
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("credvault.test.shapes").info("done", extra={"count": 3, "ok": True, "ratio": 0.5, "gone": None})
+    (record,) = _json_records(out)
+    assert (record["count"], record["ok"], record["ratio"], record["gone"]) == (3, True, 0.5, None)
+
+
+def _log_with_stack(log: logging.Logger) -> None:
+    log.warning("where am I", stack_info=True)  # this source line is in the stack text: password=pw-canary-5d1e
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_stack_info_is_redacted(fmt: str, capture: tuple[io.StringIO, list[str]]) -> None:
+    out, _ = capture
+    configure_logging("INFO", fmt, stream=out)
+    _log_with_stack(logging.getLogger("credvault.test.stack"))
+    text = out.getvalue()
+    assert "Stack (most recent call last)" in text
+    assert "_log_with_stack" in text
+    assert PASSWORD not in text
+    assert f"password={MASK}" in text
+
+
+def test_exception_arguments_and_mapping_arguments_are_redacted(capture: tuple[io.StringIO, list[str]]) -> None:
+    """An exception passed as a log argument (its args rendered by %r) and a single mapping used for %(name)s."""
+    out, _ = capture
+    configure_logging("INFO", "json", stream=out)
+    log = logging.getLogger("credvault.test.args")
+    log.info("failed: %r", _LoginFailed("login failed", {"password": PASSWORD}, f"Bearer {BEARER}"))
+    log.info("user %(user)s with secret=%(secret)s", {"user": "alice", "secret": REGISTERED + "-x"})
+    first, second = _json_records(out)
+    assert "login failed" in str(first["message"])
+    assert PASSWORD not in str(first["message"])
+    assert BEARER not in str(first["message"])
+    assert second["message"] == f"user alice with secret={MASK}"
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty registry of secrets to mask, for this test only (it is process-wide)."""
+    monkeypatch.setattr(log_redaction, "_known", set())
+    monkeypatch.setattr(log_redaction, "_known_pattern", None)
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_registered_values_from_six_characters_longest_first() -> None:
+    register_secret("abcde")  # too short: it would mask ordinary words
+    register_secret("abcdef")
+    register_secret(None)
+    assert redact("abcde abcdef") == f"abcde {MASK}"
+    register_secret("abcdefghij")  # the longer one is masked whole, not as "abcdef" + "ghij"
+    assert redact("xx abcdefghij xx") == f"xx {MASK} xx"
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_at_most_max_known_values_are_registered() -> None:
+    for n in range(999):  # the documented bound: at most 1000 values
+        register_secret(f"filler-{n:06d}")
+    register_secret("the-last-one-kept")
+    register_secret("the-last-one-kept")  # again: no place taken
+    register_secret("one-too-many")
+    assert redact("the-last-one-kept one-too-many") == f"{MASK} one-too-many"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def.ghi", f"Authorization: Bearer {MASK}"),
+        ("('authorization', 'Api-Token cv0c01x')", f"('authorization', 'Api-Token {MASK}')"),
+        (f"Authorization: Bearer {MASK}", f"Authorization: Bearer {MASK}"),
+        ("sent Bearer eyJhbGciOiJIUzI1NiJ9 twice", f"sent Bearer {MASK} twice"),
+        (f"sent Bearer {MASK} twice", f"sent Bearer {MASK} twice"),
+        ("password=b'hunter22' next", f"password=b'{MASK}' next"),
+        (f"password={MASK} next", f"password={MASK} next"),
+    ],
+)
+def test_headers_schemes_and_quoted_values_keep_their_shape(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_a_record_filtered_twice_is_still_emitted_once_redacted() -> None:
+    """Two handlers with the filter see one record: the second must not drop it, nor mask it again."""
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "password=%s", (PASSWORD,), None)
+    redaction = RedactionFilter()
+    assert redaction.filter(record)
+    assert redaction.filter(record)
+    assert record.getMessage() == f"password={MASK}"
+
+
+def test_a_record_with_bad_arguments_is_kept_and_masked() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, f"password={PASSWORD} %s %s", ("only one",), None)
+    assert RedactionFilter().filter(record)
+    message = record.getMessage()
+    assert f"password={MASK}" in message
+    assert "only one" in message
+    assert PASSWORD not in message

@@ -41,6 +41,7 @@ from tests.helm_support import (
     one,
     pod_template,
     selects,
+    some,
     validate_manifest,
     workloads,
 )
@@ -162,11 +163,14 @@ def vault_container(docs: list[Manifest]) -> tuple[dict[str, str], dict[str, Any
 
 
 def engine_deployments(docs: list[Manifest]) -> dict[str, Manifest]:
-    return {
+    """The engine-worker Deployments by location; at least one (a loop over none would check nothing)."""
+    found = {
         d["metadata"]["labels"]["credvault.io/location"]: d
         for d in by_kind(docs, "Deployment")
         if d["metadata"]["labels"].get("app.kubernetes.io/component") == "engine-worker"
     }
+    assert found, "no engine-worker Deployment rendered"
+    return found
 
 
 # --- lint, render, validate -------------------------------------------------------------------------------------------
@@ -352,7 +356,7 @@ def test_kek_comes_from_the_existing_secret_as_a_file(render: Callable[[str], li
     assert key == values_of("defaults")["kek"]["key"]
     assert volume["secret"]["defaultMode"] & 0o007 == 0, "the keyring file is not world-readable"
     for docs in map(render, VALUE_SETS):
-        for doc in workloads(docs):
+        for doc in some(workloads(docs), "workload"):
             if doc["metadata"]["labels"]["app.kubernetes.io/component"] != "vault":
                 _, other = pod_template(doc)
                 for c in containers(other):
@@ -536,7 +540,7 @@ def test_api_certificate_names_and_issuer(render: Callable[[str], list[Manifest]
 def test_services_select_pods_and_named_ports(render: Callable[[str], list[Manifest]], name: str) -> None:
     docs = render(name)
     pods = [pod_template(d) for d in workloads(docs) if d["kind"] == "Deployment"]
-    for service in by_kind(docs, "Service"):
+    for service in some(by_kind(docs, "Service"), "Service"):
         selected = [(labels, spec) for labels, spec in pods if selects(service["spec"]["selector"], labels)]
         assert selected, service["metadata"]["name"]
         for port in service["spec"]["ports"]:
@@ -630,7 +634,7 @@ def test_hpa_and_service_monitor(render: Callable[[str], list[Manifest]]) -> Non
     _, spec = pod_template(deployment)
     assert spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     services = by_kind(docs, "Service")
-    for monitor in by_kind(docs, "ServiceMonitor"):
+    for monitor in some(by_kind(docs, "ServiceMonitor"), "ServiceMonitor"):
         assert monitor["metadata"]["labels"]["release"] == "prom"
         (service,) = [
             s for s in services if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
@@ -832,7 +836,7 @@ def test_readme_values_example_renders(helm: Helm, tmp_path: pathlib.Path) -> No
     section = readme[readme.index("## Deploy on Kubernetes") :]
     example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
     docs = helm.render(example, tmp_path)
-    for doc in docs:
+    for doc in some(docs, "manifest"):
         validate_manifest(doc)
     assert sorted(engine_deployments(docs)) == ["berlin", "tokyo"]
 

@@ -1,9 +1,9 @@
-"""The engine worker: the in-memory config store, the stream loop against a small mutual-TLS test vault, and the
-``engine-worker`` process with its status endpoint.
+"""The engine worker: the in-memory config store, the stream loop's own rules (heartbeats, a silent vault, backoff
+and the fail-safe on a fake clock, rejections), settings, and the worker's wipe on exit.
 
-The test vault here is written against the protocol (credvault.v1.EngineConfigService) only; the real vault's
-stream server is tested on its side. No assertion depends on wall-clock durations: waits are on events, with
-generous timeouts.
+The stream against the real vault, and the engine-worker process, are in test_engine_stream.py; the small test vault
+here serves only what the real one cannot be made to do (see FakeVault). No assertion depends on wall-clock
+durations: waits are on events, with generous timeouts.
 """
 
 from __future__ import annotations
@@ -23,33 +23,30 @@ import pathlib
 import pickle
 import pkgutil
 import re
-import signal
 import socket
-import sys
 import textwrap
 import types
 from collections.abc import AsyncIterator, Iterator
 
-import aiohttp
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from prometheus_client.parser import text_string_to_metric_families
 
 import engine_worker
 from credvault.held_digest import HeldDigest
 from credvault.identity import EngineIdentity, identity_from_certificate
 from credvault.v1 import credentials_pb2, engine_pb2, engine_pb2_grpc, monitors_pb2
-from engine_worker import cli, config_store
-from engine_worker.config_store import SECRET_BEARING_FIELDS, ConfigStore, HeldCredential
+from engine_worker import cli
+from engine_worker.config_store import SECRET_BEARING_FIELDS, ConfigStore
 from engine_worker.scheduler import Scheduler
 from engine_worker.settings import Settings, load_settings
 from engine_worker.stream import Backoff, EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
 from engine_worker.worker import EngineWorker
+from tests.real_engine import secret_buffer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
@@ -130,14 +127,6 @@ def batch(
 
 def removal(kind: int, rid: str, reason: int = engine_pb2.REMOVAL_REASON_DELETED) -> engine_pb2.Removal:
     return engine_pb2.Removal(kind=kind, id=rid, reason=reason)
-
-
-def secret_buffer(held: HeldCredential | None) -> bytearray:
-    assert held is not None
-    buf = held._secret
-    assert isinstance(buf, bytearray)
-    assert any(buf)
-    return buf
 
 
 def held_tuples(resources: list[engine_pb2.HeldResource]) -> list[tuple[int, str, int]]:
@@ -640,7 +629,11 @@ class Session:
 
 
 class FakeVault(engine_pb2_grpc.EngineConfigServiceServicer):
-    """Records each stream as a Session; sends what the test puts in its outbox, plus heartbeats unless silent."""
+    """Records each stream as a Session; sends what the test puts in its outbox, plus heartbeats unless silent.
+
+    Kept for what the real vault cannot be made to do: stay silent on an open stream (dead-session detection), and
+    send monitors the engine must reject (the real vault validates them first), with the exact acks the engine
+    answers. Everything the real vault can do is tested against it: tests/test_engine_stream.py."""
 
     def __init__(self, heartbeat_every: float | None = 0.05) -> None:
         self.heartbeat_every = heartbeat_every
@@ -800,88 +793,27 @@ async def test_hello_batches_acks_rejections_and_heartbeats(vault_server: VaultS
         assert state.reconnects == 0
 
 
-async def test_reconnects_after_a_vault_restart_with_the_held_list(vault_server: VaultServer, pki: Pki) -> None:
-    store, stream = worker(pki, vault_server.port)
-    async with running(stream):
-        session = await vault_server.vault.next_session()
-        await session.sync(batch(3, credentials=[up_cred(C1, 2)], monitors=[http_monitor(M1, 3, basic=C1)]), revision=3)
-        await asyncio.wait_for(stream.synced.wait(), TIMEOUT)
-
-        await vault_server.stop()
-        await vault_server.start()
-
-        # Configs are kept through an outage shorter than max_disconnected, and the engine resumes with them.
-        again = await vault_server.vault.next_session()
-        assert held_tuples(list(again.hello.held)) == [(MONITOR, M1, 3), (CREDENTIAL, C1, 2)]
-        # The vault answers with the difference: here, a new credential version.
-        acks = await again.sync(batch(4, credentials=[up_cred(C1, 3, password=SECRET2)]), revision=4)
-        assert [a.revision for a in acks] == [4, 4]
-        await asyncio.wait_for(stream.synced.wait(), TIMEOUT)
-        assert store.snapshot_ids() == {"monitors": {M1: 3}, "credentials": {C1: 3}}
-        assert stream.state.reconnects >= 1
-
-
-async def test_flushes_everything_after_max_disconnected(vault_server: VaultServer, pki: Pki) -> None:
-    store, stream = worker(pki, vault_server.port, max_disconnected=0.5)
-    async with running(stream):
-        session = await vault_server.vault.next_session()
-        await session.sync(batch(1, credentials=[up_cred(C1, 1)], monitors=[http_monitor(M1, 1, basic=C1)]), revision=1)
-        await asyncio.wait_for(stream.synced.wait(), TIMEOUT)
-        buf = secret_buffer(store.credential(C1))
-        stream.flushed.clear()  # a fail-safe before the first contact (nothing held then) does not count here
-
-        await vault_server.stop()
-        await asyncio.wait_for(stream.flushed.wait(), TIMEOUT)
-        assert store.held() == []
-        assert buf == bytearray(len(buf))
-        assert stream.state.flushes >= 1
-
-        await vault_server.start()
-        again = await vault_server.vault.next_session()
-        assert list(again.hello.held) == []
-
-
 async def test_a_silent_vault_is_dead_after_three_heartbeat_intervals(pki: Pki) -> None:
-    server = VaultServer(pki, FakeVault(heartbeat_every=None))
+    """Counted in intervals, not seconds: the engine sends one heartbeat per interval, so the heartbeats it sent
+    after the vault's last message bound how long it waited (three, plus one in flight when counting starts)."""
+    server = VaultServer(pki, FakeVault(heartbeat_every=None))  # the real vault always answers: a fake must be silent
     await server.start()
     try:
-        _store, stream = worker(pki, server.port)
+        _store, stream = worker(pki, server.port, dead_after_intervals=3)
         async with running(stream):
             session = await server.vault.next_session()
             await session.sync(batch(2, credentials=[up_cred(C1, 1)]), revision=2)
+            while not session.heartbeats.empty():  # sent before the vault's last message
+                session.heartbeats.get_nowait()
             # The engine keeps sending heartbeats, hears nothing back, and gives the stream up.
             await asyncio.wait_for(session.heartbeats.get(), TIMEOUT)
             again = await server.vault.next_session()
             await asyncio.wait_for(session.ended.wait(), TIMEOUT)
+            assert 1 + session.heartbeats.qsize() <= 3 + 1
             assert held_tuples(list(again.hello.held)) == [(CREDENTIAL, C1, 1)]
             assert stream.state.reconnects >= 1
     finally:
         await server.stop()
-
-
-async def test_a_refusal_flushes_at_once(vault_server: VaultServer, pki: Pki) -> None:
-    store, stream = worker(pki, vault_server.port)
-    async with running(stream):
-        session = await vault_server.vault.next_session()
-        await session.sync(batch(1, credentials=[up_cred(C1, 1)]), revision=1)
-        await asyncio.wait_for(stream.synced.wait(), TIMEOUT)
-        buf = secret_buffer(store.credential(C1))
-        stream.flushed.clear()
-        session.outbox.put_nowait(grpc.StatusCode.PERMISSION_DENIED)
-        await asyncio.wait_for(stream.flushed.wait(), TIMEOUT)
-        assert store.held() == []
-        assert not any(buf)
-
-
-async def test_the_vault_ending_the_stream_leads_to_a_resume(vault_server: VaultServer, pki: Pki) -> None:
-    store, stream = worker(pki, vault_server.port)
-    async with running(stream):
-        session = await vault_server.vault.next_session()
-        await session.sync(batch(1, monitors=[http_monitor(M1, 1)]), revision=1)
-        session.outbox.put_nowait(None)
-        again = await vault_server.vault.next_session()
-        assert held_tuples(list(again.hello.held)) == [(MONITOR, M1, 1)]
-        assert store.monitor(M1) is not None
 
 
 def test_backoff_is_exponential_with_full_jitter_and_resets() -> None:
@@ -981,105 +913,6 @@ def test_bad_settings_fail_clearly(clean_env: None, pki: Pki, capsys: pytest.Cap
     assert "ENGINE_STATUS_LISTEN" in capsys.readouterr().err
     assert cli.main([*base[:4], "--key", str(pki.ca), *base[6:]]) == 2
     assert "private key" in capsys.readouterr().err
-
-
-async def test_the_engine_worker_process(vault_server: VaultServer, pki: Pki) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine_worker",
-        "--vault",
-        f"127.0.0.1:{vault_server.port}",
-        "--cert",
-        str(pki.cert),
-        "--key",
-        str(pki.key),
-        "--ca",
-        str(pki.ca),
-        "--status-listen",
-        "127.0.0.1:0",
-        "--heartbeat-interval",
-        "1",
-        "--log-level",
-        "DEBUG",
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def read_stderr() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            line = raw.decode(errors="replace")
-            lines.append(line)
-            match = re.search(r"status listening on (\S+:\d+)", line)
-            if match and not listening.done():
-                listening.set_result(match.group(1))
-
-    reader = asyncio.create_task(read_stderr())
-    try:
-        address = await asyncio.wait_for(listening, TIMEOUT)
-        session = await vault_server.vault.next_session()
-        assert (session.hello.location_id, session.hello.engine_id) == (LOCATION, ENGINE)
-        acks = await session.sync(
-            batch(
-                9, credentials=[up_cred(C1, 2)], monitors=[http_monitor(M1, 3, basic=C1), http_monitor(M2, 4, basic=C3)]
-            ),
-            revision=9,
-        )
-        assert [r.monitor_id for r in acks[0].rejected] == [M2]
-
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://{address}/introspection") as response:
-                assert response.status == 200
-                text = await response.text()
-                info = await response.json()
-            async with http.get(f"http://{address}/metrics") as response:
-                assert response.status == 200
-                metrics_text = await response.text()
-        assert info.pop("memory_locked") in (True, False)  # which one: tests/test_memory_guard.py
-        assert info == {
-            "location": LOCATION,
-            "engine": ENGINE,
-            "connected": True,
-            "synced": True,
-            "last_applied_revision": 9,
-            "monitors": {M1: 3},
-            "credentials": {C1: 2},
-        }
-        assert SECRET not in text
-        assert "svc-user" not in text
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(metrics_text)
-            for s in family.samples
-        }
-        assert samples[("configs_held", (("kind", "monitor"),))] == 1
-        assert samples[("configs_held", (("kind", "credential"),))] == 1
-        assert samples[("last_applied_revision", ())] == 9
-        assert samples[("connected", ())] == 1
-        assert samples[("reconnects_total", ())] == 0
-        assert samples[("flushes_total", ())] == 0
-        assert SECRET not in metrics_text
-
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
-        await asyncio.wait_for(session.ended.wait(), TIMEOUT)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await asyncio.wait_for(reader, TIMEOUT)
-    log_text = "".join(lines)
-    assert "wiped 2 held monitors and credentials" in log_text
-    for secret in (SECRET, "svc-user"):
-        assert secret not in log_text
-    assert config_store.__name__ in log_text  # DEBUG logging really was on
 
 
 # --- the digest of what is held (anti-entropy) ----------------------------------------------------------------------

@@ -7,7 +7,9 @@ target."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import base64
+import time
+from collections.abc import AsyncIterator, Awaitable, Sized
 
 import aiohttp
 import pytest
@@ -86,20 +88,25 @@ async def test_a_monitor_runs_rotates_and_stops_with_real_processes(
     assert seen[("monitor_execution_duration_seconds_count", (("monitor_id", m.id),))] >= 2
     assert seen[("results_sent_total", ())] >= 2
 
-    # the password rotates at the target and in the vault: the next executions use the new one
+    # the password rotates at the target (which refuses the old one from now on), then in the vault: an execution
+    # that starts after that and succeeds sent the new one, without anything restarted
     target.expected_password = PASSWORD_2
+    rotation_started_ns = time.time_ns()
     await system_admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", PASSWORD_2)))
-    rotated_at = len(target.seen)
 
-    async def logged_in_with_the_new_password() -> bool:
-        return any(s.path == "/basic" and s.authorization for s in target.seen[rotated_at:]) and (
-            (await results())[0].status == mpb.EXECUTION_STATUS_SUCCESS
-        )
+    async def succeeded_after_the_rotation() -> list[mpb.MonitorResult]:
+        return [
+            r
+            for r in await results()
+            if r.status == mpb.EXECUTION_STATUS_SUCCESS and r.start_time.ToNanoseconds() > rotation_started_ns
+        ]
 
-    await eventually(logged_in_with_the_new_password)
-    newest = (await results())[0]
-    assert newest.status == mpb.EXECUTION_STATUS_SUCCESS
+    await eventually(lambda: _any(succeeded_after_the_rotation()))
+    newest = (await succeeded_after_the_rotation())[0]
+    assert [r.status_code for r in newest.requests] == [200, 200]
     assert newest.monitor_version == m.version  # the monitor did not change, its credential did
+    new_header = "Basic " + base64.b64encode(f"alice:{PASSWORD_2}".encode()).decode()
+    assert any(s.authorization == new_header for s in target.requests_to("/basic"))
 
     # disabled: removed from the worker, and no execution reaches the target any more
     await system_admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
@@ -121,3 +128,7 @@ async def test_a_monitor_runs_rotates_and_stops_with_real_processes(
 async def _holds_nothing(port: int) -> bool:
     doc = await introspect(port)
     return bool(doc["monitors"] == {} and doc["credentials"] == {})
+
+
+async def _any(items: Awaitable[Sized]) -> bool:
+    return len(await items) > 0

@@ -246,12 +246,17 @@ async def test_who_may_create(users: Users, caller_kind: str, create_code: grpc.
         assert (cred.name, cred.owner, cred.access.level) == ("mine", "dave", cpb.ACCESS_LEVEL_OWNER_ONLY)
 
 
-async def test_view_user_overwrites_and_deletes_own_credentials(users: Users) -> None:
-    alice = await users.make("alice", [VIEW])
+@pytest.mark.parametrize("caller_kind", ["env-view", "env-environment", "env-monitoring"])
+async def test_environment_users_overwrite_update_and_delete_own_credentials(users: Users, caller_kind: str) -> None:
+    """Any environment permission includes viewing the environment, so its holder owns what it creates: a
+    CHANGE_ENVIRONMENT_SETTINGS user (who may not overwrite others' credentials) overwrites its own."""
+    alice = await users.make("alice", CALLERS[caller_kind][0])
     for access in (OWNER_ONLY, shared("bob"), ALL):
         cred = await create(alice, "own", access)
         new = (await alice.OverwriteCredential(overwrite_req(cred.id))).credential
         assert (new.owner, new.version, new.access) == ("alice", 2, cred.access)
+        req = cpb.UpdateCredentialMetadataRequest(id=cred.id, description="renewed")
+        assert (await alice.UpdateCredentialMetadata(req)).credential.description == "renewed"
         await alice.DeleteCredential(cpb.DeleteCredentialRequest(id=cred.id))
         await expect_code(alice.GetCredential(cpb.GetCredentialRequest(id=cred.id)), NF)
 

@@ -355,7 +355,8 @@ def test_oversized_rejected(pki: Pki, fmt: CertificateFormat) -> None:
 def test_at_size_limit_accepted(pki: Pki) -> None:
     data = pki.leaf_cert.public_bytes(PEM) + _key_pem(pki.leaf_key)
     data += b"\n" * (MAX_CERTIFICATE_BYTES - len(data))
-    parse_client_certificate(data, "", CertificateFormat.PEM)
+    assert len(data) == MAX_CERTIFICATE_BYTES
+    _assert_leaf(parse_client_certificate(data, "", CertificateFormat.PEM), pki)
 
 
 # --------------------------------------------------------------------------------------------------------------------

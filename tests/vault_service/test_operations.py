@@ -4,11 +4,10 @@ health-only gRPC port."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -22,7 +21,7 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, with_engine_port
 from tests.helpers import create_req, expect_code, up
-from tests.processes import Proc, spawn
+from tests.processes import Proc, eventually, spawn
 from tests.push_helpers import Pki, make_pki
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
@@ -41,15 +40,6 @@ async def scrape(port: int) -> tuple[Samples, set[str]]:
     families = list(text_string_to_metric_families(text))
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
     return samples, {f.name for f in families}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 300) -> None:
-    """Poll (another process, or a background task) a bounded number of times."""
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the condition never held")
 
 
 def handled(samples: Samples, code: str, method: tuple[tuple[str, str], ...] = API_METHOD) -> float:
@@ -124,11 +114,13 @@ async def test_vault_and_worker_metrics_move(
     anonymous = Client(channel, None)
     await expect_code(anonymous.GetCurrentUser(ipb.GetCurrentUserRequest()), grpc.StatusCode.UNAUTHENTICATED)
     # a refused call's status reaches the client as the handler unwinds: its count may land a moment later
-    for _ in range(100):
+
+    async def denial_counted() -> bool:
+        nonlocal samples
         samples, _ = await scrape(port)
-        if handled(samples, "UNAUTHENTICATED") > denied_before:
-            break
-        await asyncio.sleep(0.02)
+        return handled(samples, "UNAUTHENTICATED") > denied_before
+
+    await eventually(denial_counted)
     assert handled(samples, "OK") == ok_before + 1
     assert handled(samples, "UNAUTHENTICATED") == denied_before + 1
     timed = (("grpc_type", "unary"), *API_METHOD)

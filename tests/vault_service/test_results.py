@@ -5,7 +5,6 @@ dropped."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Connect, Users
 from tests.helpers import create_req, expect_code, up
+from tests.processes import eventually
 from tests.push_helpers import EngineClient
 from vault_service.server import RunningVault
 
@@ -61,12 +61,16 @@ async def results_of(client: Client, monitor_id: str, **kw: object) -> list[mpb.
 
 
 async def eventually_results(client: Client, monitor_id: str, count: int) -> list[mpb.MonitorResult]:
-    for _ in range(300):
+    """At least ``count`` results of the monitor, once the vault stores them (within the deadline of eventually)."""
+    got: list[mpb.MonitorResult] = []
+
+    async def enough() -> bool:
+        nonlocal got
         got = await results_of(client, monitor_id, limit=500)
-        if len(got) >= count:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{monitor_id}: {len(got)} results, expected {count}")
+        return len(got) >= count
+
+    await eventually(enough)
+    return got
 
 
 @pytest.fixture

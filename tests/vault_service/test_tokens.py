@@ -6,12 +6,14 @@ No wall-clock timing: expiry is forced in the database, grace periods are checke
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
 import hmac
 import re
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -21,6 +23,7 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
 from tests.conftest import ALL_SCOPES, Client, Users
 from tests.helpers import create_req, expect_code
+from tests.processes import eventually
 from vault_service import tokens as tokens_mod
 from vault_service.server import RunningVault
 
@@ -256,6 +259,36 @@ async def test_at_most_five_live_personal_tokens(vault: RunningVault, users: Use
     bob = await users.make("bob", [VIEW])
     for i in range(5):
         await bob.CreateToken(create_token_req(f"b{i}"))
+
+
+async def test_concurrent_creations_never_exceed_five_personal_tokens(vault: RunningVault, users: Users) -> None:
+    """Eight creations race for alice's five places. To make them meet for certain, the test holds inserts into
+    api_tokens back (a table lock that still lets them count) until all eight are waiting on a lock: each must have
+    counted under the per-user lock, so only five get through, whatever order they run in."""
+    alice = await users.make("alice", [VIEW])
+    await alice.GetCurrentUser(whoami())  # the first use records last use (an api_tokens update) before the race
+    racers = 8
+    async with vault.store.pool.acquire() as gate:
+        gate_tx = gate.transaction()
+        await gate_tx.start()
+        await gate.execute("LOCK TABLE api_tokens IN SHARE ROW EXCLUSIVE MODE")  # conflicts with INSERT only
+        calls = [asyncio.ensure_future(alice.CreateToken(create_token_req(f"p{i}"))) for i in range(racers)]
+        try:
+            await eventually(lambda: _lock_waiters_at_least(gate, racers))
+        finally:
+            await gate_tx.commit()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert [o.code() for o in refused] == [FAILED] * (racers - 5), outcomes
+    async with vault.store.transaction() as tx:
+        live = await tx.conn.fetchval("SELECT count(*) FROM api_tokens WHERE owner = 'alice' AND kind = 'PERSONAL'")
+    assert live == 5
+
+
+async def _lock_waiters_at_least(conn: asyncpg.Connection, count: int) -> bool:
+    """Whether ``count`` other sessions wait for a lock."""
+    query = "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+    return bool(await conn.fetchval(query) >= count)
 
 
 async def test_personal_limit_is_not_bypassed_by_rotating_with_grace(users: Users) -> None:

@@ -3,8 +3,7 @@ is written at once, and the latest revision per engine wins."""
 
 from __future__ import annotations
 
-import asyncio
-
+from tests.processes import eventually
 from vault_service.push.ack_recorder import AckRecorder
 from vault_service.storage.pool import Store
 
@@ -34,11 +33,11 @@ async def test_a_burst_is_written_in_few_statements_and_the_latest_wins(store: S
     # a lone ACK later is written without waiting for company
     before = recorder.writes
     recorder.record("loc-a", "e9", 8, [])
-    for _ in range(200):
-        if (await applied(store))["e9"][0] == 8:
-            break
-        await asyncio.sleep(0.01)
-    assert (await applied(store))["e9"][0] == 8
+
+    async def e9_written() -> bool:
+        return bool((await applied(store))["e9"][0] == 8)
+
+    await eventually(e9_written)
     assert recorder.writes == before + 1
 
 

@@ -6,10 +6,8 @@ ConfigStore in this process, over mutual TLS to the real engine port)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import pathlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,12 +16,10 @@ import pytest
 
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
-from engine_worker.config_store import ConfigStore
-from engine_worker.stream import EngineStream, StreamSettings
-from engine_worker.tls import check_tls_files, mtls_channel_factory
 from tests.conftest import Client, Connect
 from tests.helpers import create_req, up
 from tests.push_helpers import Pki
+from tests.real_engine import RealEngine, real_engine
 from vault_service.crypto import Keyring
 from vault_service.errors import Unavailable
 from vault_service.push import stream as stream_module
@@ -54,40 +50,10 @@ async def create_monitor(admin: Client, cred_id: str, name: str = "m") -> mpb.Mo
     return created
 
 
-class RealEngine:
-    """The worker's stream and store, in this process."""
-
-    def __init__(self, store: ConfigStore, stream: EngineStream) -> None:
-        self.store = store
-        self.stream = stream
-
-    def holds(self) -> dict[str, dict[str, int]]:
-        return self.store.snapshot_ids()
-
-    async def wait_until(self, predicate: Callable[[], bool], within: float = 15.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():  # noqa: ASYNC110 - the vault and the engine change it from other tasks
-                await asyncio.sleep(0.02)
-
-
 @pytest.fixture
-async def engine(push_vault: RunningVault, engine_pki: Pki, tmp_path: pathlib.Path) -> AsyncIterator[RealEngine]:
-    cert, key = engine_pki.write(f"engine-{LOCATION}-e1", engine_pki.engine(LOCATION, "e1"))
-    ca = engine_pki.directory / "server-ca.pem"
-    identity = check_tls_files(cert, key, ca)
-    store = ConfigStore(identity.location_id)
-    factory = mtls_channel_factory(f"localhost:{push_vault.engine_port}", cert, key, ca, identity)
-    stream = EngineStream(
-        store,
-        identity,
-        factory,
-        StreamSettings(heartbeat_interval=0.5, dead_after_intervals=6, backoff_base=0.02, backoff_cap=0.2),
-    )
-    task = asyncio.create_task(stream.run())
-    yield RealEngine(store, stream)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def engine(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[RealEngine]:
+    async with real_engine(push_vault.engine_port, engine_pki, LOCATION, "e1") as running:
+        yield running
 
 
 async def expected_holdings(vault: RunningVault) -> dict[str, dict[str, int]]:

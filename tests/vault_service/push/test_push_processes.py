@@ -4,7 +4,6 @@ reconnects and converges; disable -> the worker holds no trace of the monitor.""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 from credvault.v1 import credentials_pb2 as cpb
@@ -47,7 +46,11 @@ async def test_restart_kill_and_flush_with_real_processes(system: System, system
     # the vault SIGKILLed mid-stream: the worker keeps its configs while it is gone ...
     vault = system.procs[0]
     await vault.stop(signal.SIGKILL)
-    await asyncio.sleep(1.5)
+
+    async def disconnected() -> bool:
+        return not (await introspect(port))["connected"]
+
+    await eventually(disconnected)
     during = await introspect(port)
     assert set(during["monitors"]) == {m.id}
     assert not during["connected"]

@@ -1,0 +1,177 @@
+"""Mutation check of the security-critical modules with cosmic-ray: each module is mutated one change at a time
+and the tests that guard it run against every mutant, in a fresh process each; a mutant the tests do not kill is a
+hole in them. Prints, per module and in total, mutants, killed, survived and the time, then each survivor's diff.
+Exit status 1 when a mutant survived. It works on a copy of the work tree (the work tree is never edited), and the
+tests need PostgreSQL as the suite does (CREDVAULT_TEST_DATABASE_URL).
+
+Skipped: mutants inside type annotations (never evaluated here: ``from __future__ import annotations``), and lines
+marked ``# pragma: no mutate``, each with a comment beside it saying why the mutant is equivalent.
+
+    scripts/mutation                         # every module below
+    scripts/mutation credvault/identity.py   # some of them
+
+Why cosmic-ray (measured on credvault/log_redaction.py with tests/test_logs.py and tests/test_redaction.py): mutmut
+3.8 ran its 162 mutants in 34 s against cosmic-ray's 138 in 9 min 16 s, but it runs each mutant in a fork of one
+warmed-up test process: process-wide state (the registry of secrets to mask) carried over from earlier tests let
+mutants survive that a fresh process kills (``value is not None`` in register_secret), and gRPC does not support
+fork. A fresh process per mutant is slower but every survivor it reports is real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import pathlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+# Each security-critical module with the tests that must kill its mutants.
+MODULES: dict[str, tuple[str, ...]] = {
+    "vault_service/policy.py": ("tests/test_access_rules.py", "tests/test_tokens.py", "tests/test_audit.py"),
+    "vault_service/tokens.py": ("tests/test_tokens.py", "tests/test_auth_cache.py"),
+    "credvault/log_redaction.py": ("tests/test_logs.py", "tests/test_redaction.py"),
+    "credvault/secret_scrub.py": ("tests/test_secret_scrub.py", "tests/test_result_leaks.py"),
+    "engine_worker/config_store.py": ("tests/test_engine_worker.py", "tests/test_engine_stream.py"),
+    "credvault/identity.py": ("tests/test_identity.py", "tests/test_engine_worker.py"),
+    "vault_service/push/follower.py": ("tests/test_push.py", "tests/test_convergence.py"),
+    "vault_service/push/location_state.py": ("tests/test_push.py", "tests/test_convergence.py"),
+}
+
+
+@dataclasses.dataclass
+class Outcome:
+    module: str
+    mutants: int
+    killed: int
+    survived: int
+    skipped: int
+    seconds: float
+    survivors: list[str]
+
+
+def _pytest(tests: tuple[str, ...]) -> list[str]:
+    return [str(VENV_BIN / "python"), "-m", "pytest", "-x", "-q", "-p", "no:randomly", *tests]
+
+
+def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(line, column) start and end of every type annotation in ``source``."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        found: list[ast.expr | None] = []
+        if isinstance(node, ast.arg | ast.AnnAssign):
+            found.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.append(node.returns)
+        for annotation in found:
+            if annotation is not None and annotation.end_lineno is not None and annotation.end_col_offset is not None:
+                start = (annotation.lineno, annotation.col_offset)
+                spans.append((start, (annotation.end_lineno, annotation.end_col_offset)))
+    return spans
+
+
+def _skip_annotations(tree: pathlib.Path, module: str, session: pathlib.Path) -> None:
+    """Marks the mutants inside type annotations done, as skipped (before the run, as cr-filter-pragma does)."""
+    spans = _annotation_spans((tree / module).read_text())
+    with sqlite3.connect(session) as db:
+        specs = db.execute("SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs").fetchall()
+        skipped = [job for job, row, col in specs if any(a <= (row, col) < b for a, b in spans)]
+        db.executemany(
+            "INSERT OR REPLACE INTO work_results (job_id, worker_outcome, output, test_outcome, diff)"
+            " VALUES (?, 'SKIPPED', 'inside a type annotation', NULL, NULL)",
+            [(job,) for job in skipped],
+        )
+
+
+def _copy_of_the_work_tree(into: pathlib.Path) -> pathlib.Path:
+    """The files git knows of (tracked, or new and not ignored), as they are now."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    tree = into / "tree"
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+    return tree
+
+
+def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
+    """Mutates ``module`` in ``work``/tree (a copy, where ``python -m pytest`` imports the code from)."""
+    tree = work / "tree"
+    started = time.monotonic()
+    baseline = subprocess.run(_pytest(tests), cwd=tree, capture_output=True, text=True)
+    if baseline.returncode != 0:
+        raise SystemExit(f"{module}: its tests fail before any mutation:\n{baseline.stdout[-3000:]}")
+    timeout = max(60.0, 5 * (time.monotonic() - started))  # a mutant that loops forever counts as killed
+    config = work / f"{pathlib.Path(module).stem}.toml"
+    session = config.with_suffix(".sqlite")
+    config.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{module}"\n'
+        f"timeout = {timeout:.0f}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{" ".join(_pytest(tests))}"\n'
+        "[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+    )
+    cosmic_ray = str(VENV_BIN / "cosmic-ray")
+    subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=tree, check=True, capture_output=True)
+    subprocess.run([str(VENV_BIN / "cr-filter-pragma"), str(session)], cwd=tree, check=True, capture_output=True)
+    _skip_annotations(tree, module, session)
+    subprocess.run([cosmic_ray, "exec", str(config), str(session)], cwd=tree, check=True, capture_output=True)
+    with sqlite3.connect(session) as db:
+        rows = db.execute("SELECT worker_outcome, test_outcome, diff FROM work_results").fetchall()
+        mutants = db.execute("SELECT count(*) FROM work_items").fetchone()[0]
+    skipped = sum(1 for worker, _, _ in rows if worker == "SKIPPED")
+    survivors = [diff for worker, test, diff in rows if worker == "NORMAL" and test == "SURVIVED"]
+    return Outcome(
+        module,
+        mutants - skipped,
+        mutants - skipped - len(survivors),
+        len(survivors),
+        skipped,
+        time.monotonic() - started,
+        survivors,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
+    modules = parser.parse_args().modules or list(MODULES)
+    unknown = sorted(set(modules) - set(MODULES))
+    if unknown:
+        parser.error(f"not a module this check knows: {', '.join(unknown)} (add it to MODULES with its tests)")
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="credvault-mutation-") as tmp:
+        _copy_of_the_work_tree(pathlib.Path(tmp))
+        for module in modules:
+            outcome = check(module, MODULES[module], pathlib.Path(tmp))
+            outcomes.append(outcome)
+            print(
+                f"{module}: {outcome.mutants} mutants, {outcome.killed} killed, {outcome.survived} survived"
+                f" ({outcome.skipped} skipped: annotations, pragmas), {outcome.seconds:.0f} s",
+                flush=True,
+            )
+    total = [sum(getattr(o, f) for o in outcomes) for f in ("mutants", "killed", "survived", "seconds")]
+    print(f"total: {total[0]} mutants, {total[1]} killed, {total[2]} survived, {total[3]:.0f} s")
+    for outcome in outcomes:
+        for diff in outcome.survivors:
+            print(f"\nsurvived in {outcome.module}:\n{diff}")
+    return 1 if total[2] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
