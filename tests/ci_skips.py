@@ -13,7 +13,7 @@ __all__ = ["OPTIONAL", "on_ci", "pytest_runtest_makereport"]
 
 # Test files (or node ids) that may skip on CI, each with why it cannot always run there.
 OPTIONAL = {
-    "tests/test_memory_guard.py": "drops capabilities of its children: runs only as root on Linux, and looks for "
+    "tests/credvault/test_memory_guard.py": "drops capabilities of its children: runs only as root on Linux, and looks for "
     "core files only where the kernel's core_pattern writes files",
 }
 

@@ -17,12 +17,12 @@ import trustme
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, admin_of, with_engine_port
+from tests.engine_worker.test_execution_processes import metrics
 from tests.helpers import create_req, up
 from tests.processes import System, eventually, introspect
 from tests.push_helpers import Pki
 from tests.real_engine import QUICK, RealEngine, real_engine, secret_buffer
-from tests.test_execution_processes import metrics
-from tests.test_push_processes import http_monitor
+from tests.vault_service.push.test_push_processes import http_monitor
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
 from vault_service.server import RunningVault, start_vault
