@@ -13,8 +13,10 @@ __all__ = ["OPTIONAL", "on_ci", "pytest_runtest_makereport"]
 
 # Test files (or node ids) that may skip on CI, each with why it cannot always run there.
 OPTIONAL = {
-    "tests/credvault/test_memory_guard.py": "drops capabilities of its children: runs only as root on Linux, and looks for "
-    "core files only where the kernel's core_pattern writes files",
+    "tests/credvault/test_memory_guard.py": (
+        "drops capabilities of its children: runs only as root on Linux, and looks for core files only where the "
+        "kernel's core_pattern writes files"
+    ),
 }
 
 
