@@ -86,7 +86,7 @@ class ChangeFollower:
             try:
                 conn = await asyncpg.connect(self._dsn)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: self._lost(lost))
                 await conn.add_listener(CHANGES_CHANNEL, lambda *_: self._wake.set())
                 while not lost.is_set():
                     self._wake.clear()  # before reading: a notification from here on wakes the next round
@@ -110,6 +110,11 @@ class ChangeFollower:
             finally:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
+
+    def _lost(self, lost: asyncio.Event) -> None:
+        """The LISTEN session ended: stop waiting for a notification that cannot come."""
+        lost.set()
+        self._wake.set()
 
     def _mark_stale(self) -> None:
         for state in self._states.values():
