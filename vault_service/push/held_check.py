@@ -60,6 +60,8 @@ class HeldCheck:
             if now - self._asked_at > 3 * self._interval:
                 self._on_unanswered()  # an engine that cannot answer (an old one) resyncs by reconnecting
             return
+        if self._state.stale:
+            return  # the state itself is about to be rebuilt: nothing to compare with yet
         if self._outbox.pending or held.revision < max(self._synced, self._outbox.revision):
             return  # changes are on their way: it cannot hold the current set yet
         expected = self._state.expected_digest(self._rejected)
@@ -90,6 +92,8 @@ class HeldCheck:
         """The engine listed what it holds: send it the difference (no await between reading the state and
         handing the difference to the outbox)."""
         self._asked_at = None
+        if self._state.stale:
+            return  # the rebuild sends the difference; the next report is compared again
         items = self._state.diff(held, self._rejected, reasons)
         delta = Delta(self._state.revision, {}, {}, {})
         for item in items:
