@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import pathlib
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -59,17 +61,21 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An administrative URL of a PostgreSQL server for the whole session."""
+def pg_url() -> Iterator[str]:
+    """An administrative URL of a PostgreSQL server for the whole session. The embedded one lives in a directory of
+    its own, not under pytest's temporary root: run as root, PostgreSQL runs as pgserver's user, and every pytest
+    start (a test may run pytest in a child) sets that root back to mode 0700, out of that user's reach."""
     url = os.environ.get("CREDVAULT_TEST_DATABASE_URL")
     if url:
         yield url
         return
-    url, handle = embedded_pg.start(tmp_path_factory.mktemp("pg") / "data")
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="credvault-test-pg-"))
+    url, handle = embedded_pg.start(directory / "data")
     try:
         yield url
     finally:
         handle.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _admin(pg_url: str) -> asyncpg.Connection:
