@@ -176,13 +176,11 @@ async def test_a_state_whose_follower_lost_the_database_is_rebuilt_and_its_engin
     # A state that went wrong somehow (a bug): it lost the monitor without telling anyone.
     state._pop_monitor(m.id)
     # The follower's LISTEN session is killed: it cannot prove its states current, so it rebuilds them.
-    dbname = database_url.rsplit("/", 1)[1]
     admin = await asyncpg.connect(database_url)
     try:
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
-            dbname,
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
         )
     finally:
         await admin.close()
