@@ -1,41 +1,28 @@
-"""Pieces the bench scripts share: ports, child environments, tools beside this interpreter, throwaway databases."""
+"""Pieces the bench scripts share: ports and child environments (the tests'), tools beside this interpreter,
+throwaway databases."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import shutil
-import socket
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+# The benches start the vault and workers as the tests do, on the tests' PKI (tests/local_pki.py, tests/processes.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.conftest import with_database
+from tests.processes import child_environment as child_env
+from tests.processes import free_port
 
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment without settings of the systems under test, plus ``extra``."""
-    prefixes = ("CREDVAULT_", "ENGINE_", "BAO_", "VAULT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(extra)
-    return env
+__all__ = ["Database", "child_env", "free_port", "venv_bin", "with_database"]
 
 
 def venv_bin(name: str) -> str | None:
     beside = pathlib.Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 @dataclasses.dataclass

@@ -23,12 +23,18 @@ from typing import Any
 import grpc
 from _harness import Database, child_env, free_port, venv_bin
 
-from credvault.identity import EngineIdentity
-from vault_service import pki
+from tests.local_pki import LocalPki
+from tests.processes import (
+    API_LISTENING,
+    ENGINE_PORT_LISTENING,
+    STATUS_LISTENING,
+    VAULT_MODULE_ARGV,
+    WORKER_MODULE_ARGV,
+    vault_environment,
+    worker_arguments,
+)
 from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import new_keyring
-
-TRUST_DOMAIN = "bench.credvault.local"
 
 
 def note(message: str) -> None:
@@ -170,35 +176,6 @@ async def wait_for_log(child: Child, pattern: str, limit_s: float) -> re.Match[s
 
 
 @dataclasses.dataclass
-class BenchPki:
-    directory: pathlib.Path
-    engine_ca: pki.IssuedCertificate
-    server_ca_pem: pathlib.Path
-    server_pem: pathlib.Path
-    server_key: pathlib.Path
-    engine_ca_pem: pathlib.Path
-
-    @classmethod
-    def make(cls, directory: pathlib.Path) -> BenchPki:
-        engine_ca = pki.create_ca("bench engine CA", trust_domain=TRUST_DOMAIN)
-        server_ca = pki.create_ca("bench server CA")
-        server = pki.issue_server_certificate(server_ca, ["localhost", "127.0.0.1"])
-        engine_ca_pem, _ = pki.write_files(directory, pki.ENGINE_CA, engine_ca)
-        server_pem, server_key = pki.write_files(directory, pki.SERVER, server)
-        server_ca_pem = directory / "server-ca.pem"
-        server_ca_pem.write_bytes(server_ca.cert_pem)
-        return cls(directory, engine_ca, server_ca_pem, server_pem, server_key, engine_ca_pem)
-
-    def engine(self, location: str, engine: str) -> tuple[pathlib.Path, pathlib.Path]:
-        identity = EngineIdentity(TRUST_DOMAIN, location, engine)
-        name = pki.engine_file_name(identity)
-        pem, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
-        if not pem.exists():
-            pem, key = pki.write_files(self.directory, name, pki.issue_engine_certificate(self.engine_ca, identity))
-        return pem, key
-
-
-@dataclasses.dataclass
 class Vault:
     child: Child
     api_port: int
@@ -210,45 +187,31 @@ class Vault:
         return (("authorization", f"Api-Token {self.token}"),)
 
 
-async def start_vault(res: Resources, db: Database, p: BenchPki) -> Vault:
+async def start_vault(res: Resources, db: Database, p: LocalPki) -> Vault:
     """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port."""
     issued = await migrate_and_bootstrap(db.url, "bench-admin")
     return await start_replica(res, db.url, p, new_keyring().to_json(), issued.token)
 
 
 async def start_replica(
-    res: Resources, database_url: str, p: BenchPki, keyring: str, token: str, name: str = "vault"
+    res: Resources, database_url: str, p: LocalPki, keyring: str, token: str, name: str = "vault"
 ) -> Vault:
     """``credvault serve`` with its engine port on a migrated database; replicas of one vault share ``keyring``
     (JSON) and the admin's ``token``. ``name`` names its log."""
     exe = venv_bin("credvault")
-    argv = [exe] if exe else [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
-    argv.append("serve")
+    argv = [exe] if exe else [sys.executable, *VAULT_MODULE_ARGV]
     api_port = engine_port = free_port()
     while engine_port == api_port:
         engine_port = free_port()
-    env = child_env(
-        CREDVAULT_DATABASE_URL=database_url,
-        CREDVAULT_KEYRING=keyring,
-        CREDVAULT_LISTEN=f"127.0.0.1:{api_port}",
-        CREDVAULT_TLS_CERT_FILE=str(p.server_pem),
-        CREDVAULT_TLS_KEY_FILE=str(p.server_key),
-        CREDVAULT_ENGINE_LISTEN=f"127.0.0.1:{engine_port}",
-        CREDVAULT_ENGINE_TLS_CERT_FILE=str(p.server_pem),
-        CREDVAULT_ENGINE_TLS_KEY_FILE=str(p.server_key),
-        CREDVAULT_ENGINE_CA_FILE=str(p.engine_ca_pem),
-        CREDVAULT_TRUST_DOMAIN=TRUST_DOMAIN,
-        CREDVAULT_LOG_LEVEL="INFO",
-    )
-    child = res.spawn(f"credvault serve ({name})", argv, env, res.root / f"{name}.log")
-    await wait_for_log(child, r"engine port listening", 60)
-    await wait_for_log(child, r"credvault API listening", 60)
+    env = child_env(**vault_environment(p, database_url, keyring, api_port, engine_port, CREDVAULT_LOG_LEVEL="INFO"))
+    child = res.spawn(f"credvault serve ({name})", [*argv, "serve"], env, res.root / f"{name}.log")
+    await wait_for_log(child, ENGINE_PORT_LISTENING, 60)
+    await wait_for_log(child, API_LISTENING, 60)
     return Vault(child, api_port, engine_port, token)
 
 
-def api_channel(vault: Vault, p: BenchPki) -> grpc.aio.Channel:
-    creds = grpc.ssl_channel_credentials(root_certificates=p.server_ca_pem.read_bytes())
-    return grpc.aio.secure_channel(f"127.0.0.1:{vault.api_port}", creds)
+def api_channel(vault: Vault, p: LocalPki) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(f"127.0.0.1:{vault.api_port}", p.channel_credentials())
 
 
 @dataclasses.dataclass
@@ -259,19 +222,17 @@ class Worker:
 
 
 def spawn_worker(
-    res: Resources, vault: Vault, p: BenchPki, location: str, engine: str, tag: str = "", extra: tuple[str, ...] = ()
+    res: Resources, vault: Vault, p: LocalPki, location: str, engine: str, tag: str = "", extra: tuple[str, ...] = ()
 ) -> Worker:
-    cert, key = p.engine(location, engine)
     exe = venv_bin("engine-worker")
-    argv = [exe] if exe else [sys.executable, "-m", "engine_worker"]
-    argv += ["--vault", f"127.0.0.1:{vault.engine_port}", "--cert", str(cert), "--key", str(key)]
-    argv += ["--ca", str(p.server_ca_pem), "--status-listen", "127.0.0.1:0", "--log-level", "INFO", *extra]
+    argv = [exe] if exe else [sys.executable, *WORKER_MODULE_ARGV]
+    argv += worker_arguments(p, vault.engine_port, location, engine, *extra)
     log = res.root / f"worker-{location}-{engine}{tag}.log"
     return Worker(engine, res.spawn(f"engine-worker {location}/{engine}", argv, child_env(), log))
 
 
 async def worker_port(w: Worker, limit_s: float) -> int:
-    m = await wait_for_log(w.child, r"status listening on [\d.]+:(\d+)", limit_s)
+    m = await wait_for_log(w.child, STATUS_LISTENING, limit_s)
     w.status_port = int(m.group(1))
     return w.status_port
 

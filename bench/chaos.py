@@ -32,13 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import pathlib
-import sys
 from collections.abc import Awaitable
 from typing import Any
 
 from _processes import (
-    BenchPki,
+    LocalPki,
     Resources,
     Vault,
     Worker,
@@ -53,8 +51,6 @@ from _processes import (
 )
 
 # The scenario lives beside the test that runs it in CI.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
 from credvault.v1 import monitors_pb2 as mpb
 from tests.chaos_database import StoppablePostgres, kill_sessions_for, stop_for
 from tests.chaos_observer import Engine, PushTracker, converge
@@ -82,7 +78,7 @@ def latency_summary(seconds: list[float]) -> dict[str, Any]:
 class Chaos:
     """The running system: replicas, workers, the workload and the push tracker."""
 
-    def __init__(self, ns: argparse.Namespace, res: Resources, pg: StoppablePostgres, p: BenchPki) -> None:
+    def __init__(self, ns: argparse.Namespace, res: Resources, pg: StoppablePostgres, p: LocalPki) -> None:
         self.ns = ns
         self.res = res
         self.pg = pg
@@ -120,7 +116,7 @@ async def run(ns: argparse.Namespace, res: Resources) -> dict[str, Any]:
     pg = await asyncio.to_thread(StoppablePostgres)
     res.on_close("the embedded PostgreSQL", pg.close)
     url = await pg.create_database(DATABASE)
-    p = BenchPki.make(res.root)
+    p = LocalPki.make(res.root)
     issued = await migrate_and_bootstrap(url, "bench-admin")
     keyring = new_keyring().to_json()
     chaos = Chaos(ns, res, pg, p)

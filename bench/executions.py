@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 from _harness import Database
 from _processes import (
-    BenchPki,
+    LocalPki,
     Resources,
     Vault,
     Worker,
@@ -154,7 +154,7 @@ async def client_rate(url: str, seconds: float, fresh_session: bool) -> dict[str
 # --- the system --------------------------------------------------------------------------------------------------
 
 
-async def create_monitors(vault: Vault, p: BenchPki, url: str, count: int) -> None:
+async def create_monitors(vault: Vault, p: LocalPki, url: str, count: int) -> None:
     md = vault.metadata
     async with api_channel(vault, p) as ch:
         mon, cred = mgrpc.MonitorsServiceStub(ch), cgrpc.CredentialsServiceStub(ch)
@@ -201,7 +201,7 @@ async def wait_holding(http: aiohttp.ClientSession, w: Worker, count: int, limit
 async def measure(
     res: Resources,
     vault: Vault,
-    p: BenchPki,
+    p: LocalPki,
     http: aiohttp.ClientSession,
     monitors: int,
     interval: float,
@@ -264,7 +264,7 @@ async def run(ns: argparse.Namespace, res: Resources, url: str) -> dict[str, Any
     db = Database(ns.database_url, f"bench_exec_{uuid.uuid4().hex[:8]}")
     await db.create()
     res.on_close("database", lambda: asyncio.run(db.drop()))
-    p = BenchPki.make(res.root)
+    p = LocalPki.make(res.root)
     vault = await start_vault(res, db, p)
     note(f"creating {ns.monitors} monitors")
     await create_monitors(vault, p, url, ns.monitors)

@@ -53,7 +53,7 @@ import asyncpg
 import grpc
 from _harness import Database, child_env
 from _processes import (
-    BenchPki,
+    LocalPki,
     Resources,
     Vault,
     Worker,
@@ -207,7 +207,7 @@ class FanoutServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self, p: BenchPki) -> None:
+    async def start(self, p: LocalPki) -> None:
         handler = grpc.method_handlers_generic_handler(
             "bench.Fanout",
             {
@@ -294,7 +294,7 @@ class FanoutServer:
 
 
 async def baseline_fanout(
-    res: Resources, p: BenchPki, widths: list[int], rounds: int, warmup: int, message_bytes: int, processes: int
+    res: Resources, p: LocalPki, widths: list[int], rounds: int, warmup: int, message_bytes: int, processes: int
 ) -> dict[str, Any]:
     server = FanoutServer(message_bytes)
     await server.start(p)
@@ -310,7 +310,7 @@ async def baseline_fanout(
         ),
         "by_w": {},
     }
-    cert, key = p.engine("fanout", "subscriber")
+    cert, key = p.engine_files("fanout", "subscriber")
     helper = str(BENCH_DIR / "_propagation_fanout.py")
     try:
         for width in widths:
@@ -639,7 +639,7 @@ async def measure_pair(
     ns: argparse.Namespace,
     res: Resources,
     vault: Vault,
-    p: BenchPki,
+    p: LocalPki,
     db: Database,
     api: grpc.aio.Channel,
     http: aiohttp.ClientSession,
@@ -805,7 +805,7 @@ async def measure_resync(
     ns: argparse.Namespace,
     res: Resources,
     vault: Vault,
-    p: BenchPki,
+    p: LocalPki,
     http: aiohttp.ClientSession,
     workers: list[Worker],
     location: str,
@@ -874,7 +874,7 @@ async def measure_resync(
 
 
 async def empty_worker(
-    res: Resources, vault: Vault, p: BenchPki, api: grpc.aio.Channel, http: aiohttp.ClientSession
+    res: Resources, vault: Vault, p: LocalPki, api: grpc.aio.Channel, http: aiohttp.ClientSession
 ) -> dict[str, Any]:
     """A worker of a location with no monitors: its start-up and sync cost, and its RSS holding nothing."""
     md = vault.metadata
@@ -1035,7 +1035,7 @@ async def run(ns: argparse.Namespace, res: Resources) -> dict[str, Any]:
         "Monitors are created before their location's workers start, so the workers receive them in their initial "
         "sync (initial_sync_all_workers_seconds), not one change at a time.",
     ]
-    p = BenchPki.make(res.root / "pki")
+    p = LocalPki.make(res.root / "pki")
     db = Database(ns.database_url, f"bench_prop_{uuid.uuid4().hex[:10]}")
     await db.create()
     if ns.keep:

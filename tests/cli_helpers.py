@@ -9,10 +9,9 @@ import stat
 import sys
 from dataclasses import dataclass
 
-import trustme
-
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 CLI = [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
@@ -48,10 +47,10 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CREDVAULT_")}
 
 
-def cli_env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    """The environment of a `credvault` run against ``vault`` as ``admin``, verifying the server with ``ca``."""
+def cli_env(vault: RunningVault, local_pki: LocalPki, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    """The environment of a `credvault` run against ``vault`` as ``admin``, verifying the server with the tests' PKI."""
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(ca.cert_pem.bytes())
+    ca_file.write_bytes(local_pki.server_ca.cert_pem)
     assert admin.token is not None
     return {
         **base_env(),

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 import pytest
-import trustme
 
 from credvault.v1 import (
     audit_pb2_grpc,
@@ -30,7 +29,8 @@ from credvault.v1 import (
     tokens_pb2_grpc,
 )
 from tests.ci_skips import pytest_runtest_makereport  # noqa: F401 - the hook that fails required skips on CI
-from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, make_pki
+from tests.local_pki import LocalPki
+from tests.push_helpers import EngineClient
 from vault_service import embedded_pg, pki
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import Settings
@@ -130,19 +130,14 @@ async def database_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
+def local_pki(tmp_path_factory: pytest.TempPathFactory) -> LocalPki:
+    """The tests' one PKI (shared with the benches): the server certificate of both ports, the engine CA."""
+    return LocalPki.make(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
-def server_tls(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, pathlib.Path]:
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    d = tmp_path_factory.mktemp("tls")
-    chain, key = d / "server.pem", d / "server.key"
-    chain.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    key.write_bytes(cert.private_key_pem.bytes())
-    key.chmod(0o600)
-    return chain, key
+def server_tls(local_pki: LocalPki) -> tuple[pathlib.Path, pathlib.Path]:
+    return local_pki.server_pem, local_pki.server_key
 
 
 @pytest.fixture
@@ -175,8 +170,8 @@ async def vault(settings: Settings, keyring: Keyring) -> AsyncIterator[RunningVa
 
 
 @pytest.fixture
-async def channel(vault: RunningVault, ca: trustme.CA) -> AsyncIterator[grpc.aio.Channel]:
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+async def channel(vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[grpc.aio.Channel]:
+    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
     ch = grpc.aio.secure_channel(f"localhost:{vault.port}", creds)
     yield ch
     await ch.close(None)
@@ -256,20 +251,14 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 Connect = Callable[..., Awaitable[EngineClient]]
 
 
-@pytest.fixture(scope="session")
-def engine_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def with_engine_port(settings: Settings, engine_pki: Pki) -> Settings:
-    d = engine_pki.directory
+def with_engine_port(settings: Settings, local_pki: LocalPki) -> Settings:
     return settings.model_copy(
         update={
             "engine_listen": "127.0.0.1:0",
-            "engine_tls_cert_file": d / "server.pem",
-            "engine_tls_key_file": d / "server.key",
-            "engine_ca_file": d / "engine-ca.pem",
-            "trust_domain": TRUST_DOMAIN,
+            "engine_tls_cert_file": local_pki.server_pem,
+            "engine_tls_key_file": local_pki.server_key,
+            "engine_ca_file": local_pki.engine_ca_pem,
+            "trust_domain": local_pki.trust_domain,
             "engine_heartbeat_seconds": 1.0,
             "engine_outbox_max": 100,
         }
@@ -277,30 +266,30 @@ def with_engine_port(settings: Settings, engine_pki: Pki) -> Settings:
 
 
 @pytest.fixture
-async def push_vault(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RunningVault]:
-    running = await start_vault(with_engine_port(settings, engine_pki), keyring=keyring)
+async def push_vault(settings: Settings, keyring: Keyring, local_pki: LocalPki) -> AsyncIterator[RunningVault]:
+    running = await start_vault(with_engine_port(settings, local_pki), keyring=keyring)
     yield running
     await running.stop(0)
 
 
 @contextlib.asynccontextmanager
-async def admin_of(vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
+async def admin_of(vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[Client]:
     """A bootstrapped admin of ``vault`` on its own channel (which follows the vault through a restart on the same
     port)."""
     issued = await bootstrap_admin(vault.store, "admin")
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
     async with grpc.aio.secure_channel(f"localhost:{vault.port}", creds) as ch:
         yield Client(ch, issued.token, "admin")
 
 
 @pytest.fixture
-async def admin_client(push_vault: RunningVault, ca: trustme.CA) -> AsyncIterator[Client]:
-    async with admin_of(push_vault, ca) as client:
+async def admin_client(push_vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[Client]:
+    async with admin_of(push_vault, local_pki) as client:
         yield client
 
 
 @pytest.fixture
-async def connect(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Connect]:
+async def connect(push_vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[Connect]:
     clients: list[EngineClient] = []
 
     async def open_stream(
@@ -314,8 +303,8 @@ async def connect(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Co
         """A stream with ``cert`` (default: a valid one; None: none), holding what ``resume`` held."""
         client = EngineClient(
             push_vault.engine_port,
-            engine_pki.server_ca.cert_pem,
-            engine_pki.engine(location, engine) if isinstance(cert, str) else cert,
+            local_pki.server_ca.cert_pem,
+            local_pki.engine(location, engine) if isinstance(cert, str) else cert,
         )
         if resume is not None:
             client.monitors, client.credentials = dict(resume.monitors), dict(resume.credentials)
@@ -337,7 +326,7 @@ async def connect(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Co
 async def system(tmp_path: pathlib.Path, database_url: str, keyring: Keyring) -> AsyncIterator[System]:
     from tests.processes import System  # it uses this module's Client
 
-    sys_ = System(make_pki(tmp_path), database_url, keyring)
+    sys_ = System(LocalPki.make(tmp_path), database_url, keyring)
     try:
         yield sys_
     finally:

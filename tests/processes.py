@@ -20,7 +20,7 @@ import aiohttp
 import grpc
 
 from tests.conftest import Client
-from tests.push_helpers import TRUST_DOMAIN, Pki
+from tests.local_pki import LocalPki
 from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import Keyring
 
@@ -29,6 +29,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- how the two processes are started: shared with bench/_processes.py ------------------------------------------
+
+VAULT_MODULE_ARGV = ["-c", "from vault_service.cli.main import main; main()"]
+WORKER_MODULE_ARGV = ["-m", "engine_worker"]
+API_LISTENING = r"credvault API listening"
+ENGINE_PORT_LISTENING = r"engine port listening"
+STATUS_LISTENING = r"status listening on [\d.]+:(\d+)"
+
+
+def child_environment(*, without_pythonpath: bool = False, **extra: str) -> dict[str, str]:
+    """This process's environment without the settings of the systems under test (and PYTHONPATH: a child that must
+    run from an installed package), plus ``extra``."""
+    dropped = ("CREDVAULT_", "ENGINE_", "BAO_", "VAULT_", *(("PYTHONPATH",) if without_pythonpath else ()))
+    return {k: v for k, v in os.environ.items() if not k.startswith(dropped)} | extra
+
+
+def vault_environment(
+    pki: LocalPki, database_url: str, keyring_json: str, api_port: int, engine_port: int, **extra: str
+) -> dict[str, str]:
+    """The settings of a `credvault serve` with its engine port, both on ``pki``'s server certificate."""
+    return {
+        "CREDVAULT_DATABASE_URL": database_url,
+        "CREDVAULT_KEYRING": keyring_json,
+        "CREDVAULT_LISTEN": f"127.0.0.1:{api_port}",
+        "CREDVAULT_TLS_CERT_FILE": str(pki.server_pem),
+        "CREDVAULT_TLS_KEY_FILE": str(pki.server_key),
+        "CREDVAULT_ENGINE_LISTEN": f"127.0.0.1:{engine_port}",
+        "CREDVAULT_ENGINE_TLS_CERT_FILE": str(pki.server_pem),
+        "CREDVAULT_ENGINE_TLS_KEY_FILE": str(pki.server_key),
+        "CREDVAULT_ENGINE_CA_FILE": str(pki.engine_ca_pem),
+        "CREDVAULT_TRUST_DOMAIN": pki.trust_domain,
+        **extra,
+    }
+
+
+def worker_arguments(pki: LocalPki, engine_port: int, location: str, engine: str, *extra: str) -> list[str]:
+    """The command-line arguments of an `engine-worker` of ``location``/``engine`` (its certificate issued by ``pki``
+    on first use), with its status endpoint on a port of the system's choice (logged: STATUS_LISTENING)."""
+    cert, key = pki.engine_files(location, engine)
+    return [
+        *("--vault", f"localhost:{engine_port}", "--cert", str(cert), "--key", str(key)),
+        *("--ca", str(pki.server_ca_pem), "--status-listen", "127.0.0.1:0", "--log-level", "INFO"),
+        *extra,
+    ]
 
 
 class Proc:
@@ -100,7 +146,9 @@ class System:
     ``installed``, a virtual environment's bin directory, they are its console scripts, run from the PKI directory
     (outside the source tree) without PYTHONPATH."""
 
-    def __init__(self, pki: Pki, database_url: str, keyring: Keyring, installed: pathlib.Path | None = None) -> None:
+    def __init__(
+        self, pki: LocalPki, database_url: str, keyring: Keyring, installed: pathlib.Path | None = None
+    ) -> None:
         self.pki = pki
         self.database_url = database_url
         self.keyring = keyring
@@ -110,8 +158,7 @@ class System:
         self.procs: list[Proc] = []
 
     def _env(self) -> dict[str, str]:
-        dropped = ("CREDVAULT_", "ENGINE_", *(("PYTHONPATH",) if self.installed else ()))
-        return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+        return child_environment(without_pythonpath=self.installed is not None)
 
     def _command(self, script: str, module_argv: list[str]) -> list[str]:
         return [str(self.installed / script)] if self.installed else [sys.executable, *module_argv]
@@ -123,65 +170,34 @@ class System:
 
     async def start_vault(self, launcher: Sequence[str] = (), **extra_env: str) -> Proc:
         vault = await self.spawn_vault(launcher, **extra_env)
-        await vault.wait_for_line(r"credvault API listening")
+        await vault.wait_for_line(API_LISTENING)
         return vault
 
     async def spawn_vault(self, launcher: Sequence[str] = (), **extra_env: str) -> Proc:
         """A `credvault serve` process, not waited for."""
-        d = self.pki.directory
-        env = self._env() | {
-            "CREDVAULT_DATABASE_URL": self.database_url,
-            "CREDVAULT_KEYRING": self.keyring.to_json(),
-            "CREDVAULT_LISTEN": f"127.0.0.1:{self.api_port}",
-            "CREDVAULT_TLS_CERT_FILE": str(d / "server.pem"),
-            "CREDVAULT_TLS_KEY_FILE": str(d / "server.key"),
-            "CREDVAULT_ENGINE_LISTEN": f"127.0.0.1:{self.engine_port}",
-            "CREDVAULT_ENGINE_TLS_CERT_FILE": str(d / "server.pem"),
-            "CREDVAULT_ENGINE_TLS_KEY_FILE": str(d / "server.key"),
-            "CREDVAULT_ENGINE_CA_FILE": str(d / "engine-ca.pem"),
-            "CREDVAULT_TRUST_DOMAIN": TRUST_DOMAIN,
-            "CREDVAULT_ENGINE_HEARTBEAT_SECONDS": "1",
+        env = self._env() | vault_environment(
+            self.pki,
+            self.database_url,
+            self.keyring.to_json(),
+            self.api_port,
+            self.engine_port,
+            CREDVAULT_ENGINE_HEARTBEAT_SECONDS="1",
             **extra_env,
-        }
-        return await self._spawn(
-            *self._command("credvault", ["-c", "from vault_service.cli.main import main; main()"]),
-            "serve",
-            env=env,
-            launcher=launcher,
         )
+        return await self._spawn(*self._command("credvault", VAULT_MODULE_ARGV), "serve", env=env, launcher=launcher)
 
     async def start_worker(
         self, location: str, engine: str, *extra: str, launcher: Sequence[str] = ()
     ) -> tuple[Proc, int]:
         worker = await self.spawn_worker(location, engine, *extra, launcher=launcher)
-        m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
+        m = await worker.wait_for_line(STATUS_LISTENING)
         return worker, int(m.group(1))
 
     async def spawn_worker(self, location: str, engine: str, *extra: str, launcher: Sequence[str] = ()) -> Proc:
         """An `engine-worker` process, not waited for."""
-        name = f"engine-{location}-{engine}"
-        if not (self.pki.directory / f"{name}.pem").exists():
-            self.pki.write(name, self.pki.engine(location, engine))
-        d = self.pki.directory
+        args = worker_arguments(self.pki, self.engine_port, location, engine, "--heartbeat-interval", "1", *extra)
         return await self._spawn(
-            *self._command("engine-worker", ["-m", "engine_worker"]),
-            "--vault",
-            f"localhost:{self.engine_port}",
-            "--cert",
-            str(d / f"{name}.pem"),
-            "--key",
-            str(d / f"{name}.key"),
-            "--ca",
-            str(d / "server-ca.pem"),
-            "--status-listen",
-            "127.0.0.1:0",
-            "--heartbeat-interval",
-            "1",
-            "--log-level",
-            "INFO",
-            *extra,
-            env=self._env(),
-            launcher=launcher,
+            *self._command("engine-worker", WORKER_MODULE_ARGV), *args, env=self._env(), launcher=launcher
         )
 
     async def stop_all(self) -> None:
@@ -224,6 +240,5 @@ async def vault_admin(system: System, database_url: str) -> AsyncIterator[Client
     """Migrates, bootstraps an admin, starts the vault process, and yields the admin's client."""
     issued = await migrate_and_bootstrap(database_url, "admin")
     await system.start_vault()
-    creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
-    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as ch:
+    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", system.pki.channel_credentials()) as ch:
         yield Client(ch, issued.token, "admin")

@@ -1,55 +1,16 @@
-"""A PKI and a vault with its engine port, for the push tests; and a minimal engine client that records what it
-receives (the real worker process is tested in test_engine_worker*.py and test_push_processes.py)."""
+"""A minimal engine client for the push tests that records what it receives, applying batches as a worker would."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime
-import pathlib
 from typing import Any
 
 import grpc
 
-from credvault.identity import EngineIdentity
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import engine_pb2_grpc as egrpc
 from vault_service import pki
-
-TRUST_DOMAIN = "credvault.test"
-
-
-@dataclasses.dataclass(frozen=True)
-class Pki:
-    directory: pathlib.Path
-    engine_ca: pki.IssuedCertificate
-    server_ca: pki.IssuedCertificate
-    server: pki.IssuedCertificate
-
-    def engine(self, location: str, engine: str, **kw: Any) -> pki.IssuedCertificate:
-        return pki.issue_engine_certificate(self.engine_ca, EngineIdentity(TRUST_DOMAIN, location, engine), **kw)
-
-    def write(self, name: str, issued: pki.IssuedCertificate) -> tuple[pathlib.Path, pathlib.Path]:
-        return pki.write_files(self.directory, name, issued)
-
-
-def make_pki(directory: pathlib.Path) -> Pki:
-    engine_ca = pki.create_ca("test engine CA", trust_domain=TRUST_DOMAIN)
-    server_ca = pki.create_ca("test server CA")
-    server = pki.issue_server_certificate(server_ca, ["localhost", "127.0.0.1"])
-    out = Pki(directory, engine_ca, server_ca, server)
-    out.write("engine-ca", engine_ca)
-    out.write("server", server)
-    (directory / "server-ca.pem").write_bytes(server_ca.cert_pem)
-    return out
-
-
-def expired(p: Pki, location: str, engine: str) -> pki.IssuedCertificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return p.engine(
-        location, engine, not_before=now - datetime.timedelta(days=2), not_after=now - datetime.timedelta(days=1)
-    )
 
 
 class EngineClient:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from engine_worker.config_store import ConfigStore, HeldCredential
 from engine_worker.stream import EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
-from tests.push_helpers import Pki
+from tests.local_pki import LocalPki
 
 __all__ = ["QUICK", "RealEngine", "real_engine", "secret_buffer"]
 
@@ -36,12 +36,12 @@ class RealEngine:
 
 @contextlib.asynccontextmanager
 async def real_engine(
-    engine_port: int, engine_pki: Pki, location_id: str, engine_id: str, settings: StreamSettings = QUICK
+    engine_port: int, local_pki: LocalPki, location_id: str, engine_id: str, settings: StreamSettings = QUICK
 ) -> AsyncIterator[RealEngine]:
     """An engine with a certificate for ``location_id``/``engine_id``, streaming from ``engine_port`` until the
     block ends."""
-    cert, key = engine_pki.write(f"engine-{location_id}-{engine_id}", engine_pki.engine(location_id, engine_id))
-    ca = engine_pki.directory / "server-ca.pem"
+    cert, key = local_pki.write(f"engine-{location_id}-{engine_id}", local_pki.engine(location_id, engine_id))
+    ca = local_pki.directory / "server-ca.pem"
     identity = check_tls_files(cert, key, ca)
     store = ConfigStore(identity.location_id)
     factory = mtls_channel_factory(f"localhost:{engine_port}", cert, key, ca, identity)

@@ -15,8 +15,8 @@ import zipfile
 import pytest
 
 from credvault.v1 import monitors_pb2 as mpb
+from tests.local_pki import LocalPki
 from tests.processes import System, eventually, introspect, vault_admin
-from tests.push_helpers import make_pki
 from vault_service.crypto import Keyring
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_the_installed_package_imports_from_the_environment(installed: pathlib.P
 async def test_the_installed_vault_serves_and_its_worker_connects(
     installed: pathlib.Path, tmp_path: pathlib.Path, database_url: str, keyring: Keyring
 ) -> None:
-    system = System(make_pki(tmp_path), database_url, keyring, installed=installed)
+    system = System(LocalPki.make(tmp_path), database_url, keyring, installed=installed)
     try:
         async with vault_admin(system, database_url) as admin:
             await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))

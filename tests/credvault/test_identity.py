@@ -7,11 +7,9 @@ import datetime
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from credvault.identity import EngineIdentity, identity_from_certificate
+from tests.local_pki import odd_leaf
 
 TD = "credvault.local"
 ENGINE = EngineIdentity(TD, "loc-1", "engine-7")
@@ -100,42 +98,23 @@ def test_from_uri_is_strict(bad: str) -> None:
 # --- from a certificate ----------------------------------------------------------------------------------------
 
 
-def _self_signed(san: list[x509.GeneralName] | None, *, ca: bool = False) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
-    now = datetime.datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
 URI = x509.UniformResourceIdentifier
 
 
 @pytest.mark.parametrize(
     ("cert", "reason"),
     [
-        (_self_signed(None), "no subjectAltName"),
-        (_self_signed([x509.DNSName("engine.example")]), "0 URI"),
-        (_self_signed([URI(GOOD), URI("spiffe://credvault.local/location/l1/engine/e2")]), "2 URI"),
-        (_self_signed([URI(GOOD), URI("https://example.com/")]), "2 URI"),
-        (_self_signed([URI("spiffe://other.example/location/l1/engine/e1")]), "trust domain 'other.example'"),
+        (odd_leaf(None), "no subjectAltName"),
+        (odd_leaf([x509.DNSName("engine.example")]), "0 URI"),
+        (odd_leaf([URI(GOOD), URI("spiffe://credvault.local/location/l1/engine/e2")]), "2 URI"),
+        (odd_leaf([URI(GOOD), URI("https://example.com/")]), "2 URI"),
+        (odd_leaf([URI("spiffe://other.example/location/l1/engine/e1")]), "trust domain 'other.example'"),
         # any other trust domain, also one that sorts before the expected one or is a prefix of it
-        (_self_signed([URI("spiffe://aaa.example/location/l1/engine/e1")]), "trust domain 'aaa.example'"),
-        (_self_signed([URI("spiffe://credvault.loca/location/l1/engine/e1")]), "trust domain 'credvault.loca'"),
-        (_self_signed([URI("spiffe://credvault.local/location/l1/engine/e1/x")]), "not an engine SPIFFE ID"),
-        (_self_signed([URI("https://credvault.local/location/l1/engine/e1")]), "not an engine SPIFFE ID"),
-        (_self_signed([URI(GOOD)], ca=True), "CA certificate"),
+        (odd_leaf([URI("spiffe://aaa.example/location/l1/engine/e1")]), "trust domain 'aaa.example'"),
+        (odd_leaf([URI("spiffe://credvault.loca/location/l1/engine/e1")]), "trust domain 'credvault.loca'"),
+        (odd_leaf([URI("spiffe://credvault.local/location/l1/engine/e1/x")]), "not an engine SPIFFE ID"),
+        (odd_leaf([URI("https://credvault.local/location/l1/engine/e1")]), "not an engine SPIFFE ID"),
+        (odd_leaf([URI(GOOD)], ca=True), "CA certificate"),
         (b"not a certificate", "not an X.509 certificate"),
         (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not an X.509 certificate"),
     ],
@@ -146,7 +125,7 @@ def test_identity_from_certificate_errors(cert: bytes, reason: str) -> None:
 
 
 def test_identity_from_certificate_accepts_one_uri_among_other_sans() -> None:
-    cert = _self_signed([x509.DNSName("engine.example"), URI(GOOD)])
+    cert = odd_leaf([x509.DNSName("engine.example"), URI(GOOD)])
     assert identity_from_certificate(cert, TD) == EngineIdentity(TD, "l1", "e1")
 
 
@@ -184,5 +163,5 @@ def test_spiffe_id_parsing_is_strict(uri: str) -> None:
 
 
 def test_without_a_trust_domain_any_is_read() -> None:
-    cert = _self_signed([URI("spiffe://other.example/location/l1/engine/e1")])
+    cert = odd_leaf([URI("spiffe://other.example/location/l1/engine/e1")])
     assert identity_from_certificate(cert) == EngineIdentity("other.example", "l1", "e1")

@@ -12,15 +12,14 @@ import signal
 from collections.abc import AsyncIterator
 
 import pytest
-import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, admin_of, with_engine_port
 from tests.engine_worker.test_execution_processes import metrics
 from tests.helpers import create_req, up
+from tests.local_pki import LocalPki
 from tests.processes import System, eventually, introspect
-from tests.push_helpers import Pki
 from tests.real_engine import QUICK, RealEngine, real_engine, secret_buffer
 from tests.vault_service.push.test_push_processes import http_monitor
 from vault_service.config import Settings
@@ -56,9 +55,9 @@ class Holding:
 
 
 @pytest.fixture
-async def holding(admin_client: Client, push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[Holding]:
+async def holding(admin_client: Client, push_vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[Holding]:
     cred, monitor = await _location_with_a_monitor(admin_client)
-    async with real_engine(push_vault.engine_port, engine_pki, LOCATION, ENGINE) as engine:
+    async with real_engine(push_vault.engine_port, local_pki, LOCATION, ENGINE) as engine:
         await engine.wait_until(engine.stream.synced.is_set)
         yield Holding(engine, cred, monitor)
 
@@ -124,8 +123,8 @@ class RestartableVault:
 
 
 @pytest.fixture
-async def restartable(settings: Settings, keyring: Keyring, engine_pki: Pki) -> AsyncIterator[RestartableVault]:
-    vault = RestartableVault(with_engine_port(settings, engine_pki), keyring)
+async def restartable(settings: Settings, keyring: Keyring, local_pki: LocalPki) -> AsyncIterator[RestartableVault]:
+    vault = RestartableVault(with_engine_port(settings, local_pki), keyring)
     await vault.start()
     try:
         yield vault
@@ -146,11 +145,14 @@ async def _synced_engine_then_vault_stopped(
 
 
 async def test_through_a_vault_restart_the_engine_keeps_what_it_holds_and_resumes(
-    restartable: RestartableVault, engine_pki: Pki, ca: trustme.CA
+    restartable: RestartableVault, local_pki: LocalPki
 ) -> None:
     assert restartable.running is not None
     port = restartable.running.engine_port
-    async with admin_of(restartable.running, ca) as admin, real_engine(port, engine_pki, LOCATION, ENGINE) as engine:
+    async with (
+        admin_of(restartable.running, local_pki) as admin,
+        real_engine(port, local_pki, LOCATION, ENGINE) as engine,
+    ):
         cred, secret = await _synced_engine_then_vault_stopped(restartable, admin, engine)
         held = engine.holds()
         assert list(held["credentials"]) == [cred]  # kept through an outage shorter than max_disconnected
@@ -170,14 +172,14 @@ async def test_through_a_vault_restart_the_engine_keeps_what_it_holds_and_resume
 
 
 async def test_a_vault_gone_longer_than_max_disconnected_is_a_flush(
-    restartable: RestartableVault, engine_pki: Pki, ca: trustme.CA
+    restartable: RestartableVault, local_pki: LocalPki
 ) -> None:
     assert restartable.running is not None
     port = restartable.running.engine_port
     settings = dataclasses.replace(QUICK, max_disconnected=0.5)
     async with (
-        admin_of(restartable.running, ca) as admin,
-        real_engine(port, engine_pki, LOCATION, ENGINE, settings) as engine,
+        admin_of(restartable.running, local_pki) as admin,
+        real_engine(port, local_pki, LOCATION, ENGINE, settings) as engine,
     ):
         cred, secret = await _synced_engine_then_vault_stopped(restartable, admin, engine)
         await engine.wait_until(engine.stream.flushed.is_set)

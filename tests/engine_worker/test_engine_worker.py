@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import datetime
 import importlib
 import inspect
-import ipaddress
 import logging
 import os
 import pathlib
@@ -31,9 +29,6 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import engine_worker
 from credvault.held_digest import HeldDigest
@@ -46,6 +41,7 @@ from engine_worker.settings import Settings, load_settings
 from engine_worker.stream import Backoff, EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
 from engine_worker.worker import EngineWorker
+from tests.local_pki import TRUST_DOMAIN, LocalPki, odd_leaf
 from tests.real_engine import secret_buffer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -53,7 +49,7 @@ TIMEOUT = 20.0
 
 LOCATION = "loc-1"
 ENGINE = "eng-1"
-SPIFFE = f"spiffe://credvault.local/location/{LOCATION}/engine/{ENGINE}"
+SPIFFE = f"spiffe://{TRUST_DOMAIN}/location/{LOCATION}/engine/{ENGINE}"
 
 SECRET = "pinned-secret-value-123"
 SECRET2 = "other-secret-456"
@@ -447,151 +443,59 @@ def test_secret_bearing_fields_are_pinned() -> None:
         assert fields <= seen[cls_name]
 
 
-# --- a test PKI (cryptography only) --------------------------------------------------------------------------------
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _usage(*, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not ca,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-@dataclasses.dataclass
-class Ca:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        return _cert_pem(self.cert)
-
-
-def make_ca(common_name: str) -> Ca:
-    key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return Ca(cert, key)
-
-
-def issue(ca: Ca, common_name: str, names: list[x509.GeneralName], usage: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
-    """(chain PEM, key PEM) of a leaf certificate."""
-    key = _new_key()
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return _cert_pem(cert) + ca.pem, _key_pem(key)
+# --- the engine's files, from the tests' one PKI -------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Pki:
-    directory: pathlib.Path
-    engine_ca: bytes
-    server_chain: bytes
-    server_key: bytes
+    """What an engine worker is given (its certificate, key and the vault's CA) and what the fake vault serves with."""
 
-    @property
-    def cert(self) -> pathlib.Path:
-        return self.directory / "engine.pem"
-
-    @property
-    def key(self) -> pathlib.Path:
-        return self.directory / "engine.key"
+    local: LocalPki
+    cert: pathlib.Path
+    key: pathlib.Path
 
     @property
     def ca(self) -> pathlib.Path:
-        return self.directory / "server-ca.pem"
+        return self.local.server_ca_pem
+
+    @property
+    def server_chain(self) -> bytes:
+        return self.local.server.chain_pem
+
+    @property
+    def server_key(self) -> bytes:
+        return self.local.server.key_pem
+
+    @property
+    def engine_ca(self) -> bytes:
+        return self.local.engine_ca.cert_pem
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("engine-pki")
-    server_ca, engine_ca = make_ca("test server CA"), make_ca("test engine CA")
-    server_chain, server_key = issue(
-        server_ca, "localhost", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], ExtendedKeyUsageOID.SERVER_AUTH
-    )
-    engine_chain, engine_key = issue(
-        engine_ca, ENGINE, [x509.UniformResourceIdentifier(SPIFFE)], ExtendedKeyUsageOID.CLIENT_AUTH
-    )
-    (directory / "engine.pem").write_bytes(engine_chain)
-    (directory / "engine.key").write_bytes(engine_key)
-    (directory / "engine.key").chmod(0o600)
-    (directory / "server-ca.pem").write_bytes(server_ca.pem)
-    (directory / "engine-ca.pem").write_bytes(engine_ca.pem)
-    return Pki(directory, engine_ca.pem, server_chain, server_key)
+def pki(local_pki: LocalPki) -> Pki:
+    return Pki(local_pki, *local_pki.engine_files(LOCATION, ENGINE))
 
 
 def test_identity_comes_from_the_certificate(pki: Pki) -> None:
     identity = check_tls_files(pki.cert, pki.key, pki.ca)
-    assert identity == EngineIdentity("credvault.local", LOCATION, ENGINE)
+    assert identity == EngineIdentity(TRUST_DOMAIN, LOCATION, ENGINE)
 
 
 def test_tls_files_are_checked(pki: Pki, tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="CA certificate"):
         check_tls_files(pki.ca, pki.key, pki.ca)
     other_key = tmp_path / "other.key"
-    other_key.write_bytes(_key_pem(_new_key()))
+    other_key.write_bytes(pki.local.engine(LOCATION, ENGINE).key_pem)
     with pytest.raises(ValueError, match="does not belong"):
         check_tls_files(pki.cert, other_key, pki.ca)
     with pytest.raises(ValueError, match="cannot read"):
         check_tls_files(pki.cert, tmp_path / "missing.key", pki.ca)
     with pytest.raises(ValueError, match="not a PEM"):
         check_tls_files(pki.cert, pki.key, other_key)
-    two_uris, _ = issue(
-        make_ca("x"),
-        "x",
-        [x509.UniformResourceIdentifier(SPIFFE), x509.UniformResourceIdentifier(SPIFFE + "x")],
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-    )
+    two_uris = odd_leaf([x509.UniformResourceIdentifier(SPIFFE), x509.UniformResourceIdentifier(SPIFFE + "x")])
     with pytest.raises(ValueError, match="exactly one"):
         identity_from_certificate(two_uris)
-    dns_only, _ = issue(make_ca("x"), "x", [x509.DNSName("engine.example")], ExtendedKeyUsageOID.CLIENT_AUTH)
+    dns_only = odd_leaf([x509.DNSName("engine.example")])
     with pytest.raises(ValueError, match="0 URI"):
         identity_from_certificate(dns_only)
 
@@ -856,7 +760,7 @@ async def test_unreachable_vault_backoff_and_fail_safe_with_a_fake_clock() -> No
     port = _closed_port()
     stream = EngineStream(
         store,
-        EngineIdentity("credvault.local", LOCATION, ENGINE),
+        EngineIdentity(TRUST_DOMAIN, LOCATION, ENGINE),
         lambda: grpc.aio.insecure_channel(f"127.0.0.1:{port}"),
         StreamSettings(heartbeat_interval=1.0, max_disconnected=10.0, backoff_base=1.0, backoff_cap=8.0),
         clock=lambda: now[0],

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
 from tests.conftest import Client, Users
 from tests.helpers import ALL, create_req, expect_code, up
+from tests.local_pki import LocalPki
 from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
@@ -90,8 +90,8 @@ async def replica_b(settings: Settings, keyring: Keyring, vault: RunningVault) -
 
 
 @pytest.fixture
-async def channel_b(replica_b: RunningVault, ca: trustme.CA) -> AsyncIterator[grpc.aio.Channel]:
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+async def channel_b(replica_b: RunningVault, local_pki: LocalPki) -> AsyncIterator[grpc.aio.Channel]:
+    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
     ch = grpc.aio.secure_channel(f"localhost:{replica_b.port}", creds)
     yield ch
     await ch.close(None)
@@ -270,14 +270,14 @@ class TokenLookups:
 
 
 async def test_switched_off_every_call_looks_the_token_up(
-    settings: Settings, keyring: Keyring, users: Users, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, keyring: Keyring, users: Users, local_pki: LocalPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replica = await start_vault(settings.model_copy(update={"auth_cache_seconds": 0}), keyring=keyring)
     try:
         assert replica.auth_cache is None
         alice = await users.make("alice", [VIEW])
         lookups = TokenLookups(monkeypatch)
-        creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
         async with grpc.aio.secure_channel(f"localhost:{replica.port}", creds) as channel:
             for _ in range(3):
                 await on(channel, alice).ListCredentials(cpb.ListCredentialsRequest())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import logging
 import pathlib
 import shutil
@@ -14,35 +13,18 @@ import subprocess
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 from google.protobuf.message import Message
 
 from credvault.v1 import audit_pb2 as apb
 from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client
 from tests.helpers import APP, SYN, create_req, up
+from tests.local_pki import LocalPki
 
 CANARY = "CANARY-7f3a9c1e-do-not-leak"
-
-
-def _self_signed() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "canary client")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
 
 
 def _pg_dump() -> str:
@@ -60,8 +42,12 @@ def _pg_dump() -> str:
 
 
 @pytest.fixture
-def key_and_cert() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    return _self_signed()
+def key_and_cert(local_pki: LocalPki) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A client certificate with its key, as a user would upload one (the tests' PKI issues it)."""
+    issued = local_pki.engine("canary", "client")
+    key = serialization.load_pem_private_key(issued.key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key, issued.certificate
 
 
 def _no_canary(where: str, blob: bytes, extra: list[bytes]) -> None:

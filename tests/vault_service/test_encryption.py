@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client
 from tests.helpers import APP, create_req, expect_code, up
+from tests.local_pki import LocalPki
 from vault_service import keys
 from vault_service.config import Settings
 from vault_service.crypto import Keyring, new_keyring
@@ -113,7 +113,7 @@ async def test_swapped_ciphertexts_fail_to_decrypt(admin: Client, vault: Running
 
 
 async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
-    admin: Client, vault: RunningVault, keyring: Keyring, settings: Settings, ca: trustme.CA
+    admin: Client, vault: RunningVault, keyring: Keyring, settings: Settings, local_pki: LocalPki
 ) -> None:
     ids = {await _make(admin, f"c{i}", f"pw-{i}"): f"pw-{i}" for i in range(5)}
     rotated = keyring.with_new_active_key()
@@ -128,7 +128,7 @@ async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
     # a new server process with only the new KEK reads everything
     running = await start_vault(settings, keyring=retired)
     try:
-        creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
         async with grpc.aio.secure_channel(f"localhost:{running.port}", creds) as ch:
             client = Client(ch, admin.token)
             for cred_id, password in ids.items():

@@ -21,8 +21,8 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, with_engine_port
 from tests.helpers import create_req, expect_code, up
+from tests.local_pki import LocalPki
 from tests.processes import Proc, eventually, spawn
-from tests.push_helpers import Pki, make_pki
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
 from vault_service.server import RunningVault, start_vault
@@ -48,12 +48,12 @@ def handled(samples: Samples, code: str, method: tuple[tuple[str, str], ...] = A
 
 
 @pytest.fixture
-def ops_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("ops-pki"))
+def ops_pki(tmp_path_factory: pytest.TempPathFactory) -> LocalPki:
+    return LocalPki.make(tmp_path_factory.mktemp("ops-pki"))
 
 
 @pytest.fixture
-async def vault(settings: Settings, keyring: Keyring, ops_pki: Pki) -> AsyncIterator[RunningVault]:
+async def vault(settings: Settings, keyring: Keyring, ops_pki: LocalPki) -> AsyncIterator[RunningVault]:
     """Overrides conftest's: with the engine port, the metrics port and the health port (the fixtures channel,
     admin and users of conftest then use this one)."""
     ops = with_engine_port(settings, ops_pki).model_copy(
@@ -64,7 +64,7 @@ async def vault(settings: Settings, keyring: Keyring, ops_pki: Pki) -> AsyncIter
     await running.stop(0)
 
 
-async def start_worker(pki: Pki, engine_port: int, location: str, engine: str) -> tuple[Proc, int]:
+async def start_worker(pki: LocalPki, engine_port: int, location: str, engine: str) -> tuple[Proc, int]:
     """A real engine-worker process with JSON logs; returns it and its status port."""
     name = f"engine-{location}-{engine}"
     cert, key = pki.write(name, pki.engine(location, engine))
@@ -91,7 +91,7 @@ def http_monitor(cred_id: str, location: str) -> mpb.Monitor:
 
 
 async def test_vault_and_worker_metrics_move(
-    vault: RunningVault, channel: grpc.aio.Channel, admin: Client, ops_pki: Pki, keyring: Keyring
+    vault: RunningVault, channel: grpc.aio.Channel, admin: Client, ops_pki: LocalPki, keyring: Keyring
 ) -> None:
     port = vault.metrics_port
     samples, names = await scrape(port)

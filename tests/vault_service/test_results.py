@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import trustme
 
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Connect, Users
 from tests.helpers import create_req, expect_code, up
+from tests.local_pki import LocalPki
 from tests.processes import eventually
 from tests.push_helpers import EngineClient
 from vault_service.server import RunningVault
@@ -74,8 +74,8 @@ async def eventually_results(client: Client, monitor_id: str, count: int) -> lis
 
 
 @pytest.fixture
-async def users(push_vault: RunningVault, admin_client: Client, ca: trustme.CA) -> AsyncIterator[Users]:
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+async def users(push_vault: RunningVault, admin_client: Client, local_pki: LocalPki) -> AsyncIterator[Users]:
+    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
     async with grpc.aio.secure_channel(f"localhost:{push_vault.port}", creds) as ch:
         yield Users(ch, Client(ch, admin_client.token, "admin"))
 

@@ -18,8 +18,9 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import APP, create_req, expect_code, up
+from tests.local_pki import LocalPki
 from tests.processes import System, free_port
-from tests.push_helpers import EngineClient, make_pki
+from tests.push_helpers import EngineClient
 from tests.vault_service.test_access_rules import outcome
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.config import load_settings
@@ -123,7 +124,7 @@ async def test_sigterm_drains_in_flight_calls_and_streams_then_exits_0(
 ) -> None:
     """A real `credvault serve` process: SIGTERM -> health NOT_SERVING, new calls refused, the engine stream ended
     (UNAVAILABLE: reconnect), the in-flight call completes, exit status 0 long before the grace period ends."""
-    pki = make_pki(tmp_path)
+    pki = LocalPki.make(tmp_path)
     store = await Store.connect(database_url, min_size=1, max_size=2)
     try:
         issued = await bootstrap_admin(store, "admin")

@@ -20,7 +20,7 @@ from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import create_req
-from tests.push_helpers import Pki
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -120,12 +120,12 @@ async def test_api_port_refuses_undecodable_requests_to_every_method(
 
 
 async def test_engine_port_refuses_undecodable_requests(
-    push_vault: RunningVault, admin_client: Client, engine_pki: Pki, caplog: pytest.LogCaptureFixture
+    push_vault: RunningVault, admin_client: Client, local_pki: LocalPki, caplog: pytest.LogCaptureFixture
 ) -> None:
     await admin_client.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc")))
     await admin_client.AddEngine(mpb.AddEngineRequest(location_id="loc", engine_id="e1"))
-    cert = engine_pki.engine("loc", "e1")
-    creds = grpc.ssl_channel_credentials(engine_pki.server_ca.cert_pem, cert.key_pem, cert.chain_pem)
+    cert = local_pki.engine("loc", "e1")
+    creds = grpc.ssl_channel_credentials(local_pki.server_ca.cert_pem, cert.key_pem, cert.chain_pem)
     caplog.set_level(logging.DEBUG)
     async with grpc.aio.secure_channel(f"localhost:{push_vault.engine_port}", creds) as channel:
         # as the first message of the stream

@@ -6,16 +6,16 @@ import json
 import pathlib
 
 import pytest
-import trustme
 
 from tests.cli_helpers import assert_contains, cli_env, run
 from tests.conftest import Client
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 
 @pytest.fixture
-def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    return cli_env(vault, ca, admin, tmp_path)
+def env(vault: RunningVault, local_pki: LocalPki, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    return cli_env(vault, local_pki, admin, tmp_path)
 
 
 async def test_audit_list_table_and_json(env: dict[str, str]) -> None:

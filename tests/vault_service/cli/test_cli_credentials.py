@@ -6,17 +6,17 @@ import json
 import pathlib
 
 import pytest
-import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from tests.cli_helpers import Result, assert_contains, cli_env, run
 from tests.conftest import Client
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 
 @pytest.fixture
-def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    return cli_env(vault, ca, admin, tmp_path)
+def env(vault: RunningVault, local_pki: LocalPki, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    return cli_env(vault, local_pki, admin, tmp_path)
 
 
 async def test_credential_lifecycle_never_shows_the_password(env: dict[str, str]) -> None:

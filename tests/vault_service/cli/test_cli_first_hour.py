@@ -9,21 +9,21 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.cli_helpers import Result, assert_contains, base_env, basic_auth_monitor, cli_env, run
 from tests.conftest import Client
 from tests.helpers import create_req, up
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 PASSWORD = "pw-Hd55-never-shown"
 
 
 @pytest.fixture
-def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    return cli_env(vault, ca, admin, tmp_path)
+def env(vault: RunningVault, local_pki: LocalPki, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    return cli_env(vault, local_pki, admin, tmp_path)
 
 
 @pytest.fixture

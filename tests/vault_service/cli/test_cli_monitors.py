@@ -7,12 +7,12 @@ import pathlib
 import re
 
 import pytest
-import trustme
 
 from credvault.v1 import monitors_pb2 as mpb
 from tests.cli_helpers import Result, assert_contains, basic_auth_monitor, cli_env, run
 from tests.conftest import Client
 from tests.helpers import create_req, token, up
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 PASSWORD, TOKEN_VALUE = "pw-Qm42-never-shown", "tok-Vb77-never-shown"
@@ -31,8 +31,8 @@ def columns(line: str) -> list[str]:
 
 
 @pytest.fixture
-def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    return cli_env(vault, ca, admin, tmp_path)
+def env(vault: RunningVault, local_pki: LocalPki, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    return cli_env(vault, local_pki, admin, tmp_path)
 
 
 async def add_location(admin: Client, loc: str = "loc-a") -> None:

@@ -7,18 +7,18 @@ import pathlib
 import re
 
 import pytest
-import trustme
 
 from tests.cli_helpers import cli_env, run
 from tests.conftest import Client
+from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
 TOKEN_RE = re.compile(r"^cv0c01\.[A-Z2-7]{24}\.[A-Z2-7]{64}$")
 
 
 @pytest.fixture
-def env(vault: RunningVault, ca: trustme.CA, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
-    return cli_env(vault, ca, admin, tmp_path)
+def env(vault: RunningVault, local_pki: LocalPki, admin: Client, tmp_path: pathlib.Path) -> dict[str, str]:
+    return cli_env(vault, local_pki, admin, tmp_path)
 
 
 async def test_token_is_printed_alone_once_and_works(env: dict[str, str], tmp_path: pathlib.Path) -> None:

@@ -21,8 +21,8 @@ from credvault.v1 import monitors_pb2 as mpb
 from tests.chaos_database import StoppablePostgres, kill_sessions_for, stop_for
 from tests.chaos_observer import Engine, converge
 from tests.chaos_workload import Replica, Workload
+from tests.local_pki import LocalPki
 from tests.processes import System, vault_admin
-from tests.push_helpers import make_pki
 from vault_service.crypto import new_keyring
 
 LOCATIONS = ["loc-a", "loc-b"]
@@ -62,7 +62,7 @@ async def test_engines_hold_what_the_database_says_after_session_kills_and_a_sto
     tmp_path: pathlib.Path, postgres: StoppablePostgres, intensity: Intensity
 ) -> None:
     url = await postgres.create_database(DATABASE)
-    pki, keyring = make_pki(tmp_path), new_keyring()
+    pki, keyring = LocalPki.make(tmp_path), new_keyring()
     replicas = [System(pki, url, keyring), System(pki, url, keyring)]
     try:
         async with (

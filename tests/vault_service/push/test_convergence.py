@@ -18,7 +18,7 @@ from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Connect
 from tests.helpers import create_req, up
-from tests.push_helpers import Pki
+from tests.local_pki import LocalPki
 from tests.real_engine import RealEngine, real_engine
 from vault_service.crypto import Keyring
 from vault_service.errors import Unavailable
@@ -51,8 +51,8 @@ async def create_monitor(admin: Client, cred_id: str, name: str = "m") -> mpb.Mo
 
 
 @pytest.fixture
-async def engine(push_vault: RunningVault, engine_pki: Pki) -> AsyncIterator[RealEngine]:
-    async with real_engine(push_vault.engine_port, engine_pki, LOCATION, "e1") as running:
+async def engine(push_vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[RealEngine]:
+    async with real_engine(push_vault.engine_port, local_pki, LOCATION, "e1") as running:
         yield running
 
 

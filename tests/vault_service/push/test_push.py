@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-import trustme
 
 from credvault.identity import EngineIdentity
 from credvault.v1 import credentials_pb2 as cpb
@@ -20,7 +19,8 @@ from credvault.v1 import engine_pb2_grpc as egrpc
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Connect, with_engine_port
 from tests.helpers import create_req, token, up
-from tests.push_helpers import TRUST_DOMAIN, EngineClient, Pki, expired
+from tests.local_pki import TRUST_DOMAIN, LocalPki
+from tests.push_helpers import EngineClient
 from vault_service import pki
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
@@ -158,11 +158,11 @@ async def test_rejected_versions_are_not_resent(admin_client: Client, connect: C
 
 
 async def test_refused_identities(
-    connect: Connect, admin_client: Client, engine_pki: Pki, tmp_path: pathlib.Path
+    connect: Connect, admin_client: Client, local_pki: LocalPki, tmp_path: pathlib.Path
 ) -> None:
     await setup(admin_client, "loc-a", "loc-b")
     # a certificate for location X asking for location Y
-    wrong = await connect("loc-b", "e1", engine_pki.engine("loc-a", "e1"))
+    wrong = await connect("loc-b", "e1", local_pki.engine("loc-a", "e1"))
     assert status(wrong) == grpc.StatusCode.PERMISSION_DENIED
     # an engine that is not registered
     unknown = await connect("loc-a", "e9")
@@ -170,7 +170,7 @@ async def test_refused_identities(
     # an expired certificate, a certificate of another CA, no certificate: the TLS handshake fails
     other_ca = pki.create_ca("other", trust_domain=TRUST_DOMAIN)
     foreign = pki.issue_engine_certificate(other_ca, EngineIdentity(TRUST_DOMAIN, "loc-a", "e1"))
-    for cert in (expired(engine_pki, "loc-a", "e1"), foreign):
+    for cert in (local_pki.expired_engine("loc-a", "e1"), foreign):
         refused = await connect("loc-a", "e1", cert)
         assert status(refused) == grpc.StatusCode.UNAVAILABLE
     no_cert = await connect("loc-a", "e1", None)
@@ -204,14 +204,13 @@ async def test_two_replicas_one_database(
     push_vault: RunningVault,
     settings: Settings,
     keyring: Keyring,
-    engine_pki: Pki,
-    ca: trustme.CA,
+    local_pki: LocalPki,
 ) -> None:
     """A change made through replica A reaches an engine connected to replica B (LISTEN/NOTIFY + catch-up)."""
     await setup(admin_client, "loc-a")
-    replica_b = await start_vault(with_engine_port(settings, engine_pki), keyring=keyring)
+    replica_b = await start_vault(with_engine_port(settings, local_pki), keyring=keyring)
     try:
-        on_b = EngineClient(replica_b.engine_port, engine_pki.server_ca.cert_pem, engine_pki.engine("loc-a", "e2"))
+        on_b = EngineClient(replica_b.engine_port, local_pki.server_ca.cert_pem, local_pki.engine("loc-a", "e2"))
         on_b.start("loc-a", "e2")
         await on_b.wait_until(lambda: on_b.synced.is_set())
         on_a = await connect("loc-a", "e1")
@@ -234,15 +233,15 @@ async def test_an_engine_that_moved_to_another_replica_stays_connected_when_the_
     push_vault: RunningVault,
     settings: Settings,
     keyring: Keyring,
-    engine_pki: Pki,
+    local_pki: LocalPki,
 ) -> None:
     await setup(admin_client, "loc-a")
     on_a = await connect("loc-a", "e1")
     replica_b = await start_vault(
-        with_engine_port(settings, engine_pki).model_copy(update={"replica_id": "replica-b"}), keyring=keyring
+        with_engine_port(settings, local_pki).model_copy(update={"replica_id": "replica-b"}), keyring=keyring
     )
     try:
-        on_b = EngineClient(replica_b.engine_port, engine_pki.server_ca.cert_pem, engine_pki.engine("loc-a", "e1"))
+        on_b = EngineClient(replica_b.engine_port, local_pki.server_ca.cert_pem, local_pki.engine("loc-a", "e1"))
         on_b.start("loc-a", "e1")
         await on_b.wait_until(lambda: on_b.synced.is_set())
         await on_a.close()  # the old stream ends on replica A after the engine is connected to B
@@ -272,15 +271,15 @@ async def test_an_engine_that_moved_to_another_replica_stays_connected_when_the_
 
 
 async def test_a_stalled_engine_delays_nobody_and_is_cut_on_overflow(
-    admin_client: Client, connect: Connect, push_vault: RunningVault, engine_pki: Pki
+    admin_client: Client, connect: Connect, push_vault: RunningVault, local_pki: LocalPki
 ) -> None:
     """An engine that stops reading fills only its own outbox; the other engine keeps up, and the stalled one is
     closed (RESOURCE_EXHAUSTED) once its coalesced outbox passes the bound, so it resyncs."""
     await setup(admin_client, "loc-a")
     healthy = await connect("loc-a", "e1")
-    e2 = engine_pki.engine("loc-a", "e2")
+    e2 = local_pki.engine("loc-a", "e2")
     creds = grpc.ssl_channel_credentials(
-        root_certificates=engine_pki.server_ca.cert_pem, private_key=e2.key_pem, certificate_chain=e2.chain_pem
+        root_certificates=local_pki.server_ca.cert_pem, private_key=e2.key_pem, certificate_chain=e2.chain_pem
     )
     # no window growth: the vault's writes to this engine block once 64 KiB are unread
     small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
@@ -310,14 +309,14 @@ async def test_a_stalled_engine_delays_nobody_and_is_cut_on_overflow(
 
 
 async def test_a_silent_engine_gets_heartbeats_then_is_cut(
-    admin_client: Client, push_vault: RunningVault, engine_pki: Pki
+    admin_client: Client, push_vault: RunningVault, local_pki: LocalPki
 ) -> None:
     """An engine that sends Hello and then nothing: the vault sends heartbeats (one per interval, 1 s here) and ends
     the stream (UNAVAILABLE) once it has heard nothing for three intervals."""
     await setup(admin_client, "loc-a")
-    e1 = engine_pki.engine("loc-a", "e1")
+    e1 = local_pki.engine("loc-a", "e1")
     creds = grpc.ssl_channel_credentials(
-        root_certificates=engine_pki.server_ca.cert_pem, private_key=e1.key_pem, certificate_chain=e1.chain_pem
+        root_certificates=local_pki.server_ca.cert_pem, private_key=e1.key_pem, certificate_chain=e1.chain_pem
     )
     async with grpc.aio.secure_channel(f"localhost:{push_vault.engine_port}", creds) as ch:
         call = egrpc.EngineConfigServiceStub(ch).Stream(None)
@@ -345,11 +344,13 @@ async def _drain_after(call: Any, delay: float) -> None:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
-async def test_engine_port_negotiates_tls13(push_vault: RunningVault, engine_pki: Pki, tmp_path: pathlib.Path) -> None:
-    pem, key = pki.write_files(tmp_path, "engine", engine_pki.engine("loc-a", "e1"))
+async def test_engine_port_negotiates_tls13(
+    push_vault: RunningVault, local_pki: LocalPki, tmp_path: pathlib.Path
+) -> None:
+    pem, key = pki.write_files(tmp_path, "engine", local_pki.engine("loc-a", "e1"))
     proc = await asyncio.create_subprocess_exec(
         "openssl", "s_client", "-connect", f"127.0.0.1:{push_vault.engine_port}", "-cert", str(pem), "-key", str(key),
-        "-CAfile", str(engine_pki.directory / "server-ca.pem"), "-verify_return_error", "-alpn", "h2", "-brief",
+        "-CAfile", str(local_pki.directory / "server-ca.pem"), "-verify_return_error", "-alpn", "h2", "-brief",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
