@@ -1,4 +1,11 @@
-"""A minimal engine client for the push tests that records what it receives, applying batches as a worker would."""
+"""A wire probe of the engine port for the push tests: an engine client that records every batch as the vault sent
+it, applying batches as a worker would.
+
+It stands in for the worker only where a test needs what the real worker cannot be made to do: see each batch and
+removal reason as sent (the exact difference on reconnect), reject a version on demand, stall without reading, stay
+silent, report forged or hostile results, present a chosen certificate or none. What an engine ends up holding is
+tested with the real worker: its stream and store in-process (tests/real_engine.py) and as processes
+(tests/processes.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ from vault_service import pki
 
 
 class EngineClient:
-    """Opens a stream with a certificate and keeps what it receives, applying batches like a worker would."""
+    """Opens a stream with a certificate and keeps what it receives (``batches``, ``removals``), applying batches like a
+    worker would; ``reject`` holds ids to NACK."""
 
     def __init__(self, port: int, server_ca_pem: bytes, cert: pki.IssuedCertificate | None) -> None:
         creds = grpc.ssl_channel_credentials(

@@ -36,6 +36,15 @@ def _check_monitor_id(monitor_id: str) -> str:
     return monitor_id
 
 
+async def _locked_for_edit(tx: Queries, principal: Principal, monitor_id: str) -> mpb.Monitor:
+    """The monitor, locked for the rest of the transaction, once the principal may edit it where it is now."""
+    current = await tx.get_monitor(monitor_id, for_update=True)
+    if current is None:
+        raise NotFound(f"monitor {monitor_id} not found")
+    policy.require_monitor_edit(principal, current.management_zone)
+    return current
+
+
 def check_slug(field: str, value: str) -> str:
     if not SLUG.match(value):
         raise InvalidArgument(field, "must be 1-63 lower-case letters, digits and '-', not starting or ending in '-'")
@@ -255,10 +264,7 @@ class MonitorService:
     async def set_enabled(self, principal: Principal, monitor_id: str, enabled: bool) -> mpb.Monitor:
         _check_monitor_id(monitor_id)
         async with self._store.transaction() as tx:
-            current = await tx.get_monitor(monitor_id, for_update=True)
-            if current is None:
-                raise NotFound(f"monitor {monitor_id} not found")
-            policy.require_monitor_edit(principal, current.management_zone)
+            current = await _locked_for_edit(tx, principal, monitor_id)
             if current.enabled == enabled:
                 return current
             if enabled:  # however it was disabled: a credential may have been deleted meanwhile
@@ -279,10 +285,7 @@ class MonitorService:
     async def delete(self, principal: Principal, monitor_id: str) -> None:
         _check_monitor_id(monitor_id)
         async with self._store.transaction() as tx:
-            current = await tx.get_monitor(monitor_id, for_update=True)
-            if current is None:
-                raise NotFound(f"monitor {monitor_id} not found")
-            policy.require_monitor_edit(principal, current.management_zone)
+            current = await _locked_for_edit(tx, principal, monitor_id)
             await tx.delete_monitor(monitor_id)
             await tx.append_change(ChangeKind.MONITOR, monitor_id, list(current.location_ids))
             await tx.insert_audit(principal.username, principal.token_id, "monitor.delete", monitor_id, "ok")

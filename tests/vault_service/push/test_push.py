@@ -21,6 +21,7 @@ from tests.conftest import Client, Connect, with_engine_port
 from tests.helpers import create_req, token, up
 from tests.local_pki import TRUST_DOMAIN, LocalPki
 from tests.push_helpers import EngineClient
+from tests.real_engine import real_engine, secret_buffer
 from vault_service import pki
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
@@ -102,6 +103,42 @@ async def test_create_overwrite_disable_delete_propagate(admin_client: Client, c
         for b in e.batches:
             assert unused not in {c.id for c in b.credentials}
             assert b"never-sent" not in b.SerializeToString()
+
+
+async def test_the_real_engine_holds_each_step_and_wipes_what_it_drops(
+    admin_client: Client, push_vault: RunningVault, local_pki: LocalPki
+) -> None:
+    """The same lifecycle as above, seen from the worker's own stream and store instead of the wire: what the engine
+    holds, with the resolved secret, at every step; a disabled monitor's credential wiped from its memory."""
+    admin = admin_client
+    await setup(admin, "loc-a")
+    async with real_engine(push_vault.engine_port, local_pki, "loc-a", "e1") as engine:
+        store = engine.store
+        pair = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
+        m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+        await engine.wait_until(lambda: store.monitor(m.id) is not None and store.credential(pair) is not None)
+        held = store.credential(pair)
+        assert held is not None
+        assert held.details().username_password.password == "pw-1"
+        first_buffer = secret_buffer(held)
+
+        await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
+        await engine.wait_until(lambda: (c := store.credential(pair)) is not None and c.version > held.version)
+        now = store.credential(pair)
+        assert now is not None
+        assert now.details().username_password.password == "pw-2"
+        assert not any(first_buffer)  # the old version's secret was wiped when it was replaced
+
+        second_buffer = secret_buffer(now)
+        await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=False))
+        await engine.wait_until(lambda: store.monitor(m.id) is None and store.credential(pair) is None)
+        assert not any(second_buffer)
+
+        await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=m.id, enabled=True))
+        await engine.wait_until(lambda: store.monitor(m.id) is not None)
+        await admin.DeleteCredential(cpb.DeleteCredentialRequest(id=pair))
+        await engine.wait_until(lambda: store.monitor(m.id) is None and store.credential(pair) is None)
+        assert engine.holds() == {"monitors": {}, "credentials": {}}
 
 
 async def test_reconnect_gets_exactly_the_difference(admin_client: Client, connect: Connect) -> None:
