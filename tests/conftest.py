@@ -171,8 +171,7 @@ async def vault(settings: Settings, keyring: Keyring) -> AsyncIterator[RunningVa
 
 @pytest.fixture
 async def channel(vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[grpc.aio.Channel]:
-    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
-    ch = grpc.aio.secure_channel(f"localhost:{vault.port}", creds)
+    ch = local_pki.channel(vault.port)
     yield ch
     await ch.close(None)
 
@@ -277,8 +276,7 @@ async def admin_of(vault: RunningVault, local_pki: LocalPki) -> AsyncIterator[Cl
     """A bootstrapped admin of ``vault`` on its own channel (which follows the vault through a restart on the same
     port)."""
     issued = await bootstrap_admin(vault.store, "admin")
-    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
-    async with grpc.aio.secure_channel(f"localhost:{vault.port}", creds) as ch:
+    async with local_pki.channel(vault.port) as ch:
         yield Client(ch, issued.token, "admin")
 
 

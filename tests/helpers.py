@@ -6,6 +6,18 @@ import grpc
 import pytest
 
 from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import identity_pb2 as ipb
+
+OK = grpc.StatusCode.OK
+NF = grpc.StatusCode.NOT_FOUND
+PD = grpc.StatusCode.PERMISSION_DENIED
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
+FAILED = grpc.StatusCode.FAILED_PRECONDITION
+
+VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
+MONITORING = ipb.PERMISSION_CHANGE_MONITORING_SETTINGS
+ENVIRONMENT = ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS
 
 SYN = cpb.CREDENTIAL_SCOPE_SYNTHETIC
 APP = cpb.CREDENTIAL_SCOPE_APP_ENGINE

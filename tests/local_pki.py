@@ -86,6 +86,10 @@ class LocalPki:
     def write(self, name: str, issued: pki.IssuedCertificate) -> tuple[pathlib.Path, pathlib.Path]:
         return pki.write_files(self.directory, name, issued)
 
+    def channel(self, port: int) -> grpc.aio.Channel:
+        """A channel to a port of a vault on this machine that presents this PKI's server certificate."""
+        return grpc.aio.secure_channel(f"localhost:{port}", self.channel_credentials())
+
     def channel_credentials(self, client: pki.IssuedCertificate | None = None) -> grpc.ChannelCredentials:
         """Trusting the server CA; with ``client``, presenting it (an engine's mutual TLS)."""
         return grpc.ssl_channel_credentials(

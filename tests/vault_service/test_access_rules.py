@@ -21,17 +21,25 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
 from tests.conftest import ALL_SCOPES, Client, Users
-from tests.helpers import ALL, APP, OWNER_ONLY, SYN, create_req, expect_code, shared, token, up
+from tests.helpers import (
+    ALL,
+    APP,
+    ENVIRONMENT,
+    INVALID,
+    MONITORING,
+    NF,
+    OK,
+    OWNER_ONLY,
+    PD,
+    SYN,
+    VIEW,
+    create_req,
+    expect_code,
+    shared,
+    token,
+    up,
+)
 from vault_service.server import RunningVault
-
-OK = grpc.StatusCode.OK
-NF = grpc.StatusCode.NOT_FOUND
-PD = grpc.StatusCode.PERMISSION_DENIED
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
-MONITORING = ipb.PERMISSION_CHANGE_MONITORING_SETTINGS
-ENVIRONMENT = ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS
 
 
 async def result(call: Awaitable[Any]) -> tuple[grpc.StatusCode, Any, str]:

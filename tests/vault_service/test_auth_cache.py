@@ -17,7 +17,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
 from tests.conftest import Client, Users
-from tests.helpers import ALL, create_req, expect_code, up
+from tests.helpers import ALL, MONITORING, NF, PD, UNAUTH, VIEW, create_req, expect_code, up
 from tests.local_pki import LocalPki
 from vault_service.auth_cache import AuthCache, CachedAuth
 from vault_service.config import Settings
@@ -28,11 +28,6 @@ from vault_service.server import RunningVault, start_vault
 from vault_service.storage.pool import register_codecs
 from vault_service.storage.queries import Queries
 
-UNAUTH = grpc.StatusCode.UNAUTHENTICATED
-PD = grpc.StatusCode.PERMISSION_DENIED
-NF = grpc.StatusCode.NOT_FOUND
-VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
-MONITORING = ipb.PERMISSION_CHANGE_MONITORING_SETTINGS
 ZONE_ONLY = [ipb.ZonePermissions(management_zone="zone-1", permissions=[VIEW])]
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 
@@ -91,8 +86,7 @@ async def replica_b(settings: Settings, keyring: Keyring, vault: RunningVault) -
 
 @pytest.fixture
 async def channel_b(replica_b: RunningVault, local_pki: LocalPki) -> AsyncIterator[grpc.aio.Channel]:
-    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
-    ch = grpc.aio.secure_channel(f"localhost:{replica_b.port}", creds)
+    ch = local_pki.channel(replica_b.port)
     yield ch
     await ch.close(None)
 
@@ -277,8 +271,7 @@ async def test_switched_off_every_call_looks_the_token_up(
         assert replica.auth_cache is None
         alice = await users.make("alice", [VIEW])
         lookups = TokenLookups(monkeypatch)
-        creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
-        async with grpc.aio.secure_channel(f"localhost:{replica.port}", creds) as channel:
+        async with local_pki.channel(replica.port) as channel:
             for _ in range(3):
                 await on(channel, alice).ListCredentials(cpb.ListCredentialsRequest())
         assert lookups.count == 3

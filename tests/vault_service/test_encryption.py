@@ -128,8 +128,7 @@ async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
     # a new server process with only the new KEK reads everything
     running = await start_vault(settings, keyring=retired)
     try:
-        creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
-        async with grpc.aio.secure_channel(f"localhost:{running.port}", creds) as ch:
+        async with local_pki.channel(running.port) as ch:
             client = Client(ch, admin.token)
             for cred_id, password in ids.items():
                 got = await _readable(client, cred_id)

@@ -10,18 +10,12 @@ from collections.abc import Callable
 import grpc
 
 from credvault.v1 import credentials_pb2 as cpb
-from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, Users
-from tests.helpers import ALL, create_req, expect_code, token, up
+from tests.helpers import ALL, INVALID, MONITORING, PD, VIEW, create_req, expect_code, token, up
 from vault_service.models import USED_BY_SHOWN, ChangeKind
 from vault_service.server import RunningVault
 from vault_service.storage.pool import Store
-
-VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
-MONITORING = ipb.PERMISSION_CHANGE_MONITORING_SETTINGS
-PD = grpc.StatusCode.PERMISSION_DENIED
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def http_monitor(

@@ -4,16 +4,14 @@ name, the host that answers) before any request is authenticated. In the path or
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from credvault.url_template import placeholder_before_path
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
-from tests.helpers import create_req, expect_code, token, up
+from tests.helpers import INVALID, create_req, expect_code, token, up
 
 TOK = "{{CREDENTIALS_VAULT-%s}}"
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 BEFORE_THE_PATH = [
     "https://{t}.shop.example/",  # the host (leaked to DNS, lowercased, in the failure reason)

@@ -75,8 +75,7 @@ async def eventually_results(client: Client, monitor_id: str, count: int) -> lis
 
 @pytest.fixture
 async def users(push_vault: RunningVault, admin_client: Client, local_pki: LocalPki) -> AsyncIterator[Users]:
-    creds = grpc.ssl_channel_credentials(root_certificates=local_pki.server_ca.cert_pem)
-    async with grpc.aio.secure_channel(f"localhost:{push_vault.port}", creds) as ch:
+    async with local_pki.channel(push_vault.port) as ch:
         yield Users(ch, Client(ch, admin_client.token, "admin"))
 
 

@@ -22,7 +22,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
 from tests.conftest import ALL_SCOPES, Client, Users
-from tests.helpers import create_req, expect_code
+from tests.helpers import ENVIRONMENT, FAILED, NF, PD, UNAUTH, VIEW, create_req, expect_code
 from tests.processes import eventually
 from vault_service import tokens as tokens_mod
 from vault_service.server import RunningVault
@@ -30,13 +30,6 @@ from vault_service.server import RunningVault
 TOKEN_RE = re.compile(r"^cv0c01\.([A-Z2-7]{24})\.([A-Z2-7]{64})$")
 TOKEN_ID_RE = re.compile(r"^cv0c01\.[A-Z2-7]{24}$")
 
-UNAUTH = grpc.StatusCode.UNAUTHENTICATED
-PD = grpc.StatusCode.PERMISSION_DENIED
-NF = grpc.StatusCode.NOT_FOUND
-FAILED = grpc.StatusCode.FAILED_PRECONDITION
-
-VIEW = ipb.PERMISSION_VIEW_ENVIRONMENT
-ENVIRONMENT = ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS
 
 PERSONAL = tpb.TOKEN_KIND_PERSONAL
 API = tpb.TOKEN_KIND_API
@@ -149,14 +142,24 @@ async def test_missing_or_malformed_token(users: Users, header: str | None, frag
         assert fragment in (err.details() or "")
 
 
-async def test_unknown_id_wrong_secret_revoked_expired(vault: RunningVault, admin: Client, users: Users) -> None:
-    alice = await users.make("alice", [VIEW])
-    assert alice.token is not None
-    m = TOKEN_RE.match(alice.token)
+def tampered(issued: str | None) -> tuple[str, str, str, str]:
+    """The token's public id and secret, and each with its first character changed (an unknown id, a wrong
+    secret)."""
+    assert issued is not None
+    m = TOKEN_RE.match(issued)
     assert m is not None
     public, secret = m.group(1), m.group(2)
-    unknown_public = ("A" if public[0] != "A" else "B") + public[1:]
-    wrong_secret = ("A" if secret[0] != "A" else "B") + secret[1:]
+    return (
+        public,
+        secret,
+        ("A" if public[0] != "A" else "B") + public[1:],
+        ("A" if secret[0] != "A" else "B") + secret[1:],
+    )
+
+
+async def test_unknown_id_wrong_secret_revoked_expired(vault: RunningVault, admin: Client, users: Users) -> None:
+    alice = await users.make("alice", [VIEW])
+    public, secret, unknown_public, wrong_secret = tampered(alice.token)
 
     unknown = await expect_code(as_client(users, f"cv0c01.{unknown_public}.{secret}").GetCurrentUser(whoami()), UNAUTH)
     wrong = await expect_code(as_client(users, f"cv0c01.{public}.{wrong_secret}").GetCurrentUser(whoami()), UNAUTH)
@@ -193,12 +196,7 @@ async def test_expire_time_must_be_in_the_future(users: Users) -> None:
 
 async def test_unknown_id_and_wrong_secret_take_the_same_path(users: Users, monkeypatch: pytest.MonkeyPatch) -> None:
     alice = await users.make("alice", [VIEW])
-    assert alice.token is not None
-    m = TOKEN_RE.match(alice.token)
-    assert m is not None
-    public, secret = m.group(1), m.group(2)
-    unknown_public = ("A" if public[0] != "A" else "B") + public[1:]
-    wrong_secret = ("A" if secret[0] != "A" else "B") + secret[1:]
+    public, secret, unknown_public, wrong_secret = tampered(alice.token)
     await alice.GetCurrentUser(whoami())  # warm up (last-used update done, pool connections open)
 
     calls: collections.Counter[str] = collections.Counter()

@@ -19,11 +19,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
-from tests.helpers import create_req
+from tests.helpers import INVALID, create_req
 from tests.local_pki import LocalPki
 from vault_service.server import RunningVault
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 RAW = (None, None)  # no request serializer, no response deserializer: bytes as they are
 CORRUPT = [
     b"\x08",  # a varint field without its value

@@ -14,7 +14,6 @@ import dataclasses
 import pathlib
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 from credvault.v1 import monitors_pb2 as mpb
@@ -41,8 +40,7 @@ class Intensity:
 
 @contextlib.asynccontextmanager
 async def api(system: System, token: str) -> AsyncIterator[Replica]:
-    creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
-    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as channel:
+    async with system.pki.channel(system.api_port) as channel:
         yield Replica(channel, token)
 
 

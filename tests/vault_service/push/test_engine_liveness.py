@@ -8,7 +8,6 @@ import datetime
 import signal
 
 import asyncpg
-import grpc
 
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
@@ -33,8 +32,7 @@ async def test_the_engine_of_a_killed_replica_shows_disconnected_once_its_lease_
 ) -> None:
     issued = await migrate_and_bootstrap(database_url, "admin")
     killed = await system.start_vault(**LEASE)
-    creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
-    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as channel:
+    async with system.pki.channel(system.api_port) as channel:
         admin = Client(channel, issued.token, "admin")
         await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
         for engine in ("dead", "live"):
