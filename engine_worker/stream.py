@@ -30,11 +30,12 @@ import grpc
 
 from credvault.identity import EngineIdentity
 from credvault.v1 import engine_pb2, engine_pb2_grpc
+from engine_worker.backoff import Backoff
 from engine_worker.config_store import ConfigStore
 from engine_worker.result_reporter import ResultReporter
 from engine_worker.tls import ChannelFactory
 
-__all__ = ["Backoff", "EngineStream", "StreamSettings", "StreamState"]
+__all__ = ["EngineStream", "StreamSettings", "StreamState"]
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,6 @@ class StreamState:
     reconnects: int
     flushes: int
     results_sent: int = 0
-
-
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits ``rng() * min(cap, base * 2**n)``."""
-
-    def __init__(self, base: float, cap: float, rng: Callable[[], float] = random.random) -> None:
-        self._base = base
-        self._cap = cap
-        self._rng = rng
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._cap, self._base * (1 << min(self._attempt, 62)))
-        self._attempt += 1
-        return self._rng() * ceiling
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class _StreamDead(Exception):

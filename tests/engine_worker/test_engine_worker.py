@@ -35,10 +35,11 @@ from credvault.held_digest import HeldDigest
 from credvault.identity import EngineIdentity, identity_from_certificate
 from credvault.v1 import credentials_pb2, engine_pb2, engine_pb2_grpc, monitors_pb2
 from engine_worker import cli
+from engine_worker.backoff import Backoff
 from engine_worker.config_store import SECRET_BEARING_FIELDS, ConfigStore
 from engine_worker.scheduler import Scheduler
 from engine_worker.settings import Settings, load_settings
-from engine_worker.stream import Backoff, EngineStream, StreamSettings
+from engine_worker.stream import EngineStream, StreamSettings
 from engine_worker.tls import check_tls_files, mtls_channel_factory
 from engine_worker.worker import EngineWorker
 from tests.local_pki import TRUST_DOMAIN, LocalPki, odd_leaf
