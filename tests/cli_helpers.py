@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.local_pki import LocalPki
+from tests.processes import VAULT_MODULE_ARGV
 from vault_service.server import RunningVault
 
-CLI = [sys.executable, "-c", "from vault_service.cli.main import main; main()"]
+CLI = [sys.executable, *VAULT_MODULE_ARGV]
 
 
 @dataclass(frozen=True)

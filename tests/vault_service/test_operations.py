@@ -5,7 +5,6 @@ health-only gRPC port."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 
@@ -22,7 +21,15 @@ from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, with_engine_port
 from tests.helpers import create_req, expect_code, up
 from tests.local_pki import LocalPki
-from tests.processes import Proc, eventually, spawn
+from tests.processes import (
+    STATUS_LISTENING,
+    WORKER_MODULE_ARGV,
+    Proc,
+    child_environment,
+    eventually,
+    spawn,
+    worker_arguments,
+)
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
 from vault_service.server import RunningVault, start_vault
@@ -48,15 +55,10 @@ def handled(samples: Samples, code: str, method: tuple[tuple[str, str], ...] = A
 
 
 @pytest.fixture
-def ops_pki(tmp_path_factory: pytest.TempPathFactory) -> LocalPki:
-    return LocalPki.make(tmp_path_factory.mktemp("ops-pki"))
-
-
-@pytest.fixture
-async def vault(settings: Settings, keyring: Keyring, ops_pki: LocalPki) -> AsyncIterator[RunningVault]:
+async def vault(settings: Settings, keyring: Keyring, local_pki: LocalPki) -> AsyncIterator[RunningVault]:
     """Overrides conftest's: with the engine port, the metrics port and the health port (the fixtures channel,
     admin and users of conftest then use this one)."""
-    ops = with_engine_port(settings, ops_pki).model_copy(
+    ops = with_engine_port(settings, local_pki).model_copy(
         update={"metrics_listen": "127.0.0.1:0", "health_listen": "127.0.0.1:0"}
     )
     running = await start_vault(ops, keyring=keyring)
@@ -66,19 +68,9 @@ async def vault(settings: Settings, keyring: Keyring, ops_pki: LocalPki) -> Asyn
 
 async def start_worker(pki: LocalPki, engine_port: int, location: str, engine: str) -> tuple[Proc, int]:
     """A real engine-worker process with JSON logs; returns it and its status port."""
-    name = f"engine-{location}-{engine}"
-    cert, key = pki.write(name, pki.engine(location, engine))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDVAULT_", "ENGINE_"))}
-    worker = await spawn(
-        sys.executable,
-        "-m",
-        "engine_worker",
-        *("--vault", f"localhost:{engine_port}", "--cert", str(cert), "--key", str(key)),
-        *("--ca", str(pki.directory / "server-ca.pem"), "--status-listen", "127.0.0.1:0"),
-        *("--heartbeat-interval", "1", "--log-level", "DEBUG"),
-        env=env | {"ENGINE_LOG_FORMAT": "json"},
-    )
-    m = await worker.wait_for_line(r"status listening on [\d.]+:(\d+)")
+    args = worker_arguments(pki, engine_port, location, engine, "--heartbeat-interval", "1", "--log-level", "DEBUG")
+    worker = await spawn(sys.executable, *WORKER_MODULE_ARGV, *args, env=child_environment(ENGINE_LOG_FORMAT="json"))
+    m = await worker.wait_for_line(STATUS_LISTENING)
     return worker, int(m.group(1))
 
 
@@ -91,7 +83,7 @@ def http_monitor(cred_id: str, location: str) -> mpb.Monitor:
 
 
 async def test_vault_and_worker_metrics_move(
-    vault: RunningVault, channel: grpc.aio.Channel, admin: Client, ops_pki: LocalPki, keyring: Keyring
+    vault: RunningVault, channel: grpc.aio.Channel, admin: Client, local_pki: LocalPki, keyring: Keyring
 ) -> None:
     port = vault.metrics_port
     samples, names = await scrape(port)
@@ -130,7 +122,7 @@ async def test_vault_and_worker_metrics_move(
     await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
     await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
     assert ("credvault_engines_connected", (("location", "loc-a"),)) not in samples
-    worker, status_port = await start_worker(ops_pki, vault.engine_port, "loc-a", "e1")
+    worker, status_port = await start_worker(local_pki, vault.engine_port, "loc-a", "e1")
     try:
 
         async def connected() -> bool:
