@@ -12,6 +12,8 @@ Each vault has its own registry (tests run several vaults in one process). The s
   (anti-entropy), each then sent the difference;
 - ``credvault_change_log_lag``: the change log's head revision minus the last one this replica's follower processed;
 - ``credvault_kek_info{kek_id}``: the key-encryption key this process encrypts with;
+- ``credvault_certificate_expiry_seconds{port,role}``: when the certificate a port serves (role ``server``) or the
+  earliest CA that verifies its clients (``client_ca``) expires, Unix time; ``credvault_certificate_reloads_total``;
 - ``credvault_memory_locked``: 1 if this process's memory is locked (mlockall; see credvault.memory_guard);
 - ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
   (any is an engine leaking; see results).
@@ -31,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from credvault.memory_guard import memory_locked
+from vault_service.server_tls import CertificateFiles
 from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
@@ -119,9 +122,31 @@ class VaultMetrics:
         Gauge(
             "credvault_memory_locked", "1 if this process's memory is locked (mlockall)", registry=self.registry
         ).set_function(lambda: float(memory_locked()))
+        self.certificate_expiry = Gauge(
+            "credvault_certificate_expiry_seconds",
+            "When a certificate this process serves or verifies with stops being valid (Unix time), by port and role"
+            " (server: the port's own certificate; client_ca: the earliest-expiring CA that verifies clients)",
+            ("port", "role"),
+            registry=self.registry,
+        )
+        self.certificate_reloads = Counter(
+            "credvault_certificate_reloads",
+            "Times a port's TLS files were read again after they changed",
+            ("port",),
+            registry=self.registry,
+        )
         self.push_stats: Callable[[], PushStats] | None = None  # set when this replica serves engines
         self.head_revision: int | None = None
         self.registry.register(_PushCollector(self))
+
+    def certificates_loaded(self, port: str, files: CertificateFiles, reloaded: bool) -> None:
+        """A port serves these TLS files now (at start, and after each reload)."""
+        if reloaded:
+            self.certificate_reloads.labels(port).inc()
+        self.certificate_expiry.labels(port, "server").set(files.leaf.not_valid_after_utc.timestamp())
+        if files.client_cas:
+            earliest = min(ca.not_valid_after_utc for ca in files.client_cas)
+            self.certificate_expiry.labels(port, "client_ca").set(earliest.timestamp())
 
     async def refresh(self, store: Store) -> None:
         """Read what only the database knows (the change log's head) before a scrape; on failure keep the last."""

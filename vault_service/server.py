@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import pathlib
 import signal
 import socket
 
@@ -42,6 +43,7 @@ from vault_service.config import Settings
 from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.denial_audit import DenialAudit
+from vault_service.errors import ConfigurationError
 from vault_service.keys import verify_keyring
 from vault_service.metrics import PushStats, VaultMetrics
 from vault_service.monitors import MonitorService
@@ -50,6 +52,7 @@ from vault_service.push.follower import ChangeFollower
 from vault_service.push.lease_renewal import LeaseRenewal
 from vault_service.push.stream import EnginePortSettings, EngineStreamServicer
 from vault_service.results import ResultService
+from vault_service.server_tls import ReloadingServerCredentials, TlsFilesError
 from vault_service.storage.migrate import migrate
 from vault_service.storage.pool import Store
 from vault_service.tokens import TokenService
@@ -109,12 +112,20 @@ class RunningVault:
         await self.store.close()
 
 
-def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+def _credentials(settings: Settings, metrics: VaultMetrics) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
-    chain = settings.tls_cert_file.read_bytes()
-    key = settings.tls_key_file.read_bytes()
-    return grpc.ssl_server_credentials([(key, chain)])
+    return _reloading("api", metrics, settings.tls_cert_file, settings.tls_key_file).credentials()
+
+
+def _reloading(
+    port: str, metrics: VaultMetrics, cert: pathlib.Path, key: pathlib.Path, ca: pathlib.Path | None = None
+) -> ReloadingServerCredentials:
+    """A port's TLS files, read again when they change (from the next handshake on); their expiry in the metrics."""
+    try:
+        return ReloadingServerCredentials(port, cert, key, ca, on_loaded=metrics.certificates_loaded)
+    except TlsFilesError as exc:
+        raise ConfigurationError(f"{port} port: {exc}") from None
 
 
 async def start_vault(
@@ -163,7 +174,7 @@ async def start_vault(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    creds = _credentials(settings)
+    creds = _credentials(settings, metrics)
     port = server.add_secure_port(settings.listen, creds) if creds else server.add_insecure_port(settings.listen)
     if port == 0:
         await store.close()
@@ -221,11 +232,13 @@ async def _start_engine_port(
         lambda location_id: divergence.labels(location_id).inc(),
     )
     engine_pb2_grpc.add_EngineConfigServiceServicer_to_server(streams, server)
-    creds = grpc.ssl_server_credentials(
-        [(settings.engine_tls_key_file.read_bytes(), settings.engine_tls_cert_file.read_bytes())],
-        root_certificates=settings.engine_ca_file.read_bytes(),
-        require_client_auth=True,
-    )
+    creds = _reloading(
+        "engine",
+        running.metrics,
+        settings.engine_tls_cert_file,
+        settings.engine_tls_key_file,
+        settings.engine_ca_file,  # mutual TLS: engines' certificates are verified against the engine CA
+    ).credentials()
     port = server.add_secure_port(settings.engine_listen, creds)
     await server.start()
     running.engine_server, running.engine_port, running.engine_streams = server, port, streams
