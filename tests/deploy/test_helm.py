@@ -31,12 +31,10 @@ from tests.helm_support import (
     CHART,
     ROOT,
     Helm,
-    HelmUnavailable,
     Manifest,
     by_kind,
     containers,
     env_of,
-    fetch_helm,
     mounted_file,
     one,
     pod_template,
@@ -119,16 +117,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tests": {"checkApiTls": False},
     },
 }
-
-
-@pytest.fixture(scope="session")
-def helm() -> Helm:
-    try:
-        return Helm(fetch_helm())
-    except HelmUnavailable as exc:
-        pytest.skip(str(exc))
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"fetching helm failed: {exc}\n{exc.stderr!r}")
 
 
 @pytest.fixture(scope="session")
@@ -217,10 +205,14 @@ def test_chart_creates_no_secret(render: Callable[[str], list[Manifest]]) -> Non
 # --- hardening --------------------------------------------------------------------------------------------------------
 
 
+def locks_memory(container: dict[str, Any], values: dict[str, Any]) -> bool:
+    """The two processes that lock their memory, when memoryLock is on."""
+    return container["command"] in (["credvault", "serve"], ["engine-worker"]) and values["memoryLock"]["enabled"]
+
+
 def expected_capabilities(container: dict[str, Any], values: dict[str, Any]) -> dict[str, list[str]]:
     """None at all, except IPC_LOCK (memoryLock) for the two processes that lock their memory."""
-    locks = container["command"] in (["credvault", "serve"], ["engine-worker"]) and values["memoryLock"]["enabled"]
-    return {"drop": ["ALL"], "add": ["IPC_LOCK"]} if locks else {"drop": ["ALL"]}
+    return {"drop": ["ALL"], "add": ["IPC_LOCK"]} if locks_memory(container, values) else {"drop": ["ALL"]}
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -249,6 +241,35 @@ def test_every_pod_and_container_is_hardened(render: Callable[[str], list[Manife
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, what
             assert c["resources"]["requests"]["memory"], what
             assert c["resources"]["limits"]["memory"], what
+
+
+def _locking_containers(docs: list[Manifest]) -> list[dict[str, Any]]:
+    """The vault's container and every engine worker's."""
+    _, _, vault = vault_container(docs)
+    workers = [pod_template(d)[1]["containers"][0] for d in engine_deployments(docs).values()]
+    return [vault, *workers]
+
+
+@pytest.mark.parametrize(("name", "enabled"), [("two-locations", True), ("no-memory-lock", False)])
+def test_memory_lock_security_context_is_pinned(
+    render: Callable[[str], list[Manifest]], name: str, enabled: bool
+) -> None:
+    """memoryLock on: IPC_LOCK the only capability (the runtime puts it in the bounding and permitted sets; exec
+    grants it through the image's file capability, no_new_privs notwithstanding: tests/deploy/
+    test_memory_lock_capability.py); off: none. no_new_privs on either way."""
+    assert values_of(name)["memoryLock"]["enabled"] is enabled
+    expected: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]} if enabled else {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for container in some(_locking_containers(render(name)), "locking container"):
+        assert container["securityContext"] == expected, container["name"]
 
 
 def test_vault_probes_are_grpc_on_the_health_port(render: Callable[[str], list[Manifest]]) -> None:
