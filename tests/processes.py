@@ -220,10 +220,10 @@ async def stop_and_dump(system: System, worker: Proc, pg_dump: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def vault_admin(system: System, database_url: str) -> AsyncIterator[Client]:
-    """Migrates, bootstraps an admin, starts the vault process, and yields the admin's client."""
+async def vault_admin(system: System, database_url: str, **extra_env: str) -> AsyncIterator[Client]:
+    """Migrates, bootstraps an admin, starts the vault process (with ``extra_env``), and yields the admin's client."""
     issued = await migrate_and_bootstrap(database_url, "admin")
-    await system.start_vault()
+    await system.start_vault(**extra_env)
     creds = grpc.ssl_channel_credentials(root_certificates=system.pki.server_ca.cert_pem)
     async with grpc.aio.secure_channel(f"localhost:{system.api_port}", creds) as ch:
         yield Client(ch, issued.token, "admin")

@@ -106,6 +106,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "locations": [{"id": "berlin"}],
     },
     "no-memory-lock": {"memoryLock": {"enabled": False}, "locations": [{"id": "berlin"}]},
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "engineLagFor": "1h30m"},
+        "grafana": {"dashboard": {"enabled": True, "labels": {"team": "synthetics"}}},
+        "locations": [{"id": "berlin"}],
+    },
     "pdb-max-unavailable": {
         "vault": {"replicas": 4, "podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}}
     },
@@ -727,6 +733,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "log-level": ({"vault": {"logLevel": "verbose"}}, "logLevel"),
     "unknown-key": ({"replicas": 3}, "replicas"),
     "memory-lock": ({"memoryLock": {"enabled": "yes"}}, "enabled"),
+    "alert-duration": ({"prometheusRule": {"engineDisconnectedFor": "ten minutes"}}, "engineDisconnectedFor"),
+    "alert-threshold": ({"prometheusRule": {"engineLagRevisions": -1}}, "engineLagRevisions"),
+    "dashboard-key": ({"grafana": {"dashboard": {"folder": "x"}}}, "folder"),
     "api-without-names": ({"tls": {"certManager": {"api": {"serviceNames": False}}}}, "api"),
     "hpa-bounds": ({"vault": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "maxReplicas"),
 }
