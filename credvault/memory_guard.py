@@ -13,7 +13,11 @@ decrypted secrets while it answers a call or pushes a configuration.
   threads reserve 8 MiB stacks and glibc 64 MiB malloc arenas they mostly never use, and locking those up front
   would commit hundreds of MiB; pages never touched hold nothing.
 
-Locking needs CAP_IPC_LOCK or an RLIMIT_MEMLOCK above the process's whole size. Without either, the process says so
+Locking needs CAP_IPC_LOCK or an RLIMIT_MEMLOCK above the process's whole size. CAP_IPC_LOCK may arrive only in the
+permitted set: the image gives its interpreter the file capability ``cap_ipc_lock+p`` (permitted, not effective, so
+that the interpreter still runs where the container's bounding set lacks it), and a capability-aware program raises
+it into its effective set itself, which :func:`protect_memory` does before ``mlockall`` (and keeps: MCL_FUTURE checks
+it again at every new mapping). Without either, the process says so
 once (a warning naming both), runs unlocked, and :func:`memory_locked` (the ``memory_locked`` metric) is False; with
 ``require_lock`` that is a :class:`MemoryLockUnavailable` instead. The other two steps need no privilege.
 
@@ -39,6 +43,9 @@ MCL_CURRENT = 1
 MCL_FUTURE = 2
 MCL_ONFAULT = 4
 CAPABILITY = "IPC_LOCK"
+CAP_IPC_LOCK = 14
+# <linux/capability.h>: capget/capset with version 3 take two 32-bit words per set
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _UNLOCKED = (
     "memory is not locked (mlockall: {reason}), so secrets in it may be swapped to disk: grant the capability "
@@ -83,6 +90,7 @@ def protect_memory(*, require_lock: bool, setting: str) -> MemoryProtection:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+        _raise_permitted_capability(libc, CAP_IPC_LOCK)
         if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
             result = MemoryProtection(locked=True)
         else:
@@ -102,3 +110,28 @@ def protect_memory(*, require_lock: bool, setting: str) -> MemoryProtection:
 def _memlock_limit() -> str:
     soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
     return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _raise_permitted_capability(libc: ctypes.CDLL, capability: int) -> None:
+    """Adds ``capability`` to this thread's effective set if it is in the permitted set and not effective yet (a file
+    capability without the effective bit). Nothing otherwise: no capability is ever gained that was not permitted.
+    Called before any other thread starts, so that the threads created later inherit it."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    word, bit = divmod(capability, 32)
+    mask = 1 << bit
+    if not data[word].permitted & mask or data[word].effective & mask:
+        return
+    data[word].effective |= mask
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), f"capset (raising capability {capability} into the effective set) failed")

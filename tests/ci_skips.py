@@ -17,6 +17,10 @@ OPTIONAL = {
         "drops capabilities of its children: runs only as root on Linux, and looks for core files only where the "
         "kernel's core_pattern writes files"
     ),
+    "tests/deploy/test_memory_lock_capability.py": (
+        "sets a file capability (setcap) and starts processes as another user: runs only as root on Linux, where a "
+        "Python interpreter that user may run exists"
+    ),
 }
 
 

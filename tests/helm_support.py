@@ -227,6 +227,40 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             ("selector", "endpoints"),
         ),
     ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _crd(
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        _obj(
+            {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _obj(
+                        {
+                            "name": _STR,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": _obj(
+                                    {
+                                        "alert": _STR,
+                                        "record": _STR,
+                                        "expr": _STR,
+                                        "for": {"type": "string", "pattern": "^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"},
+                                        "labels": _LABELS,
+                                        "annotations": _LABELS,
+                                    },
+                                    ("expr",),
+                                ),
+                            },
+                        },
+                        ("name", "rules"),
+                    ),
+                }
+            },
+            ("groups",),
+        ),
+    ),
 }
 
 

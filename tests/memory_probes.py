@@ -8,6 +8,7 @@ its capabilities at exec, so the program runs without them. No capsh needed, and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -23,14 +24,34 @@ READER = pathlib.Path(__file__).with_name("same_user_reader.py")
 LAUNCHER = pathlib.Path(__file__).with_name("child_launcher.py")
 
 
+@dataclasses.dataclass(frozen=True)
+class ContainerUser:
+    """How a container runtime starts a container's process (tests/child_launcher.py --user): this uid and gid, the
+    bounding set reduced to ``capabilities`` and the permitted and effective sets exactly those (none with
+    ``bounding_only``), no_new_privs unless privilege escalation is allowed."""
+
+    uid: int
+    gid: int
+    capabilities: tuple[int, ...]
+    no_new_privs: bool
+    bounding_only: bool = False
+
+    def arguments(self) -> list[str]:
+        out = ["--user", f"{self.uid}:{self.gid}"]
+        for capability in self.capabilities:
+            out += ["--capability", str(capability)]
+        return out + ["--bounding-only"] * self.bounding_only + ["--no-new-privs"] * self.no_new_privs
+
+
 def child_setup(
     drop: tuple[int, ...] = (),
     memlock_bytes: int | None = None,
     core_unlimited: bool = False,
     cwd: pathlib.Path | None = None,
+    user: ContainerUser | None = None,
 ) -> list[str]:
     """The launcher to start a child through (tests/child_launcher.py): drop capabilities, lower RLIMIT_MEMLOCK,
-    allow core files, change directory; then it execs the child's command."""
+    allow core files, change directory, become a container's user; then it execs the child's command."""
     launcher = [sys.executable, str(LAUNCHER)]
     for capability in drop:
         launcher += ["--drop", str(capability)]
@@ -40,6 +61,8 @@ def child_setup(
         launcher.append("--core-unlimited")
     if cwd is not None:
         launcher += ["--cwd", str(cwd)]
+    if user is not None:
+        launcher += user.arguments()
     return [*launcher, "--"]
 
 

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-import grpc
 
 from tests.conftest import Client
 from tests.local_pki import LocalPki
@@ -236,9 +235,9 @@ async def stop_and_dump(system: System, worker: Proc, pg_dump: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def vault_admin(system: System, database_url: str) -> AsyncIterator[Client]:
-    """Migrates, bootstraps an admin, starts the vault process, and yields the admin's client."""
+async def vault_admin(system: System, database_url: str, **extra_env: str) -> AsyncIterator[Client]:
+    """Migrates, bootstraps an admin, starts the vault process (with ``extra_env``), and yields the admin's client."""
     issued = await migrate_and_bootstrap(database_url, "admin")
-    await system.start_vault()
-    async with grpc.aio.secure_channel(f"localhost:{system.api_port}", system.pki.channel_credentials()) as ch:
+    await system.start_vault(**extra_env)
+    async with system.pki.channel(system.api_port) as ch:
         yield Client(ch, issued.token, "admin")

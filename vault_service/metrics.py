@@ -7,6 +7,8 @@ Each vault has its own registry (tests run several vaults in one process). The s
   ``grpc_server_handling_seconds``, by ``grpc_type``, ``grpc_service``, ``grpc_method`` (both ports);
 - ``credvault_engines_connected{location}``: engine streams open on this replica;
 - ``credvault_push_pending{location}``: resources waiting in those streams' outboxes;
+- ``credvault_engine_lag{location}``: revisions of the location's changes those streams' engines have not
+  acknowledged yet (the largest of them);
 - ``credvault_push_latency_seconds``: from a change's transaction to the engine's ACK covering it (live deltas);
 - ``credvault_engine_divergence_total{location}``: engines found holding something other than what they should
   (anti-entropy), each then sent the difference;
@@ -49,6 +51,7 @@ class PushStats:
 
     pending_by_location: Mapping[str, Sequence[int]]  # per location, the pending count of each engine stream's outbox
     last_revision: int  # the last change-log revision the follower processed
+    lag_by_location: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)  # each stream's unacked
 
 
 class _PushCollector(Collector):
@@ -65,12 +68,20 @@ class _PushCollector(Collector):
         pending = GaugeMetricFamily(
             "credvault_push_pending", "Resources waiting in engine outboxes on this replica", labels=["location"]
         )
+        engine_lag = GaugeMetricFamily(
+            "credvault_engine_lag",
+            "Revisions of a location's changes not yet acknowledged by its engine streams on this replica (the most)",
+            labels=["location"],
+        )
         if stats is not None:
             for location, outboxes in sorted(stats.pending_by_location.items()):
                 connected.add_metric([location], len(outboxes))
                 pending.add_metric([location], sum(outboxes))
+            for location, lags in sorted(stats.lag_by_location.items()):
+                engine_lag.add_metric([location], max(lags, default=0))
         yield connected
         yield pending
+        yield engine_lag
         if stats is not None and self._metrics.head_revision is not None:
             lag = max(0, self._metrics.head_revision - stats.last_revision)
             yield GaugeMetricFamily(

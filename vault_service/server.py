@@ -249,7 +249,11 @@ async def _start_engine_port(
 
 def _push_stats(follower: ChangeFollower) -> PushStats:
     outboxes = follower.outboxes()
-    return PushStats({loc: [o.pending for o in boxes] for loc, boxes in outboxes.items()}, follower.last)
+    return PushStats(
+        {loc: [o.pending for o in boxes] for loc, boxes in outboxes.items()},
+        follower.last,
+        {loc: [o.lag for o in boxes] for loc, boxes in outboxes.items()},
+    )
 
 
 async def _start_operations_ports(settings: Settings, running: RunningVault) -> None:

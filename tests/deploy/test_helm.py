@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
-import trustme
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -31,12 +30,10 @@ from tests.helm_support import (
     CHART,
     ROOT,
     Helm,
-    HelmUnavailable,
     Manifest,
     by_kind,
     containers,
     env_of,
-    fetch_helm,
     mounted_file,
     one,
     pod_template,
@@ -45,6 +42,7 @@ from tests.helm_support import (
     validate_manifest,
     workloads,
 )
+from tests.local_pki import LocalPki
 from vault_service import pki
 from vault_service.config import Settings
 
@@ -108,6 +106,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "locations": [{"id": "berlin"}],
     },
     "no-memory-lock": {"memoryLock": {"enabled": False}, "locations": [{"id": "berlin"}]},
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "engineLagFor": "1h30m"},
+        "grafana": {"dashboard": {"enabled": True, "labels": {"team": "synthetics"}}},
+        "locations": [{"id": "berlin"}],
+    },
     "pdb-max-unavailable": {
         "vault": {"replicas": 4, "podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}}
     },
@@ -119,16 +123,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tests": {"checkApiTls": False},
     },
 }
-
-
-@pytest.fixture(scope="session")
-def helm() -> Helm:
-    try:
-        return Helm(fetch_helm())
-    except HelmUnavailable as exc:
-        pytest.skip(str(exc))
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"fetching helm failed: {exc}\n{exc.stderr!r}")
 
 
 @pytest.fixture(scope="session")
@@ -217,10 +211,14 @@ def test_chart_creates_no_secret(render: Callable[[str], list[Manifest]]) -> Non
 # --- hardening --------------------------------------------------------------------------------------------------------
 
 
+def locks_memory(container: dict[str, Any], values: dict[str, Any]) -> bool:
+    """The two processes that lock their memory, when memoryLock is on."""
+    return container["command"] in (["credvault", "serve"], ["engine-worker"]) and values["memoryLock"]["enabled"]
+
+
 def expected_capabilities(container: dict[str, Any], values: dict[str, Any]) -> dict[str, list[str]]:
     """None at all, except IPC_LOCK (memoryLock) for the two processes that lock their memory."""
-    locks = container["command"] in (["credvault", "serve"], ["engine-worker"]) and values["memoryLock"]["enabled"]
-    return {"drop": ["ALL"], "add": ["IPC_LOCK"]} if locks else {"drop": ["ALL"]}
+    return {"drop": ["ALL"], "add": ["IPC_LOCK"]} if locks_memory(container, values) else {"drop": ["ALL"]}
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -249,6 +247,35 @@ def test_every_pod_and_container_is_hardened(render: Callable[[str], list[Manife
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, what
             assert c["resources"]["requests"]["memory"], what
             assert c["resources"]["limits"]["memory"], what
+
+
+def _locking_containers(docs: list[Manifest]) -> list[dict[str, Any]]:
+    """The vault's container and every engine worker's."""
+    _, _, vault = vault_container(docs)
+    workers = [pod_template(d)[1]["containers"][0] for d in engine_deployments(docs).values()]
+    return [vault, *workers]
+
+
+@pytest.mark.parametrize(("name", "enabled"), [("two-locations", True), ("no-memory-lock", False)])
+def test_memory_lock_security_context_is_pinned(
+    render: Callable[[str], list[Manifest]], name: str, enabled: bool
+) -> None:
+    """memoryLock on: IPC_LOCK the only capability (the runtime puts it in the bounding and permitted sets; exec
+    grants it through the image's file capability, no_new_privs notwithstanding: tests/deploy/
+    test_memory_lock_capability.py); off: none. no_new_privs on either way."""
+    assert values_of(name)["memoryLock"]["enabled"] is enabled
+    expected: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]} if enabled else {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for container in some(_locking_containers(render(name)), "locking container"):
+        assert container["securityContext"] == expected, container["name"]
 
 
 def test_vault_probes_are_grpc_on_the_health_port(render: Callable[[str], list[Manifest]]) -> None:
@@ -706,6 +733,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "log-level": ({"vault": {"logLevel": "verbose"}}, "logLevel"),
     "unknown-key": ({"replicas": 3}, "replicas"),
     "memory-lock": ({"memoryLock": {"enabled": "yes"}}, "enabled"),
+    "alert-duration": ({"prometheusRule": {"engineDisconnectedFor": "ten minutes"}}, "engineDisconnectedFor"),
+    "alert-threshold": ({"prometheusRule": {"engineLagRevisions": -1}}, "engineLagRevisions"),
+    "dashboard-key": ({"grafana": {"dashboard": {"folder": "x"}}}, "folder"),
     "api-without-names": ({"tls": {"certManager": {"api": {"serviceNames": False}}}}, "api"),
     "hpa-bounds": ({"vault": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "maxReplicas"),
 }
@@ -781,14 +811,11 @@ def _run_healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_healthcheck_script_against_real_servers(
-    health_servers: Callable[..., _HealthServer], tmp_path: pathlib.Path
+    health_servers: Callable[..., _HealthServer], tmp_path: pathlib.Path, local_pki: LocalPki
 ) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost")
-    tls = (leaf.private_key_pem.bytes(), b"".join(b.bytes() for b in leaf.cert_chain_pems))
-    ca_file = tmp_path / "ca.crt"
-    ca.cert_pem.write_to_path(str(ca_file))
+    tls = (local_pki.server.key_pem, local_pki.server.chain_pem)
+    ca_file = local_pki.server_ca_pem
     plain = health_servers(serving)
     api = health_servers(serving, tls)
     down = health_servers(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -802,7 +829,7 @@ def test_healthcheck_script_against_real_servers(
     assert "NOT_SERVING" in not_serving.stderr
 
     other_ca = tmp_path / "other.crt"
-    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    other_ca.write_bytes(pki.create_ca("another CA").cert_pem)
     untrusted = _run_healthcheck(
         "--health", f"127.0.0.1:{plain.port}", "--api", f"localhost:{api.port}", "--ca", str(other_ca)
     )

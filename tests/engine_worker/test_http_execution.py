@@ -12,7 +12,6 @@ import ssl
 from collections.abc import AsyncIterator
 
 import pytest
-import trustme
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
@@ -21,6 +20,8 @@ from engine_worker.config_store import ConfigStore, HeldMonitor
 from engine_worker.http_execution import NOT_EXECUTABLE_REASON, HttpExecutor, _Substitutions
 from engine_worker.target_tls import TargetTls
 from tests.http_target import Target
+from tests.local_pki import LocalPki
+from vault_service import pki
 
 LOC = "loc-a"
 PAIR = "CREDENTIALS_VAULT-00000000000000B1"
@@ -43,12 +44,9 @@ def token(version: int = 1, value: str = CANARY_TOKEN) -> epb.CredentialResource
     )
 
 
-def certificate(issued: trustme.LeafCert, version: int = 1) -> epb.CredentialResource:
+def certificate(issued: pki.IssuedCertificate, version: int = 1) -> epb.CredentialResource:
     details = cpb.CredentialDetails(
-        certificate=cpb.CertificateDetails(
-            certificate_chain_pem=b"".join(b.bytes() for b in issued.cert_chain_pems),
-            private_key_pem=issued.private_key_pem.bytes(),
-        )
+        certificate=cpb.CertificateDetails(certificate_chain_pem=issued.chain_pem, private_key_pem=issued.key_pem)
     )
     return epb.CredentialResource(id=CERT, version=version, details=details)
 
@@ -113,15 +111,10 @@ class Engine:
 
 
 @pytest.fixture(scope="module")
-def target_ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(target_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    path = tmp_path_factory.mktemp("target-ca") / "ca.pem"
-    target_ca.cert_pem.write_to_path(str(path))
-    return path
+def ca_file(local_pki: LocalPki) -> pathlib.Path:
+    """What the engine trusts for the targets: the tests' server CA (the targets present the tests' server
+    certificate, and demand client certificates of the tests' engine CA)."""
+    return local_pki.server_ca_pem
 
 
 @pytest.fixture
@@ -132,11 +125,11 @@ async def target() -> AsyncIterator[Target]:
 
 
 @pytest.fixture
-async def mtls_target(target_ca: trustme.CA) -> AsyncIterator[Target]:
-    """HTTPS that demands a client certificate issued by target_ca."""
+async def mtls_target(local_pki: LocalPki) -> AsyncIterator[Target]:
+    """HTTPS that demands a client certificate issued by the tests' engine CA."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    target_ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
-    target_ca.configure_trust(ctx)
+    ctx.load_cert_chain(local_pki.server_pem, local_pki.server_key)
+    ctx.load_verify_locations(cadata=local_pki.engine_ca.cert_pem.decode())
     ctx.verify_mode = ssl.CERT_REQUIRED
     t = await Target().start(tls=ctx)
     yield t
@@ -204,8 +197,8 @@ async def test_a_wrong_token_fails_and_the_reason_holds_no_secret(engine: Engine
     assert_no_canary(result)
 
 
-async def test_client_certificate_login_from_memory(engine: Engine, mtls_target: Target, target_ca: trustme.CA) -> None:
-    issued = target_ca.issue_cert("client.example", common_name="monitor-client")
+async def test_client_certificate_login_from_memory(engine: Engine, mtls_target: Target, local_pki: LocalPki) -> None:
+    issued = local_pki.engine("monitors", "monitor-client")  # a client certificate whose CN is "monitor-client"
     r = request(mtls_target.url("/whoami", "https", "localhost"), validation=[rule(body_contains="monitor-client")])
     r.authentication.client_certificate_credential_id = CERT
     result = await engine.run(monitor(M1, r), certificate(issued))
@@ -218,7 +211,7 @@ async def test_client_certificate_login_from_memory(engine: Engine, mtls_target:
     assert without.requests[0].failure_reason  # the handshake (or the connection) failed, and says so
 
 
-async def test_an_untrusted_server_certificate_fails(target_ca: trustme.CA, mtls_target: Target) -> None:
+async def test_an_untrusted_server_certificate_fails(mtls_target: Target) -> None:
     engine = Engine(TargetTls())  # the system's roots only: the test CA is not among them
     result = await engine.run(monitor(M1, request(mtls_target.url("/whoami", "https", "localhost"))))
     assert result.status == FAILED

@@ -36,6 +36,7 @@ class Outbox:
         self._on_overflow = on_overflow
         self._pending: dict[Key, epb.CredentialResource | epb.MonitorResource | epb.Removal] = {}
         self._revision = 0  # of the newest delta put in
+        self._acked = 0  # the newest revision the engine acknowledged
         self._complete_revision = 0  # everything up to this was fully handed out
         self._ready = asyncio.Event()
         self._resync: epb.ResyncRequest | None = None
@@ -50,6 +51,15 @@ class Outbox:
     def revision(self) -> int:
         """The revision of the newest delta put in: an engine that ACKed it and has nothing pending is current."""
         return self._revision
+
+    def acked(self, revision: int) -> None:
+        """The engine acknowledged ``revision`` (applied everything up to it)."""
+        self._acked = max(self._acked, revision)
+
+    @property
+    def lag(self) -> int:
+        """Revisions of the location's changes put in that the engine has not acknowledged yet."""
+        return max(0, self._revision - self._acked)
 
     def ask_held(self, reason: str) -> None:
         """Asks the engine for the list of what it holds (anti-entropy): :meth:`take` hands out the request next."""

@@ -202,6 +202,7 @@ class EngineStreamServicer(egrpc.EngineConfigServiceServicer):
                 if which == "ack":
                     self.sessions.acked(loc, eng, msg.ack, rejected)
                     push_timer.acked(msg.ack.revision)
+                    outbox.acked(msg.ack.revision)
                     if msg.ack.HasField("held"):
                         check.reported(msg.ack.held)
                 elif which == "heartbeat":

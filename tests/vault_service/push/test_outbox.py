@@ -84,3 +84,20 @@ async def test_a_request_for_the_held_list_goes_before_pending_changes() -> None
     batch = await take_batch(box)
     assert [m.id for m in batch.monitors] == ["m1"]
     assert box.revision == 4
+
+
+async def test_lag_counts_revisions_put_in_and_not_acknowledged() -> None:
+    box = Outbox(100)
+    assert box.lag == 0
+    box.acked(4)  # the engine synced at revision 4
+    box.put(delta(6, {"m1": 1}))
+    box.put(delta(9, {"m2": 1}))
+    assert box.lag == 5
+    await take_batch(box)  # handed out is not acknowledged
+    assert box.lag == 5
+    box.acked(6)
+    assert box.lag == 3
+    box.acked(9)
+    assert box.lag == 0
+    box.acked(7)  # an older acknowledgement arriving late changes nothing
+    assert box.lag == 0

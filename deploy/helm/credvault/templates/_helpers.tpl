@@ -75,6 +75,13 @@ seccompProfile:
 {{- include "credvault.securityContextWith" (list . .Values.memoryLock.enabled) }}
 {{- end }}
 
+{{/*
+Locking (README "Memory"): a process of a non-root user keeps no capability of the container's across exec (Kubernetes
+sets no ambient capabilities); it gets IPC_LOCK from the file capability cap_ipc_lock+p of the image's interpreter.
+The runtime puts an added capability in the bounding and the permitted set of the process it starts, so exec may
+grant it even with no_new_privs (which only forbids gaining what that process did not hold): allowPrivilegeEscalation
+stays false.
+*/}}
 {{- define "credvault.securityContextWith" -}}
 {{- $root := index . 0 -}}
 runAsNonRoot: true
