@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
-import signal
 import sys
 from typing import Any
 
 import grpc
+from _child_server import announce_and_wait
 
 METHOD_SERVICE = "bench.Echo"
 METHOD_NAME = "Call"
@@ -53,12 +53,7 @@ async def serve(cert_chain: bytes, key: bytes, client_ca: bytes, response_bytes:
     creds = grpc.ssl_server_credentials([(key, cert_chain)], root_certificates=client_ca, require_client_auth=True)
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
-    print(f"PORT {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_and_wait(port)
     await server.stop(0)
 
 

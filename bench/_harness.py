@@ -1,12 +1,14 @@
 """Pieces the bench scripts share: ports and child environments (the tests'), tools beside this interpreter,
-throwaway databases."""
+throwaway databases, the commit under test."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
 import shutil
+import subprocess
 import sys
+from typing import Any
 
 import asyncpg
 
@@ -17,12 +19,33 @@ from tests.conftest import with_database
 from tests.processes import child_environment as child_env
 from tests.processes import free_port
 
-__all__ = ["Database", "child_env", "free_port", "venv_bin", "with_database"]
+__all__ = ["Database", "child_env", "free_port", "source_info", "venv_bin", "with_database"]
+
+REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 
 
 def venv_bin(name: str) -> str | None:
     beside = pathlib.Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
+
+
+def source_info() -> dict[str, Any]:
+    """The commit of the code under test, and whether the work tree differs from it (read-only git calls)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    return {"commit": commit, "uncommitted_changes": bool(changes.strip())}
 
 
 @dataclasses.dataclass

@@ -7,9 +7,9 @@ otherwise). Separate process; prints ``PORT <n>`` on stdout once it serves; stop
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
+from _child_server import announce_and_wait
 from aiohttp import web
 
 
@@ -28,12 +28,7 @@ async def serve() -> None:
     await site.start()
     server = site._server
     assert isinstance(server, asyncio.Server)
-    print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await announce_and_wait(server.sockets[0].getsockname()[1])
     await runner.cleanup()
 
 

@@ -1,8 +1,10 @@
-"""Real processes for the bench scripts: children with logs and cleanup, a bench PKI, a ``credvault serve`` with its
-engine port on a throwaway database, and ``engine-worker`` processes."""
+"""Real processes for the bench scripts: children with logs and cleanup, a ``credvault serve`` with its engine port on
+a throwaway database and ``engine-worker`` processes (on the tests' PKI and launch spec), the figures' summaries, and
+the scripts' main (run_bench, run_script)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -187,23 +189,33 @@ class Vault:
         return (("authorization", f"Api-Token {self.token}"),)
 
 
-async def start_vault(res: Resources, db: Database, p: LocalPki) -> Vault:
-    """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port."""
+async def start_vault(res: Resources, db: Database, p: LocalPki, **extra_env: str) -> Vault:
+    """Migrate and bootstrap an admin from here, then run ``credvault serve`` with its engine port (``extra_env``:
+    more settings, as start_replica)."""
     issued = await migrate_and_bootstrap(db.url, "bench-admin")
-    return await start_replica(res, db.url, p, new_keyring().to_json(), issued.token)
+    return await start_replica(res, db.url, p, new_keyring().to_json(), issued.token, **extra_env)
 
 
 async def start_replica(
-    res: Resources, database_url: str, p: LocalPki, keyring: str, token: str, name: str = "vault"
+    res: Resources,
+    database_url: str,
+    p: LocalPki,
+    keyring: str,
+    token: str,
+    name: str = "vault",
+    **extra_env: str,
 ) -> Vault:
     """``credvault serve`` with its engine port on a migrated database; replicas of one vault share ``keyring``
-    (JSON) and the admin's ``token``. ``name`` names its log."""
+    (JSON) and the admin's ``token``. ``name`` names its log; ``extra_env`` adds settings (such as
+    ``CREDVAULT_DB_POOL_MAX``). The log level is INFO unless ``extra_env`` sets another: readiness is read from INFO
+    lines (the vault logs nothing per call at INFO)."""
     exe = venv_bin("credvault")
     argv = [exe] if exe else [sys.executable, *VAULT_MODULE_ARGV]
     api_port = engine_port = free_port()
     while engine_port == api_port:
         engine_port = free_port()
-    env = child_env(**vault_environment(p, database_url, keyring, api_port, engine_port, CREDVAULT_LOG_LEVEL="INFO"))
+    settings = {"CREDVAULT_LOG_LEVEL": "INFO", **extra_env}
+    env = child_env() | vault_environment(p, database_url, keyring, api_port, engine_port, **settings)
     child = res.spawn(f"credvault serve ({name})", [*argv, "serve"], env, res.root / f"{name}.log")
     await wait_for_log(child, ENGINE_PORT_LISTENING, 60)
     await wait_for_log(child, API_LISTENING, 60)
@@ -257,3 +269,14 @@ def run_bench(res: Resources, run: Callable[[], Coroutine[Any, Any, dict[str, An
     note(f"done in {result['elapsed_seconds']} s")
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def run_script(
+    name: str,
+    ns: argparse.Namespace,
+    run: Callable[[argparse.Namespace, Resources], Coroutine[Any, Any, dict[str, Any]]],
+) -> None:
+    """A bench script's main: ``run(ns, res)`` through run_bench, its files under a temporary directory named after
+    ``name`` (kept with ``ns.keep``, where the script has --keep)."""
+    res = Resources(getattr(ns, "keep", False), name)
+    run_bench(res, lambda: run(ns, res))

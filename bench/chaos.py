@@ -36,14 +36,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 from _processes import (
-    LocalPki,
     Resources,
     Vault,
     Worker,
     api_channel,
     note,
     percentile,
-    run_bench,
+    run_script,
     spawn_worker,
     start_replica,
     stop_children,
@@ -55,6 +54,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from tests.chaos_database import StoppablePostgres, kill_sessions_for, stop_for
 from tests.chaos_observer import Engine, PushTracker, converge
 from tests.chaos_workload import Replica, Workload
+from tests.local_pki import LocalPki
 from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.crypto import new_keyring
 
@@ -212,9 +212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ns = parse_args(argv)
-    res = Resources(ns.keep, "chaos")
-    run_bench(res, lambda: run(ns, res))
+    run_script("chaos", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ from typing import Any
 import aiohttp
 from _harness import Database
 from _processes import (
-    LocalPki,
     Resources,
     Vault,
     Worker,
@@ -60,6 +59,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import credentials_pb2_grpc as cgrpc
 from credvault.v1 import monitors_pb2 as mpb
 from credvault.v1 import monitors_pb2_grpc as mgrpc
+from tests.local_pki import LocalPki
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
