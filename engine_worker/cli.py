@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="PEM CA certificate that issued the vault's certificate (ENGINE_CA)")
     p.add_argument("--max-disconnected", help="flush all configs after this long without the vault (default 4h)")
     p.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 10)")
+    p.add_argument(
+        "--certificate-check-interval",
+        help="how often to look for a renewed certificate and reconnect with it (default 30s)",
+    )
     p.add_argument("--status-listen", help=f"host:port of the status endpoint (default {DEFAULT_STATUS_LISTEN})")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--target-ca", help="PEM CA certificates to trust for monitored HTTPS targets (ENGINE_TARGET_CA)")
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             ca=ns.ca,
             max_disconnected=ns.max_disconnected,
             heartbeat_interval=ns.heartbeat_interval,
+            certificate_check_interval=ns.certificate_check_interval,
             status_listen=ns.status_listen,
             log_level=ns.log_level,
             target_ca=ns.target_ca,

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     ca: pathlib.Path = Field(description="PEM certificate of the CA that issued the vault's server certificate")
     max_disconnected: float = Field(4 * 3600.0, gt=0, description="flush everything after this long without contact")
     heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    certificate_check_interval: float = Field(
+        30.0, gt=0, le=3600, description="how often to look for a renewed certificate (then reconnect with it)"
+    )
     status_listen: str = Field(DEFAULT_STATUS_LISTEN, description="host:port of the status endpoint (port 0: any)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     target_ca: pathlib.Path | None = Field(
@@ -38,7 +41,7 @@ class Settings(BaseSettings):
     event_loop: str = Field("uvloop", pattern=r"^(uvloop|asyncio)$", description="uvloop, or asyncio's own loop")
     require_mlock: bool = Field(False, description="refuse to start if the memory cannot be locked (CAP_IPC_LOCK)")
 
-    @field_validator("max_disconnected", "heartbeat_interval", mode="before")
+    @field_validator("max_disconnected", "heartbeat_interval", "certificate_check_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -42,6 +42,12 @@ class _Collector(Collector):
         yield CounterMetricFamily("flushes", "Times every held configuration was wiped", value=state.flushes)
         yield CounterMetricFamily("results_sent", "Results sent to the vault", value=state.results_sent)
         yield GaugeMetricFamily("memory_locked", "1 if the memory is locked (mlockall)", value=int(memory_locked()))
+        if state.certificate_not_after is not None:
+            yield GaugeMetricFamily(
+                "engine_certificate_expiry_seconds",
+                "When the certificate of the current connection to the vault expires (Unix time)",
+                value=state.certificate_not_after,
+            )
 
 
 class StatusServer:

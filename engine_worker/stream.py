@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import time
@@ -33,7 +32,8 @@ from credvault.v1 import engine_pb2, engine_pb2_grpc
 from engine_worker.backoff import Backoff
 from engine_worker.config_store import ConfigStore
 from engine_worker.result_reporter import ResultReporter
-from engine_worker.tls import ChannelFactory
+from engine_worker.stream_settings import StreamSettings, StreamState
+from engine_worker.tls import ChannelFactory, ClientCertificate
 
 __all__ = ["EngineStream", "StreamSettings", "StreamState"]
 
@@ -44,39 +44,12 @@ Sleep = Callable[[float], Awaitable[None]]
 Send = Callable[[engine_pb2.StreamRequest], Awaitable[None]]
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamSettings:
-    heartbeat_interval: float = 10.0
-    max_disconnected: float = 4 * 3600.0
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    dead_after_intervals: int = 3
-
-    def __post_init__(self) -> None:
-        if not self.heartbeat_interval > 0:
-            raise ValueError("heartbeat_interval must be positive")
-        if not self.max_disconnected > 0:
-            raise ValueError("max_disconnected must be positive")
-        if not 0 < self.backoff_base <= self.backoff_cap:
-            raise ValueError("backoff_base must be positive and at most backoff_cap")
-        if self.dead_after_intervals < 1:
-            raise ValueError("dead_after_intervals must be at least 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamState:
-    """What the status endpoint shows: no configs, no contents."""
-
-    connected: bool
-    synced: bool
-    last_applied_revision: int
-    reconnects: int
-    flushes: int
-    results_sent: int = 0
-
-
 class _StreamDead(Exception):
     pass
+
+
+class _Reconnect(Exception):
+    """The session ends so that the next one presents the renewed certificate: reconnect at once."""
 
 
 class EngineStream:
@@ -98,9 +71,12 @@ class EngineStream:
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         results: ResultReporter | None = None,
+        certificate: ClientCertificate | None = None,
     ) -> None:
         self._store = store
         self._results = results
+        self._certificate = certificate
+        self._reconnect_now = False
         self._identity = identity
         self._channel_factory = channel_factory
         self._settings = settings or StreamSettings()
@@ -129,6 +105,7 @@ class EngineStream:
             reconnects=self._reconnects,
             flushes=self._flushes,
             results_sent=self.results_sent,
+            certificate_not_after=self._certificate.not_after if self._certificate is not None else None,
         )
 
     # --- the loop --------------------------------------------------------------------------------------------------
@@ -152,6 +129,9 @@ class EngineStream:
             first = False
             if await self._session():
                 self._backoff.reset()
+            if self._reconnect_now:
+                self._reconnect_now = False
+                continue
             delay = self._backoff.next_delay()
             log.info("reconnecting to the vault in %.2f s", delay)
             await self._pause(delay)
@@ -248,6 +228,9 @@ class EngineStream:
                 self._flush("the vault refused this engine (PERMISSION_DENIED)")
         except _StreamDead as exc:
             log.warning("the stream to the vault is dead: %s", exc)
+        except _Reconnect as exc:
+            log.info("connecting again: %s", exc)
+            self._reconnect_now = True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -296,6 +279,8 @@ class EngineStream:
         ]
         if self._results is not None:
             tasks.append(asyncio.create_task(self._send_results(self._results, send), name="engine-stream-results"))
+        if self._certificate is not None:
+            tasks.append(asyncio.create_task(self._certificate_watch(self._certificate), name="engine-stream-cert"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -371,6 +356,14 @@ class EngineStream:
                 results.put_back(batch)
                 raise
             self.results_sent += len(batch)
+
+    async def _certificate_watch(self, certificate: ClientCertificate) -> None:
+        """Ends the session when the files hold a renewed certificate (or the one in use expired)."""
+        while True:
+            await self._sleep(self._settings.certificate_check_interval)
+            reason = certificate.renewal_due(time.time())
+            if reason is not None:
+                raise _Reconnect(reason)
 
     async def _heartbeats(self, send: Send) -> None:
         while True:

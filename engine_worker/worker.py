@@ -27,7 +27,7 @@ from engine_worker.settings import Settings
 from engine_worker.status import StatusServer
 from engine_worker.stream import EngineStream, StreamSettings
 from engine_worker.target_tls import TargetTls
-from engine_worker.tls import check_tls_files, mtls_channel_factory
+from engine_worker.tls import ClientCertificate, check_tls_files, mtls_channel_factory
 
 __all__ = ["EngineWorker"]
 
@@ -44,12 +44,20 @@ class EngineWorker:
         registry = CollectorRegistry(auto_describe=True)
         metrics = ExecutionMetrics(registry)
         self.results = ResultReporter(on_drop=metrics.results_dropped.inc)
+        certificate = ClientCertificate(settings.cert, settings.key, settings.ca)
         self.stream = EngineStream(
             self.store,
             self.identity,
-            mtls_channel_factory(settings.vault, settings.cert, settings.key, settings.ca, self.identity),
-            StreamSettings(heartbeat_interval=settings.heartbeat_interval, max_disconnected=settings.max_disconnected),
+            mtls_channel_factory(
+                settings.vault, settings.cert, settings.key, settings.ca, self.identity, certificate=certificate
+            ),
+            StreamSettings(
+                heartbeat_interval=settings.heartbeat_interval,
+                max_disconnected=settings.max_disconnected,
+                certificate_check_interval=settings.certificate_check_interval,
+            ),
             results=self.results,
+            certificate=certificate,
         )
         self.scheduler = Scheduler(
             self.store,
