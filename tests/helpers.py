@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
+from credvault.v1 import monitors_pb2 as mpb
 
 OK = grpc.StatusCode.OK
 NF = grpc.StatusCode.NOT_FOUND
@@ -57,3 +60,18 @@ async def expect_code(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcErr
         await call  # type: ignore[misc]
     assert info.value.code() == code, info.value.details()
     return info.value
+
+
+async def one_monitor(admin: Any, location: str = "loc-a", engine: str = "e1") -> tuple[str, mpb.Monitor]:
+    """A location with one engine and one enabled HTTP monitor there using a new username-password credential;
+    returns the credential's id and the monitor."""
+    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id=location)))
+    await admin.AddEngine(mpb.AddEngineRequest(location_id=location, engine_id=engine))
+    pair: str = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
+    req = mpb.HttpRequest(method="GET", url="https://shop.example/")
+    req.authentication.basic_credential_id = pair
+    monitor = mpb.Monitor(
+        name="m", frequency_minutes=1, location_ids=[location], enabled=True, http=mpb.HttpScript(requests=[req])
+    )
+    created: mpb.Monitor = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor))).monitor
+    return pair, created

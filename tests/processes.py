@@ -214,6 +214,16 @@ async def introspect(port: int) -> dict[str, Any]:
         return doc
 
 
+async def scraped(scrape_port: int, name: str, **labels: str) -> float | None:
+    """The value of one sample at ``http://127.0.0.1:<port>/metrics`` (vault or worker), None when absent."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{scrape_port}/metrics") as resp:
+        text = await resp.text()
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}{re.escape('{' + wanted + '}') if wanted else ''} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else None
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
     async def loop() -> None:
         while not await check():  # noqa: ASYNC110 - polling another process's HTTP endpoint

@@ -4,38 +4,22 @@ the files are whole again, not while a renewal is half-written; its metrics show
 from __future__ import annotations
 
 import asyncio
-import re
 
-import aiohttp
 from cryptography import x509
 
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
-from tests.helpers import create_req, up
-from tests.processes import System, eventually, introspect
+from tests.helpers import one_monitor
+from tests.processes import System, eventually, introspect, scraped
 
 CHECK_INTERVAL = 0.2
-
-
-async def status_metric(port: int, name: str) -> float | None:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-        found = re.search(rf"^{re.escape(name)} (\S+)$", await resp.text(), re.M)
-    return float(found.group(1)) if found else None
 
 
 async def test_a_renewed_certificate_is_used_by_the_next_connection_without_losing_anything(
     system: System, system_admin: Client
 ) -> None:
     admin = system_admin
-    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
-    await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
-    pair = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
-    req = mpb.HttpRequest(method="GET", url="https://shop.example/")
-    req.authentication.basic_credential_id = pair
-    monitor = mpb.Monitor(
-        name="m", frequency_minutes=1, location_ids=["loc-a"], enabled=True, http=mpb.HttpScript(requests=[req])
-    )
-    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor))).monitor
+    _, m = await one_monitor(admin)
     cert_file, key_file = system.pki.engine_files("loc-a", "e1")
     first = x509.load_pem_x509_certificate(cert_file.read_bytes())
     worker, port = await system.start_worker(
@@ -47,7 +31,7 @@ async def test_a_renewed_certificate_is_used_by_the_next_connection_without_losi
         return bool(doc["connected"]) and m.id in doc["monitors"]
 
     await eventually(holding)
-    assert await status_metric(port, "engine_certificate_expiry_seconds") == first.not_valid_after_utc.timestamp()
+    assert await scraped(port, "engine_certificate_expiry_seconds") == first.not_valid_after_utc.timestamp()
 
     renewed = system.pki.engine("loc-a", "e1", days=60)
     # half-written: the new certificate with the old key is not a renewal yet; the connection stays
@@ -56,18 +40,18 @@ async def test_a_renewed_certificate_is_used_by_the_next_connection_without_losi
     while checks < 5:  # five checks of the files go by: no reconnect
         await asyncio.sleep(CHECK_INTERVAL)
         checks += 1
-    assert await status_metric(port, "reconnects_total") == 0
+    assert await scraped(port, "reconnects_total") == 0
     key_file.write_bytes(renewed.key_pem)
 
     async def on_the_renewal() -> bool:
-        expiry = await status_metric(port, "engine_certificate_expiry_seconds")
+        expiry = await scraped(port, "engine_certificate_expiry_seconds")
         return expiry == renewed.certificate.not_valid_after_utc.timestamp() and bool(
             (await introspect(port))["connected"]
         )
 
     await eventually(on_the_renewal)
-    assert await status_metric(port, "reconnects_total") == 1
-    assert await status_metric(port, "flushes_total") == 0
+    assert await scraped(port, "reconnects_total") == 1
+    assert await scraped(port, "flushes_total") == 0
     assert m.id in (await introspect(port))["monitors"]
     assert any("connecting again: its certificate was renewed" in line for line in worker.lines)
     engines = (await admin.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines

@@ -12,7 +12,6 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 
-import aiohttp
 import grpc
 import pytest
 from cryptography import x509
@@ -20,9 +19,9 @@ from cryptography import x509
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client, admin_of, with_engine_port
-from tests.helpers import create_req, up
+from tests.helpers import one_monitor, up
 from tests.local_pki import TRUST_DOMAIN, LocalPki
-from tests.processes import System, eventually, introspect
+from tests.processes import System, eventually, introspect, scraped
 from tests.push_helpers import EngineClient
 from vault_service import pki
 from vault_service.config import Settings
@@ -55,28 +54,11 @@ def renew_server_certificate(local: LocalPki) -> pki.IssuedCertificate:
     return renewed
 
 
-async def metric(scrape_port: int, name: str, **labels: str) -> float | None:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{scrape_port}/metrics") as resp:
-        text = await resp.text()
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = rf"^{re.escape(name)}{re.escape('{' + wanted + '}') if wanted else ''} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    return float(found.group(1)) if found else None
-
-
 async def test_renewed_certificates_are_served_without_dropping_a_stream_or_a_call(
     system: System, system_admin: Client
 ) -> None:
     admin = system_admin
-    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
-    await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
-    pair = (await admin.CreateCredential(create_req("pair", up("alice", "pw-1")))).credential.id
-    req = mpb.HttpRequest(method="GET", url="https://shop.example/")
-    req.authentication.basic_credential_id = pair
-    monitor = mpb.Monitor(
-        name="m", frequency_minutes=1, location_ids=["loc-a"], enabled=True, http=mpb.HttpScript(requests=[req])
-    )
-    await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor))
+    pair, _ = await one_monitor(admin)
     _, status_port = await system.start_worker("loc-a", "e1")
 
     async def holding() -> bool:
@@ -114,9 +96,8 @@ async def test_renewed_certificates_are_served_without_dropping_a_stream_or_a_ca
         after_engine = await served_certificate(system.engine_port, engine_files)
         assert after_engine.serial_number == renewed.certificate.serial_number
         # the engine's stream, opened before, still carries changes
+        old = (await introspect(status_port))["credentials"][pair]
         await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("alice", "pw-2")))
-        doc = await introspect(status_port)
-        old = doc["credentials"][pair]
 
         async def newer() -> bool:
             return bool((await introspect(status_port))["credentials"].get(pair, old) != old)
@@ -127,7 +108,7 @@ async def test_renewed_certificates_are_served_without_dropping_a_stream_or_a_ca
         await caller
     assert failures == []
     assert calls > 0
-    reconnects = await metric(status_port, "reconnects_total")
+    reconnects = await scraped(status_port, "reconnects_total")
     assert reconnects == 0, "the worker's stream was dropped by the reload"
     assert not any(" ERROR " in line or "Traceback" in line for line in system.procs[0].lines)
     assert any("TLS files reloaded" in line for line in system.procs[0].lines)
@@ -192,7 +173,7 @@ async def test_engines_of_a_new_ca_are_admitted_once_the_bundle_has_it(own_files
 
         await eventually(admitted)
         assert (await stream_with(local.engine("loc-a", "e1"))).synced.is_set()
-        expiry = await metric(
+        expiry = await scraped(
             vault.metrics_port, "credvault_certificate_expiry_seconds", port="engine", role="client_ca"
         )
         earliest = min(local.engine_ca.certificate.not_valid_after_utc, new_ca.certificate.not_valid_after_utc)
@@ -206,7 +187,7 @@ async def test_a_half_written_renewal_keeps_the_previous_set_and_the_metrics_fol
     async with vault_on(own_files, keyring) as vault:
         original = local.server.certificate
         assert (
-            await metric(vault.metrics_port, "credvault_certificate_expiry_seconds", port="api", role="server")
+            await scraped(vault.metrics_port, "credvault_certificate_expiry_seconds", port="api", role="server")
             == original.not_valid_after_utc.timestamp()
         )
         renewed = pki.issue_server_certificate(local.server_ca, ["localhost", "127.0.0.1"], days=30)
@@ -214,12 +195,12 @@ async def test_a_half_written_renewal_keeps_the_previous_set_and_the_metrics_fol
         local.server_pem.write_bytes(renewed.chain_pem)
         for _ in range(3):
             assert (await served_certificate(vault.port)).serial_number == original.serial_number
-        assert await metric(vault.metrics_port, "credvault_certificate_reloads_total", port="api") is None
+        assert await scraped(vault.metrics_port, "credvault_certificate_reloads_total", port="api") is None
         # the key arrives: the next handshake gets the renewed certificate
         local.server_key.write_bytes(renewed.key_pem)
         assert (await served_certificate(vault.port)).serial_number == renewed.certificate.serial_number
-        assert await metric(vault.metrics_port, "credvault_certificate_reloads_total", port="api") == 1.0
+        assert await scraped(vault.metrics_port, "credvault_certificate_reloads_total", port="api") == 1.0
         assert (
-            await metric(vault.metrics_port, "credvault_certificate_expiry_seconds", port="api", role="server")
+            await scraped(vault.metrics_port, "credvault_certificate_expiry_seconds", port="api", role="server")
             == renewed.certificate.not_valid_after_utc.timestamp()
         )
