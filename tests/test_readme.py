@@ -10,9 +10,7 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -20,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from tests.cli_helpers import base_env, run
-from tests.dev_helpers import DevProcess, running_dev
+from tests.dev_helpers import DevProcess, outside_pytest_tmp, running_dev
 from tests.readme_runner import Block, Ran, Terminal, commands_of, readme_blocks
 
 MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")  # the tests share one `credvault dev`
@@ -129,15 +127,10 @@ def test_every_readme_block_is_classified_and_parses() -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def dev() -> AsyncIterator[DevProcess]:
-    """`credvault dev` in a directory of its own, with its data in ./.credvault-dev as the README has it. Not under
-    pytest's temporary root: a pytest that starts meanwhile (a child, another run) makes that root private again,
-    out of reach of the user the embedded PostgreSQL runs as when the tests run as root."""
-    directory = pathlib.Path(tempfile.mkdtemp(prefix="credvault-readme-"))
-    try:
+    """`credvault dev` in a directory of its own, with its data in ./.credvault-dev as the README has it."""
+    with outside_pytest_tmp("credvault-readme-") as directory:
         async with running_dev(directory / ".credvault-dev") as running:
             yield running
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def user_env() -> dict[str, str]:
@@ -181,6 +174,7 @@ async def test_the_readme_walkthrough_runs_against_dev_and_reads_cleanly(
     assert len(ran) >= 15, session
     noise = NOISE.findall(session)
     assert not noise, f"the session shows {noise}; transcript: {transcript}"
+    assert not NOISE.findall(dev.stderr), dev.stderr  # nor does the shell `credvault dev` runs in
     # what the walkthrough says it shows
     created = next(r for r in ran if "credentials create --name shop-login" in r.command)
     overwritten = next(r for r in ran if "credentials overwrite" in r.command)
