@@ -171,7 +171,8 @@ async def measure_pair(
         async def check(w: Worker) -> tuple[bool, str]:
             async with sem:
                 body = await worker_introspection(http, w)
-            ok = len(body["monitors"]) == monitors and body["credentials"].get(setup.credential_id) == version
+            held = body["credentials"].get(setup.credential_id) or {}
+            ok = len(body["monitors"]) == monitors and held.get("revision") == version
             return ok, f"{w.engine_id}: {len(body['monitors'])} monitors, credential {body['credentials']}"
 
         checks = await asyncio.gather(*(check(w) for w in workers))

@@ -54,7 +54,8 @@ def padding_for(location: str, credential_id: str, target_bytes: int) -> int:
     credential ids, timestamps) filled in locally."""
     probe = monitor_definition(location, credential_id, 0, 0)
     probe.id = "SYNTHETIC_TEST-0123456789ABCDEF"
-    probe.version = 100_000
+    probe.version = 100
+    probe.revision = 100_000
     probe.type = mpb.MONITOR_TYPE_HTTP
     probe.credential_ids.append(credential_id)
     probe.create_time.GetCurrentTime()
@@ -67,7 +68,7 @@ def padding_for(location: str, credential_id: str, target_bytes: int) -> int:
 
 def resource_bytes(m: mpb.Monitor) -> int:
     """Size of the monitor as an engine receives it: a MonitorResource (id, version, the Monitor)."""
-    return epb.MonitorResource(id=m.id, version=m.version, monitor=m).ByteSize()
+    return epb.MonitorResource(id=m.id, version=m.revision, monitor=m).ByteSize()
 
 
 @dataclasses.dataclass

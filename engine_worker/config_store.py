@@ -44,14 +44,22 @@ _TOKEN = "token"
 
 
 class HeldCredential:
-    """A resolved credential: its id, version, kind (``username_password``, ``certificate``, ``token`` or
-    ``public_certificate``) and the serialized contents in a wipeable ``bytearray``. The repr never shows them."""
+    """A resolved credential: its id, version (in the engine protocol: its revision), the version the API shows
+    (``credential_version``), kind (``username_password``, ``certificate``, ``token`` or ``public_certificate``) and
+    the serialized contents in a wipeable ``bytearray``. The repr never shows them."""
 
-    __slots__ = ("_secret", "id", "kind", "version")
+    __slots__ = ("_secret", "credential_version", "id", "kind", "version")
 
-    def __init__(self, credential_id: str, version: int, details: credentials_pb2.CredentialDetails) -> None:
+    def __init__(
+        self,
+        credential_id: str,
+        version: int,
+        details: credentials_pb2.CredentialDetails,
+        credential_version: int = 0,
+    ) -> None:
         self.id = credential_id
         self.version = version
+        self.credential_version = credential_version
         self.kind = details.WhichOneof("details") or ""
         self._secret = bytearray(details.SerializeToString())
 
@@ -81,14 +89,16 @@ class HeldCredential:
 
 
 class HeldMonitor:
-    """A monitor configuration (no secrets: ids and placeholders only) at a version. Kept serialized (about its
+    """A monitor configuration (no secrets: ids and placeholders only) at a version (in the engine protocol: its
+    revision; ``monitor_version`` is the version the API shows, what its results report). Kept serialized (about its
     wire size in memory, where a parsed message costs several times that) and parsed when asked for."""
 
-    __slots__ = ("_config", "credential_ids", "frequency_minutes", "id", "version")
+    __slots__ = ("_config", "credential_ids", "frequency_minutes", "id", "monitor_version", "version")
 
     def __init__(self, monitor_id: str, version: int, monitor: monitors_pb2.Monitor) -> None:
         self.id = monitor_id
         self.version = version
+        self.monitor_version = monitor.version
         self.credential_ids = tuple(monitor.credential_ids)
         self.frequency_minutes = monitor.frequency_minutes
         self._config = monitor.SerializeToString()
@@ -211,10 +221,25 @@ class ConfigStore:
         return engine_pb2.HeldState(revision=revision, digest=self._digest.without(rejected))
 
     def snapshot_ids(self) -> dict[str, dict[str, int]]:
-        """Ids and versions only, never contents: ``{"monitors": {id: version}, "credentials": {id: version}}``."""
+        """Ids and revisions only, never contents: ``{"monitors": {id: revision}, "credentials": {id: revision}}``
+        (a revision is what the protocol calls a resource's version)."""
         return {
             "monitors": {k: self._monitors[k].version for k in sorted(self._monitors)},
             "credentials": {k: self._credentials[k].version for k in sorted(self._credentials)},
+        }
+
+    def introspection(self) -> dict[str, dict[str, dict[str, int]]]:
+        """What ``/introspection`` shows of each held object, never contents: ``{"monitors": {id: {"revision": r,
+        "version": v}}, "credentials": {...}}``. The revision is what the engine holds it at (the protocol's resource
+        version); the version is the one the API and the CLI show (a credential's: the version of the contents held)."""
+        return {
+            "monitors": {
+                k: {"revision": m.version, "version": m.monitor_version} for k, m in sorted(self._monitors.items())
+            },
+            "credentials": {
+                k: {"revision": c.version, "version": c.credential_version}
+                for k, c in sorted(self._credentials.items())
+            },
         }
 
     def __repr__(self) -> str:
@@ -242,7 +267,7 @@ class ConfigStore:
                 self._rejected.pop(monitor.id, None)
             else:
                 self._rejected[monitor.id] = monitor.version
-                log.warning("rejected monitor %s version %d: %s", monitor.id, monitor.version, reason)
+                log.warning("rejected monitor %s revision %d: %s", monitor.id, monitor.version, reason)
                 rejections.append(engine_pb2.Rejection(monitor_id=monitor.id, version=monitor.version, reason=reason))
         removals = list(batch.removals)
         for removal in removals:
@@ -286,16 +311,18 @@ class ConfigStore:
         if resource.details.WhichOneof("details") is None:
             # Unusable: nothing to run with. A stale older secret is worse than none, so the old version goes too;
             # monitors that need it are rejected below.
-            log.warning("credential %s version %d has no contents: not held", resource.id, resource.version)
+            log.warning("credential %s revision %d has no contents: not held", resource.id, resource.version)
             if held is not None:
                 self._remove_credential(resource.id, "replaced by a version without contents")
             return
-        self._credentials[resource.id] = HeldCredential(resource.id, resource.version, resource.details)
+        self._credentials[resource.id] = HeldCredential(
+            resource.id, resource.version, resource.details, resource.credential_version
+        )
         self._digest.add(engine_pb2.RESOURCE_KIND_CREDENTIAL, resource.id, resource.version)
         if held is not None:
             self._digest.remove(engine_pb2.RESOURCE_KIND_CREDENTIAL, resource.id, held.version)
             held.wipe()
-        log.debug("holding credential %s version %d", resource.id, resource.version)
+        log.debug("holding credential %s revision %d", resource.id, resource.version)
 
     def _upsert_monitor(self, resource: engine_pb2.MonitorResource) -> str | None:
         """None when applied (or already held), else why not."""
@@ -334,21 +361,21 @@ class ConfigStore:
         self._digest.add(engine_pb2.RESOURCE_KIND_MONITOR, resource.id, resource.version)
         if held is not None:
             self._digest.remove(engine_pb2.RESOURCE_KIND_MONITOR, resource.id, held.version)
-        log.debug("holding monitor %s version %d", resource.id, resource.version)
+        log.debug("holding monitor %s revision %d", resource.id, resource.version)
         return None
 
     def _remove_monitor(self, monitor_id: str, reason: str) -> None:
         held = self._monitors.pop(monitor_id, None)
         if held is not None:
             self._digest.remove(engine_pb2.RESOURCE_KIND_MONITOR, monitor_id, held.version)
-            log.info("removed monitor %s version %d (%s)", monitor_id, held.version, reason)
+            log.info("removed monitor %s revision %d (%s)", monitor_id, held.version, reason)
 
     def _remove_credential(self, credential_id: str, reason: str) -> None:
         held = self._credentials.pop(credential_id, None)
         if held is not None:
             self._digest.remove(engine_pb2.RESOURCE_KIND_CREDENTIAL, credential_id, held.version)
             held.wipe()
-            log.info("removed credential %s version %d (%s)", credential_id, held.version, reason)
+            log.info("removed credential %s revision %d (%s)", credential_id, held.version, reason)
 
     def _warn_dangling(self, removed: set[str]) -> None:
         for held in self._monitors.values():

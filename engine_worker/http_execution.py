@@ -98,7 +98,7 @@ class HttpExecutor:
     async def execute(self, held: HeldMonitor) -> monitors_pb2.MonitorResult:
         monitor = held.monitor
         started_wall, started = time.time(), time.perf_counter()
-        result = monitors_pb2.MonitorResult(monitor_id=held.id, monitor_version=held.version)
+        result = monitors_pb2.MonitorResult(monitor_id=held.id, monitor_version=held.monitor_version)
         result.start_time.CopyFrom(_timestamp(started_wall))
         if monitor.WhichOneof("script") != "http":
             result.status = monitors_pb2.EXECUTION_STATUS_NOT_EXECUTABLE

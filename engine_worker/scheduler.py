@@ -196,7 +196,7 @@ class Scheduler:
             log.error("executing monitor %s failed unexpectedly: %s", held.id, type(exc).__name__)
             result = monitors_pb2.MonitorResult(
                 monitor_id=held.id,
-                monitor_version=held.version,
+                monitor_version=held.monitor_version,
                 status=monitors_pb2.EXECUTION_STATUS_FAILED,
                 failure_reason=f"the engine failed to execute the monitor ({type(exc).__name__})",
             )
@@ -204,7 +204,7 @@ class Scheduler:
         if result.status == monitors_pb2.EXECUTION_STATUS_NOT_EXECUTABLE:
             if self._warned_not_executable.get(held.id) != held.version:
                 self._warned_not_executable[held.id] = held.version
-                log.warning("monitor %s version %d: %s", held.id, held.version, result.failure_reason)
+                log.warning("monitor %s revision %d: %s", held.id, held.version, result.failure_reason)
         else:
             log.debug(
                 "monitor %s: %s in %.0f ms",

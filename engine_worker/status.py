@@ -1,7 +1,9 @@
 """A local status endpoint (HTTP, no secrets): ``GET /metrics`` for Prometheus and ``GET /introspection`` (JSON).
 
-Both show ids, versions, revisions and counts only, never a configuration's or a credential's contents. It binds to
-loopback by default; the bound address is logged as ``status listening on HOST:PORT`` (port 0 picks a free port).
+Both show ids, versions, revisions and counts only, never a configuration's or a credential's contents: each held
+monitor and credential with its ``revision`` (what the engine holds it at) and its ``version`` (as the API and the CLI
+show it). It binds to loopback by default; the bound address is logged as ``status listening on HOST:PORT``
+(port 0 picks a free port).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class StatusServer:
 
     async def _introspection(self, request: web.Request) -> web.Response:
         state = self._state()
-        ids = self._store.snapshot_ids()
+        held = self._store.introspection()
         return web.json_response(
             {
                 "location": self._identity.location_id,
@@ -91,8 +93,8 @@ class StatusServer:
                 "connected": state.connected,
                 "synced": state.synced,
                 "last_applied_revision": state.last_applied_revision,
-                "monitors": ids["monitors"],
-                "credentials": ids["credentials"],
+                "monitors": held["monitors"],
+                "credentials": held["credentials"],
                 "memory_locked": memory_locked(),
             }
         )

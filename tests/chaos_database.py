@@ -2,10 +2,11 @@
 that it may stop and start, the faults it injects into the vaults' sessions, and what the engines of a location
 should hold according to the database's rows.
 
-What an engine should hold, in the terms of its ``/introspection`` (engine_worker/status.py): the location's enabled
-monitors whose credentials all exist, each at ``monitors.version``, and exactly the credentials those monitors use,
-each at ``credentials.resource_version`` (the version the push gives a credential: CredentialResource.version, from
-LocationState._resolve). That is what LocationState.load builds for a location from the same rows.
+What an engine should hold, in the terms of its ``/introspection`` (engine_worker/status.py, by revision): the
+location's enabled monitors whose credentials all exist, each at ``monitors.revision``, and exactly the credentials
+those monitors use, each at ``credentials.resource_version`` (the revision the push gives a credential:
+CredentialResource.version, from LocationState._resolve). That is what LocationState.load builds for a location
+from the same rows.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ with warnings.catch_warnings():  # platformdirs warns at pgserver's import when 
 # application_name of the run's own sessions: the session kills spare them.
 CHAOS_APPLICATION = "credvault-chaos"
 
-# {"monitors": {id: version}, "credentials": {id: version}}, as an engine's /introspection shows what it holds.
+# {"monitors": {id: revision}, "credentials": {id: revision}}: the revisions an engine's /introspection shows.
 Holdings = dict[str, dict[str, int]]
 
 
@@ -147,7 +148,7 @@ async def stop_for(pg: StoppablePostgres, seconds: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class MonitorRow:
-    version: int
+    revision: int
     enabled: bool
     location_ids: frozenset[str]
     credential_ids: frozenset[str]
@@ -181,7 +182,7 @@ class Rows:
         credentials: dict[str, int] = {}
         for mid, m in self.monitors.items():
             if m.enabled and location_id in m.location_ids and all(c in self.credentials for c in m.credential_ids):
-                monitors[mid] = m.version
+                monitors[mid] = m.revision
                 credentials.update((c, self.credentials[c]) for c in m.credential_ids)
         return {"monitors": monitors, "credentials": credentials}
 
@@ -192,7 +193,7 @@ async def read_rows(
     """The rows of these ids (None: all), from one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         monitors = await conn.fetch(
-            "SELECT id, version, enabled, location_ids,"
+            "SELECT id, revision, enabled, location_ids,"
             " ARRAY(SELECT credential_id FROM monitor_credentials c WHERE c.monitor_id = m.id) AS refs"
             " FROM monitors m WHERE $1::text[] IS NULL OR id = ANY($1)",
             monitor_ids,
@@ -202,7 +203,7 @@ async def read_rows(
         )
     return Rows(
         {
-            r["id"]: MonitorRow(r["version"], r["enabled"], frozenset(r["location_ids"]), frozenset(r["refs"]))
+            r["id"]: MonitorRow(r["revision"], r["enabled"], frozenset(r["location_ids"]), frozenset(r["refs"]))
             for r in monitors
         },
         {r["id"]: r["resource_version"] for r in credentials},

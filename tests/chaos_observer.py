@@ -26,7 +26,7 @@ async def held(http: aiohttp.ClientSession, engine: Engine) -> Holdings:
     url = f"http://127.0.0.1:{engine.status_port}/introspection"
     async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
         doc = await resp.json()
-    return {"monitors": doc["monitors"], "credentials": doc["credentials"]}
+    return {kind: {oid: held["revision"] for oid, held in doc[kind].items()} for kind in ("monitors", "credentials")}
 
 
 async def differences(http: aiohttp.ClientSession, engines: list[Engine], rows: Rows) -> list[str]:

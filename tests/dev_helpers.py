@@ -7,8 +7,10 @@ import contextlib
 import os
 import pathlib
 import re
+import shutil
 import signal
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from tests.cli_helpers import CLI, base_env
@@ -98,3 +100,15 @@ async def running_dev(data_dir: pathlib.Path) -> AsyncIterator[DevProcess]:
         yield dev
     finally:
         await dev.kill_all()
+
+
+@contextlib.contextmanager
+def outside_pytest_tmp(prefix: str = "credvault-dev-") -> Iterator[pathlib.Path]:
+    """A directory for a dev data directory, not under pytest's temporary root: run as root, the embedded PostgreSQL
+    runs as pgserver's user, and a pytest that starts meanwhile (a child, another run on the machine) makes that
+    root private again, out of that user's reach, while the server starts."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -26,17 +26,17 @@ from credvault.v1 import credentials_pb2 as credvault_dot_v1_dot_credentials__pb
 from credvault.v1 import monitors_pb2 as credvault_dot_v1_dot_monitors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63redvault/v1/engine.proto\x12\x0c\x63redvault.v1\x1a\x1e\x63redvault/v1/credentials.proto\x1a\x1b\x63redvault/v1/monitors.proto\"U\n\x0cHeldResource\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.credvault.v1.ResourceKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"Y\n\x05Hello\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\t\x12(\n\x04held\x18\x03 \x03(\x0b\x32\x1a.credvault.v1.HeldResource\"-\n\tHeldState\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x06\"@\n\tRejection\x12\x12\n\nmonitor_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"i\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12)\n\x08rejected\x18\x02 \x03(\x0b\x32\x17.credvault.v1.Rejection\x12%\n\x04held\x18\x03 \x01(\x0b\x32\x17.credvault.v1.HeldState\"H\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\x12%\n\x04held\x18\x02 \x01(\x0b\x32\x17.credvault.v1.HeldState\"\x1f\n\rResyncRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbe\x01\n\rStreamRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.credvault.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.credvault.v1.AckH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.credvault.v1.HeartbeatH\x00\x12,\n\x07results\x18\x04 \x01(\x0b\x32\x19.credvault.v1.ResultBatchH\x00\x42\t\n\x07message\";\n\x0bResultBatch\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.credvault.v1.MonitorResult\"c\n\x12\x43redentialResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x30\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x1f.credvault.v1.CredentialDetails\"V\n\x0fMonitorResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x07monitor\x18\x03 \x01(\x0b\x32\x15.credvault.v1.Monitor\"l\n\x07Removal\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.credvault.v1.ResourceKind\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\x06reason\x18\x03 \x01(\x0e\x32\x1b.credvault.v1.RemovalReason\"\xb0\x01\n\x0b\x43onfigBatch\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x35\n\x0b\x63redentials\x18\x02 \x03(\x0b\x32 .credvault.v1.CredentialResource\x12/\n\x08monitors\x18\x03 \x03(\x0b\x32\x1d.credvault.v1.MonitorResource\x12\'\n\x08removals\x18\x04 \x03(\x0b\x32\x15.credvault.v1.Removal\" \n\x0cSyncComplete\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\xd9\x01\n\x0eStreamResponse\x12*\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.credvault.v1.ConfigBatchH\x00\x12\x33\n\rsync_complete\x18\x02 \x01(\x0b\x32\x1a.credvault.v1.SyncCompleteH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.credvault.v1.HeartbeatH\x00\x12-\n\x06resync\x18\x04 \x01(\x0b\x32\x1b.credvault.v1.ResyncRequestH\x00\x42\t\n\x07message*f\n\x0cResourceKind\x12\x1d\n\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15RESOURCE_KIND_MONITOR\x10\x01\x12\x1c\n\x18RESOURCE_KIND_CREDENTIAL\x10\x02*\xf8\x01\n\rRemovalReason\x12\x1e\n\x1aREMOVAL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REMOVAL_REASON_DISABLED\x10\x01\x12\x1a\n\x16REMOVAL_REASON_DELETED\x10\x02\x12%\n!REMOVAL_REASON_CREDENTIAL_DELETED\x10\x03\x12#\n\x1fREMOVAL_REASON_LOCATION_CHANGED\x10\x04\x12!\n\x1dREMOVAL_REASON_ENGINE_REVOKED\x10\x05\x12\x1f\n\x1bREMOVAL_REASON_UNREFERENCED\x10\x06\x32^\n\x13\x45ngineConfigService\x12G\n\x06Stream\x12\x1b.credvault.v1.StreamRequest\x1a\x1c.credvault.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63redvault/v1/engine.proto\x12\x0c\x63redvault.v1\x1a\x1e\x63redvault/v1/credentials.proto\x1a\x1b\x63redvault/v1/monitors.proto\"U\n\x0cHeldResource\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.credvault.v1.ResourceKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"Y\n\x05Hello\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\t\x12(\n\x04held\x18\x03 \x03(\x0b\x32\x1a.credvault.v1.HeldResource\"-\n\tHeldState\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x06\"@\n\tRejection\x12\x12\n\nmonitor_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"i\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12)\n\x08rejected\x18\x02 \x03(\x0b\x32\x17.credvault.v1.Rejection\x12%\n\x04held\x18\x03 \x01(\x0b\x32\x17.credvault.v1.HeldState\"H\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\x12%\n\x04held\x18\x02 \x01(\x0b\x32\x17.credvault.v1.HeldState\"\x1f\n\rResyncRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbe\x01\n\rStreamRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.credvault.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.credvault.v1.AckH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.credvault.v1.HeartbeatH\x00\x12,\n\x07results\x18\x04 \x01(\x0b\x32\x19.credvault.v1.ResultBatchH\x00\x42\t\n\x07message\";\n\x0bResultBatch\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.credvault.v1.MonitorResult\"\x7f\n\x12\x43redentialResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x30\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x1f.credvault.v1.CredentialDetails\x12\x1a\n\x12\x63redential_version\x18\x04 \x01(\x03\"V\n\x0fMonitorResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x07monitor\x18\x03 \x01(\x0b\x32\x15.credvault.v1.Monitor\"l\n\x07Removal\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.credvault.v1.ResourceKind\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\x06reason\x18\x03 \x01(\x0e\x32\x1b.credvault.v1.RemovalReason\"\xb0\x01\n\x0b\x43onfigBatch\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x35\n\x0b\x63redentials\x18\x02 \x03(\x0b\x32 .credvault.v1.CredentialResource\x12/\n\x08monitors\x18\x03 \x03(\x0b\x32\x1d.credvault.v1.MonitorResource\x12\'\n\x08removals\x18\x04 \x03(\x0b\x32\x15.credvault.v1.Removal\" \n\x0cSyncComplete\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\xd9\x01\n\x0eStreamResponse\x12*\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.credvault.v1.ConfigBatchH\x00\x12\x33\n\rsync_complete\x18\x02 \x01(\x0b\x32\x1a.credvault.v1.SyncCompleteH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.credvault.v1.HeartbeatH\x00\x12-\n\x06resync\x18\x04 \x01(\x0b\x32\x1b.credvault.v1.ResyncRequestH\x00\x42\t\n\x07message*f\n\x0cResourceKind\x12\x1d\n\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15RESOURCE_KIND_MONITOR\x10\x01\x12\x1c\n\x18RESOURCE_KIND_CREDENTIAL\x10\x02*\xf8\x01\n\rRemovalReason\x12\x1e\n\x1aREMOVAL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REMOVAL_REASON_DISABLED\x10\x01\x12\x1a\n\x16REMOVAL_REASON_DELETED\x10\x02\x12%\n!REMOVAL_REASON_CREDENTIAL_DELETED\x10\x03\x12#\n\x1fREMOVAL_REASON_LOCATION_CHANGED\x10\x04\x12!\n\x1dREMOVAL_REASON_ENGINE_REVOKED\x10\x05\x12\x1f\n\x1bREMOVAL_REASON_UNREFERENCED\x10\x06\x32^\n\x13\x45ngineConfigService\x12G\n\x06Stream\x12\x1b.credvault.v1.StreamRequest\x1a\x1c.credvault.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credvault.v1.engine_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESOURCEKIND']._serialized_start=1595
-  _globals['_RESOURCEKIND']._serialized_end=1697
-  _globals['_REMOVALREASON']._serialized_start=1700
-  _globals['_REMOVALREASON']._serialized_end=1948
+  _globals['_RESOURCEKIND']._serialized_start=1623
+  _globals['_RESOURCEKIND']._serialized_end=1725
+  _globals['_REMOVALREASON']._serialized_start=1728
+  _globals['_REMOVALREASON']._serialized_end=1976
   _globals['_HELDRESOURCE']._serialized_start=104
   _globals['_HELDRESOURCE']._serialized_end=189
   _globals['_HELLO']._serialized_start=191
@@ -56,17 +56,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTBATCH']._serialized_start=802
   _globals['_RESULTBATCH']._serialized_end=861
   _globals['_CREDENTIALRESOURCE']._serialized_start=863
-  _globals['_CREDENTIALRESOURCE']._serialized_end=962
-  _globals['_MONITORRESOURCE']._serialized_start=964
-  _globals['_MONITORRESOURCE']._serialized_end=1050
-  _globals['_REMOVAL']._serialized_start=1052
-  _globals['_REMOVAL']._serialized_end=1160
-  _globals['_CONFIGBATCH']._serialized_start=1163
-  _globals['_CONFIGBATCH']._serialized_end=1339
-  _globals['_SYNCCOMPLETE']._serialized_start=1341
-  _globals['_SYNCCOMPLETE']._serialized_end=1373
-  _globals['_STREAMRESPONSE']._serialized_start=1376
-  _globals['_STREAMRESPONSE']._serialized_end=1593
-  _globals['_ENGINECONFIGSERVICE']._serialized_start=1950
-  _globals['_ENGINECONFIGSERVICE']._serialized_end=2044
+  _globals['_CREDENTIALRESOURCE']._serialized_end=990
+  _globals['_MONITORRESOURCE']._serialized_start=992
+  _globals['_MONITORRESOURCE']._serialized_end=1078
+  _globals['_REMOVAL']._serialized_start=1080
+  _globals['_REMOVAL']._serialized_end=1188
+  _globals['_CONFIGBATCH']._serialized_start=1191
+  _globals['_CONFIGBATCH']._serialized_end=1367
+  _globals['_SYNCCOMPLETE']._serialized_start=1369
+  _globals['_SYNCCOMPLETE']._serialized_end=1401
+  _globals['_STREAMRESPONSE']._serialized_start=1404
+  _globals['_STREAMRESPONSE']._serialized_end=1621
+  _globals['_ENGINECONFIGSERVICE']._serialized_start=1978
+  _globals['_ENGINECONFIGSERVICE']._serialized_end=2072
 # @@protoc_insertion_point(module_scope)

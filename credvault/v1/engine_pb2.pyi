@@ -67,6 +67,10 @@ Global___RemovalReason: _TypeAlias = RemovalReason  # noqa: Y015
 
 @_typing.final
 class HeldResource(_message.Message):
+    """In this protocol a resource's "version" is its revision (Monitor.revision, or a credential's revision: higher
+    for every change of its contents), never the version the API shows (Monitor.version, Credential.version).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -318,8 +322,12 @@ class CredentialResource(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
+    """Its revision."""
+    credential_version: _builtins.int
+    """Credential.version, as the API shows it (for the engine's /introspection)."""
     @_builtins.property
     def details(self) -> _credentials_pb2.CredentialDetails: ...
     def __init__(
@@ -328,10 +336,11 @@ class CredentialResource(_message.Message):
         id: _builtins.str = ...,
         version: _builtins.int = ...,
         details: _credentials_pb2.CredentialDetails | None = ...,
+        credential_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "id", b"id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_version", b"credential_version", "details", b"details", "id", b"id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,6 +355,7 @@ class MonitorResource(_message.Message):
     MONITOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
+    """Its revision: monitor.revision (monitor.version is the version the API shows)."""
     @_builtins.property
     def monitor(self) -> _monitors_pb2.Monitor: ...
     def __init__(

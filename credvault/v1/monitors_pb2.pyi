@@ -266,22 +266,23 @@ class RejectedMonitor(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MONITOR_ID_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
-    version: _builtins.int
+    revision: _builtins.int
+    """The monitor's revision (Monitor.revision) that the engine rejected."""
     reason: _builtins.str
     """Never holds a secret."""
     def __init__(
         self,
         *,
         monitor_id: _builtins.str = ...,
-        version: _builtins.int = ...,
+        revision: _builtins.int = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitor_id", b"monitor_id", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitor_id", b"monitor_id", "reason", b"reason", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,6 +713,7 @@ class Monitor(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """SYNTHETIC_TEST-<16 upper-case hex digits>."""
     name: _builtins.str
@@ -723,7 +725,11 @@ class Monitor(_message.Message):
     management_zone: _builtins.str
     """Empty: no management zone."""
     version: _builtins.int
-    """The change-log revision of its last change."""
+    """Rises by one with every change (1 when created), as a credential's version does."""
+    revision: _builtins.int
+    """The revision of its last change: a vault-wide number, higher for every change engines must hear of. Engines
+    hold it at this revision (their /introspection shows both numbers).
+    """
     @_builtins.property
     def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -755,10 +761,11 @@ class Monitor(_message.Message):
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["browser", b"browser", "create_time", b"create_time", "http", b"http", "script", b"script", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser", b"browser", "create_time", b"create_time", "credential_ids", b"credential_ids", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "frequency_minutes", b"frequency_minutes", "http", b"http", "id", b"id", "location_ids", b"location_ids", "management_zone", b"management_zone", "name", b"name", "script", b"script", "type", b"type", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser", b"browser", "create_time", b"create_time", "credential_ids", b"credential_ids", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "frequency_minutes", b"frequency_minutes", "http", b"http", "id", b"id", "location_ids", b"location_ids", "management_zone", b"management_zone", "name", b"name", "revision", b"revision", "script", b"script", "type", b"type", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_script: _TypeAlias = _typing.Literal["http", "browser"]  # noqa: Y015
     _WhichOneofArgType_script: _TypeAlias = _typing.Literal["script", b"script"]  # noqa: Y015
@@ -1078,7 +1085,7 @@ class MonitorResult(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
     monitor_version: _builtins.int
-    """The monitor version that ran."""
+    """The monitor version that ran (Monitor.version)."""
     location_id: _builtins.str
     """Set by the vault from the engine's certificate (what an engine sends here is ignored)."""
     engine_id: _builtins.str

@@ -209,8 +209,9 @@ async def test_the_engine_worker_process_shows_ids_only_and_wipes_on_sigterm(
         "engine": ENGINE,
         "connected": True,
         "synced": True,
-        "monitors": {monitor.id: monitor.version},
-        "credentials": {cred: info["credentials"][cred]},
+        # each held object with the revision the engine holds it at and the version the API shows
+        "monitors": {monitor.id: {"revision": monitor.revision, "version": monitor.version}},
+        "credentials": {cred: {"revision": info["credentials"][cred]["revision"], "version": 1}},
     }
     samples = await metrics(status_port)
     assert samples[("configs_held", (("kind", "monitor"),))] == 1

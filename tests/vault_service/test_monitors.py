@@ -301,3 +301,25 @@ async def test_concurrent_writers_never_make_a_reader_skip_a_revision(store: Sto
     done.set()
     await reading
     assert seen == list(range(1, writers * per_writer + 1))
+
+
+async def test_a_monitors_version_counts_its_own_changes_and_its_revision_is_vault_wide(admin: Client) -> None:
+    """One meaning of "version" (issue 12): 1 when created, one more per change, as a credential's; the revision
+    (what engines hold it at) comes from one vault-wide sequence and rises with every change of anything."""
+    await setup_location(admin)
+    basic = await cred(admin, "basic")
+    first = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(basic)))).monitor
+    second = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(basic)))).monitor
+    assert (first.version, second.version) == (1, 1)
+    assert 0 < first.revision < second.revision
+    disabled = (await admin.SetMonitorEnabled(mpb.SetMonitorEnabledRequest(id=first.id, enabled=False))).monitor
+    assert (disabled.version, disabled.revision > second.revision) == (2, True)
+    renamed = mpb.Monitor()
+    renamed.CopyFrom(disabled)
+    renamed.name = "renamed"
+    updated = (
+        await admin.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=renamed, expected_version=disabled.version))
+    ).monitor
+    assert (updated.version, updated.revision > disabled.revision) == (3, True)
+    got = (await admin.GetMonitor(mpb.GetMonitorRequest(id=first.id))).monitor
+    assert (got.version, got.revision) == (updated.version, updated.revision)

@@ -275,7 +275,7 @@ def engine(row: EngineStatus, head_revision: int | None) -> mpb.Engine:
         connected=row.connected_since is not None,
         applied_revision=row.applied_revision,
         rejected_monitors=[
-            mpb.RejectedMonitor(monitor_id=r["monitor_id"], version=r["version"], reason=r["reason"])
+            mpb.RejectedMonitor(monitor_id=r["monitor_id"], revision=r["version"], reason=r["reason"])
             for r in row.rejected
         ],
     )

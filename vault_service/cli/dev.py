@@ -146,7 +146,7 @@ _DEV_BANNER = """
 credvault dev is running (development only: plaintext API on loopback).
   API:          {addr}
   engine port:  127.0.0.1:{engine_port} (mutual TLS; one engine worker runs for location 'local')
-  worker status: http://{status}/introspection (monitor ids and versions it holds, never values)
+  worker status: http://{status}/introspection (ids, versions and revisions it holds, never values)
   data dir:     {data_dir}  (embedded PostgreSQL, dev KEK keyring.json, dev PKI; keys mode 0600)
   admin token:  {token_path}  (created on first start; shown nowhere else)
 

@@ -192,7 +192,8 @@ def _monitor_view(m: mpb.Monitor) -> str:
             pairs += _request_fields(i, req)
     elif m.WhichOneof("script") == "browser":
         pairs += _browser_fields(m.browser)
-    pairs += [("version", str(m.version)), ("created", when(m.create_time)), ("updated", when(m.update_time))]
+    pairs += [("version", str(m.version)), ("revision", str(m.revision))]
+    pairs += [("created", when(m.create_time)), ("updated", when(m.update_time))]
     return fields(pairs)
 
 

@@ -92,8 +92,8 @@ class LocationState:
         old = self.monitors.get(m.id)
         if old is not None:
             self._digest.remove(MONITOR, m.id, old.version)
-        res = self.monitors[m.id] = epb.MonitorResource(id=m.id, version=m.version, monitor=m)
-        self._digest.add(MONITOR, m.id, m.version)
+        res = self.monitors[m.id] = epb.MonitorResource(id=m.id, version=m.revision, monitor=m)
+        self._digest.add(MONITOR, m.id, m.revision)
         for cid in m.credential_ids:
             self._users.setdefault(cid, set()).add(m.id)
         return res
@@ -162,7 +162,7 @@ class LocationState:
                 self._put_credential(creds[cid])
                 delta.credentials[cid] = creds[cid]
         for m in runnable.values():
-            if (old_m := self.monitors.get(m.id)) is None or old_m.version != m.version:
+            if (old_m := self.monitors.get(m.id)) is None or old_m.version != m.revision:
                 delta.monitors[m.id] = self._put_monitor(m)
         for cid in [cid for cid in self.credentials if cid not in used]:  # held, but no monitor uses it any more
             self._pop_credential(cid)
@@ -184,7 +184,9 @@ class LocationState:
         out = {}
         for cid, (cred, sealed, version) in (await tx.credentials_sealed(credential_ids)).items():
             secret = contents_codec.decode(self._keyring.open(cid, cred.version, sealed))
-            out[cid] = epb.CredentialResource(id=cid, version=version, details=contents_codec.to_details(secret))
+            out[cid] = epb.CredentialResource(
+                id=cid, version=version, details=contents_codec.to_details(secret), credential_version=cred.version
+            )
         return out
 
     def _release_monitor(self, monitor_id: str, delta: Delta, reason: int) -> None:
@@ -238,7 +240,7 @@ class LocationState:
         if m is None or not m.enabled or self.location_id not in m.location_ids:
             return m, {}
         previous = self.monitors.get(monitor_id)
-        if previous is not None and previous.version == m.version:
+        if previous is not None and previous.version == m.revision:
             return m, {}
         return m, await self._resolve(tx, [c for c in m.credential_ids if c not in self.credentials])
 
@@ -249,7 +251,7 @@ class LocationState:
             self._release_monitor(monitor_id, delta, removal_reason(m, self.location_id))
             return
         previous = self.monitors.get(monitor_id)
-        if previous is not None and previous.version == m.version:
+        if previous is not None and previous.version == m.revision:
             return
         if any(c not in self.credentials and c not in resolved for c in m.credential_ids):
             # a credential vanished meanwhile: the monitor cannot run

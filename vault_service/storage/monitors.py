@@ -17,7 +17,7 @@ from vault_service.storage.connection import Connection
 
 _MONITOR_COLUMNS = (
     "id, name, type, enabled, disabled_reason, frequency_minutes, location_ids, management_zone, script, version,"
-    " created_by, created_at, updated_at"
+    " revision, created_by, created_at, updated_at"
 )
 MONITOR_TYPES = {"HTTP": mpb.MONITOR_TYPE_HTTP, "BROWSER": mpb.MONITOR_TYPE_BROWSER}
 _REASONS = {
@@ -40,6 +40,7 @@ def _monitor(row: asyncpg.Record, credential_ids: list[str]) -> mpb.Monitor:
     m.management_zone = row["management_zone"]
     m.credential_ids.extend(sorted(credential_ids))
     m.version = row["version"]
+    m.revision = row["revision"]
     m.create_time.FromDatetime(row["created_at"])
     m.update_time.FromDatetime(row["updated_at"])
     return m
@@ -262,8 +263,9 @@ class MonitorQueries:
         """Write the definition (new version) if still at ``expected_version``."""
         row = await self.conn.fetchrow(
             f"UPDATE monitors SET name = $3, enabled = $4, disabled_reason = $5, frequency_minutes = $6,"
-            f" location_ids = $7, management_zone = $8, script = $9::jsonb, version = nextval('resource_versions'),"
-            f" updated_at = now() WHERE id = $1 AND version = $2 RETURNING {_MONITOR_COLUMNS}",
+            f" location_ids = $7, management_zone = $8, script = $9::jsonb, version = version + 1,"
+            f" revision = nextval('resource_versions'), updated_at = now() WHERE id = $1 AND version = $2"
+            f" RETURNING {_MONITOR_COLUMNS}",
             m.id,
             expected_version,
             m.name,

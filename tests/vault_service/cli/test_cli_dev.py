@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -13,16 +14,22 @@ from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.cli_helpers import assert_contains, mode
 from tests.conftest import Client
-from tests.dev_helpers import running_dev, start_dev
+from tests.dev_helpers import outside_pytest_tmp, running_dev, start_dev
 from vault_service.cli.dev import ensure_dev_pki
 
 
-async def test_dev_command_runs_everything(tmp_path: pathlib.Path) -> None:
+@pytest.fixture
+def home() -> Iterator[pathlib.Path]:
+    with outside_pytest_tmp() as directory:
+        yield directory
+
+
+async def test_dev_command_runs_everything(home: pathlib.Path) -> None:
     """The README's first command: embedded PostgreSQL, dev KEK, admin token, API; SIGTERM stops it cleanly."""
-    async with running_dev(tmp_path / "dev") as dev:
-        token = (tmp_path / "dev" / "admin-token").read_text().strip()
-        assert (tmp_path / "dev" / "keyring.json").stat().st_mode & 0o777 == 0o600
-        assert (tmp_path / "dev" / "admin-token").stat().st_mode & 0o777 == 0o600
+    async with running_dev(home / "dev") as dev:
+        token = (home / "dev" / "admin-token").read_text().strip()
+        assert (home / "dev" / "keyring.json").stat().st_mode & 0o777 == 0o600
+        assert (home / "dev" / "admin-token").stat().st_mode & 0o777 == 0o600
         assert token not in dev.stderr
         async with grpc.aio.insecure_channel(f"127.0.0.1:{dev.api_port}") as ch:
             client = Client(ch, token)
@@ -67,12 +74,12 @@ def _process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-async def test_second_dev_on_the_same_data_dir_is_refused_and_dev_is_quiet(tmp_path: pathlib.Path) -> None:
+async def test_second_dev_on_the_same_data_dir_is_refused_and_dev_is_quiet(home: pathlib.Path) -> None:
     """A second `credvault dev` on a data directory in use stops at once naming the first one's PID (the first keeps
     running); dev mode's output holds no library noise, and stopping it leaves no <defunct> PostgreSQL behind."""
-    async with running_dev(tmp_path / "dev") as first:
-        postmaster = int((tmp_path / "dev" / "pg" / "postmaster.pid").read_text().split()[0])
-        second = await start_dev(tmp_path / "dev")
+    async with running_dev(home / "dev") as first:
+        postmaster = int((home / "dev" / "pg" / "postmaster.pid").read_text().split()[0])
+        second = await start_dev(home / "dev")
         try:
             rc = await asyncio.wait_for(second.proc.wait(), 60)
         finally:
@@ -84,7 +91,7 @@ async def test_second_dev_on_the_same_data_dir_is_refused_and_dev_is_quiet(tmp_p
         assert "Traceback" not in err.decode()
         assert first.proc.returncode is None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{first.api_port}") as ch:
-            token = (tmp_path / "dev" / "admin-token").read_text().strip()
+            token = (home / "dev" / "admin-token").read_text().strip()
             me = await Client(ch, token).GetCurrentUser(ipb.GetCurrentUserRequest())
             assert me.user.username == "admin"
         assert await first.stop() == 0

@@ -58,12 +58,12 @@ async def engine(push_vault: RunningVault, local_pki: LocalPki) -> AsyncIterator
 
 async def expected_holdings(vault: RunningVault) -> dict[str, dict[str, int]]:
     """What the engine should hold, from the database: enabled monitors of the location, the credentials they use,
-    each at its resource version."""
+    each at its revision."""
     async with vault.store.autocommit() as tx:
         monitors = await tx.enabled_monitors_in(LOCATION)
         creds = await tx.credentials_sealed(sorted({c for m in monitors for c in m.credential_ids}))
     return {
-        "monitors": {m.id: m.version for m in sorted(monitors, key=lambda m: m.id)},
+        "monitors": {m.id: m.revision for m in sorted(monitors, key=lambda m: m.id)},
         "credentials": {cid: version for cid, (_, _, version) in sorted(creds.items())},
     }
 

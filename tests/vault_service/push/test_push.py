@@ -62,7 +62,7 @@ async def test_create_overwrite_disable_delete_propagate(admin_client: Client, c
 
     for e in (e1, e2):
         await e.wait_until(lambda e=e: m.id in e.monitors)
-        assert e.monitors[m.id].version == m.version
+        assert e.monitors[m.id].version == m.revision  # the protocol's version is the revision
         assert e.credentials[pair].details.username_password.password == "pw-1"
         assert e.credentials[tok].details.token.token == "t-1"
         assert set(e.credentials) == {pair, tok}  # only what its monitors reference
@@ -174,12 +174,12 @@ async def test_rejected_versions_are_not_resent(admin_client: Client, connect: C
     async def rejection_recorded() -> list[tuple[str, int]]:
         while True:
             engines = (await admin.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
-            found = [(r.monitor_id, r.version) for e in engines if e.engine_id == "e1" for r in e.rejected_monitors]
+            found = [(r.monitor_id, r.revision) for e in engines if e.engine_id == "e1" for r in e.rejected_monitors]
             if found:
                 return found
             await asyncio.sleep(0.05)
 
-    assert await asyncio.wait_for(rejection_recorded(), 10) == [(m.id, m.version)]
+    assert await asyncio.wait_for(rejection_recorded(), 10) == [(m.id, m.revision)]
     # a reconnect does not get the rejected version again; the valid rest still flows
     await e1.close()
     good = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
@@ -191,7 +191,7 @@ async def test_rejected_versions_are_not_resent(admin_client: Client, connect: C
     fixed.name = "fixed"
     newer = (await admin.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=fixed))).monitor
     await resumed.wait_until(lambda: m.id in resumed.monitors)
-    assert resumed.monitors[m.id].version == newer.version
+    assert resumed.monitors[m.id].version == newer.revision
 
 
 async def test_refused_identities(
