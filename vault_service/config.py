@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     engine_outbox_max: int = Field(20_000, ge=100, le=10_000_000)
     results_per_monitor: int = Field(100, ge=1, le=10_000, description="execution results kept per monitor")
     replica_id: str = Field("", description="name of this replica in engine status (default: host and pid)")
+    keyring_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="how often a replica re-reads a changed keyring file, follows the active KEK and reports the KEKs"
+        " it has loaded (SIGHUP: at once); it counts as live for three of these",
+    )
     # Operations: Prometheus metrics over HTTP and a plaintext gRPC health port; each off unless set.
     metrics_listen: str | None = Field(None, description="host:port of GET /metrics (Prometheus), plain HTTP")
     health_listen: str | None = Field(None, description="host:port of a plaintext gRPC server with only Health")

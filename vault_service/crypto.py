@@ -104,10 +104,38 @@ class Keyring:
 
     def with_new_active_key(self) -> Keyring:
         """A keyring with one more, freshly generated key that becomes active."""
+        added = self.with_new_key()
+        return Keyring(added._keys, added.newest_id)
+
+    def with_new_key(self) -> Keyring:
+        """A keyring with one more, freshly generated key (``kek-<n>``, :attr:`newest_id`), not active yet."""
         n = len(self._keys) + 1
         while f"kek-{n}" in self._keys:
             n += 1
-        return Keyring({**self._keys, f"kek-{n}": secrets.token_bytes(KEY_BYTES)}, f"kek-{n}")
+        return Keyring({**self._keys, f"kek-{n}": secrets.token_bytes(KEY_BYTES)}, self.active_id)
+
+    @property
+    def newest_id(self) -> str:
+        """The ``kek-<n>`` with the highest n (the one with_new_key added), else the active one."""
+        numbered = [(int(k[4:]), k) for k in self._keys if k.startswith("kek-") and k[4:].isdigit()]
+        return max(numbered)[1] if numbered else self.active_id
+
+    def with_active(self, kek_id: str) -> Keyring:
+        if kek_id not in self._keys:
+            raise ConfigurationError(f"the keyring has no key {kek_id!r}")
+        return Keyring(self._keys, kek_id)
+
+    # --- a running replica's keyring changes in place: every part holding it sees the change at once ---
+
+    def adopt(self, other: Keyring) -> None:
+        """Take ``other``'s keys and active KEK (a reloaded keyring file)."""
+        self._keys, self.active_id = dict(other._keys), other.active_id
+
+    def activate(self, kek_id: str) -> None:
+        """Wrap new data keys with ``kek_id`` from now on (the database's choice)."""
+        if kek_id not in self._keys:
+            raise ConfigurationError(f"the keyring has no key {kek_id!r}")
+        self.active_id = kek_id
 
     def without(self, kek_id: str) -> Keyring:
         if kek_id == self.active_id:

@@ -35,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from credvault.memory_guard import memory_locked
+from vault_service.crypto import Keyring
 from vault_service.server_tls import CertificateFiles
 from vault_service.storage.pool import Store
 
@@ -127,8 +128,20 @@ class VaultMetrics:
             ("location",),
             registry=self.registry,
         )
-        Info("credvault_kek", "The key-encryption key this process encrypts with", registry=self.registry).info(
-            {"kek_id": kek_id}
+        self._kek = Info(
+            "credvault_kek", "The key-encryption key this process wraps new data keys with", registry=self.registry
+        )
+        self._kek.info({"kek_id": kek_id})
+        self.keks_loaded = Gauge(
+            "credvault_kek_loaded",
+            "1 for each key-encryption key this process has loaded",
+            ("kek_id",),
+            registry=self.registry,
+        )
+        self.keyring_reload_failures = Counter(
+            "credvault_keyring_reload_failures",
+            "Times a changed keyring file was not taken (it lacked a KEK the database needs, or held a wrong one)",
+            registry=self.registry,
         )
         Gauge(
             "credvault_memory_locked", "1 if this process's memory is locked (mlockall)", registry=self.registry
@@ -149,6 +162,12 @@ class VaultMetrics:
         self.push_stats: Callable[[], PushStats] | None = None  # set when this replica serves engines
         self.head_revision: int | None = None
         self.registry.register(_PushCollector(self))
+
+    def keyring_changed(self, keyring: Keyring) -> None:
+        self._kek.info({"kek_id": keyring.active_id})
+        self.keks_loaded.clear()
+        for kek_id in keyring.ids:
+            self.keks_loaded.labels(kek_id).set(1)
 
     def certificates_loaded(self, port: str, files: CertificateFiles, reloaded: bool) -> None:
         """A port serves these TLS files now (at start, and after each reload)."""

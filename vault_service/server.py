@@ -44,6 +44,7 @@ from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.denial_audit import DenialAudit
 from vault_service.errors import ConfigurationError
+from vault_service.keyring_keeper import KeyringKeeper
 from vault_service.keys import verify_keyring
 from vault_service.metrics import PushStats, VaultMetrics
 from vault_service.monitors import MonitorService
@@ -76,6 +77,7 @@ class RunningVault:
     store: Store
     health: health_aio.HealthServicer
     metrics: VaultMetrics
+    keyring: Keyring
     engine_server: grpc.aio.Server | None = None
     engine_port: int = 0
     follower: ChangeFollower | None = None
@@ -86,6 +88,7 @@ class RunningVault:
     health_port: int = 0
     metrics_server: MetricsHttpServer | None = None
     metrics_port: int = 0
+    keyring_keeper: KeyringKeeper | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let in-flight RPCs finish within ``grace`` seconds and end the engine streams (their
@@ -105,6 +108,8 @@ class RunningVault:
             await self.engine_leases.stop()
         if self.follower is not None:
             await self.follower.stop()
+        if self.keyring_keeper is not None:
+            await self.keyring_keeper.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self.metrics_server is not None:
@@ -133,19 +138,32 @@ async def start_vault(
 ) -> RunningVault:
     """Migrate, verify the keyring, and start serving. Raises ConfigurationError on a bad KEK."""
     keyring = keyring or settings.load_keyring()
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     if store is None:
         store = await Store.connect(settings.require_database_url(), max_size=settings.db_pool_max)
+    metrics = VaultMetrics(keyring.active_id)
+    keeper = KeyringKeeper(
+        store,
+        keyring,
+        replica,
+        settings.keyring_file,
+        settings.keyring_check_seconds,
+        on_change=metrics.keyring_changed,
+        on_reload_failure=metrics.keyring_reload_failures.inc,
+    )
     try:
         async with store.pool.acquire() as conn:
             await migrate(conn)
         await verify_keyring(store, keyring)
+        await keeper.start()  # wraps with the database's active KEK from the first call on
     except BaseException:
+        await keeper.stop()
         await store.close()
         raise
+    metrics.keyring_changed(keyring)
 
     auth_cache = AuthCache(settings.auth_cache_seconds) if settings.auth_cache_seconds > 0 else None
     tokens = TokenService(store, auth_cache)
-    metrics = VaultMetrics(keyring.active_id)
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(metrics, vault_calls=True, run_call=store.call, denials=DenialAudit(store))],
         options=[
@@ -177,13 +195,16 @@ async def start_vault(
     creds = _credentials(settings, metrics)
     port = server.add_secure_port(settings.listen, creds) if creds else server.add_insecure_port(settings.listen)
     if port == 0:
+        await keeper.stop()
         await store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    running = RunningVault(server, port, store, health_servicer, metrics, auth_cache=auth_cache)
+    running = RunningVault(
+        server, port, store, health_servicer, metrics, keyring, auth_cache=auth_cache, keyring_keeper=keeper
+    )
     try:
         if settings.engine_listen is not None:
-            await _start_engine_port(settings, running, keyring, results)
+            await _start_engine_port(settings, running, keyring, results, replica)
         await _start_operations_ports(settings, running)
     except BaseException:
         await running.stop(0)
@@ -195,7 +216,7 @@ async def start_vault(
 
 
 async def _start_engine_port(
-    settings: Settings, running: RunningVault, keyring: Keyring, results: ResultService
+    settings: Settings, running: RunningVault, keyring: Keyring, results: ResultService, replica: str
 ) -> None:
     """The engine stream on its own port: mutual TLS with the engine CA, nothing else served there."""
     assert settings.engine_listen is not None
@@ -217,7 +238,6 @@ async def _start_engine_port(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     port_settings = EnginePortSettings(
         trust_domain=settings.trust_domain,
         heartbeat_seconds=settings.engine_heartbeat_seconds,
@@ -280,6 +300,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if vault.keyring_keeper is not None:
+        loop.add_signal_handler(signal.SIGHUP, vault.keyring_keeper.wake)  # re-read the keyring file now
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", settings.shutdown_grace_seconds)
     await vault.stop(settings.shutdown_grace_seconds)

@@ -116,14 +116,21 @@ async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
     admin: Client, vault: RunningVault, keyring: Keyring, settings: Settings, local_pki: LocalPki
 ) -> None:
     ids = {await _make(admin, f"c{i}", f"pw-{i}"): f"pw-{i}" for i in range(5)}
-    rotated = keyring.with_new_active_key()
-    assert await keys.rewrap_all(vault.store, rotated) == 5
+    old_kek = keyring.active_id
+    added = keyring.with_new_key()
+    new_kek = added.newest_id
+    vault.keyring.adopt(added)  # the replica has the new KEK (as after reloading its keyring file)
+    assert vault.keyring_keeper is not None
+    await vault.keyring_keeper.check()
+    done = await keys.activate(vault.store, added, new_kek)
+    assert (done.rewrapped, done.not_yet) == (5, [])
     async with vault.store.autocommit() as tx:
-        assert await tx.kek_usage() == {rotated.active_id: 5}
+        assert await tx.kek_usage() == {new_kek: 5}
+    rotated = added.with_active(new_kek)
     with pytest.raises(ConfigurationError, match="active"):
-        await keys.retire(vault.store, rotated, rotated.active_id)
-    retired = await keys.retire(vault.store, rotated, keyring.active_id)
-    assert retired.ids == [rotated.active_id]
+        await keys.retire(vault.store, rotated, new_kek)
+    retired = await keys.retire(vault.store, rotated, old_kek)
+    assert retired.ids == [new_kek]
     await vault.stop(0)
     # a new server process with only the new KEK reads everything
     running = await start_vault(settings, keyring=retired)
@@ -139,9 +146,11 @@ async def test_rotation_keeps_every_credential_readable_then_old_kek_retires(
 
 async def test_a_retired_kek_still_in_use_is_refused(admin: Client, vault: RunningVault, keyring: Keyring) -> None:
     await _make(admin, "a", "pw")
-    rotated = keyring.with_new_active_key()
+    added = keyring.with_new_key()
+    async with vault.store.autocommit() as tx:
+        await tx.set_active_kek(added.newest_id)  # activated, not yet re-wrapped
     with pytest.raises(ConfigurationError, match="still wraps 1"):
-        await keys.retire(vault.store, rotated, keyring.active_id)
+        await keys.retire(vault.store, added.with_active(added.newest_id), "kek-1")
 
 
 async def test_wrong_kek_is_a_clear_startup_error(admin: Client, vault: RunningVault, settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""`credvault serve`, `migrate`, `keys ...` and `admin bootstrap`: run and operate the vault on its database."""
+"""`credvault serve`, `migrate` and `admin ...`: run and operate the vault on its database; the toolkit of the commands
+that work on the database itself (cli/keys.py too)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from urllib.parse import urlsplit
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
 from credvault.memory_guard import MemoryLockUnavailable, protect_memory
-from vault_service import keys
 from vault_service.bootstrap import migrate_and_bootstrap
 from vault_service.config import Settings, load_settings
-from vault_service.crypto import load_keyring_file, write_keyring_file
 from vault_service.errors import ConfigurationError
 from vault_service.storage.migrate import migrate
 from vault_service.storage.pool import Store
@@ -29,7 +28,14 @@ def setup_logging(settings: Settings) -> None:
         register_secret(urlsplit(settings.database_url.get_secret_value()).password)
 
 
-def _settings(ns: argparse.Namespace, **extra: Any) -> Settings:
+def server_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that works on the database itself (serve, migrate, keys, admin)."""
+    p.add_argument("--database-url", help="PostgreSQL URL (env CREDVAULT_DATABASE_URL)")
+    p.add_argument("--keyring-file", type=pathlib.Path, help="KEK keyring file (env CREDVAULT_KEYRING_FILE)")
+
+
+def operator_settings(ns: argparse.Namespace, **extra: Any) -> Settings:
+    """The settings from the environment and the command's flags."""
     flags = {
         "database_url": getattr(ns, "database_url", None),
         "keyring_file": getattr(ns, "keyring_file", None),
@@ -44,7 +50,7 @@ def _settings(ns: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(**flags)
 
 
-async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[None]]) -> None:
+async def with_store(settings: Settings, work: Callable[[Store], Awaitable[None]]) -> None:
     store = await Store.connect(settings.require_database_url(), min_size=1, max_size=4)
     try:
         await work(store)
@@ -58,7 +64,7 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     from vault_service.tls13 import restart_unless_tls13_only
 
     restart_unless_tls13_only()  # first: exec resets what protect_memory sets
-    settings = _settings(ns)
+    settings = operator_settings(ns)
     setup_logging(settings)
     try:
         protect_memory(require_lock=settings.require_mlock, setting="CREDVAULT_REQUIRE_MLOCK")
@@ -68,7 +74,7 @@ def cmd_serve(ns: argparse.Namespace) -> None:
 
 
 def cmd_migrate(ns: argparse.Namespace) -> None:
-    settings = _settings(ns, allow_plaintext=True)
+    settings = operator_settings(ns, allow_plaintext=True)
     setup_logging(settings)
 
     async def work(store: Store) -> None:
@@ -76,66 +82,11 @@ def cmd_migrate(ns: argparse.Namespace) -> None:
             applied = await migrate(conn)
         print(f"applied migrations: {applied or 'none (up to date)'}")
 
-    asyncio.run(_with_store(settings, work))
-
-
-def _settings_with_keyring_file(ns: argparse.Namespace, missing: str) -> tuple[Settings, pathlib.Path]:
-    """The settings of a keys command, which writes the keyring file: ``missing`` says so when none is set."""
-    settings = _settings(ns, allow_plaintext=True)
-    if settings.keyring_file is None:
-        raise ConfigurationError(missing)
-    return settings, settings.keyring_file
-
-
-def cmd_keys_rotate(ns: argparse.Namespace) -> None:
-    settings, keyring_file = _settings_with_keyring_file(
-        ns, "key rotation writes a keyring file: set CREDVAULT_KEYRING_FILE (or --keyring-file)"
-    )
-    old = load_keyring_file(keyring_file)
-    new = old.with_new_active_key()
-    out: pathlib.Path = ns.output or keyring_file
-
-    async def work(store: Store) -> None:
-        await keys.verify_keyring(store, old)
-        write_keyring_file(out, new)  # first the key is safe on disk, then data keys move to it
-        count = await keys.rewrap_all(store, new)
-        print(f"active KEK is now {new.active_id!r}; re-wrapped {count} data keys; keyring written to {out}")
-        print(f"once every replica runs with this keyring: credvault keys retire {old.active_id}")
-
-    asyncio.run(_with_store(settings, work))
-
-
-def cmd_keys_retire(ns: argparse.Namespace) -> None:
-    settings, keyring_file = _settings_with_keyring_file(
-        ns, "retiring a key rewrites the keyring file: set CREDVAULT_KEYRING_FILE"
-    )
-    keyring = load_keyring_file(keyring_file)
-
-    async def work(store: Store) -> None:
-        smaller = await keys.retire(store, keyring, ns.kek_id)
-        write_keyring_file(keyring_file, smaller)
-        print(f"retired KEK {ns.kek_id!r}; keyring now holds {smaller.ids}")
-
-    asyncio.run(_with_store(settings, work))
-
-
-def cmd_keys_status(ns: argparse.Namespace) -> None:
-    settings = _settings(ns, allow_plaintext=True)
-    keyring = settings.load_keyring()
-
-    async def work(store: Store) -> None:
-        await keys.verify_keyring(store, keyring)
-        async with store.autocommit() as tx:
-            usage = await tx.kek_usage()
-        print(f"active KEK: {keyring.active_id}")
-        for kek_id in sorted(set(keyring.ids) | set(usage)):
-            print(f"  {kek_id}: {usage.get(kek_id, 0)} data keys{'' if keyring.has(kek_id) else ' (MISSING)'}")
-
-    asyncio.run(_with_store(settings, work))
+    asyncio.run(with_store(settings, work))
 
 
 def cmd_admin_bootstrap(ns: argparse.Namespace) -> None:
-    settings = _settings(ns, allow_plaintext=True)
+    settings = operator_settings(ns, allow_plaintext=True)
 
     issued = asyncio.run(migrate_and_bootstrap(settings.require_database_url(), ns.username))
     print(f"created administrator {ns.username!r}. Its API token (shown once, store it now):", file=sys.stderr)

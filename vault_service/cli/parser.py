@@ -7,15 +7,11 @@ import argparse
 import importlib.metadata
 import pathlib
 
-from vault_service.cli import admin, audit, credentials, dev, locations, monitors, pki, tokens
+from vault_service.cli import admin, audit, credentials, dev, keys, locations, monitors, pki, tokens
+from vault_service.cli.admin import server_flags
 from vault_service.cli.session import add_group, subcommands
 
 _DEV_HELP = "run everything locally on the embedded PostgreSQL"
-
-
-def _server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--database-url", help="PostgreSQL URL (env CREDVAULT_DATABASE_URL)")
-    p.add_argument("--keyring-file", type=pathlib.Path, help="KEK keyring file (env CREDVAULT_KEYRING_FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = subcommands(parser, "command")
 
     p = sub.add_parser("serve", help="run the vault API")
-    _server_flags(p)
+    server_flags(p)
     p.add_argument("--listen", help="host:port (env CREDVAULT_LISTEN, default 127.0.0.1:50051)")
     p.add_argument("--tls-cert", type=pathlib.Path, help="server certificate chain PEM (env CREDVAULT_TLS_CERT_FILE)")
     p.add_argument("--tls-key", type=pathlib.Path, help="server private key PEM (env CREDVAULT_TLS_KEY_FILE)")
@@ -43,25 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=dev.cmd_dev)
 
     p = sub.add_parser("migrate", help="apply database migrations")
-    _server_flags(p)
+    server_flags(p)
     p.set_defaults(func=admin.cmd_migrate)
 
-    k = add_group(sub, "keys", "key-encryption keys: rotate, retire, status")
-    p = k.add_parser("rotate", help="add a KEK, make it active, re-wrap every data key (online)")
-    _server_flags(p)
-    p.add_argument("--output", type=pathlib.Path, help="write the new keyring here (default: in place)")
-    p.set_defaults(func=admin.cmd_keys_rotate)
-    p = k.add_parser("retire", help="remove a KEK no data key needs any more")
-    _server_flags(p)
-    p.add_argument("kek_id")
-    p.set_defaults(func=admin.cmd_keys_retire)
-    p = k.add_parser("status", help="which KEKs wrap how many data keys")
-    _server_flags(p)
-    p.set_defaults(func=admin.cmd_keys_status)
+    keys.register(sub)
 
     a = add_group(sub, "admin", "administration: bootstrap the first administrator")
     p = a.add_parser("bootstrap", help="create the first administrator of an empty vault and print its token")
-    _server_flags(p)
+    server_flags(p)
     p.add_argument("--username", default="admin")
     p.set_defaults(func=admin.cmd_admin_bootstrap)
 
