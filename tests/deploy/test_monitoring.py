@@ -115,10 +115,10 @@ def test_dashboard_loads_and_its_queries_parse(docs: list[Manifest], tmp_path: p
 
 def test_rules_pass_promtool_check(docs: list[Manifest], tmp_path: pathlib.Path) -> None:
     rules = alert_rules(docs)
-    assert len(rules) == 7
+    assert len(rules) == 10
     result = check_rules(tmp_path, rules)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 # --- every alert with synthetic series --------------------------------------------------------------------------------
@@ -184,6 +184,37 @@ CASES: dict[str, tuple[Series, Expected]] = {
         credvault_change_log_lag{{{V},pod="v2"}} 5000x3 0x17
         """,
         [("8m", []), ("15m", [{"pod": "v1"}])],
+    ),
+    # time() starts at 0 in promtool: v1's API certificate expires at day 10 (within 14 days from the start), its
+    # engine port's and tokyo's worker certificate at day 40 (not); berlin's worker certificate at day 13
+    "CredvaultCertificateExpiringSoon": (
+        f"""
+        credvault_certificate_expiry_seconds{{{V},pod="v1",port="api",role="server"}} 864000x20
+        credvault_certificate_expiry_seconds{{{V},pod="v1",port="engine",role="server"}} 3456000x20
+        engine_certificate_expiry_seconds{{{W},location="berlin",pod="w1"}} 1123200x20
+        engine_certificate_expiry_seconds{{{W},location="tokyo",pod="w2"}} 3456000x20
+        """,
+        [("5m", [{"pod": "v1", "port": "api", "role": "server"}, {"location": "berlin"}])],
+    ),
+    # v2 wraps with kek-1 while v1 moved to kek-2 at 5m; v2 follows only at 30m
+    "CredvaultKekReplicasDisagree": (
+        f"""
+        credvault_kek_info{{{V},pod="v1",kek_id="kek-1"}} 1x4 _x56
+        credvault_kek_info{{{V},pod="v1",kek_id="kek-2"}} _x4 1x56
+        credvault_kek_info{{{V},pod="v2",kek_id="kek-1"}} 1x29 _x31
+        credvault_kek_info{{{V},pod="v2",kek_id="kek-2"}} _x29 1x31
+        """,
+        [("3m", []), ("12m", []), ("20m", [{}]), ("40m", [])],
+    ),
+    # v1 holds kek-1 and kek-2 for 9 days (kek-1 never retired); v2 for 2 days only
+    "CredvaultKekRotationUnfinished": (
+        f"""
+        credvault_kek_loaded{{{V},pod="v1",kek_id="kek-1"}} 1x13000
+        credvault_kek_loaded{{{V},pod="v1",kek_id="kek-2"}} 1x13000
+        credvault_kek_loaded{{{V},pod="v2",kek_id="kek-1"}} 1x2880 _x10120
+        credvault_kek_loaded{{{V},pod="v2",kek_id="kek-2"}} 1x13000
+        """,
+        [("6d", []), ("8d", [{"pod": "v1"}])],
     ),
     # vault v2 and the berlin worker unlocked throughout; v1 and tokyo locked
     "CredvaultMemoryNotLocked": (
