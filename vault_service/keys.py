@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 
+from vault_service.bootstrap import OPERATOR
 from vault_service.crypto import Keyring
 from vault_service.errors import ConfigurationError
 from vault_service.storage.keys import ReplicaKeys
@@ -21,7 +22,6 @@ from vault_service.storage.pool import Store
 
 log = logging.getLogger(__name__)
 REWRAP_BATCH = 200
-OPERATOR = "<local operator>"  # the audit actor of what the keys commands do
 
 
 async def follow_database(store: Store, keyring: Keyring) -> str:

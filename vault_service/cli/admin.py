@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from credvault.log_redaction import register_secret
 from credvault.logs import configure_logging
 from credvault.memory_guard import MemoryLockUnavailable, protect_memory
-from vault_service.bootstrap import migrate_and_bootstrap
+from vault_service.bootstrap import grant_scope, migrate_and_bootstrap
 from vault_service.config import Settings, load_settings
 from vault_service.errors import ConfigurationError
 from vault_service.storage.migrate import migrate
@@ -91,3 +91,17 @@ def cmd_admin_bootstrap(ns: argparse.Namespace) -> None:
     issued = asyncio.run(migrate_and_bootstrap(settings.require_database_url(), ns.username))
     print(f"created administrator {ns.username!r}. Its API token (shown once, store it now):", file=sys.stderr)
     print(issued.token)
+
+
+def cmd_admin_grant_scope(ns: argparse.Namespace) -> None:
+    settings = operator_settings(ns, allow_plaintext=True)
+
+    async def work(store: Store) -> None:
+        changed = await grant_scope(store, ns.scope, username=ns.user, token_id=ns.token)
+        who = f"user {ns.user!r}" if ns.user else f"token {ns.token}"
+        if changed:
+            print(f"granted {ns.scope} to {len(changed)} token(s) of {who}: {', '.join(changed)}")
+        else:
+            print(f"no live token of {who} lacked {ns.scope}")
+
+    asyncio.run(with_store(settings, work))

@@ -44,11 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys.register(sub)
 
-    a = add_group(sub, "admin", "administration: bootstrap the first administrator")
+    a = add_group(sub, "admin", "administration on the database itself: bootstrap, grant-scope")
     p = a.add_parser("bootstrap", help="create the first administrator of an empty vault and print its token")
     server_flags(p)
     p.add_argument("--username", default="admin")
     p.set_defaults(func=admin.cmd_admin_bootstrap)
+    p = a.add_parser(
+        "grant-scope",
+        help="add a scope (one a later version introduced) to the live tokens of a user, or to one token; audited",
+    )
+    server_flags(p)
+    p.add_argument("scope", help="for example auditLogs.read")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="every live token of this user")
+    who.add_argument("--token", help="this token (its id, cv0c01.<public id>)")
+    p.set_defaults(func=admin.cmd_admin_grant_scope)
 
     credentials.register(sub)
     tokens.register(sub)

@@ -258,6 +258,18 @@ class IdentityQueries:
         )
         return [_token(r) for r in rows]
 
+    async def add_token_scope(self, scope: str, owner: str | None, public_id: str | None) -> list[str]:
+        """Adds ``scope`` to the live tokens of ``owner`` (or the one token ``public_id``) that lack it; their ids."""
+        rows = await self.conn.fetch(
+            "UPDATE api_tokens SET scopes = ARRAY(SELECT DISTINCT s FROM unnest(scopes || $1::text) AS s ORDER BY s)"
+            " WHERE NOT ($1 = ANY (scopes)) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+            " AND (owner = $2 OR public_id = $3) RETURNING public_id",
+            scope,
+            owner,
+            public_id,
+        )
+        return sorted(r["public_id"] for r in rows)
+
     async def revoke_token(self, public_id: str, at: datetime.datetime | None) -> TokenInfo | None:
         """Revoke at ``at`` (None: now); never moves an earlier revocation later."""
         row = await self.conn.fetchrow(
