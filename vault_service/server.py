@@ -293,15 +293,22 @@ async def _start_operations_ports(settings: Settings, running: RunningVault) -> 
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; then drain within the grace period."""
+    """Run until SIGTERM/SIGINT; then drain within the grace period. SIGHUP re-reads the keyring file now."""
+    loop = asyncio.get_running_loop()
+    started: list[RunningVault] = []
+
+    def sighup() -> None:  # installed first: a SIGHUP while starting must not end the process (its default)
+        for running in started:
+            if running.keyring_keeper is not None:
+                running.keyring_keeper.wake()
+
+    loop.add_signal_handler(signal.SIGHUP, sighup)
     vault = await start_vault(settings)
+    started.append(vault)
     runtime.tune_gc_for_serving()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if vault.keyring_keeper is not None:
-        loop.add_signal_handler(signal.SIGHUP, vault.keyring_keeper.wake)  # re-read the keyring file now
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", settings.shutdown_grace_seconds)
     await vault.stop(settings.shutdown_grace_seconds)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -15,8 +17,9 @@ from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client
 from tests.helpers import create_req, up
 from tests.local_pki import LocalPki
+from tests.processes import API_LISTENING, VAULT_MODULE_ARGV, System, child_environment, spawn, vault_environment
 from vault_service import keys
-from vault_service.bootstrap import bootstrap_admin
+from vault_service.bootstrap import bootstrap_admin, migrate_and_bootstrap
 from vault_service.config import Settings
 from vault_service.crypto import Keyring, load_keyring_file, write_keyring_file
 from vault_service.errors import ConfigurationError, DecryptionError
@@ -188,3 +191,26 @@ async def test_retire_and_reload_refuse_what_is_still_needed(
         await until(refused)
         assert a.keyring.ids == ["kek-1"]
         assert (await reports(a))["replica-a"] == (("kek-1",), "kek-1")
+
+
+async def test_sighup_makes_a_serving_process_take_its_changed_keyring_file_at_once(
+    system: System, database_url: str, keyring: Keyring, tmp_path: pathlib.Path
+) -> None:
+    """`credvault serve` checks its keyring file every keyring_check_seconds (here 5 minutes); SIGHUP checks now."""
+    keyring_file = tmp_path / "keyring.json"
+    write_keyring_file(keyring_file, keyring)
+    await migrate_and_bootstrap(database_url, "admin")
+    env = child_environment(CREDVAULT_KEYRING_FILE=str(keyring_file), CREDVAULT_KEYRING_CHECK_SECONDS="300")
+    env |= {
+        k: v
+        for k, v in vault_environment(system.pki, database_url, "", system.api_port, system.engine_port).items()
+        if k != "CREDVAULT_KEYRING"
+    }
+    vault = await spawn(sys.executable, *VAULT_MODULE_ARGV, "serve", env=env)
+    system.procs.append(vault)
+    await vault.wait_for_line(API_LISTENING)
+    added = keyring.with_new_key()
+    write_keyring_file(keyring_file, added)
+    vault.proc.send_signal(signal.SIGHUP)
+    await vault.wait_for_line(r"keyring: KEKs \['kek-1', 'kek-2'\] loaded", within=15)
+    assert await vault.stop(signal.SIGTERM) == 0
