@@ -30,7 +30,8 @@ V = f'namespace="{NAMESPACE}",job="{FULLNAME}"'
 W = f'namespace="{NAMESPACE}",job="{FULLNAME}-engine-workers"'
 VALUES: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True}},
-    "prometheusRule": {"enabled": True, "alertLabels": {"team": "synthetics"}},
+    # kekRetireWithin shortened from its 7d default: promtool steps through every minute up to the last eval_time
+    "prometheusRule": {"enabled": True, "alertLabels": {"team": "synthetics"}, "kekRetireWithin": "2h"},
     "grafana": {"dashboard": {"enabled": True}},
     "locations": [{"id": "berlin"}],
 }
@@ -206,15 +207,15 @@ CASES: dict[str, tuple[Series, Expected]] = {
         """,
         [("3m", []), ("12m", []), ("20m", [{}]), ("40m", [])],
     ),
-    # v1 holds kek-1 and kek-2 for 9 days (kek-1 never retired); v2 for 2 days only
+    # (kekRetireWithin 2h here) v1 holds kek-1 and kek-2 for 3 hours (kek-1 never retired); v2 for 1 hour only
     "CredvaultKekRotationUnfinished": (
         f"""
-        credvault_kek_loaded{{{V},pod="v1",kek_id="kek-1"}} 1x13000
-        credvault_kek_loaded{{{V},pod="v1",kek_id="kek-2"}} 1x13000
-        credvault_kek_loaded{{{V},pod="v2",kek_id="kek-1"}} 1x2880 _x10120
-        credvault_kek_loaded{{{V},pod="v2",kek_id="kek-2"}} 1x13000
+        credvault_kek_loaded{{{V},pod="v1",kek_id="kek-1"}} 1x200
+        credvault_kek_loaded{{{V},pod="v1",kek_id="kek-2"}} 1x200
+        credvault_kek_loaded{{{V},pod="v2",kek_id="kek-1"}} 1x60 _x140
+        credvault_kek_loaded{{{V},pod="v2",kek_id="kek-2"}} 1x200
         """,
-        [("6d", []), ("8d", [{"pod": "v1"}])],
+        [("90m", []), ("150m", [{"pod": "v1"}])],
     ),
     # vault v2 and the berlin worker unlocked throughout; v1 and tokyo locked
     "CredvaultMemoryNotLocked": (

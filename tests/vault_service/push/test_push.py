@@ -7,6 +7,7 @@ import asyncio
 import pathlib
 import shutil
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ from tests.conftest import Client, Connect, with_engine_port
 from tests.helpers import create_req, token, up
 from tests.local_pki import TRUST_DOMAIN, LocalPki
 from tests.push_helpers import EngineClient
-from tests.real_engine import real_engine, secret_buffer
+from tests.real_engine import RealEngine, real_engine, secret_buffer
 from vault_service import pki
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
@@ -235,31 +236,35 @@ async def test_revoke_cuts_the_stream_and_refuses_it_afterwards(admin_client: Cl
     assert [(e.engine_id, e.revoked) for e in listed] == [("e1", True), ("e2", False)]
 
 
+def _holds_monitor(engine: RealEngine, monitor_id: str) -> bool:
+    return engine.store.monitor(monitor_id) is not None
+
+
 async def test_two_replicas_one_database(
-    admin_client: Client,
-    connect: Connect,
-    push_vault: RunningVault,
-    settings: Settings,
-    keyring: Keyring,
-    local_pki: LocalPki,
+    admin_client: Client, push_vault: RunningVault, settings: Settings, keyring: Keyring, local_pki: LocalPki
 ) -> None:
-    """A change made through replica A reaches an engine connected to replica B (LISTEN/NOTIFY + catch-up)."""
+    """A change made through replica A reaches a real engine connected to replica B (LISTEN/NOTIFY + catch-up), and
+    one connected to A."""
     await setup(admin_client, "loc-a")
     replica_b = await start_vault(with_engine_port(settings, local_pki), keyring=keyring)
     try:
-        on_b = EngineClient(replica_b.engine_port, local_pki.server_ca.cert_pem, local_pki.engine("loc-a", "e2"))
-        on_b.start("loc-a", "e2")
-        await on_b.wait_until(lambda: on_b.synced.is_set())
-        on_a = await connect("loc-a", "e1")
-        pair = (await admin_client.CreateCredential(create_req("pair", up("u", "pw-1")))).credential.id
-        m = (await admin_client.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
-        for e in (on_a, on_b):
-            await e.wait_until(lambda e=e: m.id in e.monitors)
-        await admin_client.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("u", "pw-2")))
-        await on_b.wait_until(lambda: on_b.credentials[pair].details.username_password.password == "pw-2")
-        engines = (await admin_client.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
-        assert {e.engine_id for e in engines if e.connected} == {"e1", "e2"}
-        await on_b.close()
+        async with (
+            real_engine(replica_b.engine_port, local_pki, "loc-a", "e2") as on_b,
+            real_engine(push_vault.engine_port, local_pki, "loc-a", "e1") as on_a,
+        ):
+            pair = (await admin_client.CreateCredential(create_req("pair", up("u", "pw-1")))).credential.id
+            m = (await admin_client.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor(pair, "loc-a")))).monitor
+            for engine in (on_a, on_b):
+                await engine.wait_until(partial(_holds_monitor, engine, m.id))
+            await admin_client.OverwriteCredential(cpb.OverwriteCredentialRequest(id=pair, contents=up("u", "pw-2")))
+
+            def holds_pw_2() -> bool:
+                held = on_b.store.credential(pair)
+                return held is not None and held.details().username_password.password == "pw-2"
+
+            await on_b.wait_until(holds_pw_2)
+            engines = (await admin_client.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+            assert {e.engine_id for e in engines if e.connected} == {"e1", "e2"}
     finally:
         await replica_b.stop(0)
 
