@@ -214,3 +214,19 @@ async def test_sighup_makes_a_serving_process_take_its_changed_keyring_file_at_o
     vault.proc.send_signal(signal.SIGHUP)
     await vault.wait_for_line(r"keyring: KEKs \['kek-1', 'kek-2'\] loaded", within=15)
     assert await vault.stop(signal.SIGTERM) == 0
+
+
+async def test_a_replica_whose_keyring_lacks_the_active_kek_does_not_start(
+    settings: Settings, keyring_files: tuple[pathlib.Path, pathlib.Path]
+) -> None:
+    file_a, file_b = keyring_files
+    async with replica(settings, file_a, "replica-a") as a:
+        added = load_keyring_file(file_a).with_new_key()
+        write_keyring_file(file_a, added)
+        a.keyring.adopt(added)
+        assert a.keyring_keeper is not None
+        await a.keyring_keeper.check()
+        await keys.activate(a.store, added, added.newest_id)
+        # replica B starts with the keyring from before the rotation (an old Secret): refused, and says why
+        with pytest.raises(ConfigurationError, match=f"the active KEK '{added.newest_id}'.* is not in this keyring"):
+            await start_vault(settings.model_copy(update={"keyring_file": file_b, "replica_id": "replica-b"}))
