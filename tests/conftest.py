@@ -30,6 +30,7 @@ from credvault.v1 import (
 )
 from tests.ci_skips import pytest_runtest_makereport  # noqa: F401 - the hook that fails required skips on CI
 from tests.local_pki import LocalPki
+from tests.openbao import openbao  # noqa: F401 - the session's OpenBao (tests/openbao.py)
 from tests.push_helpers import EngineClient
 from vault_service import embedded_pg, pki
 from vault_service.bootstrap import bootstrap_admin

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         description="how often a replica re-reads a changed keyring file, follows the active KEK and reports the KEKs"
         " it has loaded (SIGHUP: at once); it counts as live for three of these",
     )
+    external_sync: bool = Field(True, description="synchronize credentials that have an external source (OpenBao)")
+    external_sync_tick_seconds: float = Field(
+        1.0, gt=0, le=60, description="how often a replica looks for due synchronizations"
+    )
     # Operations: Prometheus metrics over HTTP and a plaintext gRPC health port; each off unless set.
     metrics_listen: str | None = Field(None, description="host:port of GET /metrics (Prometheus), plain HTTP")
     health_listen: str | None = Field(None, description="host:port of a plaintext gRPC server with only Health")

@@ -17,7 +17,8 @@ from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents_codec, policy, validation
 from vault_service.certificates import CertificateInfo
 from vault_service.crypto import Keyring
-from vault_service.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from vault_service.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from vault_service.external_sync import source as sync_source
 from vault_service.models import (
     ALLOWED_SCOPES,
     Access,
@@ -28,6 +29,8 @@ from vault_service.models import (
     Credential,
     CredentialFilter,
     CredentialScope,
+    CredentialType,
+    ExternalSource,
     Page,
     Principal,
     SecretContents,
@@ -70,9 +73,8 @@ def _check_access(access: Access | None, owner: str) -> Access:
 
 
 def _check_scopes(
-    scopes: frozenset[CredentialScope], ctype_contents: ContentsInput, app_engine: AppEngineAccess | None
+    scopes: frozenset[CredentialScope], ctype: CredentialType, app_engine: AppEngineAccess | None
 ) -> AppEngineAccess | None:
-    ctype = credential_type_of(ctype_contents)
     if not scopes:
         raise InvalidArgument("scopes", "must name at least one scope")
     wrong = scopes - ALLOWED_SCOPES[ctype]
@@ -118,18 +120,25 @@ class CredentialService:
         name: str,
         description: str,
         scopes: frozenset[CredentialScope],
-        contents: ContentsInput,
+        contents: ContentsInput | None,
         access: Access | None,
         app_engine: AppEngineAccess | None,
+        external_source: ExternalSource | None = None,
+        credential_type: CredentialType | None = None,
     ) -> Credential:
+        """With ``external_source`` (and ``credential_type``) instead of ``contents``: a synchronized credential,
+        stored empty until its first synchronization (which is due at once)."""
         policy.require_create(principal)
         name = validation.text("name", name, max_len=validation.MAX_NAME, required=True)
         description = validation.text(
             "description", description, max_len=validation.MAX_DESCRIPTION, required=False, multiline=True
         )
         checked_access = _check_access(access, principal.username)
-        app = _check_scopes(scopes, contents, app_engine)
-        secret, cert_info = contents_codec.validate(contents)
+        typed = credential_type_of(contents) if contents is not None else None
+        ctype = credential_type if external_source is not None else typed
+        app = _check_scopes(scopes, ctype, app_engine) if ctype is not None else None
+        secret, cert_info, source = await self._new_contents(principal, contents, external_source, credential_type)
+        ctype = credential_type_of(secret)
         plaintext = contents_codec.encode(secret)
         now = datetime.datetime.now(datetime.UTC)
         for _ in range(_ID_ATTEMPTS):
@@ -137,7 +146,7 @@ class CredentialService:
                 id=new_credential_id(),
                 name=name,
                 description=description,
-                type=credential_type_of(contents),
+                type=ctype,
                 scopes=scopes,
                 access=checked_access,
                 owner=principal.username,
@@ -146,6 +155,7 @@ class CredentialService:
                 version=1,
                 created_at=now,
                 updated_at=now,
+                external_source=source,
             )
             sealed = self._keyring.seal(cred.id, cred.version, plaintext)
             audit = AuditEntry(principal.username, principal.token_id, "credential.create", {"version": 1})
@@ -155,6 +165,26 @@ class CredentialService:
             except AlreadyExists:  # an id collision (2**-64): draw another
                 continue
         raise Aborted("could not allocate a credential id; retry")
+
+    async def _new_contents(
+        self,
+        principal: Principal,
+        contents: ContentsInput | None,
+        external_source: ExternalSource | None,
+        credential_type: CredentialType | None,
+    ) -> tuple[SecretContents, CertificateInfo | None, ExternalSource | None]:
+        """Typed contents, or for a synchronized credential its checked source and empty contents of its type."""
+        if external_source is None:
+            if contents is None:
+                raise InvalidArgument("contents", "must be set (or external_source)")
+            secret, cert_info = contents_codec.validate(contents)
+            if credential_type is not None and credential_type is not credential_type_of(secret):
+                raise InvalidArgument("type", "does not match the type of the contents; leave it unspecified")
+            return secret, cert_info, None
+        empty, source = await sync_source.prepare(
+            self._store, principal, contents is not None, external_source, credential_type
+        )
+        return empty, None, source
 
     async def get(self, principal: Principal, credential_id: str) -> Credential:
         policy.require_vault_view(principal)
@@ -219,6 +249,10 @@ class CredentialService:
         principal = change.principal
         current = policy.require_visible(principal, current, change.credential_id)
         policy.require_overwrite(principal, current)
+        if current.external_source is not None:
+            raise FailedPrecondition(
+                f"credential {current.id} is synchronized from an external vault: its contents come from there"
+            )
         if credential_type_of(change.contents) is not current.type:
             raise InvalidArgument(
                 "contents",
@@ -240,6 +274,16 @@ class CredentialService:
         written = await tx.update_credential(
             updated, sealed, current.version, new_contents=True, audit=audit, check=principal.check
         )
+        return written[0] if written is not None else None
+
+    async def store_synchronized(
+        self, tx: Queries, current: Credential, secret: SecretContents, audit: AuditEntry
+    ) -> Credential | None:
+        """New contents read from the credential's external source, written like an overwrite (a new version, its
+        change-log entry and audit row in the statement, so engines get it through the push) if ``current`` is
+        still the stored version; else None."""
+        sealed = self._keyring.seal(current.id, current.version + 1, contents_codec.encode(secret))
+        written = await tx.update_credential(current, sealed, current.version, new_contents=True, audit=audit)
         return written[0] if written is not None else None
 
     async def update_metadata(

@@ -162,6 +162,77 @@ class AppEngineAccess:
     allow_contextless_access: bool = False
 
 
+# --- external synchronization ----------------------------------------------------------------------------------
+
+
+class ExternalProvider(enum.Enum):
+    HASHICORP_VAULT = "HASHICORP_VAULT"  # and OpenBao: the same API
+
+
+class KvVersion(enum.Enum):
+    V2 = "KV_V2"
+    V1 = "KV_V1"
+
+
+SYNC_INTERVAL_DEFAULT = 3600
+SYNC_INTERVAL_MIN = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalSource:
+    """Where a synchronized credential's contents live and how to log in there. No secret: the companion secrets
+    (AppRole role id and secret id, the CA certificate) are credentials of the vault, named by id."""
+
+    provider: ExternalProvider
+    address: str
+    ca_certificate_credential_id: str
+    kv_mount: str
+    kv_path: str
+    kv_version: KvVersion
+    username_key: str
+    password_key: str
+    token_key: str
+    approle_role_id_credential_id: str
+    approle_secret_id_credential_id: str
+    approle_mount: str = "approle"
+    sync_interval_seconds: int = SYNC_INTERVAL_DEFAULT
+
+    def companions(self) -> dict[str, str]:
+        """Field path -> id of each companion credential it names."""
+        named = {
+            "external_source.ca_certificate_credential_id": self.ca_certificate_credential_id,
+            "external_source.approle.role_id_credential_id": self.approle_role_id_credential_id,
+            "external_source.approle.secret_id_credential_id": self.approle_secret_id_credential_id,
+        }
+        return {path: cid for path, cid in named.items() if cid}
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["provider"], doc["kv_version"] = self.provider.value, self.kv_version.value
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ExternalSource:
+        return cls(
+            **{
+                **doc,
+                "provider": ExternalProvider(doc["provider"]),
+                "kv_version": KvVersion(doc["kv_version"]),
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncStatus:
+    """How a credential's synchronization went; ``last_error`` is built from a fixed template (no secret)."""
+
+    last_attempt: datetime.datetime | None = None
+    last_success: datetime.datetime | None = None
+    last_error: str = ""
+    external_version: str = ""
+    next_run: datetime.datetime | None = None
+
+
 # A credential's "used by" names at most this many of the monitors that use it (the first by id); used_by_count
 # counts all of them. The API documents the number (credentials.proto).
 USED_BY_SHOWN = 100
@@ -187,6 +258,9 @@ class Credential:
     # all; filled in by Get, List and the writes that return a credential.
     used_by: tuple[tuple[str, int], ...] = ()
     used_by_count: int = 0
+    # Set when the contents are synchronized from an external vault, with the synchronization's status.
+    external_source: ExternalSource | None = None
+    sync_status: SyncStatus | None = None
 
 
 @dataclasses.dataclass(frozen=True)

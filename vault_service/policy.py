@@ -113,6 +113,30 @@ def require_overwrite(principal: Principal, cred: Credential) -> None:
     )
 
 
+def require_external_sync(principal: Principal) -> None:
+    """External vault synchronization (configuring it, or running one): more than VIEW_ENVIRONMENT (seed 000: a
+    user with VIEW_ENVIRONMENT may create credentials but not use external vault synchronization)."""
+    require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)
+    user = principal.user
+    if not (has_env(user, MONITORING) or has_env(user, ENVIRONMENT)):
+        raise PermissionDenied(
+            "external vault synchronization needs CHANGE_MONITORING_SETTINGS or CHANGE_ENVIRONMENT_SETTINGS at"
+            " environment level (VIEW_ENVIRONMENT may create credentials, but not synchronized ones)"
+        )
+
+
+def require_companion_access(
+    principal: Principal, field: str, companion: Credential | None, credential_id: str
+) -> Credential:
+    """A credential that a synchronized one authenticates with: it must exist and the caller must have access to it
+    (owner, shared with them, or ALL), as to any credential they would use."""
+    if companion is None or not can_see(principal.user, companion):
+        raise NotFound(f"{field}: credential {credential_id} not found")
+    if not is_usable_by(companion, principal.username):
+        raise PermissionDenied(f"{field}: user {principal.username!r} has no access to credential {credential_id}")
+    return companion
+
+
 def require_update_metadata(principal: Principal, cred: Credential) -> None:
     """Only the owner changes name, description or access (others overwrite, which makes them the owner)."""
     require_scope(principal, TokenScope.CREDENTIAL_VAULT_WRITE)

@@ -44,6 +44,9 @@ from vault_service.credentials import CredentialService
 from vault_service.crypto import Keyring
 from vault_service.denial_audit import DenialAudit
 from vault_service.errors import ConfigurationError
+from vault_service.external_sync.hashicorp import HashiCorpClient
+from vault_service.external_sync.scheduler import SyncScheduler
+from vault_service.external_sync.synchronizer import Synchronizer
 from vault_service.keyring_keeper import KeyringKeeper
 from vault_service.keys import verify_keyring
 from vault_service.metrics import PushStats, VaultMetrics
@@ -89,6 +92,8 @@ class RunningVault:
     metrics_server: MetricsHttpServer | None = None
     metrics_port: int = 0
     keyring_keeper: KeyringKeeper | None = None
+    synchronizer: Synchronizer | None = None
+    sync_scheduler: SyncScheduler | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let in-flight RPCs finish within ``grace`` seconds and end the engine streams (their
@@ -108,6 +113,10 @@ class RunningVault:
             await self.engine_leases.stop()
         if self.follower is not None:
             await self.follower.stop()
+        if self.sync_scheduler is not None:
+            await self.sync_scheduler.stop()
+        if self.synchronizer is not None:
+            await self.synchronizer.close()
         if self.keyring_keeper is not None:
             await self.keyring_keeper.stop()
         if self.health_server is not None:
@@ -174,8 +183,17 @@ async def start_vault(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
+    credential_service = CredentialService(store, keyring)
+    synchronizer = Synchronizer(
+        store,
+        keyring,
+        credential_service,
+        HashiCorpClient(),
+        replica,
+        lambda provider, outcome: metrics.sync_total.labels(provider, outcome).inc(),
+    )
     credentials_pb2_grpc.add_CredentialsServiceServicer_to_server(
-        CredentialsServicer(tokens, CredentialService(store, keyring)), server
+        CredentialsServicer(tokens, credential_service, synchronizer), server
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
     tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
@@ -200,8 +218,19 @@ async def start_vault(
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
     running = RunningVault(
-        server, port, store, health_servicer, metrics, keyring, auth_cache=auth_cache, keyring_keeper=keeper
+        server,
+        port,
+        store,
+        health_servicer,
+        metrics,
+        keyring,
+        auth_cache=auth_cache,
+        keyring_keeper=keeper,
+        synchronizer=synchronizer,
     )
+    if settings.external_sync:
+        running.sync_scheduler = SyncScheduler(store, synchronizer, settings.external_sync_tick_seconds)
+        running.sync_scheduler.start()
     try:
         if settings.engine_listen is not None:
             await _start_engine_port(settings, running, keyring, results, replica)

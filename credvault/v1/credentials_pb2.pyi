@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from credvault.v1 import monitors_pb2 as _monitors_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -108,6 +109,46 @@ CERTIFICATE_FORMAT_PKCS12: CertificateFormat.ValueType  # 1
 CERTIFICATE_FORMAT_PEM: CertificateFormat.ValueType  # 2
 """PEM with the certificate(s) and one private key."""
 Global___CertificateFormat: _TypeAlias = CertificateFormat  # noqa: Y015
+
+class _ExternalProvider:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExternalProviderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExternalProvider.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXTERNAL_PROVIDER_UNSPECIFIED: _ExternalProvider.ValueType  # 0
+    EXTERNAL_PROVIDER_HASHICORP_VAULT: _ExternalProvider.ValueType  # 1
+    """HashiCorp Vault, or OpenBao (the same API)."""
+
+class ExternalProvider(_ExternalProvider, metaclass=_ExternalProviderEnumTypeWrapper): ...
+
+EXTERNAL_PROVIDER_UNSPECIFIED: ExternalProvider.ValueType  # 0
+EXTERNAL_PROVIDER_HASHICORP_VAULT: ExternalProvider.ValueType  # 1
+"""HashiCorp Vault, or OpenBao (the same API)."""
+Global___ExternalProvider: _TypeAlias = ExternalProvider  # noqa: Y015
+
+class _KvVersion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KvVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KvVersion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KV_VERSION_UNSPECIFIED: _KvVersion.ValueType  # 0
+    """Read as KV_VERSION_V2."""
+    KV_VERSION_V2: _KvVersion.ValueType  # 1
+    """KV secrets engine version 2: GET /v1/<mount>/data/<path>; the secret's metadata version detects changes."""
+    KV_VERSION_V1: _KvVersion.ValueType  # 2
+    """KV secrets engine version 1: GET /v1/<mount>/<path>; unversioned, changes are detected by value."""
+
+class KvVersion(_KvVersion, metaclass=_KvVersionEnumTypeWrapper): ...
+
+KV_VERSION_UNSPECIFIED: KvVersion.ValueType  # 0
+"""Read as KV_VERSION_V2."""
+KV_VERSION_V2: KvVersion.ValueType  # 1
+"""KV secrets engine version 2: GET /v1/<mount>/data/<path>; the secret's metadata version detects changes."""
+KV_VERSION_V1: KvVersion.ValueType  # 2
+"""KV secrets engine version 1: GET /v1/<mount>/<path>; unversioned, changes are detected by value."""
+Global___KvVersion: _TypeAlias = KvVersion  # noqa: Y015
 
 @_typing.final
 class UsernamePassword(_message.Message):
@@ -396,6 +437,8 @@ class Credential(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     USED_BY_FIELD_NUMBER: _builtins.int
     USED_BY_COUNT_FIELD_NUMBER: _builtins.int
+    EXTERNAL_SOURCE_FIELD_NUMBER: _builtins.int
+    SYNC_STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """CREDENTIALS_VAULT-<16 upper-case hex digits>."""
     name: _builtins.str
@@ -428,6 +471,14 @@ class Credential(_message.Message):
         all. MonitorsService.ListMonitors with credential_id lists every one of them, page by page.
         """
 
+    @_builtins.property
+    def external_source(self) -> Global___ExternalSource:
+        """Set when the contents are synchronized from an external vault (never a value)."""
+
+    @_builtins.property
+    def sync_status(self) -> Global___SyncStatus:
+        """Set with external_source: how the synchronization went."""
+
     def __init__(
         self,
         *,
@@ -445,14 +496,170 @@ class Credential(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         used_by: _abc.Iterable[Global___CredentialUsage] | None = ...,
         used_by_count: _builtins.int = ...,
+        external_source: Global___ExternalSource | None = ...,
+        sync_status: Global___SyncStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "external_source", b"external_source", "sync_status", b"sync_status", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "scopes", b"scopes", "type", b"type", "update_time", b"update_time", "used_by", b"used_by", "used_by_count", b"used_by_count", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "certificate_info", b"certificate_info", "create_time", b"create_time", "description", b"description", "external_source", b"external_source", "id", b"id", "name", b"name", "owner", b"owner", "scopes", b"scopes", "sync_status", b"sync_status", "type", b"type", "update_time", b"update_time", "used_by", b"used_by", "used_by_count", b"used_by_count", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Credential: _TypeAlias = Credential  # noqa: Y015
+
+@_typing.final
+class KvLocation(_message.Message):
+    """Where the secret lives in a KV secrets engine."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    mount: _builtins.str
+    """The engine's mount path, without slashes at the ends (e.g. "secret")."""
+    path: _builtins.str
+    """The secret's path under the mount (e.g. "team/shop/login")."""
+    version: Global___KvVersion.ValueType
+    def __init__(
+        self,
+        *,
+        mount: _builtins.str = ...,
+        path: _builtins.str = ...,
+        version: Global___KvVersion.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount", b"mount", "path", b"path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KvLocation: _TypeAlias = KvLocation  # noqa: Y015
+
+@_typing.final
+class AppRoleAuth(_message.Message):
+    """AppRole login (POST /v1/auth/approle/login). Both are ids of TOKEN credentials in this vault."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_ID_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    SECRET_ID_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    MOUNT_FIELD_NUMBER: _builtins.int
+    role_id_credential_id: _builtins.str
+    secret_id_credential_id: _builtins.str
+    mount: _builtins.str
+    """The AppRole auth method's mount; empty: "approle"."""
+    def __init__(
+        self,
+        *,
+        role_id_credential_id: _builtins.str = ...,
+        secret_id_credential_id: _builtins.str = ...,
+        mount: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount", b"mount", "role_id_credential_id", b"role_id_credential_id", "secret_id_credential_id", b"secret_id_credential_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppRoleAuth: _TypeAlias = AppRoleAuth  # noqa: Y015
+
+@_typing.final
+class ExternalSource(_message.Message):
+    """Where a synchronized credential's contents come from and how to authenticate there. Holds no secret: the
+    companion secrets are credentials of this vault, referenced by id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    KV_FIELD_NUMBER: _builtins.int
+    USERNAME_KEY_FIELD_NUMBER: _builtins.int
+    PASSWORD_KEY_FIELD_NUMBER: _builtins.int
+    TOKEN_KEY_FIELD_NUMBER: _builtins.int
+    APPROLE_FIELD_NUMBER: _builtins.int
+    SYNC_INTERVAL_FIELD_NUMBER: _builtins.int
+    provider: Global___ExternalProvider.ValueType
+    address: _builtins.str
+    """https://host[:port] of the external vault."""
+    ca_certificate_credential_id: _builtins.str
+    """Optional: a PUBLIC_CERTIFICATE credential with the CA certificate(s) that issued the vault's TLS certificate;
+    empty: the system's trust store.
+    """
+    username_key: _builtins.str
+    """Field names in the secret: username_key and password_key for USERNAME_PASSWORD, token_key for TOKEN."""
+    password_key: _builtins.str
+    token_key: _builtins.str
+    @_builtins.property
+    def kv(self) -> Global___KvLocation: ...
+    @_builtins.property
+    def approle(self) -> Global___AppRoleAuth: ...
+    @_builtins.property
+    def sync_interval(self) -> _duration_pb2.Duration:
+        """Default 1 hour; at least 10 seconds."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___ExternalProvider.ValueType = ...,
+        address: _builtins.str = ...,
+        ca_certificate_credential_id: _builtins.str = ...,
+        kv: Global___KvLocation | None = ...,
+        username_key: _builtins.str = ...,
+        password_key: _builtins.str = ...,
+        token_key: _builtins.str = ...,
+        approle: Global___AppRoleAuth | None = ...,
+        sync_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approle", b"approle", "auth", b"auth", "kv", b"kv", "sync_interval", b"sync_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "approle", b"approle", "auth", b"auth", "ca_certificate_credential_id", b"ca_certificate_credential_id", "kv", b"kv", "password_key", b"password_key", "provider", b"provider", "sync_interval", b"sync_interval", "token_key", b"token_key", "username_key", b"username_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_auth: _TypeAlias = _typing.Literal["approle"]  # noqa: Y015
+    _WhichOneofArgType_auth: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_auth) -> _WhichOneofReturnType_auth | None: ...
+
+Global___ExternalSource: _TypeAlias = ExternalSource  # noqa: Y015
+
+@_typing.final
+class SyncStatus(_message.Message):
+    """The state of a credential's synchronization. last_error is a fixed, secret-free description."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_ATTEMPT_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    EXTERNAL_VERSION_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_FIELD_NUMBER: _builtins.int
+    last_error: _builtins.str
+    """Empty after a successful sync."""
+    external_version: _builtins.str
+    """The external secret's version as last read (KV v2); empty when the source has none."""
+    @_builtins.property
+    def last_attempt(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_success(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_run(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        last_attempt: _timestamp_pb2.Timestamp | None = ...,
+        last_success: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        external_version: _builtins.str = ...,
+        next_run: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_attempt", b"last_attempt", "last_success", b"last_success", "next_run", b"next_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_version", b"external_version", "last_attempt", b"last_attempt", "last_error", b"last_error", "last_success", b"last_success", "next_run", b"next_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncStatus: _TypeAlias = SyncStatus  # noqa: Y015
 
 @_typing.final
 class CredentialUsage(_message.Message):
@@ -486,8 +693,12 @@ class CreateCredentialRequest(_message.Message):
     CONTENTS_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
     APP_ENGINE_FIELD_NUMBER: _builtins.int
+    EXTERNAL_SOURCE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
+    type: Global___CredentialType.ValueType
+    """With external_source: the type of the credential (USERNAME_PASSWORD or TOKEN)."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___CredentialScope.ValueType]: ...
     @_builtins.property
@@ -500,6 +711,12 @@ class CreateCredentialRequest(_message.Message):
     def app_engine(self) -> Global___AppEngineAccess:
         """Required with CREDENTIAL_SCOPE_APP_ENGINE; defaults to all apps, no contextless access."""
 
+    @_builtins.property
+    def external_source(self) -> Global___ExternalSource:
+        """Instead of contents (USERNAME_PASSWORD or TOKEN only): the contents are synchronized from an external vault.
+        Needs more than VIEW_ENVIRONMENT, and access to every companion credential it names.
+        """
+
     def __init__(
         self,
         *,
@@ -509,10 +726,12 @@ class CreateCredentialRequest(_message.Message):
         contents: Global___CredentialContents | None = ...,
         access: Global___Access | None = ...,
         app_engine: Global___AppEngineAccess | None = ...,
+        external_source: Global___ExternalSource | None = ...,
+        type: Global___CredentialType.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "contents", b"contents"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "contents", b"contents", "external_source", b"external_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "contents", b"contents", "description", b"description", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "app_engine", b"app_engine", "contents", b"contents", "description", b"description", "external_source", b"external_source", "name", b"name", "scopes", b"scopes", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -848,3 +1067,42 @@ class GetCredentialDetailsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCredentialDetailsResponse: _TypeAlias = GetCredentialDetailsResponse  # noqa: Y015
+
+@_typing.final
+class SyncCredentialRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncCredentialRequest: _TypeAlias = SyncCredentialRequest  # noqa: Y015
+
+@_typing.final
+class SyncCredentialResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credential(self) -> Global___Credential: ...
+    def __init__(
+        self,
+        *,
+        credential: Global___Credential | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncCredentialResponse: _TypeAlias = SyncCredentialResponse  # noqa: Y015

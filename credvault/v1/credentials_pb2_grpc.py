@@ -71,6 +71,11 @@ class CredentialsServiceStub:
                 request_serializer=credvault_dot_v1_dot_credentials__pb2.GetCredentialDetailsRequest.SerializeToString,
                 response_deserializer=credvault_dot_v1_dot_credentials__pb2.GetCredentialDetailsResponse.FromString,
                 _registered_method=True)
+        self.SyncCredential = channel.unary_unary(
+                '/credvault.v1.CredentialsService/SyncCredential',
+                request_serializer=credvault_dot_v1_dot_credentials__pb2.SyncCredentialRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_credentials__pb2.SyncCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class CredentialsServiceServicer:
@@ -127,6 +132,13 @@ class CredentialsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncCredential(self, request, context):
+        """Synchronizes a credential with an external source now (waits for the result, returns the sync status).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CredentialsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +176,11 @@ def add_CredentialsServiceServicer_to_server(servicer, server):
                     servicer.GetCredentialDetails,
                     request_deserializer=credvault_dot_v1_dot_credentials__pb2.GetCredentialDetailsRequest.FromString,
                     response_serializer=credvault_dot_v1_dot_credentials__pb2.GetCredentialDetailsResponse.SerializeToString,
+            ),
+            'SyncCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncCredential,
+                    request_deserializer=credvault_dot_v1_dot_credentials__pb2.SyncCredentialRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_credentials__pb2.SyncCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +374,33 @@ class CredentialsService:
             '/credvault.v1.CredentialsService/GetCredentialDetails',
             credvault_dot_v1_dot_credentials__pb2.GetCredentialDetailsRequest.SerializeToString,
             credvault_dot_v1_dot_credentials__pb2.GetCredentialDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.CredentialsService/SyncCredential',
+            credvault_dot_v1_dot_credentials__pb2.SyncCredentialRequest.SerializeToString,
+            credvault_dot_v1_dot_credentials__pb2.SyncCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class CredentialsServiceStub:
     """Deletes a credential."""
     GetCredentialDetails: _grpc.UnaryUnaryMultiCallable[_credentials_pb2.GetCredentialDetailsRequest, _credentials_pb2.GetCredentialDetailsResponse]
     """Returns the contents of an APP_ENGINE-scoped credential to an app (or, when allowed, without app context)."""
+    SyncCredential: _grpc.UnaryUnaryMultiCallable[_credentials_pb2.SyncCredentialRequest, _credentials_pb2.SyncCredentialResponse]
+    """Synchronizes a credential with an external source now (waits for the result, returns the sync status)."""
 
 @_typing.type_check_only
 class CredentialsServiceAsyncStub(CredentialsServiceStub):
@@ -71,6 +73,8 @@ class CredentialsServiceAsyncStub(CredentialsServiceStub):
     """Deletes a credential."""
     GetCredentialDetails: _aio.UnaryUnaryMultiCallable[_credentials_pb2.GetCredentialDetailsRequest, _credentials_pb2.GetCredentialDetailsResponse]  # type: ignore[assignment]
     """Returns the contents of an APP_ENGINE-scoped credential to an app (or, when allowed, without app context)."""
+    SyncCredential: _aio.UnaryUnaryMultiCallable[_credentials_pb2.SyncCredentialRequest, _credentials_pb2.SyncCredentialResponse]  # type: ignore[assignment]
+    """Synchronizes a credential with an external source now (waits for the result, returns the sync status)."""
 
 class CredentialsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages credentials. No RPC of this service returns the contents of a credential, except
@@ -132,5 +136,13 @@ class CredentialsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_credentials_pb2.GetCredentialDetailsResponse, _abc.Awaitable[_credentials_pb2.GetCredentialDetailsResponse]]:
         """Returns the contents of an APP_ENGINE-scoped credential to an app (or, when allowed, without app context)."""
+
+    @_abc_1.abstractmethod
+    def SyncCredential(
+        self,
+        request: _credentials_pb2.SyncCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credentials_pb2.SyncCredentialResponse, _abc.Awaitable[_credentials_pb2.SyncCredentialResponse]]:
+        """Synchronizes a credential with an external source now (waits for the result, returns the sync status)."""
 
 def add_CredentialsServiceServicer_to_server(servicer: CredentialsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

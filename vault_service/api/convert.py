@@ -7,7 +7,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import identity_pb2 as ipb
@@ -16,6 +16,7 @@ from credvault.v1 import tokens_pb2 as tpb
 from vault_service.certificates import CertificateFormat, CertificateInfo
 from vault_service.errors import InvalidArgument
 from vault_service.models import (
+    SYNC_INTERVAL_DEFAULT,
     Access,
     AccessLevel,
     AppEngineAccess,
@@ -25,8 +26,12 @@ from vault_service.models import (
     CredentialScope,
     CredentialType,
     EngineStatus,
+    ExternalProvider,
+    ExternalSource,
+    KvVersion,
     Permission,
     PublicCertificateSecret,
+    SyncStatus,
     TokenInfo,
     TokenKind,
     TokenSecret,
@@ -62,6 +67,8 @@ _PERMISSIONS = {
     ipb.PERMISSION_CHANGE_MONITORING_SETTINGS: Permission.CHANGE_MONITORING_SETTINGS,
     ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS: Permission.CHANGE_ENVIRONMENT_SETTINGS,
 }
+_PROVIDERS = {cpb.EXTERNAL_PROVIDER_HASHICORP_VAULT: ExternalProvider.HASHICORP_VAULT}
+_KV_VERSIONS = {cpb.KV_VERSION_V2: KvVersion.V2, cpb.KV_VERSION_V1: KvVersion.V1}
 _KINDS = {tpb.TOKEN_KIND_PERSONAL: TokenKind.PERSONAL, tpb.TOKEN_KIND_API: TokenKind.API}
 
 
@@ -163,6 +170,38 @@ def contents(field: str, msg: cpb.CredentialContents, present: bool) -> Contents
     raise InvalidArgument(field, "must be set: username_password, certificate, token or public_certificate")
 
 
+def external_source(msg: cpb.ExternalSource, present: bool) -> ExternalSource | None:
+    """The source as sent (enums and oneofs checked here; the domain checks the values)."""
+    if not present:
+        return None
+    provider = _enum_req("external_source.provider", msg.provider, _PROVIDERS)
+    kv_version = KvVersion.V2
+    if msg.kv.version:
+        kv_version = _enum_req("external_source.kv.version", msg.kv.version, _KV_VERSIONS)
+    if msg.WhichOneof("auth") != "approle":
+        raise InvalidArgument("external_source.auth", "must be set: approle")
+    interval = SYNC_INTERVAL_DEFAULT
+    if msg.HasField("sync_interval"):
+        if msg.sync_interval.nanos:
+            raise InvalidArgument("external_source.sync_interval", "must be whole seconds")
+        interval = msg.sync_interval.seconds
+    return ExternalSource(
+        provider=provider,
+        address=msg.address,
+        ca_certificate_credential_id=msg.ca_certificate_credential_id,
+        kv_mount=msg.kv.mount,
+        kv_path=msg.kv.path,
+        kv_version=kv_version,
+        username_key=msg.username_key,
+        password_key=msg.password_key,
+        token_key=msg.token_key,
+        approle_role_id_credential_id=msg.approle.role_id_credential_id,
+        approle_secret_id_credential_id=msg.approle.secret_id_credential_id,
+        approle_mount=msg.approle.mount,
+        sync_interval_seconds=interval,
+    )
+
+
 # --- credentials out ---
 
 
@@ -199,7 +238,43 @@ def credential(cred: Credential) -> cpb.Credential:
             for mid, mtype in cred.used_by
         )
     out.used_by_count = cred.used_by_count
+    if cred.external_source is not None:
+        out.external_source.CopyFrom(_external_source_out(cred.external_source))
+    if cred.sync_status is not None:
+        out.sync_status.CopyFrom(_sync_status_out(cred.sync_status))
     return out
+
+
+_PROVIDERS_OUT = _reverse(_PROVIDERS)
+_KV_VERSIONS_OUT = _reverse(_KV_VERSIONS)
+
+
+def _external_source_out(source: ExternalSource) -> cpb.ExternalSource:
+    return cpb.ExternalSource(
+        provider=_PROVIDERS_OUT[source.provider],
+        address=source.address,
+        ca_certificate_credential_id=source.ca_certificate_credential_id,
+        kv=cpb.KvLocation(mount=source.kv_mount, path=source.kv_path, version=_KV_VERSIONS_OUT[source.kv_version]),
+        username_key=source.username_key,
+        password_key=source.password_key,
+        token_key=source.token_key,
+        approle=cpb.AppRoleAuth(
+            role_id_credential_id=source.approle_role_id_credential_id,
+            secret_id_credential_id=source.approle_secret_id_credential_id,
+            mount=source.approle_mount,
+        ),
+        sync_interval=duration_pb2.Duration(seconds=source.sync_interval_seconds),
+    )
+
+
+def _sync_status_out(status: SyncStatus) -> cpb.SyncStatus:
+    return cpb.SyncStatus(
+        last_attempt=ts(status.last_attempt),
+        last_success=ts(status.last_success),
+        last_error=status.last_error,
+        external_version=status.external_version,
+        next_run=ts(status.next_run),
+    )
 
 
 def certificate_info(info: CertificateInfo) -> cpb.CertificateInfo:

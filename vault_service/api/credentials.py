@@ -9,14 +9,16 @@ from vault_service import contents_codec
 from vault_service.api import convert
 from vault_service.api.authenticated import Authenticated, Context
 from vault_service.credentials import CredentialService
+from vault_service.external_sync.synchronizer import Synchronizer
 from vault_service.models import Credential, CredentialFilter, Page, Principal
 from vault_service.tokens import TokenService
 
 
 class CredentialsServicer(Authenticated, cgrpc.CredentialsServiceServicer):
-    def __init__(self, tokens: TokenService, credentials: CredentialService) -> None:
+    def __init__(self, tokens: TokenService, credentials: CredentialService, synchronizer: Synchronizer) -> None:
         super().__init__(tokens)
         self._credentials = credentials
+        self._synchronizer = synchronizer
 
     # The four hot calls may run on a remembered authentication: their statements re-check it.
 
@@ -24,14 +26,20 @@ class CredentialsServicer(Authenticated, cgrpc.CredentialsServiceServicer):
         self, request: cpb.CreateCredentialRequest, context: Context
     ) -> cpb.CreateCredentialResponse:
         async def work(principal: Principal) -> Credential:
+            synchronized = request.HasField("external_source")
+            contents = None
+            if not synchronized or request.HasField("contents"):
+                contents = convert.contents("contents", request.contents, request.HasField("contents"))
             return await self._credentials.create(
                 principal,
                 name=request.name,
                 description=request.description,
                 scopes=convert.scopes("scopes", request.scopes),
-                contents=convert.contents("contents", request.contents, request.HasField("contents")),
+                contents=contents,
                 access=convert.access("access", request.access, request.HasField("access")),
                 app_engine=convert.app_engine(request.app_engine, request.HasField("app_engine")),
+                external_source=convert.external_source(request.external_source, synchronized),
+                credential_type=convert.credential_type("type", request.type),
             )
 
         return cpb.CreateCredentialResponse(credential=convert.credential(await self._rechecked(context, work)))
@@ -105,3 +113,8 @@ class CredentialsServicer(Authenticated, cgrpc.CredentialsServiceServicer):
         return cpb.GetCredentialDetailsResponse(
             credential=convert.credential(cred), details=contents_codec.to_details(secret)
         )
+
+    async def SyncCredential(self, request: cpb.SyncCredentialRequest, context: Context) -> cpb.SyncCredentialResponse:
+        principal = await self._principal(context)
+        cred = await self._synchronizer.sync_now(principal, request.id)
+        return cpb.SyncCredentialResponse(credential=convert.credential(cred))

@@ -17,6 +17,7 @@ from typing import Any
 from credvault.v1 import credentials_pb2 as cpb
 from vault_service import validation
 from vault_service.certificates import MAX_CERTIFICATE_BYTES
+from vault_service.cli import external_source
 from vault_service.cli.session import (
     Session,
     add_command,
@@ -203,6 +204,7 @@ def _credential_view(c: cpb.Credential) -> str:
             ("not after", when(info.not_after)),
             ("sha256", info.sha256_fingerprint),
         ]
+    pairs += external_source.view_pairs(c)
     pairs.append(("used by", _used_by_text(c)))
     pairs += [("version", str(c.version)), ("created", when(c.create_time)), ("updated", when(c.update_time))]
     return fields(pairs)
@@ -260,8 +262,15 @@ def cmd_credentials_create(ns: argparse.Namespace, s: Session) -> None:
         name=ns.name,
         description=ns.description or "",
         scopes=[_SCOPES[x] for x in scopes],
-        contents=_contents(ns, ctype),
     )
+    if ns.external_source:
+        given = sorted("--" + o.replace("_", "-") for o in _CONTENTS_OPTIONS if getattr(ns, o, None) is not None)
+        if given:
+            raise UsageError(f"not with --external-source (the values come from there): {', '.join(given)}")
+        request.external_source.CopyFrom(external_source.read_source(ns.external_source))
+        request.type = ctype
+    else:
+        request.contents.CopyFrom(_contents(ns, ctype))
     access = _access(ns.access, ns.share_with)
     if access is not None:
         request.access.CopyFrom(access)
@@ -269,6 +278,11 @@ def cmd_credentials_create(ns: argparse.Namespace, s: Session) -> None:
     if app_engine is not None:
         request.app_engine.CopyFrom(app_engine)
     response = s.call(s.credentials.CreateCredential, request)
+    output(ns, response, lambda: _credential_view(response.credential))
+
+
+def cmd_credentials_sync(ns: argparse.Namespace, s: Session) -> None:
+    response = s.call(s.credentials.SyncCredential, cpb.SyncCredentialRequest(id=ns.id))
     output(ns, response, lambda: _credential_view(response.credential))
 
 
@@ -362,6 +376,14 @@ def register(sub: Any) -> None:
     p.add_argument("--allowed-app", action="append", metavar="APP", help="app-engine scope: repeatable (default all)")
     p.add_argument("--allow-contextless-access", action="store_true", help="app-engine scope")
     _contents_flags(p)
+    p.add_argument(
+        "--external-source",
+        metavar="FILE.json",
+        help="username-password or token: synchronize the values from this external vault source (JSON) instead",
+    )
+
+    p = add_command(group, "sync", common, cmd_credentials_sync, "synchronize a credential from its external vault now")
+    p.add_argument("id")
 
     p = add_command(group, "overwrite", common, cmd_credentials_overwrite, "replace the contents of a credential")
     p.add_argument("id")

@@ -21,6 +21,8 @@ from vault_service.models import (
     CredentialFilter,
     CredentialScope,
     CredentialType,
+    ExternalSource,
+    SyncStatus,
     Visibility,
 )
 from vault_service.storage.audit import AuditEntry
@@ -44,14 +46,31 @@ _WRITTEN = (
     ("cert_issuer", "text"),
     ("cert_not_after", "timestamptz"),
     ("cert_fingerprint", "text"),
+    ("external_source", "jsonb"),
     ("kek_id", "text"),
     ("wrapped_key", "bytea"),
     ("ciphertext", "bytea"),
 )
 SEALED_COLUMNS = "kek_id, wrapped_key, ciphertext"
 _SEALED = frozenset(SEALED_COLUMNS.split(", "))
+# The synchronization's status: read with the metadata, written only by the synchronization (storage/sync.py).
+SYNC_STATUS_COLUMNS = (
+    "sync_last_attempt",
+    "sync_last_success",
+    "sync_last_error",
+    "sync_external_version",
+    "next_sync_at",
+)
 _CREDENTIAL_COLUMNS = ", ".join(
-    ("id", "type", "version", "created_at", "updated_at", *(c for c, _ in _WRITTEN if c not in _SEALED))
+    (
+        "id",
+        "type",
+        "version",
+        "created_at",
+        "updated_at",
+        *(c for c, _ in _WRITTEN if c not in _SEALED),
+        *SYNC_STATUS_COLUMNS,
+    )
 )
 # Insert: $1 id, $2 type, $3 version, then the written columns, then the audit row's four.
 _INSERTED = ", ".join(c for c, _ in _WRITTEN)
@@ -94,7 +113,21 @@ def _credential(row: asyncpg.Record) -> Credential:
         updated_at=row["updated_at"],
         used_by=_used_by(row),
         used_by_count=int(row.get("used_by_count") or 0),
+        **_synchronization(row),
     )
+
+
+def _synchronization(row: asyncpg.Record) -> dict[str, Any]:
+    if row["external_source"] is None:
+        return {}
+    status = SyncStatus(
+        row["sync_last_attempt"],
+        row["sync_last_success"],
+        row["sync_last_error"],
+        row["sync_external_version"],
+        row["next_sync_at"],
+    )
+    return {"external_source": ExternalSource.from_json(row["external_source"]), "sync_status": status}
 
 
 def _used_by(row: asyncpg.Record) -> tuple[tuple[str, int], ...]:
@@ -121,6 +154,7 @@ def _written_values(cred: Credential, sealed: SealedContents) -> list[Any]:
         list(cred.access.users),
         *([list(app.allowed_apps), app.allow_contextless_access] if app else [None, None]),
         *([info.subject, info.issuer, info.not_after, info.sha256_fingerprint] if info else [None, None, None, None]),
+        cred.external_source.to_json() if cred.external_source else None,
         sealed.kek_id,
         sealed.wrapped_key,
         sealed.ciphertext,

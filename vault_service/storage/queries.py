@@ -11,10 +11,18 @@ from vault_service.storage.identity import IdentityQueries
 from vault_service.storage.keys import KeyQueries
 from vault_service.storage.monitors import MonitorQueries
 from vault_service.storage.results import ResultQueries
+from vault_service.storage.sync import SyncQueries
 
 
 class Queries(
-    CredentialQueries, IdentityQueries, AuditQueries, KeyQueries, MonitorQueries, ChangeQueries, ResultQueries
+    CredentialQueries,
+    IdentityQueries,
+    AuditQueries,
+    KeyQueries,
+    MonitorQueries,
+    ChangeQueries,
+    ResultQueries,
+    SyncQueries,
 ):
     """Queries on one connection."""
 
