@@ -114,6 +114,19 @@ async def create_synced(admin: Client, name: str, src: cpb.ExternalSource, ctype
     return made.credential
 
 
+async def monitor_at_loc_a(admin: Client, cred_id: str) -> mpb.Monitor:
+    """Location loc-a with engine e1, and an enabled HTTP monitor there using the credential for basic auth."""
+    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
+    await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
+    req = mpb.HttpRequest(method="GET", url="https://shop.example/")
+    req.authentication.basic_credential_id = cred_id
+    monitor = mpb.Monitor(
+        name="m", frequency_minutes=1, location_ids=["loc-a"], enabled=True, http=mpb.HttpScript(requests=[req])
+    )
+    created: mpb.Monitor = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor))).monitor
+    return created
+
+
 async def sync(client: Client, cred_id: str) -> cpb.Credential:
     synced: cpb.SyncCredentialResponse = await client.SyncCredential(cpb.SyncCredentialRequest(id=cred_id))
     return synced.credential
@@ -173,14 +186,7 @@ async def test_a_change_in_openbao_reaches_a_real_engine_and_the_same_value_writ
     c = await companions(admin, openbao, "push", ["secret/data/push/*"])
     pair = await create_synced(admin, "pair", source(openbao, c, "push/login"))
     await sync(admin, pair.id)
-    await admin.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
-    await admin.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
-    req = mpb.HttpRequest(method="GET", url="https://shop.example/")
-    req.authentication.basic_credential_id = pair.id
-    monitor = mpb.Monitor(
-        name="m", frequency_minutes=1, location_ids=["loc-a"], enabled=True, http=mpb.HttpScript(requests=[req])
-    )
-    await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor))
+    await monitor_at_loc_a(admin, pair.id)
 
     def password() -> str | None:
         held = engine.store.credential(pair.id)
@@ -496,3 +502,37 @@ async def test_cli_creates_syncs_and_shows_a_synchronized_token(
         assert value not in out
     stored = await _stored(vault, cred_id)
     assert stored[1].token == value  # type: ignore[union-attr]
+
+
+async def test_engines_never_get_the_empty_placeholder_of_a_credential_not_yet_synchronized(
+    admin_client: Client, push_vault: RunningVault, local_pki: LocalPki, openbao: OpenBao
+) -> None:
+    """Until its first synchronization a synchronized credential holds an empty placeholder: engines get it without
+    contents and reject the monitors that need it (engines list says so); the first good sync makes them run."""
+    admin = admin_client
+    c = await companions(admin, openbao, "first", ["secret/data/first/*"])
+    pair = await create_synced(admin, "pair", source(openbao, c, "first/login"))  # nothing at that path yet
+    m = await monitor_at_loc_a(admin, pair.id)
+
+    async def rejected() -> bool:
+        engines = (await admin.ListEngines(mpb.ListEnginesRequest(location_id="loc-a"))).engines
+        return any(r.monitor_id == m.id for e in engines for r in e.rejected_monitors)
+
+    async with real_engine(push_vault.engine_port, local_pki, "loc-a", "e1") as engine:
+        await until(rejected)
+        assert engine.store.credential(pair.id) is None
+        assert engine.store.monitor(m.id) is None
+        failed = await sync(admin, pair.id)  # the path is still missing: still nothing for the engines
+        assert failed.sync_status.last_error
+        assert engine.store.credential(pair.id) is None
+        await asyncio.to_thread(openbao.put, "secret", "first/login", user="ann", **{"pass": "first-value"})
+        await sync(admin, pair.id)
+
+        def runs() -> bool:
+            held = engine.store.credential(pair.id)
+            return held is not None and engine.store.monitor(m.id) is not None
+
+        await engine.wait_until(runs)
+        held = engine.store.credential(pair.id)
+        assert held is not None
+        assert held.details().username_password.password == "first-value"

@@ -16,6 +16,7 @@ from vault_service.external_sync import failure as f
 from vault_service.external_sync.failure import SyncFailure
 from vault_service.external_sync.hashicorp import AppRoleLogin, HashiCorpClient, KvSecret
 from vault_service.models import (
+    ChangeKind,
     Credential,
     CredentialType,
     ExternalSource,
@@ -151,6 +152,11 @@ class Synchronizer:
                 audit = AuditEntry(ACTOR, None, ACTION, detail)
                 if await self._credentials.store_synchronized(tx, current, contents, audit) is None:
                     raise _LeaseLost  # cannot happen under the row lock; never write on a moved version
+                if current.sync_status.last_success is None:
+                    # The first values: engines got the credential without contents until now and rejected its
+                    # monitors (location_state); a new revision of each makes them send it again.
+                    for monitor_id, location_ids in await tx.renew_revisions_of_monitors_using(current.id):
+                        await tx.append_change(ChangeKind.MONITOR, monitor_id, location_ids)
             elif current.sync_status.last_error:
                 await tx.insert_audit(ACTOR, None, ACTION, current.id, "ok", {"changed": False, "recovered": True})
             await self._finish(tx, current, "", version)

@@ -183,6 +183,12 @@ class LocationState:
     async def _resolve(self, tx: Queries, credential_ids: list[str]) -> dict[str, epb.CredentialResource]:
         out = {}
         for cid, (cred, sealed, version) in (await tx.credentials_sealed(credential_ids)).items():
+            if cred.sync_status is not None and cred.sync_status.last_success is None:
+                # Synchronized from an external vault and never read from it yet: its stored contents are an empty
+                # placeholder. Engines get it without contents, hold nothing and reject the monitors that need it
+                # (shown in engines list), until the first synchronization writes a version with the values.
+                out[cid] = epb.CredentialResource(id=cid, version=version, credential_version=cred.version)
+                continue
             secret = contents_codec.decode(self._keyring.open(cid, cred.version, sealed))
             out[cid] = epb.CredentialResource(
                 id=cid, version=version, details=contents_codec.to_details(secret), credential_version=cred.version

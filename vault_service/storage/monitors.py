@@ -284,6 +284,16 @@ class MonitorQueries:
     async def delete_monitor(self, monitor_id: str) -> bool:
         return bool(await self.conn.execute("DELETE FROM monitors WHERE id = $1", monitor_id) == "DELETE 1")
 
+    async def renew_revisions_of_monitors_using(self, credential_id: str) -> list[tuple[str, list[str]]]:
+        """A new revision (not a new version: the definition is unchanged) for every monitor using the credential,
+        so that engines, which rejected them while it had no contents, are sent them again; (id, location ids)."""
+        rows = await self.conn.fetch(
+            "UPDATE monitors SET revision = nextval('resource_versions') WHERE id IN"
+            " (SELECT monitor_id FROM monitor_credentials WHERE credential_id = $1) RETURNING id, location_ids",
+            credential_id,
+        )
+        return sorted((r["id"], list(r["location_ids"])) for r in rows)
+
     async def monitors_using(self, credential_id: str, *, for_update: bool = False) -> list[mpb.Monitor]:
         lock = " FOR UPDATE OF m" if for_update else ""
         rows = await self.conn.fetch(
