@@ -62,6 +62,10 @@ NOT_RUN = {
     ("Running it for real", "export CREDVAULT_DATABASE_URL=postgresql://credvault@db:5432/credvault"): (
         "production: a PostgreSQL server db, a keyring and TLS files under /etc/credvault"
     ),
+    (
+        "Credentials synchronized from an external vault",
+        "credvault credentials create --name shop-login --type username-password --external-source source.json",
+    ): "needs an OpenBao with an AppRole (tests/vault_service/test_external_sync.py runs these commands)",
     ("Deploy on Kubernetes", "kubectl create namespace credvault"): "kubectl and helm against a cluster",
     ("Deploy on Kubernetes", "credvault pki init --dir pki --trust-domain synthetic.example.com"): (
         "its kubectl lines need a cluster (the pki commands: tests/vault_service/cli/test_cli_pki.py)"
