@@ -35,14 +35,28 @@ VENV_BIN = pathlib.Path(sys.executable).parent
 
 # Each security-critical module with the tests that must kill its mutants.
 MODULES: dict[str, tuple[str, ...]] = {
-    "vault_service/policy.py": ("tests/test_access_rules.py", "tests/test_tokens.py", "tests/test_audit.py"),
-    "vault_service/tokens.py": ("tests/test_tokens.py", "tests/test_auth_cache.py"),
-    "credvault/log_redaction.py": ("tests/test_logs.py", "tests/test_redaction.py"),
-    "credvault/secret_scrub.py": ("tests/test_secret_scrub.py", "tests/test_result_leaks.py"),
-    "engine_worker/config_store.py": ("tests/test_engine_worker.py", "tests/test_engine_stream.py"),
-    "credvault/identity.py": ("tests/test_identity.py", "tests/test_engine_worker.py"),
-    "vault_service/push/follower.py": ("tests/test_push.py", "tests/test_convergence.py"),
-    "vault_service/push/location_state.py": ("tests/test_push.py", "tests/test_convergence.py"),
+    "vault_service/policy.py": (
+        "tests/vault_service/test_access_rules.py",
+        "tests/vault_service/test_tokens.py",
+        "tests/vault_service/test_audit.py",
+        "tests/vault_service/test_monitors.py",
+    ),
+    "vault_service/tokens.py": ("tests/vault_service/test_tokens.py", "tests/vault_service/test_auth_cache.py"),
+    "credvault/log_redaction.py": ("tests/credvault/test_logs.py", "tests/credvault/test_redaction.py"),
+    "credvault/secret_scrub.py": ("tests/credvault/test_secret_scrub.py", "tests/engine_worker/test_result_leaks.py"),
+    "engine_worker/config_store.py": (
+        "tests/engine_worker/test_engine_worker.py",
+        "tests/engine_worker/test_engine_stream.py",
+    ),
+    "credvault/identity.py": ("tests/credvault/test_identity.py", "tests/engine_worker/test_engine_worker.py"),
+    "vault_service/push/follower.py": (
+        "tests/vault_service/push/test_push.py",
+        "tests/vault_service/push/test_convergence.py",
+    ),
+    "vault_service/push/location_state.py": (
+        "tests/vault_service/push/test_push.py",
+        "tests/vault_service/push/test_convergence.py",
+    ),
 }
 
 

@@ -1,0 +1,45 @@
+"""scripts/mutation.py: the table of modules it mutates names code and tests that exist (tests move; a stale path
+would only show when someone runs the slow check)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+import types
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+
+def _mutation_script() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("mutation_script", ROOT / "scripts" / "mutation.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_module_and_test_path_exists() -> None:
+    modules: dict[str, tuple[str, ...]] = _mutation_script().MODULES
+    assert modules
+    missing = [m for m in modules if not (ROOT / m).is_file()]
+    for module, tests in modules.items():
+        assert tests, f"{module}: no tests"
+        missing += [f"{module}: {t}" for t in tests if not (ROOT / t.split("::")[0]).is_file()]
+    assert not missing, f"scripts/mutation.py MODULES names paths that do not exist: {missing}"
+
+
+def test_every_test_selection_collects() -> None:
+    """Node ids (path::test) too: pytest exits non-zero when one names no test."""
+    modules: dict[str, tuple[str, ...]] = _mutation_script().MODULES
+    selections = sorted({t for tests in modules.values() for t in tests})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *selections],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, f"MODULES' tests do not collect:\n{result.stdout[-2000:]}{result.stderr}"
