@@ -22,6 +22,9 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import enum
+import importlib
+import itertools
 import pathlib
 import shutil
 import sqlite3
@@ -91,17 +94,71 @@ def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int
     return spans
 
 
+def _mark_skipped(session: pathlib.Path, jobs: list[str], reason: str) -> None:
+    """Marks mutants done, as skipped (before the run, as cr-filter-pragma does)."""
+    with sqlite3.connect(session) as db:
+        db.executemany(
+            "INSERT OR REPLACE INTO work_results (job_id, worker_outcome, output, test_outcome, diff)"
+            " VALUES (?, 'SKIPPED', ?, NULL, NULL)",
+            [(job, reason) for job in jobs],
+        )
+
+
 def _skip_annotations(tree: pathlib.Path, module: str, session: pathlib.Path) -> None:
-    """Marks the mutants inside type annotations done, as skipped (before the run, as cr-filter-pragma does)."""
+    """Skips the mutants inside type annotations."""
     spans = _annotation_spans((tree / module).read_text())
     with sqlite3.connect(session) as db:
         specs = db.execute("SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs").fetchall()
-        skipped = [job for job, row, col in specs if any(a <= (row, col) < b for a, b in spans)]
-        db.executemany(
-            "INSERT OR REPLACE INTO work_results (job_id, worker_outcome, output, test_outcome, diff)"
-            " VALUES (?, 'SKIPPED', 'inside a type annotation', NULL, NULL)",
-            [(job,) for job in skipped],
-        )
+    skipped = [job for job, row, col in specs if any(a <= (row, col) < b for a, b in spans)]
+    _mark_skipped(session, skipped, "inside a type annotation")
+
+
+# ``is`` made ``==`` (``is not`` made ``!=``) where an operand is a member of a plain enum.Enum: equal only to
+# itself, its == is identity, so the mutant cannot behave differently (not so for a StrEnum or IntEnum member).
+_IDENTITY_TO_EQUALITY = ("core/ReplaceComparisonOperator_Is_Eq", "core/ReplaceComparisonOperator_IsNot_NotEq")
+
+
+def _is_identity_enum_member(node: ast.expr, namespace: dict[str, object]) -> bool:
+    """Whether ``node`` (a name or dotted name) names a member of an enum whose == is identity."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.insert(0, node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name) or node.id not in namespace:
+        return False
+    value = namespace[node.id]
+    for part in parts:
+        value = getattr(value, part, None)
+    return isinstance(value, enum.Enum) and type(value).__eq__ is object.__eq__
+
+
+def _skip_enum_identity(module: str, session: pathlib.Path) -> None:
+    """Skips ``is`` -> ``==`` on enum members (see _IDENTITY_TO_EQUALITY): the module's names are resolved by
+    importing it."""
+    source = (ROOT / module).read_text()
+    namespace = vars(importlib.import_module(module.removesuffix(".py").replace("/", ".")))
+    operands: dict[tuple[int, int], tuple[ast.expr, ast.expr]] = {}  # the operator's position: its two operands
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            chain = [node.left, *node.comparators]
+            for left, right in itertools.pairwise(chain):
+                if right.lineno == left.end_lineno:  # the operator lies between them on one line
+                    assert left.end_col_offset is not None
+                    line = source.splitlines()[right.lineno - 1]
+                    gap = line[left.end_col_offset : right.col_offset]
+                    column = left.end_col_offset + len(gap) - len(gap.lstrip(" )"))
+                    operands[(right.lineno, column)] = (left, right)
+    with sqlite3.connect(session) as db:
+        specs = db.execute(
+            "SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs WHERE operator_name IN (?, ?)",
+            _IDENTITY_TO_EQUALITY,
+        ).fetchall()
+    skipped = [
+        job
+        for job, row, col in specs
+        if any(_is_identity_enum_member(side, namespace) for side in operands.get((row, col), ()))
+    ]
+    _mark_skipped(session, skipped, "is made == on a member of an enum whose == is identity")
 
 
 def _copy_of_the_work_tree(into: pathlib.Path) -> pathlib.Path:
@@ -144,6 +201,7 @@ def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
     subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=tree, check=True, capture_output=True)
     subprocess.run([str(VENV_BIN / "cr-filter-pragma"), str(session)], cwd=tree, check=True, capture_output=True)
     _skip_annotations(tree, module, session)
+    _skip_enum_identity(module, session)
     subprocess.run([cosmic_ray, "exec", str(config), str(session)], cwd=tree, check=True, capture_output=True)
     with sqlite3.connect(session) as db:
         rows = db.execute("SELECT worker_outcome, test_outcome, diff FROM work_results").fetchall()
@@ -176,7 +234,7 @@ def main() -> int:
             outcomes.append(outcome)
             print(
                 f"{module}: {outcome.mutants} mutants, {outcome.killed} killed, {outcome.survived} survived"
-                f" ({outcome.skipped} skipped: annotations, pragmas), {outcome.seconds:.0f} s",
+                f" ({outcome.skipped} skipped: annotations, pragmas, enum identity), {outcome.seconds:.0f} s",
                 flush=True,
             )
     total = [sum(getattr(o, f) for o in outcomes) for f in ("mutants", "killed", "survived", "seconds")]

@@ -3,11 +3,15 @@ would only show when someone runs the slow check)."""
 
 from __future__ import annotations
 
+import ast
+import enum
 import importlib.util
 import pathlib
 import subprocess
 import sys
 import types
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
@@ -43,3 +47,27 @@ def test_every_test_selection_collects() -> None:
         text=True,
     )
     assert result.returncode == 0, f"MODULES' tests do not collect:\n{result.stdout[-2000:]}{result.stderr}"
+
+
+class _Plain(enum.Enum):
+    A = "a"
+
+
+class _Text(enum.StrEnum):
+    A = "a"
+
+
+@pytest.mark.parametrize(
+    ("expression", "equivalent"),
+    [
+        ("_Plain.A", True),  # == is identity: ``is`` made ``==`` cannot differ
+        ("PLAIN_A", True),  # a module-level alias of a member
+        ("_Text.A", False),  # == "a" too: ``is`` made ``==`` differs for a plain string
+        ("None", False),
+        ("unknown.A", False),
+    ],
+)
+def test_only_enum_identity_mutants_are_skipped_as_equivalent(expression: str, equivalent: bool) -> None:
+    node = ast.parse(expression, mode="eval").body
+    namespace: dict[str, object] = {"_Plain": _Plain, "_Text": _Text, "PLAIN_A": _Plain.A}
+    assert _mutation_script()._is_identity_enum_member(node, namespace) is equivalent
