@@ -5,10 +5,13 @@ Exit status 1 when a mutant survived. It works on a copy of the work tree (the w
 tests need PostgreSQL as the suite does (CREDVAULT_TEST_DATABASE_URL).
 
 Skipped: mutants inside type annotations (never evaluated here: ``from __future__ import annotations``), and lines
-marked ``# pragma: no mutate``, each with a comment beside it saying why the mutant is equivalent.
+marked ``# pragma: no mutate``, each with a comment beside it saying why the mutant is equivalent; and ``is`` made
+``==`` where one side is a member of a plain enum (equal only to itself: equivalent, found by operand so that the
+line's other mutants still run).
 
     scripts/mutation                         # every module below
     scripts/mutation credvault/identity.py   # some of them
+    scripts/mutation --work /tmp/m vault_service/policy.py   # kept: run it again to rerun only the survivors
 
 Why cosmic-ray (measured on credvault/log_redaction.py with tests/test_logs.py and tests/test_redaction.py): mutmut
 3.8 ran its 162 mutants in 34 s against cosmic-ray's 138 in 9 min 16 s, but it runs each mutant in a fork of one
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import enum
 import importlib
@@ -72,6 +76,7 @@ class Outcome:
     skipped: int
     seconds: float
     survivors: list[str]
+    rerun: int  # with --work: the earlier survivors run again (the rest kept their outcome); 0: a full run
 
 
 def _pytest(tests: tuple[str, ...]) -> list[str]:
@@ -198,7 +203,16 @@ def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
         'name = "local"\n'
     )
     cosmic_ray = str(VENV_BIN / "cosmic-ray")
-    subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=tree, check=True, capture_output=True)
+    code = ast.dump(ast.parse((tree / module).read_text()))  # comments (pragmas) aside
+    stamp = session.with_suffix(".ast")
+    rerun = 0
+    if session.exists() and stamp.exists() and stamp.read_text() == code:
+        with sqlite3.connect(session) as db:  # the code is as it was: only the survivors run again
+            rerun = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+    else:
+        session.unlink(missing_ok=True)
+        subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=tree, check=True, capture_output=True)
+        stamp.write_text(code)
     subprocess.run([str(VENV_BIN / "cr-filter-pragma"), str(session)], cwd=tree, check=True, capture_output=True)
     _skip_annotations(tree, module, session)
     _skip_enum_identity(module, session)
@@ -216,25 +230,40 @@ def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
         skipped,
         time.monotonic() - started,
         survivors,
+        rerun,
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
-    modules = parser.parse_args().modules or list(MODULES)
+    parser.add_argument(
+        "--work",
+        type=pathlib.Path,
+        help="keep the copy and each module's session here (default: a temporary directory); run again with the"
+        " same --work after adding tests or pragmas, and only the mutants that survived run again, as long as the"
+        " module's code is unchanged (comments aside)",
+    )
+    args = parser.parse_args()
+    modules = args.modules or list(MODULES)
     unknown = sorted(set(modules) - set(MODULES))
     if unknown:
         parser.error(f"not a module this check knows: {', '.join(unknown)} (add it to MODULES with its tests)")
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="credvault-mutation-") as tmp:
-        _copy_of_the_work_tree(pathlib.Path(tmp))
+    with contextlib.ExitStack() as stack:
+        if args.work is None:
+            work = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="credvault-mutation-")))
+        else:
+            work = args.work.resolve()
+            shutil.rmtree(work / "tree", ignore_errors=True)
+        _copy_of_the_work_tree(work)
         for module in modules:
-            outcome = check(module, MODULES[module], pathlib.Path(tmp))
+            outcome = check(module, MODULES[module], work)
             outcomes.append(outcome)
+            again = f", a rerun of {outcome.rerun} earlier survivors" if outcome.rerun else ""
             print(
                 f"{module}: {outcome.mutants} mutants, {outcome.killed} killed, {outcome.survived} survived"
-                f" ({outcome.skipped} skipped: annotations, pragmas, enum identity), {outcome.seconds:.0f} s",
+                f" ({outcome.skipped} skipped: annotations, pragmas, enum identity), {outcome.seconds:.0f} s{again}",
                 flush=True,
             )
     total = [sum(getattr(o, f) for o in outcomes) for f in ("mutants", "killed", "survived", "seconds")]
