@@ -7,6 +7,7 @@ import ast
 import enum
 import importlib.util
 import pathlib
+import sqlite3
 import subprocess
 import sys
 import types
@@ -71,3 +72,31 @@ def test_only_enum_identity_mutants_are_skipped_as_equivalent(expression: str, e
     node = ast.parse(expression, mode="eval").body
     namespace: dict[str, object] = {"_Plain": _Plain, "_Text": _Text, "PLAIN_A": _Plain.A}
     assert _mutation_script()._is_identity_enum_member(node, namespace) is equivalent
+
+
+def test_a_pragma_skips_its_lines_mutants_or_only_the_operators_it_names(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "m.py").write_text(
+        "a = 1 <= 2\n"
+        "b = 1 <= 2  # pragma: no mutate\n"
+        "c = 1 <= 2  # pragma: no mutate: ReplaceComparisonOperator_LtE_Lt, NumberReplacer -- why\n"
+    )
+    session = tmp_path / "s.sqlite"
+    with sqlite3.connect(session) as db:
+        db.execute("CREATE TABLE mutation_specs (job_id, operator_name, end_pos_row, end_pos_col)")
+        db.execute("CREATE TABLE work_results (job_id PRIMARY KEY, worker_outcome, output, test_outcome, diff)")
+        db.executemany(
+            "INSERT INTO mutation_specs VALUES (?, ?, ?, 8)",
+            [
+                (f"{line}-{op}", f"core/{op}", line)
+                for line in (1, 2, 3)
+                for op in ("ReplaceComparisonOperator_LtE_Lt", "ReplaceComparisonOperator_LtE_Eq")
+            ],
+        )
+    _mutation_script()._skip_pragmas(tmp_path, "m.py", session)
+    with sqlite3.connect(session) as db:
+        skipped = {job for (job,) in db.execute("SELECT job_id FROM work_results WHERE worker_outcome = 'SKIPPED'")}
+    assert skipped == {
+        "2-ReplaceComparisonOperator_LtE_Lt",
+        "2-ReplaceComparisonOperator_LtE_Eq",
+        "3-ReplaceComparisonOperator_LtE_Lt",
+    }
