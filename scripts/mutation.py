@@ -8,7 +8,7 @@ Skipped: mutants inside type annotations (never evaluated here: ``from __future_
 marked ``# pragma: no mutate`` (or ``# pragma: no mutate: <operator>, ...``, only those cosmic-ray operators),
 each with a comment beside it saying why the mutant is equivalent; and ``is`` made
 ``==`` where one side is a member of a plain enum (equal only to itself: equivalent, found by operand so that the
-line's other mutants still run).
+line's other mutants still run); and the bare ``*`` of a parameter list, which cosmic-ray mutates as a multiplication.
 
     scripts/mutation                         # every module below
     scripts/mutation credvault/identity.py   # some of them
@@ -118,6 +118,27 @@ def _skip_annotations(tree: pathlib.Path, module: str, session: pathlib.Path) ->
         specs = db.execute("SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs").fetchall()
     skipped = [job for job, row, col in specs if any(a <= (row, col) < b for a, b in spans)]
     _mark_skipped(session, skipped, "inside a type annotation")
+
+
+def _skip_keyword_only_markers(tree: pathlib.Path, module: str, session: pathlib.Path) -> None:
+    """Skips the "multiplication" mutants of a bare ``*`` in a parameter list (cosmic-ray takes it for an operator:
+    made ``/`` it is equivalent for callers that pass the later parameters by keyword, otherwise a syntax error)."""
+    source = (tree / module).read_text()
+    products = []  # where each real multiplication's operator can be: between its operands
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            assert node.left.end_lineno is not None
+            assert node.left.end_col_offset is not None
+            products.append(
+                ((node.left.end_lineno, node.left.end_col_offset), (node.right.lineno, node.right.col_offset))
+            )
+    with sqlite3.connect(session) as db:
+        specs = db.execute(
+            "SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs"
+            " WHERE operator_name LIKE 'core/ReplaceBinaryOperator_Mul_%'"
+        ).fetchall()
+    skipped = [job for job, row, col in specs if not any(a <= (row, col) < b for a, b in products)]
+    _mark_skipped(session, skipped, "the keyword-only marker *, not a multiplication")
 
 
 _PRAGMA = re.compile(r"#\s*pragma:\s*no mutate(?::\s*(?P<operators>\w+(?:\s*,\s*\w+)*))?")
@@ -239,6 +260,7 @@ def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
         stamp.write_text(code)
     _skip_pragmas(tree, module, session)
     _skip_annotations(tree, module, session)
+    _skip_keyword_only_markers(tree, module, session)
     _skip_enum_identity(module, session)
     subprocess.run([cosmic_ray, "exec", str(config), str(session)], cwd=tree, check=True, capture_output=True)
     with sqlite3.connect(session) as db:
@@ -287,7 +309,8 @@ def main() -> int:
             again = f", a rerun of {outcome.rerun} earlier survivors" if outcome.rerun else ""
             print(
                 f"{module}: {outcome.mutants} mutants, {outcome.killed} killed, {outcome.survived} survived"
-                f" ({outcome.skipped} skipped: annotations, pragmas, enum identity), {outcome.seconds:.0f} s{again}",
+                f" ({outcome.skipped} skipped: annotations, pragmas, enum identity, * markers),"
+                f" {outcome.seconds:.0f} s{again}",
                 flush=True,
             )
     total = [sum(getattr(o, f) for o in outcomes) for f in ("mutants", "killed", "survived", "seconds")]

@@ -100,3 +100,19 @@ def test_a_pragma_skips_its_lines_mutants_or_only_the_operators_it_names(tmp_pat
         "2-ReplaceComparisonOperator_LtE_Eq",
         "3-ReplaceComparisonOperator_LtE_Lt",
     }
+
+
+def test_the_keyword_only_marker_is_not_taken_for_a_multiplication(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "m.py").write_text("def f(a, *, b=2):\n    return a * b\n")
+    session = tmp_path / "s.sqlite"
+    with sqlite3.connect(session) as db:
+        db.execute("CREATE TABLE mutation_specs (job_id, operator_name, start_pos_row, start_pos_col)")
+        db.execute("CREATE TABLE work_results (job_id PRIMARY KEY, worker_outcome, output, test_outcome, diff)")
+        db.executemany(
+            "INSERT INTO mutation_specs VALUES (?, 'core/ReplaceBinaryOperator_Mul_Div', ?, ?)",
+            [("marker", 1, 9), ("product", 2, 13)],
+        )
+    _mutation_script()._skip_keyword_only_markers(tmp_path, "m.py", session)
+    with sqlite3.connect(session) as db:
+        skipped = [job for (job,) in db.execute("SELECT job_id FROM work_results WHERE worker_outcome = 'SKIPPED'")]
+    assert skipped == ["marker"]
