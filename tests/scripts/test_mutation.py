@@ -74,28 +74,34 @@ def test_only_enum_identity_mutants_are_skipped_as_equivalent(expression: str, e
     assert _mutation_script()._is_identity_enum_member(node, namespace) is equivalent
 
 
+def _session(tmp_path: pathlib.Path, specs: list[tuple[str, str, int, int]]) -> pathlib.Path:
+    """A cosmic-ray session of the mutants (job id, operator, row, column), each starting and ending there."""
+    session = tmp_path / "s.sqlite"
+    with sqlite3.connect(session) as db:
+        db.execute(
+            "CREATE TABLE mutation_specs (job_id, operator_name, start_pos_row, start_pos_col, end_pos_row,"
+            " end_pos_col)"
+        )
+        db.execute("CREATE TABLE work_results (job_id PRIMARY KEY, worker_outcome, output, test_outcome, diff)")
+        db.executemany("INSERT INTO mutation_specs VALUES (?, ?, ?, ?, ?, ?)", [(*s, *s[2:]) for s in specs])
+    return session
+
+
+def _skipped(session: pathlib.Path) -> set[str]:
+    with sqlite3.connect(session) as db:
+        return {job for (job,) in db.execute("SELECT job_id FROM work_results WHERE worker_outcome = 'SKIPPED'")}
+
+
 def test_a_pragma_skips_its_lines_mutants_or_only_the_operators_it_names(tmp_path: pathlib.Path) -> None:
     (tmp_path / "m.py").write_text(
         "a = 1 <= 2\n"
         "b = 1 <= 2  # pragma: no mutate\n"
         "c = 1 <= 2  # pragma: no mutate: ReplaceComparisonOperator_LtE_Lt, NumberReplacer -- why\n"
     )
-    session = tmp_path / "s.sqlite"
-    with sqlite3.connect(session) as db:
-        db.execute("CREATE TABLE mutation_specs (job_id, operator_name, end_pos_row, end_pos_col)")
-        db.execute("CREATE TABLE work_results (job_id PRIMARY KEY, worker_outcome, output, test_outcome, diff)")
-        db.executemany(
-            "INSERT INTO mutation_specs VALUES (?, ?, ?, 8)",
-            [
-                (f"{line}-{op}", f"core/{op}", line)
-                for line in (1, 2, 3)
-                for op in ("ReplaceComparisonOperator_LtE_Lt", "ReplaceComparisonOperator_LtE_Eq")
-            ],
-        )
+    operators = ("ReplaceComparisonOperator_LtE_Lt", "ReplaceComparisonOperator_LtE_Eq")
+    session = _session(tmp_path, [(f"{line}-{op}", f"core/{op}", line, 8) for line in (1, 2, 3) for op in operators])
     _mutation_script()._skip_pragmas(tmp_path, "m.py", session)
-    with sqlite3.connect(session) as db:
-        skipped = {job for (job,) in db.execute("SELECT job_id FROM work_results WHERE worker_outcome = 'SKIPPED'")}
-    assert skipped == {
+    assert _skipped(session) == {
         "2-ReplaceComparisonOperator_LtE_Lt",
         "2-ReplaceComparisonOperator_LtE_Eq",
         "3-ReplaceComparisonOperator_LtE_Lt",
@@ -104,15 +110,7 @@ def test_a_pragma_skips_its_lines_mutants_or_only_the_operators_it_names(tmp_pat
 
 def test_the_keyword_only_marker_is_not_taken_for_a_multiplication(tmp_path: pathlib.Path) -> None:
     (tmp_path / "m.py").write_text("def f(a, *, b=2):\n    return a * b\n")
-    session = tmp_path / "s.sqlite"
-    with sqlite3.connect(session) as db:
-        db.execute("CREATE TABLE mutation_specs (job_id, operator_name, start_pos_row, start_pos_col)")
-        db.execute("CREATE TABLE work_results (job_id PRIMARY KEY, worker_outcome, output, test_outcome, diff)")
-        db.executemany(
-            "INSERT INTO mutation_specs VALUES (?, 'core/ReplaceBinaryOperator_Mul_Div', ?, ?)",
-            [("marker", 1, 9), ("product", 2, 13)],
-        )
+    operator = "core/ReplaceBinaryOperator_Mul_Div"
+    session = _session(tmp_path, [("marker", operator, 1, 9), ("product", operator, 2, 13)])
     _mutation_script()._skip_keyword_only_markers(tmp_path, "m.py", session)
-    with sqlite3.connect(session) as db:
-        skipped = [job for (job,) in db.execute("SELECT job_id FROM work_results WHERE worker_outcome = 'SKIPPED'")]
-    assert skipped == ["marker"]
+    assert _skipped(session) == {"marker"}
