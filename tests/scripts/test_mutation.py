@@ -94,9 +94,7 @@ def _skipped(session: pathlib.Path) -> set[str]:
 
 def test_a_pragma_skips_its_lines_mutants_or_only_the_operators_it_names(tmp_path: pathlib.Path) -> None:
     (tmp_path / "m.py").write_text(
-        "a = 1 <= 2\n"
-        "b = 1 <= 2  # pragma: no mutate\n"
-        "c = 1 <= 2  # pragma: no mutate: ReplaceComparisonOperator_LtE_Lt, NumberReplacer -- why\n"
+        "a = 1 <= 2\nb = 1 <= 2  # pragma: no mutate\nc = 1 <= 2  # pragma: no mutate: LtE_Lt, NumberReplacer -- why\n"
     )
     operators = ("ReplaceComparisonOperator_LtE_Lt", "ReplaceComparisonOperator_LtE_Eq")
     session = _session(tmp_path, [(f"{line}-{op}", f"core/{op}", line, 8) for line in (1, 2, 3) for op in operators])
