@@ -55,7 +55,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "credvault/secret_scrub.py": ("tests/credvault/test_secret_scrub.py", "tests/engine_worker/test_result_leaks.py"),
     "engine_worker/config_store.py": (
         "tests/engine_worker/test_engine_worker.py",
-        "tests/engine_worker/test_engine_stream.py",
+        "tests/engine_worker/test_scheduler.py",
     ),
     "credvault/identity.py": ("tests/credvault/test_identity.py", "tests/engine_worker/test_engine_worker.py"),
     "vault_service/push/follower.py": (
@@ -78,7 +78,7 @@ class Outcome:
     skipped: int
     seconds: float
     survivors: list[str]
-    rerun: int  # with --work: the earlier survivors run again (the rest kept their outcome); 0: a full run
+    rerun: int  # with --work: the earlier survivors, run again (the rest kept their outcome); 0: a full run
 
 
 def _pytest(tests: tuple[str, ...]) -> list[str]:
@@ -229,6 +229,34 @@ def _copy_of_the_work_tree(into: pathlib.Path) -> pathlib.Path:
     return tree
 
 
+def _outcomes(session: pathlib.Path) -> dict[tuple[str, int], tuple[str, str, str, str]]:
+    """A session's outcomes other than survivors and skips, by mutant: (operator, occurrence in the module), which
+    stay the same while the code does (positions do not: a comment line above shifts them)."""
+    with sqlite3.connect(session) as db:
+        rows = db.execute(
+            "SELECT s.operator_name, s.occurrence, r.worker_outcome, r.output, r.test_outcome, r.diff"
+            " FROM work_results r JOIN mutation_specs s USING (job_id)"
+            " WHERE r.worker_outcome != 'SKIPPED' AND r.test_outcome IS NOT 'SURVIVED'"
+        ).fetchall()
+    return {(operator, occurrence): tuple(outcome) for operator, occurrence, *outcome in rows}
+
+
+def _keep_outcomes(session: pathlib.Path, earlier: dict[tuple[str, int], tuple[str, str, str, str]]) -> int:
+    """Gives the new session's mutants the outcomes an earlier session of the same code found; returns how many
+    are left to run (the earlier survivors)."""
+    with sqlite3.connect(session) as db:
+        pending = db.execute(
+            "SELECT job_id, operator_name, occurrence FROM mutation_specs"
+            " WHERE job_id NOT IN (SELECT job_id FROM work_results)"
+        ).fetchall()
+        kept = [(job, *earlier[(op, occurrence)]) for job, op, occurrence in pending if (op, occurrence) in earlier]
+        db.executemany(
+            "INSERT INTO work_results (job_id, worker_outcome, output, test_outcome, diff) VALUES (?, ?, ?, ?, ?)",
+            kept,
+        )
+    return len(pending) - len(kept)
+
+
 def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
     """Mutates ``module`` in ``work``/tree (a copy, where ``python -m pytest`` imports the code from)."""
     tree = work / "tree"
@@ -249,20 +277,17 @@ def check(module: str, tests: tuple[str, ...], work: pathlib.Path) -> Outcome:
         'name = "local"\n'
     )
     cosmic_ray = str(VENV_BIN / "cosmic-ray")
-    code = ast.dump(ast.parse((tree / module).read_text()))  # comments (pragmas) aside
+    code = ast.dump(ast.parse((tree / module).read_text()))  # comments (pragmas) and line numbers aside
     stamp = session.with_suffix(".ast")
-    rerun = 0
-    if session.exists() and stamp.exists() and stamp.read_text() == code:
-        with sqlite3.connect(session) as db:  # the code is as it was: only the survivors run again
-            rerun = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
-    else:
-        session.unlink(missing_ok=True)
-        subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=tree, check=True, capture_output=True)
-        stamp.write_text(code)
+    earlier = _outcomes(session) if session.exists() and stamp.exists() and stamp.read_text() == code else {}
+    session.unlink(missing_ok=True)
+    subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=tree, check=True, capture_output=True)
+    stamp.write_text(code)
     _skip_pragmas(tree, module, session)
     _skip_annotations(tree, module, session)
     _skip_keyword_only_markers(tree, module, session)
     _skip_enum_identity(module, session)
+    rerun = _keep_outcomes(session, earlier) if earlier else 0
     subprocess.run([cosmic_ray, "exec", str(config), str(session)], cwd=tree, check=True, capture_output=True)
     with sqlite3.connect(session) as db:
         rows = db.execute("SELECT worker_outcome, test_outcome, diff FROM work_results").fetchall()

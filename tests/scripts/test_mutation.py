@@ -74,16 +74,22 @@ def test_only_enum_identity_mutants_are_skipped_as_equivalent(expression: str, e
     assert _mutation_script()._is_identity_enum_member(node, namespace) is equivalent
 
 
-def _session(tmp_path: pathlib.Path, specs: list[tuple[str, str, int, int]]) -> pathlib.Path:
-    """A cosmic-ray session of the mutants (job id, operator, row, column), each starting and ending there."""
-    session = tmp_path / "s.sqlite"
+def _session(tmp_path: pathlib.Path, specs: list[tuple[str, str, int, int]], name: str = "s") -> pathlib.Path:
+    """A cosmic-ray session of the mutants (job id, operator, row, column), each starting and ending there and
+    numbered per operator in the order given (cosmic-ray's occurrence)."""
+    session = tmp_path / f"{name}.sqlite"
+    seen: dict[str, int] = {}
+    numbered = []
+    for job, operator, row, col in specs:
+        numbered.append((job, operator, row, col, row, col, seen.get(operator, 0)))
+        seen[operator] = seen.get(operator, 0) + 1
     with sqlite3.connect(session) as db:
         db.execute(
             "CREATE TABLE mutation_specs (job_id, operator_name, start_pos_row, start_pos_col, end_pos_row,"
-            " end_pos_col)"
+            " end_pos_col, occurrence)"
         )
         db.execute("CREATE TABLE work_results (job_id PRIMARY KEY, worker_outcome, output, test_outcome, diff)")
-        db.executemany("INSERT INTO mutation_specs VALUES (?, ?, ?, ?, ?, ?)", [(*s, *s[2:]) for s in specs])
+        db.executemany("INSERT INTO mutation_specs VALUES (?, ?, ?, ?, ?, ?, ?)", numbered)
     return session
 
 
@@ -112,3 +118,19 @@ def test_the_keyword_only_marker_is_not_taken_for_a_multiplication(tmp_path: pat
     session = _session(tmp_path, [("marker", operator, 1, 9), ("product", operator, 2, 13)])
     _mutation_script()._skip_keyword_only_markers(tmp_path, "m.py", session)
     assert _skipped(session) == {"marker"}
+
+
+def test_a_rerun_keeps_the_outcomes_of_the_same_mutants_though_lines_moved(tmp_path: pathlib.Path) -> None:
+    """Mutants are matched by operator and occurrence, not by position: a comment line added above (a pragma's
+    reason) moves every position below it, and the earlier survivor is the one left to run."""
+    operator = "core/ReplaceComparisonOperator_LtE_Lt"
+    before = _session(tmp_path, [("old-1", operator, 10, 4), ("old-2", operator, 20, 4)], "before")
+    with sqlite3.connect(before) as db:
+        db.executemany(
+            "INSERT INTO work_results VALUES (?, 'NORMAL', '', ?, '')", [("old-1", "KILLED"), ("old-2", "SURVIVED")]
+        )
+    after = _session(tmp_path, [("new-1", operator, 11, 4), ("new-2", operator, 21, 4)], "after")
+    script = _mutation_script()
+    assert script._keep_outcomes(after, script._outcomes(before)) == 1
+    with sqlite3.connect(after) as db:
+        assert db.execute("SELECT job_id, test_outcome FROM work_results").fetchall() == [("new-1", "KILLED")]
