@@ -66,12 +66,17 @@ def secrets_of(credential_id: str, details: credentials_pb2.CredentialDetails) -
     return {}
 
 
-def _fold(text: str) -> str:
-    """Case-folded, with ``+`` as a space; one character for one (so positions still map)."""
+def _lower(text: str) -> str:
+    """Lower-cased one character for one (so positions still map): a character that lower-cases to two stays."""
     lowered = text.lower()
     if len(lowered) != len(text):  # pragma: no mutate: NotEq_Gt -- a few characters lower-case to two, none to none
         lowered = "".join(low if len(low := c.lower()) == 1 else c for c in text)
-    return lowered.replace("+", " ")
+    return lowered
+
+
+def _fold(text: str) -> str:
+    """Case-folded, with ``+`` as a space; one character for one (so positions still map)."""
+    return _lower(text).replace("+", " ")
 
 
 def _percent_decoded(run: str, start: int) -> Iterable[tuple[str, int, int]]:
@@ -212,7 +217,7 @@ class Scrubber:
         if not self._secrets or not text:  # pragma: no mutate: OrWithAnd
             return text
         canonical = _Canonical(text)
-        lowered = text.lower() if len(text.lower()) == len(text) else text
+        lowered = _lower(text)
         spans: list[tuple[int, int, str]] = []
         for secret in self._secrets:
             for needle in secret.canonical:

@@ -238,3 +238,10 @@ def test_a_value_that_looks_escaped_is_found_cut_as_it_is() -> None:
     for i in range(16):
         a, b = f"{0x41 + i:02X}", f"{0x42 + i:02X}"
         assert Scrubber({f"%{a}%{b}": "{{T}}"}).scrub(f"x %25{a}%25") == "x {{T}}…", (a, b)
+
+
+def test_a_character_that_lower_cases_to_two_hides_no_base64() -> None:
+    """A text with an 'İ' anywhere was searched as it is for the forms of a value as a whole (base64, IDNA), which
+    are lower-cased: upper-case base64 there was never found."""
+    encoded = base64.b64encode(b"s3cret-val").decode()
+    assert Scrubber({"s3cret-val": "{{T}}"}).scrub(f"İ x {encoded} y") == "İ x {{T}}A== y"
