@@ -58,27 +58,44 @@ def secrets_of(credential_id: str, details: credentials_pb2.CredentialDetails) -
             pair.password: password,
             f"{pair.username}:{pair.password}": password,  # what a Basic header encodes
         }
-    if kind == "certificate":
+    # Another kind reaching the branch below (is not for ==: WhichOneof's string is not the literal's object) finds
+    # no key lines and gives {} as the end does. Equivalent.
+    if kind == "certificate":  # pragma: no mutate: Eq_IsNot
         key_lines = details.certificate.private_key_pem.decode("ascii", "replace").splitlines()
         return {line: placeholder(credential_id) for line in key_lines if line and not line.startswith("-----")}
     return {}
 
 
+def _lower(text: str) -> str:
+    """Lower-cased one character for one (so positions still map): a character that lower-cases to two stays."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # pragma: no mutate: NotEq_Gt -- a few characters lower-case to two, none to none
+        lowered = "".join(low if len(low := c.lower()) == 1 else c for c in text)
+    return lowered
+
+
 def _fold(text: str) -> str:
     """Case-folded, with ``+`` as a space; one character for one (so positions still map)."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # a few characters lower-case to two
-        lowered = "".join(low if len(low := c.lower()) == 1 else c for c in text)
-    return lowered.replace("+", " ")
+    return _lower(text).replace("+", " ")
 
 
 def _percent_decoded(run: str, start: int) -> Iterable[tuple[str, int, int]]:
     """The characters of a run of ``%XX`` (UTF-8, a stray byte as Latin-1), each with its span in the text."""
     raw = bytes.fromhex(run.replace("%", ""))
     i = 0
-    while i < len(raw):
+    while i < len(raw):  # pragma: no mutate: Lt_NotEq -- a character decodes only whole: i lands on len(raw)
         lead = raw[i]
-        size = 1 if lead < 0x80 else 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4
+        # 0x80 (a continuation byte) and 0xC0, 0xC1 never lead valid UTF-8: whatever size they are given (<= for <),
+        # their bytes fail to decode and are read one by one. Equivalent.
+        size = (
+            1
+            if lead < 0x80  # pragma: no mutate: Lt_LtE
+            else 2
+            if 0xC0 <= lead < 0xE0  # pragma: no mutate: LtE_Lt
+            else 3
+            if 0xE0 <= lead < 0xF0
+            else 4
+        )
         try:
             char = raw[i : i + size].decode("utf-8")
         except UnicodeDecodeError:
@@ -91,7 +108,14 @@ def _unescaped(m: re.Match[str]) -> Iterable[tuple[str, int, int]]:
     if m["pct"]:
         return _percent_decoded(m["pct"], m.start())
     if m["high"]:
-        pair = (int(m["high"], 16) - 0xD800) * 0x400 + int(m["low"], 16) - 0xDC00 + 0x10000
+        # high is 0xD800 to 0xDBFF and low 0xDC00 to 0xDFFF (the pattern says so): high % 0xD800 and high ^ 0xD800
+        # are high - 0xD800, low % 0xDC00 is low - 0xDC00. Equivalent.
+        pair = (
+            (int(m["high"], 16) - 0xD800) * 0x400  # pragma: no mutate: Sub_Mod, Sub_BitXor
+            + int(m["low"], 16)
+            - 0xDC00  # pragma: no mutate: Sub_Mod
+            + 0x10000
+        )
         char = chr(pair)
     elif m["unit"]:
         char = chr(int(m["unit"], 16))
@@ -135,7 +159,9 @@ def _base64_fragments(value: str) -> set[str]:
     """The parts of base64 texts that depend on the value alone, for each of the three alignments it can have."""
     raw = value.encode()
     out = set()
-    for offset in range(3):
+    # range(4) adds offset 3, a whole group before the value: the fragment of offset 0 again. Equivalent (the pragma
+    # skips range(2) too).
+    for offset in range(3):  # pragma: no mutate: NumberReplacer
         encoded = base64.b64encode(bytes(offset) + raw).decode()
         start = -(-offset * 4 // 3)  # characters holding bits of the padding before the value
         end = (offset + len(raw)) * 8 // 6  # characters made of whole value bits
@@ -187,10 +213,11 @@ class Scrubber:
         self.removed = 0
 
     def scrub(self, text: str) -> str:
-        if not self._secrets or not text:
+        # and for or: with values and no text, or a text and no values, the search below finds nothing. Equivalent.
+        if not self._secrets or not text:  # pragma: no mutate: OrWithAnd
             return text
         canonical = _Canonical(text)
-        lowered = text.lower() if len(text.lower()) == len(text) else text
+        lowered = _lower(text)
         spans: list[tuple[int, int, str]] = []
         for secret in self._secrets:
             for needle in secret.canonical:
@@ -219,7 +246,19 @@ class Scrubber:
                 least = min(MIN_CUT, len(needle) - 1)
                 if least < 2:
                     continue
-                at = body.find(needle[0], max(0, len(body) - len(needle) + 1))
+                # A search from further back (the pragmas' mutants: len(body) >> ..., and (len(body) - len(needle)) ^ 1,
+                # | 1, >> 1, - 1, + 0 (NumberReplacer skips + 2 too), // 1, * 1, ** 1) finds the same: a beginning of
+                # the value lies within its length of the end, and one further back overlaps a whole occurrence,
+                # already replaced. Equivalent.
+                at = body.find(
+                    needle[0],
+                    max(
+                        0,
+                        len(body)
+                        - len(needle)  # pragma: no mutate: Sub_RShift
+                        + 1,  # pragma: no mutate: BitXor, BitOr, RShift, Sub, FloorDiv, Mul, Pow, NumberReplacer
+                    ),
+                )
                 while 0 <= at <= len(body) - least:
                     if needle.startswith(body[at:]):
                         _add(spans, canonical.starts[at], length, secret.shown + "…")

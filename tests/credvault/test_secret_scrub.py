@@ -91,7 +91,9 @@ def test_a_beginning_elsewhere_or_too_short_is_kept() -> None:
     scrubber = Scrubber({"s3cr3t-value": "{{T}}"})
     assert scrubber.scrub("s3cr3 is not at the end") == "s3cr3 is not at the end"
     assert scrubber.scrub("ends with s3c") == "ends with s3c"  # fewer than MIN_CUT characters
+    assert scrubber.scrub("ends s3c") == "ends s3c"
     assert scrubber.removed == 0
+    assert scrubber.scrub("ends with s3cr") == "ends with {{T}}…"  # MIN_CUT is four
 
 
 def test_a_value_that_looks_escaped_itself() -> None:
@@ -126,7 +128,120 @@ def test_secrets_of_each_credential_type() -> None:
     assert set(secrets_of(cid, cert)) == {"MIGHAgEAMBMGByqG", "SM49AwEHBG0wawIB"}
     public = cpb.CredentialDetails(public_certificate=cpb.PublicCertificate(pem=b"public"))
     assert secrets_of(cid, public) == {}
+    assert secrets_of(cid, cpb.CredentialDetails()) == {}  # no contents
 
 
 def pair(username: str, password: str) -> cpb.CredentialDetails:
     return cpb.CredentialDetails(username_password=cpb.UsernamePassword(username=username, password=password))
+
+
+def test_a_character_that_lower_cases_to_two_moves_nothing() -> None:
+    """'İ' lower-cases to two characters: the value after it is still found, and replaced at its own place."""
+    scrubber = Scrubber({"s3cret-val": "{{T}}"})
+    assert scrubber.scrub("İstanbul s3cret-val end") == "İstanbul {{T}} end"
+    assert scrubber.scrub("İSTANBUL S3CRET-VAL end") == "İSTANBUL {{T}} end"
+
+
+def test_a_stray_percent_byte_before_a_percent_encoded_value() -> None:
+    """Bytes that are not UTF-8 are read one by one (as Latin-1), and what follows them is decoded as usual."""
+    scrubber = Scrubber({"s3cret-val": "{{T}}"})
+    encoded = urllib.parse.quote("s3cret-val", safe="")
+    assert scrubber.scrub(f"%FF{encoded} end") == "%FF{{T}} end"
+    assert scrubber.scrub(f"%C3{encoded}") == "%C3{{T}}"  # a lead byte whose continuation is missing
+
+
+@pytest.mark.parametrize("value", ["pw-\U0001f600-x9", "pw-\U0002070e-x9"])
+def test_a_character_outside_the_bmp_as_a_json_surrogate_pair(value: str) -> None:
+    escaped = json.dumps(value)[1:-1]  # a pair of \\u escapes
+    assert Scrubber({value: "{{T}}"}).scrub(f'{{"p": "{escaped}"}}') == '{"p": "{{T}}"}'
+
+
+def test_a_short_value_cut_at_the_end_keeps_at_least_two_characters() -> None:
+    """A value shorter than MIN_CUT counts as cut from all but its last character, and never from one."""
+    scrubber = Scrubber({"xyz": "{{T}}", "qw": "{{Q}}", "wxyz": "{{W}}"})
+    assert scrubber.scrub("ends with xy") == "ends with {{T}}…"
+    assert scrubber.scrub("ends with wxy") == "ends with {{W}}…"
+    assert scrubber.scrub("ends with q") == "ends with q"
+    assert scrubber.scrub("ends with x") == "ends with x"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/s3cr3t/", "ö-s3cr3t-ö", "ह-s3cr3t-ह", "߿-s3cr3t-߿", "€-s3cr3t-€", "ｱ-s3cr3t-ｱ", "\U0001f600-s3cr3t-\U0001f600"],
+)
+def test_a_percent_encoded_value_within_a_longer_run_of_escapes(value: str) -> None:
+    """The value begins and ends with characters of 1 to 4 UTF-8 bytes, percent-encoded in one run with escaped
+    characters before and after it: exactly the value's escapes are replaced."""
+    scrubber = Scrubber({value: "{{T}}"})
+    encoded = urllib.parse.quote(value, safe="")
+    assert scrubber.scrub(f"q=%2F%2F{encoded}%2F%2F&x") == "q=%2F%2F{{T}}%2F%2F&x"
+    assert scrubber.scrub(f"q=%C3%A4{encoded.lower()}%E2%82%AC") == "q=%C3%A4{{T}}%E2%82%AC"
+    assert scrubber.scrub(f"q=%7F{encoded}%7F%7F") == "q=%7F{{T}}%7F%7F"  # the last one-byte character
+
+
+def test_a_text_that_is_only_the_beginning_of_a_value() -> None:
+    scrubber = Scrubber({"s3cr3t-value": "{{T}}"})
+    assert scrubber.scrub("text ss3cr3t-va") == "text s{{T}}…"  # the value's first character twice: the second
+    assert scrubber.scrub("s3cr3t-va") == "{{T}}…"
+    assert scrubber.scrub("s3cr3t-valu…") == "{{T}}…"
+
+
+def test_base64_is_looked_for_from_six_characters_of_it() -> None:
+    """A shorter base64 fragment of a value is not looked for: it would be found in ordinary words."""
+    five, four = (base64.b64encode(v.encode()).decode() for v in ("abcde", "abcd"))
+    assert Scrubber({"abcde": "{{T}}"}).scrub(f"x {five} y") == "x {{T}}U= y"  # YWJjZG: six characters
+    assert Scrubber({"abcd": "{{T}}"}).scrub(f"x {four} y") == f"x {four} y"  # YWJjZ: five
+
+
+def test_the_value_without_its_non_ascii_characters_from_min_cut_of_them() -> None:
+    """Punycode keeps a label's ASCII characters first: those are looked for when there are MIN_CUT (four) or more."""
+    assert Scrubber({"wörd1": "{{T}}"}).scrub("label wrd1 here") == "label {{T}} here"
+    assert Scrubber({"wöd1": "{{T}}"}).scrub("label wd1 here") == "label wd1 here"
+
+
+def test_values_side_by_side_are_both_replaced() -> None:
+    """The longer value is found first; the shorter one after or before it, touching it or not, goes too."""
+    scrubber = Scrubber({"alpha-111": "{{A}}", "bravo-2": "{{B}}"})
+    assert scrubber.scrub("<alpha-111bravo-2>") == "<{{A}}{{B}}>"
+    assert scrubber.scrub("<bravo-2alpha-111>") == "<{{B}}{{A}}>"
+    assert scrubber.scrub("<bravo-2 and alpha-111>") == "<{{B}} and {{A}}>"
+    assert scrubber.removed == 6
+
+
+@pytest.mark.parametrize(
+    ("prefix", "scrubbed"), [("", "{{T}}dGFpbA=="), ("a", "YX{{T}}XRhaWw="), ("ab", "YWJ{{T}}V0YWls")]
+)
+def test_base64_keeps_only_the_characters_mixing_other_bits(prefix: str, scrubbed: str) -> None:
+    """At each alignment exactly the characters made of the value's bits alone go."""
+    encoded = base64.b64encode(f"{prefix}s3cr3t-valuetail".encode()).decode()
+    assert Scrubber({"s3cr3t-value": "{{T}}"}).scrub(encoded) == scrubbed
+
+
+def test_a_character_reference_beyond_unicode_is_kept_as_it_is() -> None:
+    text = "&#x110000; &#1114112; s3cr3t-value &#x10FFFF;"
+    assert Scrubber({"s3cr3t-value": "{{T}}"}).scrub(text) == "&#x110000; &#1114112; {{T}} &#x10FFFF;"
+
+
+def test_an_occurrence_right_after_one_inside_a_longer_value() -> None:
+    """'bb' at 7 lies inside the longer value (kept as it is); the one at 8 right after it goes."""
+    scrubber = Scrubber({"alpha-1b": "{{A}}", "bb": "{{B}}"})
+    assert scrubber.scrub("alpha-1bbb") == "{{A}}{{B}}"
+
+
+def test_the_last_code_point_as_a_character_reference() -> None:
+    assert Scrubber({"k\U0010ffffey-123": "{{T}}"}).scrub("a k&#x10FFFF;ey-123 b") == "a {{T}} b"
+
+
+def test_a_value_that_looks_escaped_is_found_cut_as_it_is() -> None:
+    """'%41%42' decodes to 'ab', too short to be looked for cut; as it is it is long enough, and found cut. (The
+    two forms are searched in a set's order: sixteen values make it all but sure one comes short form first.)"""
+    for i in range(16):
+        a, b = f"{0x41 + i:02X}", f"{0x42 + i:02X}"
+        assert Scrubber({f"%{a}%{b}": "{{T}}"}).scrub(f"x %25{a}%25") == "x {{T}}…", (a, b)
+
+
+def test_a_character_that_lower_cases_to_two_hides_no_base64() -> None:
+    """A text with an 'İ' anywhere was searched as it is for the forms of a value as a whole (base64, IDNA), which
+    are lower-cased: upper-case base64 there was never found."""
+    encoded = base64.b64encode(b"s3cret-val").decode()
+    assert Scrubber({"s3cret-val": "{{T}}"}).scrub(f"İ x {encoded} y") == "İ x {{T}}A== y"

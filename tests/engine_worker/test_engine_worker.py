@@ -282,6 +282,70 @@ def test_placeholders_must_match_the_credential_kind() -> None:
     assert [r.monitor_id for r in rejected] == [M2]
 
 
+def browser_monitor(
+    mid: str, login: str = "", events: tuple[monitors_pb2.BrowserEvent, ...] = ()
+) -> engine_pb2.MonitorResource:
+    """A browser monitor (each credential it references listed in credential_ids, as the vault sends it)."""
+    script = monitors_pb2.BrowserScript(url="https://shop.example/", login_credential_id=login, events=events)
+    refs = set(re.findall(r"CREDENTIALS_VAULT-[0-9A-F]{16}", str(script)))
+    monitor = monitors_pb2.Monitor(
+        id=mid, enabled=True, location_ids=[LOCATION], browser=script, credential_ids=sorted(refs), version=1
+    )
+    return engine_pb2.MonitorResource(id=mid, version=1, monitor=monitor)
+
+
+def typed(credential_id: str, field: str = "") -> monitors_pb2.BrowserEvent:
+    credential = monitors_pb2.CredentialField(credential_id=credential_id, field=field)
+    return monitors_pb2.BrowserEvent(keystroke=monitors_pb2.Keystroke(selector="#f", credential=credential))
+
+
+def test_browser_monitors_must_use_each_credential_as_its_kind() -> None:
+    """A login and a typed username or password need a username/password credential, a typed credential without a
+    field and a plain placeholder in a URL a token; literal keystrokes and clicks need nothing."""
+    store = ConfigStore(LOCATION)
+    store.apply(batch(1, credentials=[up_cred(C1, 1), token_cred(C2, 1)]))
+    navigate = monitors_pb2.BrowserEvent(navigate_url=f"https://shop.example/?k={{{{{C2}}}}}")
+    literal = monitors_pb2.BrowserEvent(keystroke=monitors_pb2.Keystroke(selector="#q", literal=f"{{{{{C1}}}}}"))
+    click = monitors_pb2.BrowserEvent(click_selector=f"#{C1}")
+    fine = browser_monitor(M1, C1, (navigate, typed(C1, "password"), typed(C2), literal, click))
+    cases = {
+        M2: browser_monitor(M2, login=C2),
+        M3: browser_monitor(M3, events=(typed(C2, "username"),)),
+        "SYNTHETIC_TEST-00000000000000B1": browser_monitor("SYNTHETIC_TEST-00000000000000B1", events=(typed(C1),)),
+        "SYNTHETIC_TEST-00000000000000B2": browser_monitor(
+            "SYNTHETIC_TEST-00000000000000B2",
+            events=(monitors_pb2.BrowserEvent(navigate_url=f"https://x/{{{{{C2}.password}}}}"),),
+        ),
+    }
+    rejected = store.apply(batch(2, monitors=[fine, *cases.values()]))
+    assert {r.monitor_id for r in rejected} == set(cases)
+    assert store.snapshot_ids()["monitors"] == {M1: 1}
+    held = store.monitor(M1)
+    assert held is not None
+    assert held.monitor == fine.monitor  # parsed back from what is held
+
+
+def test_resources_without_an_id_are_not_held() -> None:
+    store = ConfigStore(LOCATION)
+    nameless = up_cred("", 1)
+    monitor = http_monitor(M1, 1)
+    monitor.id = ""
+    rejected = store.apply(batch(1, credentials=[nameless], monitors=[monitor]))
+    assert [(r.monitor_id, r.reason) for r in rejected] == [("", "the monitor resource has no id")]
+    assert store.held() == []
+
+
+def test_a_held_monitor_whose_credential_is_removed_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    """The vault removes a monitor before its credential; if it ever did not, the log names what dangles."""
+    store = ConfigStore(LOCATION)
+    store.apply(batch(1, credentials=[up_cred(C1, 1), token_cred(C2, 1)], monitors=[http_monitor(M1, 1, basic=C1)]))
+    caplog.set_level(logging.WARNING, logger="engine_worker")
+    store.apply(batch(2, removals=[removal(CREDENTIAL, C2)]))
+    assert "no longer holds" not in caplog.text  # C2 was not M1's
+    store.apply(batch(3, removals=[removal(CREDENTIAL, C1)]))
+    assert f"monitor {M1} references credentials the engine no longer holds: ['{C1}']" in caplog.text
+
+
 def test_a_disabled_monitor_upsert_removes_it() -> None:
     store = ConfigStore(LOCATION)
     store.apply(batch(1, credentials=[up_cred(C1, 1)], monitors=[http_monitor(M1, 1, basic=C1)]))

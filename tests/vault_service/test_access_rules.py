@@ -161,6 +161,20 @@ async def test_access_level_against_caller(
     assert still_there == (NF if delete_code == OK else OK)
 
 
+async def test_the_owner_is_the_user_of_that_name_not_one_whose_name_sorts_near_it(users: Users) -> None:
+    """A public credential is visible to every VIEW_ENVIRONMENT user, and changed by its owner only: callers whose
+    names sort before and after the owner's are both refused."""
+    mallory = await users.make("mallory", [VIEW])
+    for name in ("adam", "zoe"):
+        caller = await users.make(name, [VIEW])
+        cred = await create(mallory, f"public, {name} tries", ALL)
+        await expect_code(caller.OverwriteCredential(overwrite_req(cred.id)), PD)
+        rename = cpb.UpdateCredentialMetadataRequest(id=cred.id, name="renamed")
+        await expect_code(caller.UpdateCredentialMetadata(rename), PD)
+        await expect_code(caller.DeleteCredential(cpb.DeleteCredentialRequest(id=cred.id)), PD)
+        assert await get(mallory, cred.id) == cred
+
+
 # --- environment / management-zone permissions against another user's credential -----------------------------
 
 CALLERS: dict[str, tuple[list[int], dict[str, list[int]] | None]] = {
@@ -708,6 +722,23 @@ async def test_get_credential_details(vault: RunningVault, admin: Client, users:
         }[code]
         assert await _details_rows(vault, cred.id) == expected_rows, case
     assert mismatches == []
+
+
+async def test_contents_need_the_app_engine_scope_whatever_app_settings_the_row_holds(
+    vault: RunningVault, users: Users
+) -> None:
+    """The scope decides: app settings left in a credential's row (written by hand here; the API stores none without
+    the scope) open nothing."""
+    alice = await users.make("alice", [VIEW])
+    cred = await create(alice, "synthetic only", ALL, scopes=[SYN], contents=up("svc", "pw"))
+    async with vault.store.transaction() as tx:
+        status = await tx.conn.execute(
+            "UPDATE credentials SET app_allowed_apps = '{app.a}', app_contextless = true WHERE id = $1", cred.id
+        )
+    assert status == "UPDATE 1"
+    for app_id in ("app.a", ""):
+        denied = await expect_code(alice.GetCredentialDetails(_details_req(cred.id, app_id)), PD)
+        assert "does not have the APP_ENGINE scope" in (denied.details() or "")
 
 
 async def test_details_of_token_credential_and_every_read_is_audited(vault: RunningVault, users: Users) -> None:

@@ -7,6 +7,7 @@ re-checks a remembered authentication."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -221,6 +222,28 @@ async def test_recording_a_use_does_not_invalidate(vault: RunningVault, users: U
     hits, misses = cache.hits, cache.misses
     await alice.ListCredentials(cpb.ListCredentialsRequest())
     assert (cache.hits, cache.misses) == (hits + 1, misses)
+
+
+async def test_a_remembered_use_is_recorded_once_the_resolution_has_passed(vault: RunningVault, users: Users) -> None:
+    """A call answered on a remembered authentication records the use as well (in a statement of its own): here
+    its last recorded use is an hour old, in the database and in the remembered entry, as if an hour had passed."""
+    alice = await users.make("alice", [VIEW])
+    await remembered_on(vault, alice)
+    cache = cache_of(vault)
+    remembered = cache.get(hashlib.sha256((alice.token or "").encode()).digest())  # keyed by the token's hash
+    assert remembered is not None
+    async with vault.store.transaction() as tx:
+        an_hour_ago = await tx.conn.fetchval(
+            "UPDATE api_tokens SET last_used_at = now() - interval '1 hour' WHERE owner = 'alice'"
+            " RETURNING last_used_at"
+        )
+    remembered.last_used_at = an_hour_ago
+    hits = cache.hits
+    await alice.ListCredentials(cpb.ListCredentialsRequest())
+    assert cache.hits == hits + 1
+    async with vault.store.autocommit() as tx:
+        recorded = await tx.conn.fetchval("SELECT last_used_at FROM api_tokens WHERE owner = 'alice'")
+    assert recorded > an_hour_ago
 
 
 async def test_other_calls_never_use_a_remembered_authentication(vault: RunningVault, users: Users) -> None:

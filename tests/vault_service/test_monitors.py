@@ -137,14 +137,16 @@ async def test_who_may_create_monitors(admin: Client, users: Users) -> None:
     viewer = await users.make("viewer", [VIEW])
     zoned = await users.make("zoned", [], zones={"shop": [VIEW, MONITORING]})
     monitoring = await users.make("mon", [VIEW, MONITORING])
-    await expect_code(viewer.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor())), PD)
+    denied = await expect_code(viewer.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor())), PD)
+    assert "CHANGE_MONITORING_SETTINGS at environment level" in (denied.details() or "")  # what is missing, where
     await expect_code(zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor())), PD)
     in_zone = http_monitor()
     in_zone.management_zone = "shop"
     assert (await zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=in_zone))).monitor.management_zone == "shop"
     other_zone = http_monitor()
     other_zone.management_zone = "billing"
-    await expect_code(zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=other_zone)), PD)
+    denied = await expect_code(zoned.CreateMonitor(mpb.CreateMonitorRequest(monitor=other_zone)), PD)
+    assert "CHANGE_MONITORING_SETTINGS in management zone 'billing'" in (denied.details() or "")
     # a credential of someone else's, owner-only: not usable in a new monitor
     admins = await cred(admin, "admin-only")
     await expect_code(monitoring.CreateMonitor(mpb.CreateMonitorRequest(monitor=http_monitor(admins))), PD)

@@ -142,6 +142,15 @@ async def test_missing_or_malformed_token(users: Users, header: str | None, frag
         assert fragment in (err.details() or "")
 
 
+@pytest.mark.parametrize("scheme", ["Api", "Api-Tok", "Apitoken", "Bearer", "Basic", "Token"])
+async def test_a_valid_token_under_another_scheme_is_refused(users: Users, scheme: str) -> None:
+    """Only 'Api-Token' (in any case) carries a token: names sorting before and after it are refused alike."""
+    alice = await users.make("alice", [VIEW])
+    assert (await with_header(users, f"API-TOKEN {alice.token}").GetCurrentUser(whoami())).user.username == "alice"
+    err = await expect_code(with_header(users, f"{scheme} {alice.token}").GetCurrentUser(whoami()), UNAUTH)
+    assert "malformed authorization" in (err.details() or "")
+
+
 def tampered(issued: str | None) -> tuple[str, str, str, str]:
     """The token's public id and secret, and each with its first character changed (an unknown id, a wrong
     secret)."""
@@ -259,6 +268,31 @@ async def test_at_most_five_live_personal_tokens(vault: RunningVault, users: Use
         await bob.CreateToken(create_token_req(f"b{i}"))
 
 
+async def test_more_live_personal_tokens_than_the_limit_refuse_another(vault: RunningVault, users: Users) -> None:
+    """Over the limit (a revoked token restored in the database by hand: six live), not only at it, is refused."""
+    alice = await users.make("alice", [VIEW])
+    made = [await alice.CreateToken(create_token_req(f"p{i}")) for i in range(5)]
+    await alice.RevokeToken(tpb.RevokeTokenRequest(id=made[0].info.id))
+    await alice.CreateToken(create_token_req("p5"))
+    async with vault.store.transaction() as tx:
+        status = await tx.conn.execute("UPDATE api_tokens SET revoked_at = NULL WHERE public_id = $1", made[0].info.id)
+    assert status == "UPDATE 1"
+    err = await expect_code(alice.CreateToken(create_token_req("p6")), FAILED)
+    assert "5 personal access tokens" in (err.details() or "")
+    grace = duration_pb2.Duration(seconds=60)
+    err = await expect_code(alice.RotateToken(tpb.RotateTokenRequest(id=made[1].info.id, grace_period=grace)), FAILED)
+    assert "5 live personal access tokens" in (err.details() or "")
+
+
+async def test_a_token_needs_a_name(users: Users) -> None:
+    alice = await users.make("alice", [VIEW])
+    for name in ("", "   "):
+        request = tpb.CreateTokenRequest(name=name, scopes=["credentialVault.read"], kind=PERSONAL)
+        err = await expect_code(alice.CreateToken(request), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "name" in (err.details() or "")
+    assert [t.name for t in (await alice.ListTokens(tpb.ListTokensRequest())).tokens] == ["alice token"]
+
+
 async def test_concurrent_creations_never_exceed_five_personal_tokens(vault: RunningVault, users: Users) -> None:
     """Eight creations race for alice's five places. To make them meet for certain, the test holds inserts into
     api_tokens back (a table lock that still lets them count) until all eight are waiting on a lock: each must have
@@ -311,6 +345,8 @@ async def test_personal_token_only_for_oneself(admin: Client, users: Users) -> N
     await users.make("bob", [VIEW])
     err = await expect_code(alice.CreateToken(create_token_req(owner="bob")), PD)
     assert "yourself" in (err.details() or "")
+    zoe = await users.make("zoe", [VIEW])  # a name sorting after the owner's, as alice's sorts before
+    await expect_code(zoe.CreateToken(create_token_req(owner="bob")), PD)
     # Not even an administrator creates a personal token for someone else.
     await expect_code(admin.CreateToken(create_token_req(owner="bob")), PD)
     own = await alice.CreateToken(create_token_req(owner="alice"))
@@ -377,15 +413,16 @@ async def test_list_tokens_own_and_others(admin: Client, users: Users) -> None:
     # Paging.
     for i in range(3):
         await alice.CreateToken(create_token_req(f"more{i}"))
-    seen, page_token = [], ""
-    while True:
-        page = await alice.ListTokens(tpb.ListTokensRequest(page_size=2, page_token=page_token))
-        assert len(page.tokens) <= 2
-        seen += [t.id for t in page.tokens]
-        page_token = page.next_page_token
-        if not page_token:
-            break
-    assert len(seen) == len(set(seen)) == 5
+    for size in (1, 2, 3):  # odd and even: a page reads one row more than it returns, to know whether more follow
+        seen, page_token = [], ""
+        while True:
+            page = await alice.ListTokens(tpb.ListTokensRequest(page_size=size, page_token=page_token))
+            assert len(page.tokens) <= size
+            seen += [t.id for t in page.tokens]
+            page_token = page.next_page_token
+            if not page_token:
+                break
+        assert len(seen) == len(set(seen)) == 5, size
     first = await alice.ListTokens(tpb.ListTokensRequest(page_size=2))
     req = tpb.ListTokensRequest(owner="alice", page_size=2, page_token=first.next_page_token)
     assert len((await alice.ListTokens(req)).tokens) == 2
@@ -426,8 +463,10 @@ async def test_revoke_token(admin: Client, users: Users) -> None:
     doomed = as_client(users, made.token)
     await doomed.GetCurrentUser(whoami())
 
-    # Someone else's token: not found (not even its existence is told).
+    # Someone else's token: not found (not even its existence is told), whichever way the names sort.
     await expect_code(bob.RevokeToken(tpb.RevokeTokenRequest(id=made.info.id)), NF)
+    aaron = await users.make("aaron", [VIEW])
+    await expect_code(aaron.RevokeToken(tpb.RevokeTokenRequest(id=made.info.id)), NF)
     await doomed.GetCurrentUser(whoami())
     await expect_code(bob.RevokeToken(tpb.RevokeTokenRequest(id="bad id")), grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -487,6 +526,19 @@ async def test_rotate_with_grace_period(users: Users) -> None:
     await expect_code(as_client(users, old.token).GetCurrentUser(whoami()), UNAUTH)
 
 
+async def test_a_token_in_its_grace_period_is_live_and_may_be_rotated_again(users: Users) -> None:
+    """Its revocation lies ahead: it is not yet revoked (unlike a token whose revocation has come)."""
+    alice = await users.make("alice", [VIEW])
+    old = await alice.CreateToken(create_token_req("rotating"))
+    hour = duration_pb2.Duration(seconds=3600)
+    first = await alice.RotateToken(tpb.RotateTokenRequest(id=old.info.id, grace_period=hour))
+    again = await alice.RotateToken(tpb.RotateTokenRequest(id=old.info.id))
+    assert again.previous.id == old.info.id
+    for token in (first.token, again.token):
+        assert (await as_client(users, token).GetCurrentUser(whoami())).user.username == "alice"
+    await expect_code(as_client(users, old.token).GetCurrentUser(whoami()), UNAUTH)
+
+
 @pytest.mark.parametrize("seconds", [-1, 7 * 24 * 3600 + 1])
 async def test_rotate_grace_period_bounds(users: Users, seconds: int) -> None:
     alice = await users.make("alice", [VIEW])
@@ -494,6 +546,15 @@ async def test_rotate_grace_period_bounds(users: Users, seconds: int) -> None:
     req = tpb.RotateTokenRequest(id=old.info.id, grace_period=duration_pb2.Duration(seconds=seconds))
     await expect_code(alice.RotateToken(req), grpc.StatusCode.INVALID_ARGUMENT)
     assert (await as_client(users, old.token).GetCurrentUser(whoami())).user.username == "alice"
+
+
+@pytest.mark.parametrize("seconds", [0, 7 * 24 * 3600])
+async def test_rotate_grace_period_bounds_are_allowed(users: Users, seconds: int) -> None:
+    alice = await users.make("alice", [VIEW])
+    old = await alice.CreateToken(create_token_req("rotating"))
+    req = tpb.RotateTokenRequest(id=old.info.id, grace_period=duration_pb2.Duration(seconds=seconds))
+    new = await alice.RotateToken(req)
+    assert (await as_client(users, new.token).GetCurrentUser(whoami())).user.username == "alice"
 
 
 async def test_rotate_keeps_expiry_and_refuses_an_expired_token(vault: RunningVault, users: Users) -> None:
@@ -538,6 +599,28 @@ async def test_last_used_time_is_set_after_use(admin: Client, users: Users) -> N
     assert used.HasField("last_used_time")
     assert when(made.info.create_time) <= when(used.last_used_time)
     assert when(used.last_used_time) - when(made.info.create_time) < datetime.timedelta(minutes=1)
+
+
+async def test_a_use_is_recorded_again_after_the_resolution_not_within_it(vault: RunningVault, users: Users) -> None:
+    """The last use is written at most once per LAST_USED_RESOLUTION (a minute): a use 10 s after the recorded one
+    leaves it, a use an hour after records the new time (the recorded time is set back in the database)."""
+    alice = await users.make("alice", [VIEW])
+
+    async def use_after(interval: str) -> tuple[datetime.datetime, datetime.datetime]:
+        async with vault.store.transaction() as tx:
+            before = await tx.conn.fetchval(
+                f"UPDATE api_tokens SET last_used_at = now() - interval '{interval}' WHERE owner = 'alice'"
+                " RETURNING last_used_at"
+            )
+        await alice.GetCurrentUser(whoami())  # never on a remembered authentication: the database path
+        async with vault.store.autocommit() as tx:
+            after = await tx.conn.fetchval("SELECT last_used_at FROM api_tokens WHERE owner = 'alice'")
+        return before, after
+
+    before, after = await use_after("10 seconds")
+    assert after == before
+    before, after = await use_after("1 hour")
+    assert after > before
 
 
 async def test_effective_rights_are_scopes_and_permissions_at_call_time(admin: Client, users: Users) -> None:
