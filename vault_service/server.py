@@ -210,12 +210,16 @@ async def start_vault(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    creds = _credentials(settings, metrics)
-    port = server.add_secure_port(settings.listen, creds) if creds else server.add_insecure_port(settings.listen)
-    if port == 0:
+    try:
+        creds = _credentials(settings, metrics)
+        port = server.add_secure_port(settings.listen, creds) if creds else server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+    except BaseException:  # unusable TLS files, a taken address: nothing started stays behind
+        await synchronizer.close()
         await keeper.stop()
         await store.close()
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise
     await server.start()
     running = RunningVault(
         server,

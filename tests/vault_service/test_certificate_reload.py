@@ -26,6 +26,7 @@ from tests.push_helpers import EngineClient
 from vault_service import pki
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
+from vault_service.errors import ConfigurationError
 from vault_service.server import RunningVault, start_vault
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
@@ -204,3 +205,13 @@ async def test_a_half_written_renewal_keeps_the_previous_set_and_the_metrics_fol
             await scraped(vault.metrics_port, "credvault_certificate_expiry_seconds", port="api", role="server")
             == renewed.certificate.not_valid_after_utc.timestamp()
         )
+
+
+async def test_unusable_tls_files_at_start_are_a_configuration_error_naming_the_port_and_file(
+    own_files: OwnFiles, keyring: Keyring
+) -> None:
+    local = own_files.local
+    other = pki.issue_server_certificate(local.server_ca, ["localhost"])
+    local.server_key.write_bytes(other.key_pem)  # a key of another certificate
+    with pytest.raises(ConfigurationError, match=rf"api port: {local.server_key}: the key does not belong"):
+        await start_vault(own_files.settings, keyring=keyring)
