@@ -42,6 +42,7 @@ _ESCAPE = re.compile(
     r"|&(?:#(?P<dec>[0-9]{1,7})|#[xX](?P<hex>[0-9A-Fa-f]{1,6})|(?P<named>amp|lt|gt|quot|apos));"
 )
 _JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_FINAL_SIGMA, _SIGMA = "\N{GREEK SMALL LETTER FINAL SIGMA}", "\N{GREEK SMALL LETTER SIGMA}"
 _HTML_NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
@@ -67,11 +68,17 @@ def secrets_of(credential_id: str, details: credentials_pb2.CredentialDetails) -
 
 
 def _lower(text: str) -> str:
-    """Lower-cased one character for one (so positions still map): a character that lower-cases to two stays."""
+    """Lower-cased one character for one (so positions still map): a character that lower-cases to two stays. The
+    final sigma is read as sigma: str.lower() writes a capital one final at a word's end and plain elsewhere, so a
+    value ending in a capital sigma would not be found inside a longer word."""
     lowered = text.lower()
-    if len(lowered) != len(text):  # pragma: no mutate: NotEq_Gt -- a few characters lower-case to two, none to none
-        lowered = "".join(low if len(low := c.lower()) == 1 else c for c in text)
-    return lowered
+    # The one-for-one path gives what text.lower() gives, but for the final sigma that replace() below undoes: taking
+    # it for texts of equal length too (>=, is not) changes nothing (a few characters lower-case to two, none to
+    # none). Equivalent.
+    if len(lowered) != len(text):  # pragma: no mutate: NotEq_Gt, NotEq_GtE, NotEq_IsNot
+        # one-for-one and nothing lower-cases to nothing: <= 1 is == 1 here. Equivalent.
+        lowered = "".join(low if len(low := c.lower()) == 1 else c for c in text)  # pragma: no mutate: Eq_LtE
+    return lowered.replace(_FINAL_SIGMA, _SIGMA)
 
 
 def _fold(text: str) -> str:
@@ -85,17 +92,10 @@ def _percent_decoded(run: str, start: int) -> Iterable[tuple[str, int, int]]:
     i = 0
     while i < len(raw):  # pragma: no mutate: Lt_NotEq -- a character decodes only whole: i lands on len(raw)
         lead = raw[i]
-        # 0x80 (a continuation byte) and 0xC0, 0xC1 never lead valid UTF-8: whatever size they are given (<= for <),
-        # their bytes fail to decode and are read one by one. Equivalent.
-        size = (
-            1
-            if lead < 0x80  # pragma: no mutate: Lt_LtE
-            else 2
-            if 0xC0 <= lead < 0xE0  # pragma: no mutate: LtE_Lt
-            else 3
-            if 0xE0 <= lead < 0xF0
-            else 4
-        )
+        # The size a lead byte announces. A byte that leads no valid UTF-8 (0x80 to 0xC1, 0xF5 and above) gets one too:
+        # its bytes fail to decode whatever the size and are read one by one below, so 0x80 given size 1 (<= for <)
+        # is the same. Equivalent.
+        size = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4  # pragma: no mutate: Lt_LtE
         try:
             char = raw[i : i + size].decode("utf-8")
         except UnicodeDecodeError:

@@ -245,3 +245,64 @@ def test_a_character_that_lower_cases_to_two_hides_no_base64() -> None:
     are lower-cased: upper-case base64 there was never found."""
     encoded = base64.b64encode(b"s3cret-val").decode()
     assert Scrubber({"s3cret-val": "{{T}}"}).scrub(f"İ x {encoded} y") == "İ x {{T}}A== y"
+
+
+def test_a_stray_percent_byte_right_before_an_escaped_value() -> None:
+    """A byte that is not UTF-8 stands for one character only: the escape right after it is read on its own."""
+    scrubber = Scrubber({"/s3cret": "{{T}}"})
+    assert scrubber.scrub("%FF%2Fs3cret end") == "%FF{{T}} end"
+    assert scrubber.scrub("%FF%FE%2Fs3cret") == "%FF%FE{{T}}"
+
+
+@pytest.mark.parametrize("lead", ["\U00040000", "\U0005a5a5", "\U000e0100", "\U0010fffd"])
+def test_a_four_byte_character_led_by_f1_to_f4_in_a_percent_run(lead: str) -> None:
+    """Characters from U+40000 are led by F1 to F4: they are four bytes too, and decoded whole."""
+    value = f"{lead}s3cret"
+    assert lead.encode()[0] in range(0xF1, 0xF5)
+    assert Scrubber({value: "{{T}}"}).scrub(f"q={urllib.parse.quote(value, safe='')}&x") == "q={{T}}&x"
+
+
+@pytest.mark.parametrize("before", ["", "%41", "%41%42", "%41%42%43"])
+def test_a_percent_encoded_value_ending_at_each_position_of_its_run(before: str) -> None:
+    """The replaced span ends exactly after the value's last escape, wherever it falls in the run (an odd or even
+    byte position), and the escapes after it stay."""
+    value = "s3c/"  # ends with an escape: %2F
+    encoded = urllib.parse.quote(value, safe="")
+    assert Scrubber({value: "{{T}}"}).scrub(f"x{before}{encoded}%2F%2F") == f"x{before}{{{{T}}}}%2F%2F"
+    run = "".join(f"%{ord(c):02X}" for c in value)  # every character escaped: the value's end at byte 3 + offset
+    assert Scrubber({value: "{{T}}"}).scrub(f"x{before}{run}%2Fy") == f"x{before}{{{{T}}}}%2Fy"
+
+
+def test_a_percent_run_longer_than_256_bytes() -> None:
+    """A long run of escapes is decoded to its end (no bound on the run's length)."""
+    value = "s3cret/value"
+    text = "%2F" * 300 + urllib.parse.quote(value, safe="") + "%2F" * 300
+    assert Scrubber({value: "{{T}}"}).scrub(text) == "%2F" * 300 + "{{T}}" + "%2F" * 300
+
+
+# Greek capital and small alpha, capital sigma, small sigma and final sigma
+ALPHA, SMALL_ALPHA = "\N{GREEK CAPITAL LETTER ALPHA}", "\N{GREEK SMALL LETTER ALPHA}"
+SIGMA, SMALL_SIGMA, FINAL_SIGMA = (
+    "\N{GREEK CAPITAL LETTER SIGMA}",
+    "\N{GREEK SMALL LETTER SIGMA}",
+    "\N{GREEK SMALL LETTER FINAL SIGMA}",
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        # a value ending in a capital sigma, inside a longer word (lower-cased: final in the value alone, not there)
+        (f"pw-{ALPHA}{SIGMA}", f"a pw-{ALPHA}{SIGMA}b c"),
+        (f"pw-{SMALL_ALPHA}{FINAL_SIGMA}", f"a PW-{ALPHA}{SIGMA} c"),  # typed with a final sigma, found in capitals
+        (f"pw-{SMALL_ALPHA}{SMALL_SIGMA}", f"a pw-{SMALL_ALPHA}{FINAL_SIGMA} c"),  # and the other way round
+        (f"{SIGMA}{SIGMA}-pw", f"x{SIGMA}{SIGMA}-pw"),
+    ],
+)
+def test_a_greek_sigma_is_one_letter_in_every_position(value: str, text: str) -> None:
+    """str.lower() writes a capital sigma as the final sigma at the end of a word and as the small sigma elsewhere:
+    the scrub reads both as one letter, so a value is found whatever its sigma's neighbours in the text or in the
+    value alone."""
+    scrubbed = Scrubber({value: "{{T}}"}).scrub(text)
+    assert "{{T}}" in scrubbed
+    assert "pw" not in scrubbed.lower()
