@@ -55,7 +55,7 @@ class HeldCredential:
         credential_id: str,
         version: int,
         details: credentials_pb2.CredentialDetails,
-        credential_version: int = 0,
+        credential_version: int,
     ) -> None:
         self.id = credential_id
         self.version = version
@@ -261,7 +261,8 @@ class ConfigStore:
         for monitor in batch.monitors:
             before = self._monitors.get(monitor.id)
             reason = self._upsert_monitor(monitor)
-            if self._monitors.get(monitor.id) is not before:
+            # a HeldMonitor equals only itself: != is this is not. Equivalent.
+            if self._monitors.get(monitor.id) is not before:  # pragma: no mutate: IsNot_NotEq
                 changed.add(monitor.id)
             if reason is None:
                 self._rejected.pop(monitor.id, None)
@@ -270,18 +271,19 @@ class ConfigStore:
                 log.warning("rejected monitor %s revision %d: %s", monitor.id, monitor.version, reason)
                 rejections.append(engine_pb2.Rejection(monitor_id=monitor.id, version=monitor.version, reason=reason))
         removals = list(batch.removals)
+        # A kind is a small int, one object per value in CPython: is and is not below are == and !=. Equivalent.
         for removal in removals:
-            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR:
+            if removal.kind == engine_pb2.RESOURCE_KIND_MONITOR:  # pragma: no mutate: Eq_Is
                 self._rejected.pop(removal.id, None)
                 if removal.id in self._monitors:
                     self._remove_monitor(removal.id, _reason_name(removal.reason))
                     changed.add(removal.id)
         removed_credentials = set()
         for removal in removals:
-            if removal.kind == engine_pb2.RESOURCE_KIND_CREDENTIAL:
+            if removal.kind == engine_pb2.RESOURCE_KIND_CREDENTIAL:  # pragma: no mutate: Eq_Is
                 self._remove_credential(removal.id, _reason_name(removal.reason))
                 removed_credentials.add(removal.id)
-            elif removal.kind != engine_pb2.RESOURCE_KIND_MONITOR:
+            elif removal.kind != engine_pb2.RESOURCE_KIND_MONITOR:  # pragma: no mutate: NotEq_IsNot
                 log.warning("ignored a removal of %s of unknown kind %d", removal.id, removal.kind)
         if removed_credentials:  # only then can a held monitor have lost a credential (no work per batch otherwise)
             self._warn_dangling(removed_credentials)

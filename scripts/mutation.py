@@ -54,6 +54,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "credvault/log_redaction.py": ("tests/credvault/test_logs.py", "tests/credvault/test_redaction.py"),
     "credvault/secret_scrub.py": ("tests/credvault/test_secret_scrub.py", "tests/engine_worker/test_result_leaks.py"),
     "engine_worker/config_store.py": (
+        "tests/engine_worker/test_config_store.py",
         "tests/engine_worker/test_engine_worker.py",
         "tests/engine_worker/test_scheduler.py",
     ),
