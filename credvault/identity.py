@@ -95,7 +95,8 @@ def identity_from_certificate(cert_der_or_pem: bytes, trust_domain: str | None =
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         raise ValueError(f"the certificate has {len(uris)} URI subjectAltNames; exactly one SPIFFE ID is required")
-    identity = EngineIdentity.from_uri(uris[0])
+    (uri,) = uris
+    identity = EngineIdentity.from_uri(uri)
     if trust_domain is not None and identity.trust_domain != trust_domain:
         raise ValueError(
             f"the certificate's SPIFFE ID is in trust domain {identity.trust_domain!r}, expected {trust_domain!r}"

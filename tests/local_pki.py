@@ -99,10 +99,10 @@ class LocalPki:
         )
 
 
-def odd_leaf(names: list[x509.GeneralName] | None, *, ca: bool = False) -> bytes:
+def odd_leaf(names: list[x509.GeneralName] | None, *, ca: bool | None = False) -> bytes:
     """The PEM of a self-signed certificate with exactly these SANs (``None``: no SAN extension at all): the shapes
     the vault's issuing code refuses (several URIs, none, a CA with an engine's URI), which the identity checks of
-    both sides must reject."""
+    both sides must reject. ``ca=None``: no basicConstraints at all (a leaf, as X.509 reads it)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd")])
     now = datetime.datetime.now(datetime.UTC)
@@ -114,9 +114,10 @@ def odd_leaf(names: list[x509.GeneralName] | None, *, ca: bool = False) -> bytes
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     if names is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

@@ -3,6 +3,7 @@ parts, and reading it from a certificate; every error is a ValueError that says 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
@@ -165,3 +166,22 @@ def test_spiffe_id_parsing_is_strict(uri: str) -> None:
 def test_without_a_trust_domain_any_is_read() -> None:
     cert = odd_leaf([URI("spiffe://other.example/location/l1/engine/e1")])
     assert identity_from_certificate(cert) == EngineIdentity("other.example", "l1", "e1")
+
+
+def test_a_trust_domain_of_up_to_255_characters() -> None:
+    longest = ".".join(["a" * 63] * 4)  # 255 characters
+    assert EngineIdentity(longest, "l1", "e1").trust_domain == longest
+    with pytest.raises(ValueError, match=r"^trust_domain: .* at most 255 characters"):
+        EngineIdentity(longest + "b", "l1", "e1")
+
+
+def test_an_identity_cannot_be_changed() -> None:
+    """An identity checked once stays what was checked (a session keeps it for its life)."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ENGINE.location_id = "loc-2"  # type: ignore[misc]
+
+
+def test_a_leaf_without_basic_constraints_is_an_engine_certificate() -> None:
+    """X.509 reads a certificate without basicConstraints as no CA: its SPIFFE ID is read."""
+    cert = odd_leaf([x509.UniformResourceIdentifier(SPIFFE)], ca=None)
+    assert identity_from_certificate(cert, TD) == EngineIdentity(TD, LOCATION, ENGINE_ID)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -245,6 +246,14 @@ def test_at_most_max_known_values_are_registered() -> None:
         (f"sent Bearer {MASK} twice", f"sent Bearer {MASK} twice"),
         ("password=b'hunter22' next", f"password=b'{MASK}' next"),
         (f"password={MASK} next", f"password={MASK} next"),
+        (f"password=b'{MASK}' next", f"password=b'{MASK}' next"),
+        # a value whose end a registered secret masked: the rest goes too
+        (f"password=abc{MASK} next", f"password={MASK} next"),
+        (f"Authorization: Bearer abc{MASK}", f"Authorization: Bearer {MASK}"),
+        (f"sent Bearer abcdefgh{MASK} twice", f"sent Bearer {MASK} twice"),
+        # an API token's public id stays readable, alone and after a header
+        (f"sent Api-Token {PUBLIC_ID}.{MASK} twice", f"sent Api-Token {PUBLIC_ID}.{MASK} twice"),
+        (f"Authorization: Api-Token '{PUBLIC_ID}.{MASK}'", f"Authorization: Api-Token '{PUBLIC_ID}.{MASK}'"),
     ],
 )
 def test_headers_schemes_and_quoted_values_keep_their_shape(text: str, expected: str) -> None:
@@ -267,3 +276,44 @@ def test_a_record_with_bad_arguments_is_kept_and_masked() -> None:
     assert f"password={MASK}" in message
     assert "only one" in message
     assert PASSWORD not in message
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_an_exception_reaches_the_output_through_the_filter_alone(
+    fmt: str, capture: tuple[io.StringIO, list[str]]
+) -> None:
+    """The filter renders the exception itself (masked) and drops the object: no handler before it did (pytest's
+    own handlers on the root logger do, so the record goes to the handler directly here)."""
+    out, _ = capture
+    handler = configure_logging("DEBUG", fmt, stream=out)
+    try:
+        raise ValueError(f"bad call: password={PASSWORD}")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("credvault.test", logging.ERROR, __file__, 1, "failed", None, exc_info)
+    handler.handle(record)
+    text = out.getvalue()
+    assert "Traceback" in text
+    assert f"ValueError: bad call: password={MASK}" in text
+    assert PASSWORD not in text
+    assert record.exc_info is None
+
+
+def test_a_record_filtered_twice_is_redacted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second filter (a second handler) finds the record done and does no work again."""
+    calls: list[str] = []
+    real = log_redaction.redact
+
+    def counting(text: str) -> str:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(log_redaction, "redact", counting)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "password=%s", (PASSWORD,), None)
+    record.request = {"password": PASSWORD}
+    redaction = RedactionFilter()
+    assert redaction.filter(record)
+    done = len(calls)
+    assert done == 2  # the message and the extra
+    assert redaction.filter(record)
+    assert len(calls) == done
