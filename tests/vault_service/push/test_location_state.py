@@ -1,0 +1,269 @@
+"""What a location's engines should hold (vault_service.push.location_state), step by step against the real
+database: credentials shared by monitors stay while one uses them, the digest follows every step, a rebuild replaces
+what differs in either direction, a deleted credential's change is harmless, what an engine holds of the wrong kind
+is not a monitor, and push latency counts each delta once. The change rows come from the real change log and are
+fed by the test, so each step is seen alone. Found by the mutation check (scripts/mutation): each test here fails on
+a mutant that every other test let through."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from credvault.held_digest import HeldDigest
+from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import engine_pb2 as epb
+from credvault.v1 import monitors_pb2 as mpb
+from tests.conftest import Client
+from tests.helpers import create_req, up
+from tests.vault_service.push.test_convergence import LOCATION, create_monitor, setup_location
+from vault_service.crypto import Keyring
+from vault_service.models import ChangeKind
+from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, PushTimer
+from vault_service.push.outbox import Delta
+from vault_service.server import RunningVault
+from vault_service.storage.changes import Change
+from vault_service.storage.queries import Queries
+
+UNREFERENCED = epb.REMOVAL_REASON_UNREFERENCED
+
+
+async def loaded(vault: RunningVault, keyring: Keyring) -> LocationState:
+    state = LocationState(LOCATION, keyring)
+    await state.load(vault.store)
+    return state
+
+
+async def catch_up(state: LocationState, vault: RunningVault) -> list[Delta]:
+    """Applies every change after the state's revision, one by one; returns the deltas."""
+    async with vault.store.autocommit() as tx:
+        changes = await tx.changes_since(state.revision, 1000)
+    deltas = [await state.apply(vault.store, change) for change in changes]
+    return [d for d in deltas if d is not None]
+
+
+def recomputed_digest(state: LocationState) -> int:
+    digest = HeldDigest()
+    for m in state.monitors.values():
+        digest.add(MONITOR, m.id, m.version)
+    for c in state.credentials.values():
+        digest.add(CREDENTIAL, c.id, c.version)
+    return digest.without([])
+
+
+async def pair(admin: Client, name: str = "pair") -> str:
+    created: str = (await admin.CreateCredential(create_req(name, up("alice", "pw-1")))).credential.id
+    return created
+
+
+async def overwrite(admin: Client, credential_id: str, password: str) -> None:
+    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=credential_id, contents=up("alice", password)))
+
+
+async def test_a_credential_stays_while_a_monitor_added_by_a_change_still_uses_it(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    first = await create_monitor(admin_client, cred, "first")
+    state = await loaded(push_vault, keyring)
+    second = await create_monitor(admin_client, cred, "second")
+    await catch_up(state, push_vault)  # the second monitor comes by a change, not by the load
+    assert set(state.monitors) == {first.id, second.id}
+    for gone, left in ((first, {cred}), (second, set())):
+        await admin_client.DeleteMonitor(mpb.DeleteMonitorRequest(id=gone.id))
+        (delta,) = await catch_up(state, push_vault)
+        assert set(state.credentials) == left
+        unreferenced = {key for key, r in delta.removals.items() if r.reason == UNREFERENCED}
+        assert unreferenced == ({(CREDENTIAL, cred)} if not left else set())
+
+
+async def test_a_credential_stays_while_a_monitor_held_since_a_rebuild_still_uses_it(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    first = await create_monitor(admin_client, cred, "first")
+    await create_monitor(admin_client, cred, "second")
+    state = await loaded(push_vault, keyring)  # both held since the snapshot
+    await admin_client.DeleteMonitor(mpb.DeleteMonitorRequest(id=first.id))
+    await catch_up(state, push_vault)
+    assert set(state.credentials) == {cred}
+
+
+async def test_the_digest_follows_every_step(admin_client: Client, push_vault: RunningVault, keyring: Keyring) -> None:
+    """Each step adjusts the digest (a new revision of a held monitor or credential takes the old one out); it must
+    equal the digest computed from scratch, which is what an engine holding exactly this computes."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    state = await loaded(push_vault, keyring)
+    monitor = await create_monitor(admin_client, cred)
+    await catch_up(state, push_vault)
+    assert state.expected_digest({}) == recomputed_digest(state)
+    changed = mpb.Monitor()
+    changed.CopyFrom(monitor)
+    changed.name = "renamed"
+    await admin_client.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=changed))
+    await overwrite(admin_client, cred, "pw-2")
+    assert len(await catch_up(state, push_vault)) == 2
+    assert state.expected_digest({}) == recomputed_digest(state)
+
+
+async def test_only_a_rejection_of_the_held_revision_leaves_a_monitor_out_of_the_digest(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    monitor = await create_monitor(admin_client, await pair(admin_client))
+    state = await loaded(push_vault, keyring)
+    held = state.monitors[monitor.id].version
+    everything = state.expected_digest({})
+    assert state.expected_digest({monitor.id: (held - 1, "an older one")}) == everything
+    assert state.expected_digest({monitor.id: (held + 1, "a newer one")}) == everything
+    assert state.expected_digest({monitor.id: (held, "this one")}) != everything
+
+
+async def test_a_rebuild_replaces_every_revision_that_differs_either_way(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """Held revisions newer than the database's (as after a restore) and older ones (a change the state missed)
+    are both replaced by the snapshot's, and sent."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    monitor = await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    ahead = epb.CredentialResource()
+    ahead.CopyFrom(state.credentials[cred])
+    ahead.version += 1000
+    state.credentials[cred] = ahead
+    changed = mpb.Monitor()
+    changed.CopyFrom(monitor)
+    changed.name = "missed"
+    await admin_client.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=changed))  # not applied: missed
+    delta = await state.rebuild(push_vault.store)
+    assert delta is not None
+    assert set(delta.credentials) == {cred}
+    assert delta.credentials[cred].version == ahead.version - 1000
+    assert set(delta.monitors) == {monitor.id}
+    assert delta.monitors[monitor.id].monitor.name == "missed"
+    assert state.expected_digest({}) == recomputed_digest(state)
+
+
+async def test_a_held_monitor_ahead_of_the_database_is_read_with_its_credentials(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """A change to a monitor whose held revision is newer than the database's (a restore) is applied as any other:
+    the credential it now uses is resolved and sent with it."""
+    await setup_location(admin_client)
+    first, second = await pair(admin_client, "first"), await pair(admin_client, "second")
+    monitor = await create_monitor(admin_client, first)
+    state = await loaded(push_vault, keyring)
+    state.monitors[monitor.id].version += 1000
+    moved = mpb.Monitor()
+    moved.CopyFrom(monitor)
+    moved.http.requests[0].authentication.basic_credential_id = second
+    await admin_client.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=moved))
+    (delta,) = await catch_up(state, push_vault)
+    assert set(delta.monitors) == {monitor.id}
+    assert set(delta.credentials) == {second}
+    assert set(state.credentials) == {second}
+
+
+async def test_the_change_of_a_credential_deleted_since_changes_nothing(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """An overwrite's row read after the credential was deleted (its monitor still held: the monitor's row comes
+    later): nothing to resolve, nothing sent; the monitor's change then removes both."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    monitor = await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    await overwrite(admin_client, cred, "pw-2")
+    await admin_client.DeleteCredential(cpb.DeleteCredentialRequest(id=cred))
+    async with push_vault.store.autocommit() as tx:
+        changes = await tx.changes_since(state.revision, 1000)
+    (overwritten,) = [c for c in changes if c.kind is ChangeKind.CREDENTIAL and c.object_id == cred]
+    assert await state.apply(push_vault.store, overwritten) is None
+    assert set(state.credentials) == {cred}
+    assert state.revision == overwritten.revision
+    assert await catch_up(state, push_vault)
+    assert monitor.id not in state.monitors
+    assert not state.credentials
+
+
+async def test_changes_of_other_locations_and_kinds_advance_and_send_nothing_without_a_read(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every replica sees every change: those of other locations, and engines' own, cost no database read."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    monitor = await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    head = state.revision
+
+    async def no_read(*args: object) -> object:
+        raise AssertionError("read the database for a change that is not this location's")
+
+    monkeypatch.setattr(Queries, "monitors_by_id", no_read)
+    monkeypatch.setattr(Queries, "credentials_sealed", no_read)
+    for revision, kind, object_id, locations in (
+        (head + 1, ChangeKind.MONITOR, monitor.id, ("loc-elsewhere",)),
+        (head + 2, ChangeKind.CREDENTIAL, cred, ("loc-elsewhere",)),
+        (head + 3, ChangeKind.ENGINE, "e1", (LOCATION,)),
+    ):
+        assert await state.apply(push_vault.store, Change(revision, kind, object_id, locations)) is None
+        assert state.revision == revision
+    assert set(state.monitors) == {monitor.id}
+    assert set(state.credentials) == {cred}
+
+
+async def test_only_held_monitors_not_wanted_any_more_are_gone(keyring: Keyring) -> None:
+    state = LocationState(LOCATION, keyring)
+    state.monitors["SYNTHETIC_TEST-00000000000000A1"] = epb.MonitorResource(id="SYNTHETIC_TEST-00000000000000A1")
+    held = [
+        epb.HeldResource(kind=MONITOR, id="SYNTHETIC_TEST-00000000000000A1", version=1),  # wanted
+        epb.HeldResource(kind=MONITOR, id="SYNTHETIC_TEST-00000000000000A2", version=1),  # gone
+        epb.HeldResource(kind=CREDENTIAL, id="CREDENTIALS_VAULT-00000000000000C1", version=1),  # not a monitor
+        epb.HeldResource(kind=epb.RESOURCE_KIND_UNSPECIFIED, id="X", version=1),  # not a monitor
+    ]
+    assert state.gone_monitors(held) == ["SYNTHETIC_TEST-00000000000000A2"]
+
+
+async def test_push_latency_counts_each_delta_once_from_its_commit(keyring: Keyring) -> None:
+    """An ACK covers the deltas after the last one acked up to its revision, each measured from its commit (times on
+    the monotonic clock, bracketed by readings before and after the ACK: no threshold)."""
+    state = LocationState(LOCATION, keyring)
+    committed = {2: 1.0, 3: 2.0, 5: 4.0}  # revision: commit time (monotonic, long ago)
+    state.delivered.extend([(1, 0.5), *committed.items()])
+    observed: list[float] = []
+    timer = PushTimer(state, synced_revision=1, observe=observed.append)
+
+    def acked(revision: int) -> tuple[float, float]:
+        before = time.monotonic()
+        timer.acked(revision)
+        return before, time.monotonic()
+
+    before, after = acked(3)
+    assert len(observed) == 2
+    for revision, value in zip((3, 2), observed, strict=True):  # newest first
+        assert before - committed[revision] <= value <= after - committed[revision]
+    acked(2)  # an older ACK: nothing new
+    acked(3)
+    assert len(observed) == 2
+    before, after = acked(5)
+    assert len(observed) == 3
+    assert before - committed[5] <= observed[2] <= after - committed[5]
+
+
+async def test_only_applied_changes_are_timed(admin_client: Client, push_vault: RunningVault, keyring: Keyring) -> None:
+    """A rebuild's delta has no commit time and is not timed; an applied change's is."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    await create_monitor(admin_client, cred, "first")
+    state = await loaded(push_vault, keyring)
+    await create_monitor(admin_client, cred, "second")
+    assert await state.rebuild(push_vault.store) is not None
+    assert not state.delivered
+    await create_monitor(admin_client, cred, "third")
+    (delta,) = await catch_up(state, push_vault)
+    assert [revision for revision, _ in state.delivered] == [delta.revision]
