@@ -93,9 +93,17 @@ def _percent_decoded(run: str, start: int) -> Iterable[tuple[str, int, int]]:
     while i < len(raw):  # pragma: no mutate: Lt_NotEq -- a character decodes only whole: i lands on len(raw)
         lead = raw[i]
         # The size a lead byte announces. A byte that leads no valid UTF-8 (0x80 to 0xC1, 0xF5 and above) gets one too:
-        # its bytes fail to decode whatever the size and are read one by one below, so 0x80 given size 1 (<= for <)
-        # is the same. Equivalent.
-        size = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4  # pragma: no mutate: Lt_LtE
+        # its bytes fail to decode whatever the size and are read one by one below, so 0x80 given size 1 (<= for <,
+        # or 129 for 0x80) is the same. Equivalent.
+        size = (
+            1
+            if lead < 0x80  # pragma: no mutate: Lt_LtE, NumberReplacer
+            else 2
+            if lead < 0xE0
+            else 3
+            if lead < 0xF0
+            else 4
+        )
         try:
             char = raw[i : i + size].decode("utf-8")
         except UnicodeDecodeError:

