@@ -126,12 +126,11 @@ def browser_processes(root: int | None = None) -> list[int]:
     out = []
     for pid in _descendants(os.getpid() if root is None else root):
         try:
-            args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            # Chromium's helpers rewrite their command line into one string: split on spaces too
+            args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
         except OSError:
             continue
-        if b"chromium" in pathlib.Path(args[0].decode(errors="replace")).name.encode() and not any(
-            a.startswith(b"--type=") for a in args
-        ):
+        if args and args[0].endswith(b"/chromium") and not any(a.startswith(b"--type=") for a in args):
             out.append(pid)
     return out
 
