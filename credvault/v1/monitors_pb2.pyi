@@ -1271,6 +1271,7 @@ class MonitorResult(_message.Message):
     FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
     SCREENSHOT_PNG_FIELD_NUMBER: _builtins.int
     SCREENSHOT_NOTE_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_SIZE_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
     monitor_version: _builtins.int
     """The monitor version that ran (Monitor.version)."""
@@ -1292,6 +1293,8 @@ class MonitorResult(_message.Message):
     """
     screenshot_note: _builtins.str
     """Why there is no screenshot on a failure (too large, the page was gone); empty otherwise."""
+    screenshot_size: _builtins.int
+    """Set by the vault: the size of the stored screenshot (0: none), also when GetResults left it out."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1320,10 +1323,11 @@ class MonitorResult(_message.Message):
         failed_requests: _builtins.int = ...,
         screenshot_png: _builtins.bytes = ...,
         screenshot_note: _builtins.str = ...,
+        screenshot_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_errors", b"console_errors", "duration_ms", b"duration_ms", "engine_id", b"engine_id", "events", b"events", "failed_requests", b"failed_requests", "failure_reason", b"failure_reason", "location_id", b"location_id", "main_document_status", b"main_document_status", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "screenshot_note", b"screenshot_note", "screenshot_png", b"screenshot_png", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_errors", b"console_errors", "duration_ms", b"duration_ms", "engine_id", b"engine_id", "events", b"events", "failed_requests", b"failed_requests", "failure_reason", b"failure_reason", "location_id", b"location_id", "main_document_status", b"main_document_status", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "screenshot_note", b"screenshot_note", "screenshot_png", b"screenshot_png", "screenshot_size", b"screenshot_size", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1370,21 +1374,25 @@ class GetResultsRequest(_message.Message):
     MONITOR_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_SCREENSHOTS_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
     limit: _builtins.int
     """1..500, default 20."""
     location_id: _builtins.str
     """Only results from this location; empty: all."""
+    include_screenshots: _builtins.bool
+    """Include the failure screenshots (screenshot_png); without it only their size is given."""
     def __init__(
         self,
         *,
         monitor_id: _builtins.str = ...,
         limit: _builtins.int = ...,
         location_id: _builtins.str = ...,
+        include_screenshots: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "location_id", b"location_id", "monitor_id", b"monitor_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_screenshots", b"include_screenshots", "limit", b"limit", "location_id", b"location_id", "monitor_id", b"monitor_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
