@@ -97,6 +97,15 @@ class BrowserRuntime:
             self._browser = browser
             return browser
 
+    async def start(self) -> None:
+        """Starts the driver and the browser now (the worker does, before its gRPC stream runs: the driver is a
+        child process, and forking while gRPC's threads poll is best avoided). A failure is logged; executions try
+        again."""
+        try:
+            await self._current()
+        except BrowserUnavailable as exc:
+            log.warning("%s; browser monitors will try again", exc)
+
     @contextlib.asynccontextmanager
     async def context(self, http_credentials: HttpCredentials | None = None) -> AsyncIterator[BrowserContext]:
         """A fresh context (with HTTP authentication credentials when given), closed on the way out; a context

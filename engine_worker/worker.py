@@ -118,6 +118,8 @@ class EngineWorker:
         log.info("engine %s", self.identity.spiffe_uri)
         try:
             await self.status.start()
+            if self.browser is not None:
+                await self.browser.start()
             runtime.tune_gc_for_serving()
             try:
                 async with asyncio.TaskGroup() as group:

@@ -40,6 +40,7 @@ class Pages:
     basic_user: str = "alice"
     basic_password: str = ""
     tokens_seen: list[str] = dataclasses.field(default_factory=list)
+    logins: int = 0  # form logins posted, right or wrong
     stalled: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -72,6 +73,7 @@ class Pages:
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
+        self.logins += 1
         if form.get("user") == self.user and form.get("pass") == self.password:
             response = web.HTTPFound("/account")
             response.set_cookie("session", "s-" + self.user)
