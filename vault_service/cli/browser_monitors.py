@@ -18,7 +18,7 @@ from credvault.v1 import monitors_pb2 as mpb
 from vault_service.cli.session import clean, decode, read_bytes, warn, when
 from vault_service.errors import UsageError
 
-__all__ = ["add_browser_flags", "browser_monitor", "write_screenshot"]
+__all__ = ["add_browser_flags", "browser_script", "write_screenshot"]
 
 _EVENTS_HINT = "a mapping with 'events' (and optionally 'validation') in the protobuf JSON form of BrowserEvent"
 
@@ -42,7 +42,7 @@ def add_browser_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disabled", action="store_true", help="create it disabled")
 
 
-def _script(ns: argparse.Namespace) -> mpb.BrowserScript:
+def browser_script(ns: argparse.Namespace) -> mpb.BrowserScript:
     script = mpb.BrowserScript()
     if ns.events_file is not None:
         text = decode(read_bytes(ns.events_file, "--events-file"), "--events-file")
@@ -61,17 +61,6 @@ def _script(ns: argparse.Namespace) -> mpb.BrowserScript:
     script.validation.extend(mpb.BrowserValidation(text_present=t) for t in ns.text_present or [])
     script.timeout_ms = ns.script_timeout_ms or 0
     return script
-
-
-def browser_monitor(ns: argparse.Namespace) -> mpb.Monitor:
-    return mpb.Monitor(
-        name=ns.name,
-        enabled=not ns.disabled,
-        frequency_minutes=ns.frequency,
-        location_ids=list(dict.fromkeys(ns.location)),
-        management_zone=ns.management_zone or "",
-        browser=_script(ns),
-    )
 
 
 def write_screenshot(results: list[mpb.MonitorResult], path: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from credvault.v1 import monitors_pb2 as mpb
-from vault_service.cli.browser_monitors import add_browser_flags, browser_monitor, write_screenshot
+from vault_service.cli.browser_monitors import add_browser_flags, browser_script, write_screenshot
 from vault_service.cli.session import (
     Session,
     add_command,
@@ -104,15 +104,27 @@ def _http_request(ns: argparse.Namespace) -> mpb.HttpRequest:
     return request
 
 
-def _http_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+def _monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    """What every type of monitor takes from the flags (name, enabled, frequency, locations, zone)."""
     return mpb.Monitor(
         name=ns.name,
         enabled=not ns.disabled,
         frequency_minutes=ns.frequency,
         location_ids=list(dict.fromkeys(ns.location)),
         management_zone=ns.management_zone or "",
-        http=mpb.HttpScript(requests=[_http_request(ns)]),
     )
+
+
+def _http_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    monitor = _monitor(ns)
+    monitor.http.requests.append(_http_request(ns))
+    return monitor
+
+
+def _browser_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    monitor = _monitor(ns)
+    monitor.browser.CopyFrom(browser_script(ns))
+    return monitor
 
 
 # --- output ----------------------------------------------------------------------------------------------------------
@@ -236,7 +248,7 @@ def cmd_monitors_create_http(ns: argparse.Namespace, s: Session) -> None:
 
 
 def cmd_monitors_create_browser(ns: argparse.Namespace, s: Session) -> None:
-    response = s.call(s.monitors.CreateMonitor, mpb.CreateMonitorRequest(monitor=browser_monitor(ns)))
+    response = s.call(s.monitors.CreateMonitor, mpb.CreateMonitorRequest(monitor=_browser_monitor(ns)))
     output(ns, response, lambda: _monitor_view(response.monitor))
 
 
