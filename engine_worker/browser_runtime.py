@@ -98,13 +98,15 @@ class BrowserRuntime:
             return browser
 
     async def start(self) -> None:
-        """Starts the driver and the browser now (the worker does, before its gRPC stream runs: the driver is a
-        child process, and forking while gRPC's threads poll is best avoided). A failure is logged; executions try
-        again."""
-        try:
-            await self._current()
-        except BrowserUnavailable as exc:
-            log.warning("%s; browser monitors will try again", exc)
+        """Starts Playwright's driver now; the worker does, before its gRPC stream runs: the driver is a child of
+        this process, and forking while gRPC's threads poll crashed the child (the browser, started on first use,
+        is a child of the driver). A failure is logged; executions try again."""
+        async with self._lock:
+            try:
+                if self._playwright is None:
+                    self._playwright = await async_playwright().start()
+            except Exception:  # the driver did not start (Playwright raises plain exceptions for that)
+                log.warning("the browser driver did not start; browser monitors will try again")
 
     @contextlib.asynccontextmanager
     async def context(self, http_credentials: HttpCredentials | None = None) -> AsyncIterator[BrowserContext]:

@@ -31,12 +31,12 @@ from engine_worker.stream import EngineStream, StreamSettings
 from engine_worker.target_tls import TargetTls
 from engine_worker.tls import ClientCertificate, check_tls_files, mtls_channel_factory
 
-__all__ = ["EngineWorker"]
+__all__ = ["EngineWorker", "browser_runtime_for"]
 
 log = logging.getLogger("engine_worker")
 
 
-def _browser_runtime(chromium_path: str, metrics: BrowserMetrics) -> BrowserRuntime | None:
+def browser_runtime_for(chromium_path: str, metrics: BrowserMetrics) -> BrowserRuntime | None:
     """The browser for browser monitors, or None without Chromium (they are NOT_EXECUTABLE then)."""
     executable = find_chromium(chromium_path)
     if executable is None:
@@ -71,7 +71,7 @@ class EngineWorker:
             certificate=certificate,
         )
         self.browser_metrics = BrowserMetrics(registry)
-        self.browser = _browser_runtime(settings.chromium_path, self.browser_metrics)
+        self.browser = browser_runtime_for(settings.chromium_path, self.browser_metrics)
         browser = None
         if self.browser is not None:
             browser = BrowserExecutor(

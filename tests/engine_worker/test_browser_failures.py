@@ -13,7 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
+from engine_worker.browser_runtime import BrowserRuntime
 from engine_worker.execution_metrics import BrowserMetrics
+from engine_worker.http_execution import NOT_EXECUTABLE_REASON, HttpExecutor
+from engine_worker.target_tls import TargetTls
+from engine_worker.worker import browser_runtime_for
 from tests.browser_monitors import (
     TOKEN,
     BrowserEngine,
@@ -123,3 +127,22 @@ async def test_an_oversized_screenshot_is_dropped_with_a_note(pages: Pages) -> N
     assert result.status == FAILED
     assert not result.screenshot_png
     assert result.screenshot_note.startswith("screenshot dropped: ")
+
+
+async def test_without_chromium_browser_monitors_are_not_executable(pages: Pages) -> None:
+    """--chromium-path naming nothing: the worker has no browser, and the HTTP executor reports browser monitors
+    NOT_EXECUTABLE with a reason that says what to install or set."""
+    assert browser_runtime_for("/nonexistent/chromium", BrowserMetrics(CollectorRegistry())) is None
+    engine = BrowserEngine()
+    try:
+        executor = HttpExecutor(engine.store, TargetTls(None))
+        engine.push(browser_monitor(M1, pages.url("/field")))
+        held = engine.store.monitor(M1)
+        assert held is not None
+        result = await executor.execute(held)
+    finally:
+        await engine.close()
+    assert result.status == mpb.EXECUTION_STATUS_NOT_EXECUTABLE
+    assert result.failure_reason == NOT_EXECUTABLE_REASON
+    assert "--chromium-path" in NOT_EXECUTABLE_REASON
+    assert isinstance(browser_runtime_for("chromium", BrowserMetrics(CollectorRegistry())), BrowserRuntime)
