@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator
 
@@ -38,12 +39,21 @@ _ARGS = (
     "--password-store=basic",
     "--disable-features=AutofillServerCommunication,PasswordManagerOnboarding",
 )
+_DRIVER_DEBUGGING = ("DEBUG", "PWDEBUG", "DEBUG_FILE")
 _CLOSE_TIMEOUT = 10.0
 _LAUNCH_TIMEOUT_MS = 30_000
 
 
 class BrowserUnavailable(Exception):
     """The browser could not be started (the message is safe to report: it holds no page data)."""
+
+
+def _drop_driver_debugging() -> None:
+    """Playwright's driver inherits this process's environment, and with DEBUG=pw:api (or PWDEBUG) it writes every
+    call with its arguments, typed secrets included, to the worker's log: those variables are removed first."""
+    for name in _DRIVER_DEBUGGING:
+        if os.environ.pop(name, None) is not None:
+            log.warning("ignored %s: Playwright's debugging output would show typed credentials", name)
 
 
 def find_chromium(path: str) -> str | None:
@@ -76,6 +86,7 @@ class BrowserRuntime:
                 await self._discard(browser)
             try:
                 if self._playwright is None:
+                    _drop_driver_debugging()
                     self._playwright = await async_playwright().start()
                 browser = await self._playwright.chromium.launch(
                     executable_path=self._executable,
@@ -101,6 +112,7 @@ class BrowserRuntime:
         """Starts Playwright's driver now; the worker does, before its gRPC stream runs: the driver is a child of
         this process, and forking while gRPC's threads poll crashed the child (the browser, started on first use,
         is a child of the driver). A failure is logged; executions try again."""
+        _drop_driver_debugging()
         async with self._lock:
             try:
                 if self._playwright is None:

@@ -146,3 +146,19 @@ async def test_without_chromium_browser_monitors_are_not_executable(pages: Pages
     assert result.failure_reason == NOT_EXECUTABLE_REASON
     assert "--chromium-path" in NOT_EXECUTABLE_REASON
     assert isinstance(browser_runtime_for("chromium", BrowserMetrics(CollectorRegistry())), BrowserRuntime)
+
+
+async def test_playwright_debugging_cannot_print_typed_secrets(
+    pages: Pages, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """DEBUG=pw:api makes Playwright's driver print every call with its arguments: the worker drops it."""
+    monkeypatch.setenv("DEBUG", "pw:api,pw:protocol")
+    engine = BrowserEngine()
+    try:
+        await engine.runtime.start()
+        result = await engine.run(browser_monitor(M1, pages.url("/field"), typed("#f", TOKEN)), token(SECRET_A))
+    finally:
+        await engine.close()
+    assert result.status == SUCCESS, result.failure_reason
+    captured = capfd.readouterr()
+    assert SECRET_A not in captured.out + captured.err
