@@ -10,6 +10,9 @@ import asyncio
 from credvault.v1 import monitors_pb2 as mpb
 from engine_worker.result_reporter import ResultReporter
 from tests.conftest import Client, Connect
+from tests.credvault.test_secret_scrub import every_form
+from tests.helpers import create_req, token
+from tests.vault_service.test_result_scrub_vault import SECRET_TOKEN, _assert_nowhere
 from tests.vault_service.test_results import FAILED, eventually_results, prepare, report, result, results_of
 from vault_service import results as vault_results
 
@@ -69,3 +72,31 @@ def test_reporter_batches_stay_under_the_byte_bound() -> None:
             return [len(await reporter.next_batch()) for _ in range(3)]
 
     assert asyncio.run(batches()) == [2, 2, 1]
+
+
+async def test_the_vault_scrubs_browser_event_texts(admin_client: Client, connect: Connect) -> None:
+    """An engine that puts a typed secret in an event's description, reason or the screenshot note: the vault removes
+    it, in every form, before anything is stored."""
+    await admin_client.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-a")))
+    await admin_client.AddEngine(mpb.AddEngineRequest(location_id="loc-a", engine_id="e1"))
+    tok = (await admin_client.CreateCredential(create_req("tok", token(SECRET_TOKEN)))).credential.id
+    typed = mpb.Keystroke(selector="#tok", credential=mpb.CredentialField(credential_id=tok))
+    definition = mpb.Monitor(
+        name="b",
+        frequency_minutes=1,
+        location_ids=["loc-a"],
+        enabled=True,
+        browser=mpb.BrowserScript(url="https://shop.example/", events=[mpb.BrowserEvent(keystroke=typed)]),
+    )
+    monitor = (await admin_client.CreateMonitor(mpb.CreateMonitorRequest(monitor=definition))).monitor
+    engine = await connect("loc-a", "e1")
+    await engine.wait_until(lambda: monitor.id in engine.monitors)
+    forms = " | ".join(every_form(SECRET_TOKEN).values())
+    leaky = browser_result(monitor.id, 1, screenshot_note=f"no screenshot: {forms}")
+    leaky.events[1].description = f"typed {SECRET_TOKEN}"
+    leaky.events[2].failure_reason = f"the field shows {forms}"
+    await report(engine, leaky)
+    stored = (await eventually_results(admin_client, monitor.id, 1))[0]
+    texts = [stored.screenshot_note, *(t for e in stored.events for t in (e.description, e.failure_reason))]
+    _assert_nowhere("stored browser result", *texts, stored.SerializeToString().decode("utf-8", "replace"))
+    assert stored.events[1].description == f"typed {{{{{tok}}}}}"
