@@ -5,6 +5,7 @@ isolation between executions and monitors (cookies and localStorage set and read
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -158,3 +159,18 @@ async def test_literal_keystrokes(pages: Pages, engine: BrowserEngine) -> None:
         click("#send", validation=[shows("token accepted")]),
     )
     assert (await engine.run(monitor)).status == SUCCESS
+
+
+async def test_no_typed_secret_in_any_log_record(
+    pages: Pages, engine: BrowserEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    results = [
+        await engine.run(login_monitor(pages), pair(PASSWORD)),
+        await engine.run(login_monitor(pages, version=2), pair("wrong-" + PASSWORD, version=2)),
+        await engine.run(browser_monitor(M2, pages.url("/token-form"), typed("#tok", TOKEN)), token(TOKEN_VALUE)),
+    ]
+    assert [r.status for r in results] == [SUCCESS, FAILED, SUCCESS]
+    assert caplog.records  # the browser's and the driver's loggers did speak
+    for secret in (PASSWORD, TOKEN_VALUE):
+        assert secret not in caplog.text
