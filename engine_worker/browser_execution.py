@@ -171,8 +171,8 @@ class BrowserExecutor:
                     result.failed_requests = run.failed_requests
         except Failed as exc:  # before the page existed (the login credential)
             result.failure_reason = substitutions.scrub(str(exc))
-        except (BrowserUnavailable, PlaywrightError) as exc:
-            reason = str(exc) if isinstance(exc, BrowserUnavailable) else "the browser failed"
+        except Exception as exc:  # BrowserUnavailable, PlaywrightError, or a plain one from a dead driver
+            reason = str(exc) if isinstance(exc, BrowserUnavailable) else "the browser or its driver failed"
             result.status = mpb.EXECUTION_STATUS_FAILED
             result.failure_reason = substitutions.scrub(reason)
 

@@ -18,7 +18,6 @@ import shutil
 from collections.abc import AsyncIterator
 
 from playwright.async_api import Browser, BrowserContext, HttpCredentials, Playwright, async_playwright
-from playwright.async_api import Error as PlaywrightError
 
 from engine_worker.execution_metrics import BrowserMetrics
 
@@ -85,21 +84,14 @@ class BrowserRuntime:
             if browser is not None:
                 await self._discard(browser)
             try:
-                if self._playwright is None:
-                    _drop_driver_debugging()
-                    self._playwright = await async_playwright().start()
-                browser = await self._playwright.chromium.launch(
-                    executable_path=self._executable,
-                    headless=True,
-                    args=list(_ARGS),
-                    handle_sigint=False,
-                    handle_sigterm=False,
-                    handle_sighup=False,
-                    timeout=_LAUNCH_TIMEOUT_MS,
-                )
-            except PlaywrightError:
+                browser = await self._launch()
+            except Exception:  # a dead driver raises plain exceptions: once more with a new driver
                 await self._stop_playwright()  # a driver that failed once is not trusted again
-                raise BrowserUnavailable(f"the browser ({self._executable}) could not be started") from None
+                try:
+                    browser = await self._launch()
+                except Exception:
+                    await self._stop_playwright()
+                    raise BrowserUnavailable(f"the browser ({self._executable}) could not be started") from None
             self._launches += 1
             if self._launches > 1:
                 log.warning("browser started again (it had died or hung)")
@@ -107,6 +99,20 @@ class BrowserRuntime:
                     self._metrics.restarts.inc()
             self._browser = browser
             return browser
+
+    async def _launch(self) -> Browser:
+        if self._playwright is None:
+            _drop_driver_debugging()
+            self._playwright = await async_playwright().start()
+        return await self._playwright.chromium.launch(
+            executable_path=self._executable,
+            headless=True,
+            args=list(_ARGS),
+            handle_sigint=False,
+            handle_sigterm=False,
+            handle_sighup=False,
+            timeout=_LAUNCH_TIMEOUT_MS,
+        )
 
     async def start(self) -> None:
         """Starts Playwright's driver now; the worker does, before its gRPC stream runs: the driver is a child of
@@ -129,7 +135,7 @@ class BrowserRuntime:
             context = await browser.new_context(
                 http_credentials=http_credentials, service_workers="block", accept_downloads=False
             )
-        except PlaywrightError:
+        except Exception:  # PlaywrightError, or a plain one from a dead driver
             raise BrowserUnavailable("the browser did not open a context") from None
         if self._metrics is not None:
             self._metrics.contexts_open.inc()
@@ -144,7 +150,7 @@ class BrowserRuntime:
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await context.close()
-        except (PlaywrightError, TimeoutError):
+        except Exception:  # PlaywrightError, TimeoutError, or a plain one from a dead driver
             if browser.is_connected():
                 log.warning("a browser context did not close: closing the browser")
                 async with self._lock:
@@ -153,7 +159,7 @@ class BrowserRuntime:
 
     async def _discard(self, browser: Browser) -> None:
         self._browser = None
-        with contextlib.suppress(PlaywrightError, TimeoutError):
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await browser.close()
 

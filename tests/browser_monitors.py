@@ -135,6 +135,20 @@ def browser_processes(root: int | None = None) -> list[int]:
     return out
 
 
+def kill_driver() -> int:
+    """SIGKILLs Playwright's driver (node, run-driver) under this process; returns how many."""
+    pids = []
+    for pid in _descendants(os.getpid()):
+        try:
+            if b"run-driver" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 def kill_browsers(root: int | None = None) -> int:
     """SIGKILLs the Chromium main processes under ``root``; returns how many."""
     pids = browser_processes(root)

@@ -25,6 +25,7 @@ from tests.browser_monitors import (
     browser_processes,
     click,
     kill_browsers,
+    kill_driver,
     literal,
     shows,
     token,
@@ -162,3 +163,16 @@ async def test_playwright_debugging_cannot_print_typed_secrets(
     assert result.status == SUCCESS, result.failure_reason
     captured = capfd.readouterr()
     assert SECRET_A not in captured.out + captured.err
+
+
+async def test_a_driver_killed_mid_run_fails_the_execution_and_the_next_one_works(
+    pages: Pages, engine: BrowserEngine
+) -> None:
+    running = asyncio.create_task(engine.run(browser_monitor(M1, pages.url("/hanging"), timeout_ms=60_000)))
+    async with asyncio.timeout(30):
+        await pages.stalled.wait()
+    assert kill_driver() == 1
+    result = await running
+    assert result.status == FAILED
+    assert result.failure_reason
+    assert (await engine.run(working(pages))).status == SUCCESS
