@@ -6,7 +6,7 @@ field give pixel-identical screenshots, while two literal texts (not masked) giv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -83,14 +83,19 @@ async def test_a_wrong_selector_fails_that_event(pages: Pages, engine: BrowserEn
     assert (await engine.run(working(pages))).status == SUCCESS
 
 
-async def test_a_browser_killed_mid_run_fails_the_execution_and_is_started_again(
-    pages: Pages, engine: BrowserEngine, registry: CollectorRegistry
-) -> None:
+async def killed_mid_run(pages: Pages, engine: BrowserEngine, kill: Callable[[], int]) -> mpb.MonitorResult:
+    """The result of an execution of a page that never finishes loading, during which ``kill`` killed one process."""
     running = asyncio.create_task(engine.run(browser_monitor(M1, pages.url("/hanging"), timeout_ms=60_000)))
     async with asyncio.timeout(30):
         await pages.stalled.wait()
-    assert kill_browsers() == 1
-    result = await running
+    assert kill() == 1
+    return await running
+
+
+async def test_a_browser_killed_mid_run_fails_the_execution_and_is_started_again(
+    pages: Pages, engine: BrowserEngine, registry: CollectorRegistry
+) -> None:
+    result = await killed_mid_run(pages, engine, kill_browsers)
     assert result.status == FAILED
     assert result.failure_reason.startswith("opening ")
     assert (await engine.run(working(pages))).status == SUCCESS
@@ -168,11 +173,7 @@ async def test_playwright_debugging_cannot_print_typed_secrets(
 async def test_a_driver_killed_mid_run_fails_the_execution_and_the_next_one_works(
     pages: Pages, engine: BrowserEngine
 ) -> None:
-    running = asyncio.create_task(engine.run(browser_monitor(M1, pages.url("/hanging"), timeout_ms=60_000)))
-    async with asyncio.timeout(30):
-        await pages.stalled.wait()
-    assert kill_driver() == 1
-    result = await running
+    result = await killed_mid_run(pages, engine, kill_driver)
     assert result.status == FAILED
     assert result.failure_reason
     assert (await engine.run(working(pages))).status == SUCCESS
