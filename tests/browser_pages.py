@@ -18,7 +18,7 @@ _LOGIN_FORM = """<!doctype html><title>login</title>
 <button id=go type=submit>Log in</button></form>"""
 _TOKEN_FORM = """<!doctype html><title>token</title>
 <form method=post action=/token><input id=tok name=tok><button id=send type=submit>Send</button></form>"""
-_STORAGE = """<!doctype html><title>storage</title><p id=state></p><script>
+_STORAGE = """<!doctype html><title>storage</title><p id=state></p><script src=/cached.js></script><script>
 const cookie = document.cookie.includes('seen=1') ? 'cookie-seen' : 'cookie-fresh';
 const stored = localStorage.getItem('seen') ? 'storage-seen' : 'storage-fresh';
 document.getElementById('state').textContent = cookie + ' ' + stored + ' SERVER';
@@ -41,6 +41,7 @@ class Pages:
     basic_password: str = ""
     tokens_seen: list[str] = dataclasses.field(default_factory=list)
     logins: int = 0  # form logins posted, right or wrong
+    cached_fetches: int = 0  # of /cached.js, which may be cached for an hour
     stalled: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -61,6 +62,7 @@ class Pages:
         app.router.add_get("/select", _page(_SELECT))
         app.router.add_get("/hanging", _page(_HANGING))
         app.router.add_get("/stall", self._stall)
+        app.router.add_get("/cached.js", self._cached)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -101,6 +103,11 @@ class Pages:
     async def _storage(self, request: web.Request) -> web.StreamResponse:
         seen = "server-seen" if "seen" in request.cookies else "server-fresh"
         return _html(_STORAGE.replace("SERVER", seen))
+
+    async def _cached(self, request: web.Request) -> web.StreamResponse:
+        self.cached_fetches += 1
+        headers = {"Cache-Control": "public, max-age=3600"}
+        return web.Response(text="window.cached = 1;", content_type="text/javascript", headers=headers)
 
     async def _stall(self, request: web.Request) -> web.StreamResponse:
         self.stalled.set()

@@ -134,7 +134,8 @@ async def test_select_javascript_and_wait_conditions(pages: Pages, engine: Brows
 
 
 async def test_executions_and_monitors_share_no_cookies_or_storage(pages: Pages, engine: BrowserEngine) -> None:
-    """The page reports what cookie and localStorage it found, then sets both: every execution must find none."""
+    """The page reports what cookie and localStorage it found, then sets both, and loads a script cacheable for an
+    hour: every execution must find none and fetch the script again."""
     fresh = [shows("cookie-fresh storage-fresh server-fresh")]
     within = browser_monitor(
         M2,
@@ -146,9 +147,11 @@ async def test_executions_and_monitors_share_no_cookies_or_storage(pages: Pages,
     )
     result = await engine.run(within)  # the check can fail: within one execution the page sees what it set
     assert result.status == SUCCESS, result.failure_reason
-    for monitor_id in (M1, M1, M2):
+    assert pages.cached_fetches == 1  # and its cache serves the script the second time
+    for fetches, monitor_id in enumerate((M1, M1, M2), start=2):
         result = await engine.run(browser_monitor(monitor_id, pages.url("/storage"), validation=fresh))
         assert result.status == SUCCESS, result.failure_reason
+        assert pages.cached_fetches == fetches  # no cache shared either
 
 
 async def test_literal_keystrokes(pages: Pages, engine: BrowserEngine) -> None:
