@@ -1,5 +1,5 @@
-"""`engine-worker`: run an engine: hold the vault's monitor configs in memory, execute the HTTP monitors at their
-frequencies and report the results to the vault, and serve a local status endpoint.
+"""`engine-worker`: run an engine: hold the vault's monitor configs in memory, execute the HTTP and browser monitors at
+their frequencies and report the results to the vault, and serve a local status endpoint.
 
 Settings come from flags or ENGINE_* environment variables (flags win). SIGTERM or SIGINT closes the stream, wipes
 every held secret and exits 0.
@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--target-ca", help="PEM CA certificates to trust for monitored HTTPS targets (ENGINE_TARGET_CA)")
     p.add_argument("--max-concurrent-executions", help="monitor executions at a time (default 100)")
+    p.add_argument(
+        "--chromium-path",
+        help="Chromium for browser monitors: a name on PATH or a path (default chromium; ENGINE_CHROMIUM_PATH)",
+    )
+    p.add_argument(
+        "--max-concurrent-browser-executions", help="browser monitor executions at a time (default: the CPU count)"
+    )
     p.add_argument("--interval-scale", help="multiply every monitor interval by this, at most 1 (demos and tests)")
     p.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop (ENGINE_EVENT_LOOP)")
     p.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines (ENGINE_LOG_FORMAT)")
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=ns.log_level,
             target_ca=ns.target_ca,
             max_concurrent_executions=ns.max_concurrent_executions,
+            chromium_path=ns.chromium_path,
+            max_concurrent_browser_executions=ns.max_concurrent_browser_executions,
             interval_scale=ns.interval_scale,
             log_format=ns.log_format,
             event_loop=ns.event_loop,

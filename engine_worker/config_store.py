@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # here, keeping it out of __repr__, and wiping it.
 SECRET_BEARING_FIELDS: dict[str, set[str]] = {
     "HeldCredential": {"_secret"},
-    # http_execution: the values of the credentials one execution looked up, to scrub them from what it reports;
-    # cleared after it.
+    # http_execution (also used by browser_execution): the values of the credentials one execution looked up, to
+    # scrub them from what it reports; cleared after it.
     "_Substitutions": {"_secrets"},
 }
 

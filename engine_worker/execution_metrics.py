@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from credvault.v1 import monitors_pb2
 
-__all__ = ["ExecutionMetrics"]
+__all__ = ["BrowserMetrics", "ExecutionMetrics"]
 
 _STATUS = {
     monitors_pb2.EXECUTION_STATUS_SUCCESS: "success",
@@ -62,3 +62,27 @@ class ExecutionMetrics:
         for series in (self.failures, self.duration):
             with contextlib.suppress(KeyError):
                 series.remove(monitor_id)
+
+
+class BrowserMetrics:
+    """Series of browser monitor executions: counts by outcome and duration (not per monitor: the per-monitor series
+    above cover that), browser (re)starts and the contexts open now."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.executions = Counter(
+            "browser_executions", "Browser monitor executions, by outcome", ["status"], registry=registry
+        )
+        self.duration = Histogram(
+            "browser_execution_duration_seconds",
+            "Wall time of one browser monitor execution",
+            buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "browser_restarts", "Times the browser was started again after it died or hung", registry=registry
+        )
+        self.contexts_open = Gauge("browser_contexts_open", "Browser contexts open now", registry=registry)
+
+    def record(self, result: monitors_pb2.MonitorResult) -> None:
+        self.executions.labels(_STATUS.get(result.status, "unknown")).inc()
+        self.duration.observe(result.duration_ms / 1000)

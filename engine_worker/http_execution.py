@@ -21,7 +21,7 @@ import dataclasses
 import re
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 from google.protobuf import timestamp_pb2
@@ -37,7 +37,10 @@ from engine_worker.target_tls import TargetTls, TargetTlsError
 __all__ = ["NOT_EXECUTABLE_REASON", "ExecutionSettings", "HttpExecutor"]
 
 DEFAULT_TIMEOUT_MS = 10_000
-NOT_EXECUTABLE_REASON = "browser monitors cannot run on this engine: it executes HTTP monitors only"
+NOT_EXECUTABLE_REASON = (
+    "browser monitors cannot run on this engine: it found no Chromium"
+    " (install the distribution's chromium package, or point --chromium-path at it)"
+)
 _MAX_REASON = 500
 
 
@@ -65,6 +68,15 @@ class _Substitutions:
         for value, shown_as in secrets_of(credential_id, details).items():
             self._secrets.setdefault(value, shown_as)
 
+    def look_up(self, store: ConfigStore, credential_id: str) -> credentials_pb2.CredentialDetails | None:
+        """The credential's contents (remembered to scrub), or None when the engine does not hold it."""
+        held = store.credential(credential_id)
+        if held is None:
+            return None
+        details = held.details()
+        self.add(credential_id, details)
+        return details
+
     def scrub(self, text: str) -> str:
         """``text`` without any of the values, in any form (see credvault.secret_scrub), then clipped."""
         return _short(Scrubber(self._secrets).scrub(text)) if self._secrets else _short(text)
@@ -88,15 +100,25 @@ def _short(text: str) -> str:
 
 
 class HttpExecutor:
-    """Runs held monitors. ``tls`` makes the TLS contexts for targets (system roots plus ``--target-ca``)."""
+    """Runs held monitors. ``tls`` makes the TLS contexts for targets (system roots plus ``--target-ca``). Browser
+    monitors go to ``browser`` (see engine_worker.browser_execution); without one they are NOT_EXECUTABLE."""
 
-    def __init__(self, store: ConfigStore, tls: TargetTls, settings: ExecutionSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: ConfigStore,
+        tls: TargetTls,
+        settings: ExecutionSettings | None = None,
+        browser: Callable[[HeldMonitor], Awaitable[monitors_pb2.MonitorResult]] | None = None,
+    ) -> None:
         self._store = store
         self._tls = tls
         self._settings = settings or ExecutionSettings()
+        self._browser = browser
 
     async def execute(self, held: HeldMonitor) -> monitors_pb2.MonitorResult:
         monitor = held.monitor
+        if monitor.WhichOneof("script") == "browser" and self._browser is not None:
+            return await self._browser(held)
         started_wall, started = time.time(), time.perf_counter()
         result = monitors_pb2.MonitorResult(monitor_id=held.id, monitor_version=held.monitor_version)
         result.start_time.CopyFrom(_timestamp(started_wall))
@@ -186,11 +208,9 @@ class HttpExecutor:
     # --- credentials -------------------------------------------------------------------------------------------
 
     def _details(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.CredentialDetails:
-        held = self._store.credential(credential_id)
-        if held is None:
+        details = substitutions.look_up(self._store, credential_id)
+        if details is None:
             raise _Failed(f"credential {credential_id} is not held by this engine")
-        details = held.details()
-        substitutions.add(credential_id, details)
         return details
 
     def _substitute(self, text: str, substitutions: _Substitutions) -> str:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credvault.settings import describe_invalid, parse_duration, parse_listen
+from engine_worker.browser_execution import default_max_concurrent
 
 __all__ = ["DEFAULT_STATUS_LISTEN", "Settings", "load_settings"]
 
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
         None, description="PEM CA certificates trusted for monitored HTTPS targets, besides the system's"
     )
     max_concurrent_executions: int = Field(100, ge=1, le=10_000)
+    chromium_path: str = Field(
+        "chromium", min_length=1, description="the Chromium executable for browser monitors (a name on PATH or a path)"
+    )
+    max_concurrent_browser_executions: int = Field(
+        default_factory=default_max_concurrent, ge=1, le=1000, description="browser executions at a time"
+    )
     interval_scale: float = Field(
         1.0, gt=0, le=1, description="multiplies every monitor's interval (1 in production; smaller for demos, tests)"
     )

@@ -18,8 +18,10 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from credvault import runtime
+from engine_worker.browser_execution import BrowserExecutor, BrowserSettings
+from engine_worker.browser_runtime import BrowserRuntime, find_chromium
 from engine_worker.config_store import ConfigStore
-from engine_worker.execution_metrics import ExecutionMetrics
+from engine_worker.execution_metrics import BrowserMetrics, ExecutionMetrics
 from engine_worker.http_execution import HttpExecutor
 from engine_worker.result_reporter import ResultReporter
 from engine_worker.scheduler import Scheduler
@@ -29,9 +31,18 @@ from engine_worker.stream import EngineStream, StreamSettings
 from engine_worker.target_tls import TargetTls
 from engine_worker.tls import ClientCertificate, check_tls_files, mtls_channel_factory
 
-__all__ = ["EngineWorker"]
+__all__ = ["EngineWorker", "browser_runtime_for"]
 
 log = logging.getLogger("engine_worker")
+
+
+def browser_runtime_for(chromium_path: str, metrics: BrowserMetrics) -> BrowserRuntime | None:
+    """The browser for browser monitors, or None without Chromium (they are NOT_EXECUTABLE then)."""
+    executable = find_chromium(chromium_path)
+    if executable is None:
+        log.warning("no Chromium at %s: browser monitors will not run (see --chromium-path)", chromium_path)
+        return None
+    return BrowserRuntime(executable, metrics)
 
 
 class EngineWorker:
@@ -59,9 +70,19 @@ class EngineWorker:
             results=self.results,
             certificate=certificate,
         )
+        self.browser_metrics = BrowserMetrics(registry)
+        self.browser = browser_runtime_for(settings.chromium_path, self.browser_metrics)
+        browser = None
+        if self.browser is not None:
+            browser = BrowserExecutor(
+                self.store,
+                self.browser,
+                BrowserSettings(max_concurrent=settings.max_concurrent_browser_executions),
+                self.browser_metrics,
+            ).execute
         self.scheduler = Scheduler(
             self.store,
-            HttpExecutor(self.store, TargetTls(settings.target_ca)).execute,
+            HttpExecutor(self.store, TargetTls(settings.target_ca), browser=browser).execute,
             self.results.add,
             metrics=metrics,
             interval_scale=settings.interval_scale,
@@ -97,6 +118,8 @@ class EngineWorker:
         log.info("engine %s", self.identity.spiffe_uri)
         try:
             await self.status.start()
+            if self.browser is not None:
+                await self.browser.start()
             runtime.tune_gc_for_serving()
             try:
                 async with asyncio.TaskGroup() as group:
@@ -126,6 +149,8 @@ class EngineWorker:
 
     async def _close(self) -> None:
         await self.scheduler.stop()
+        if self.browser is not None:
+            await self.browser.close()
         count = self.store.flush()
         log.info("wiped %d held monitors and credentials", count)
         await self.status.stop()

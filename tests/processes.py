@@ -186,17 +186,22 @@ class System:
         return await self._spawn(*self._command("credvault", VAULT_MODULE_ARGV), "serve", env=env, launcher=launcher)
 
     async def start_worker(
-        self, location: str, engine: str, *extra: str, launcher: Sequence[str] = ()
+        self, location: str, engine: str, *extra: str, launcher: Sequence[str] = (), **extra_env: str
     ) -> tuple[Proc, int]:
-        worker = await self.spawn_worker(location, engine, *extra, launcher=launcher)
+        worker = await self.spawn_worker(location, engine, *extra, launcher=launcher, **extra_env)
         m = await worker.wait_for_line(STATUS_LISTENING)
         return worker, int(m.group(1))
 
-    async def spawn_worker(self, location: str, engine: str, *extra: str, launcher: Sequence[str] = ()) -> Proc:
-        """An `engine-worker` process, not waited for."""
+    async def spawn_worker(
+        self, location: str, engine: str, *extra: str, launcher: Sequence[str] = (), **extra_env: str
+    ) -> Proc:
+        """An `engine-worker` process, not waited for (``extra_env`` on top of its environment)."""
         args = worker_arguments(self.pki, self.engine_port, location, engine, "--heartbeat-interval", "1", *extra)
         return await self._spawn(
-            *self._command("engine-worker", WORKER_MODULE_ARGV), *args, env=self._env(), launcher=launcher
+            *self._command("engine-worker", WORKER_MODULE_ARGV),
+            *args,
+            env=self._env() | extra_env,
+            launcher=launcher,
         )
 
     async def stop_all(self) -> None:

@@ -66,6 +66,11 @@ NOT_RUN = {
         "Credentials synchronized from an external vault",
         "credvault credentials create --name shop-login --type username-password --external-source source.json",
     ): "needs an OpenBao with an AppRole (tests/vault_service/test_external_sync.py runs these commands)",
+    ("Browser monitors", "cat > login.yaml <<'EOF'"): (
+        "needs a login page, which `credvault dev` does not serve; tests/engine_worker/test_browser_processes.py runs"
+        " the same clickpath (real vault and worker processes, Chromium) against a page on loopback, and"
+        " tests/vault_service/cli/test_cli_monitors.py the commands"
+    ),
     ("Deploy on Kubernetes", "kubectl create namespace credvault"): "kubectl and helm against a cluster",
     ("Deploy on Kubernetes", "credvault pki init --dir pki --trust-domain synthetic.example.com"): (
         "its kubectl lines need a cluster (the pki commands: tests/vault_service/cli/test_cli_pki.py)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import urllib.parse
+from collections.abc import Iterator, Sequence
 
 from credvault.formats import CREDENTIAL_ID, PLACEHOLDER, SLUG
 from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_path
@@ -32,6 +33,12 @@ MAX_HEADER_VALUE = 8192
 MAX_RULES = 20
 MAX_LOCATIONS = 50
 DEFAULT_TIMEOUT_MS = 10_000
+MAX_TIMEOUT_MS = 60_000
+DEFAULT_BROWSER_TIMEOUT_MS = 60_000
+MAX_BROWSER_TIMEOUT_MS = 300_000
+MAX_SELECTOR = 1024
+MAX_TEXT = 4096
+MAX_JAVASCRIPT = 16 * 1024
 MAX_MONITOR_BYTES = 512 * 1024  # a pushed config must fit one batch message with room to spare
 
 
@@ -127,22 +134,125 @@ def _url(field: str, url: str) -> None:
         raise InvalidArgument(field, "must be an absolute http:// or https:// URL")
 
 
-def _rules(field: str, rules: list[mpb.ValidationRule]) -> None:
+def _each_rule(
+    field: str, rules: Sequence[mpb.ValidationRule | mpb.BrowserValidation]
+) -> Iterator[tuple[str, str, mpb.ValidationRule | mpb.BrowserValidation]]:
+    """Each rule with its field path and kind; at most MAX_RULES, each setting one."""
     if len(rules) > MAX_RULES:
         raise InvalidArgument(field, f"at most {MAX_RULES} rules")
     for i, rule in enumerate(rules):
         which = rule.WhichOneof("rule")
         if which is None:
             raise InvalidArgument(f"{field}[{i}]", "must set one rule")
+        yield f"{field}[{i}]", which, rule
+
+
+def _status_codes(field: str, codes: list[int]) -> None:
+    if not codes or any(not 100 <= c <= 599 for c in codes):
+        raise InvalidArgument(field, "must list HTTP status codes 100-599")
+
+
+def _rules(field: str, rules: list[mpb.ValidationRule]) -> None:
+    for path, which, rule in _each_rule(field, rules):
+        assert isinstance(rule, mpb.ValidationRule)
         if which == "status_code_in":
-            codes = list(rule.status_code_in.codes)
-            if not codes or any(not 100 <= c <= 599 for c in codes):
-                raise InvalidArgument(f"{field}[{i}].status_code_in", "must list HTTP status codes 100-599")
+            _status_codes(f"{path}.status_code_in", list(rule.status_code_in.codes))
         elif which == "body_matches_regex":
             try:
                 re.compile(rule.body_matches_regex)
             except re.error as exc:
-                raise InvalidArgument(f"{field}[{i}].body_matches_regex", f"is not a valid regex: {exc.msg}") from None
+                raise InvalidArgument(f"{path}.body_matches_regex", f"is not a valid regex: {exc.msg}") from None
+
+
+def _selector(field: str, value: str) -> None:
+    if not value.strip():
+        raise InvalidArgument(field, "must be a CSS selector")
+    if len(value) > MAX_SELECTOR:
+        raise InvalidArgument(field, f"is longer than {MAX_SELECTOR} characters")
+
+
+def _script_text(field: str, value: str, max_len: int = MAX_JAVASCRIPT) -> None:
+    """JavaScript and literal texts: bounded, and never a placeholder (credentials are typed, never put in code)."""
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > max_len:
+        raise InvalidArgument(field, f"is longer than {max_len} characters")
+    if _LOOSE_PLACEHOLDER.search(value):
+        raise InvalidArgument(field, "must not hold credential placeholders; type a credential with a keystroke event")
+
+
+def _timeout(field: str, value: int, default: int, low: int, high: int) -> int:
+    if value == 0:
+        return default
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be {low} to {high}")
+    return value
+
+
+def _browser_wait(field: str, wait: mpb.BrowserWait, out: mpb.BrowserWait) -> None:
+    which = wait.WhichOneof("condition")
+    if which == "load_state" and wait.load_state == mpb.BROWSER_LOAD_STATE_UNSPECIFIED:
+        raise InvalidArgument(f"{field}.load_state", "must be PAGE_LOAD or NETWORK_IDLE")
+    if which == "fixed_ms" and not 1 <= wait.fixed_ms <= MAX_TIMEOUT_MS:
+        raise InvalidArgument(f"{field}.fixed_ms", f"must be 1 to {MAX_TIMEOUT_MS}")
+    if which == "element_selector":
+        _selector(f"{field}.element_selector", wait.element_selector)
+    if which == "element_text":
+        _selector(f"{field}.element_text.selector", wait.element_text.selector)
+        _script_text(f"{field}.element_text.text", wait.element_text.text, MAX_TEXT)
+    if which == "javascript_condition":
+        _script_text(f"{field}.javascript_condition", wait.javascript_condition)
+    out.timeout_ms = _timeout(f"{field}.timeout_ms", wait.timeout_ms, DEFAULT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS)
+
+
+def _browser_validation(field: str, rules: list[mpb.BrowserValidation]) -> None:
+    for path, which, rule in _each_rule(field, rules):
+        assert isinstance(rule, mpb.BrowserValidation)
+        if which in ("text_present", "text_absent"):
+            _script_text(f"{path}.{which}", getattr(rule, which), MAX_TEXT)
+        elif which in ("element_present", "element_absent"):
+            _selector(f"{path}.{which}", getattr(rule, which))
+        else:
+            _status_codes(f"{path}.main_document_status_in", list(rule.main_document_status_in.codes))
+
+
+def _browser_event(field: str, ev: mpb.BrowserEvent, out: mpb.BrowserEvent) -> None:
+    kind = ev.WhichOneof("event")
+    if kind is None:
+        raise InvalidArgument(field, "must set an event")
+    if kind == "navigate_url":
+        _url(f"{field}.navigate_url", ev.navigate_url)
+    elif kind == "click_selector":
+        _selector(f"{field}.click_selector", ev.click_selector)
+    elif kind == "keystroke":
+        _selector(f"{field}.keystroke.selector", ev.keystroke.selector)
+        text = ev.keystroke.WhichOneof("text")
+        if text is None:
+            raise InvalidArgument(f"{field}.keystroke", "must set literal or credential")
+        if text == "literal":
+            _script_text(f"{field}.keystroke.literal", ev.keystroke.literal, MAX_TEXT)
+    elif kind == "select_option":
+        _selector(f"{field}.select_option.selector", ev.select_option.selector)
+        if not ev.select_option.value or len(ev.select_option.value) > MAX_TEXT:
+            raise InvalidArgument(f"{field}.select_option.value", f"must be 1 to {MAX_TEXT} characters")
+    else:
+        _script_text(f"{field}.javascript", ev.javascript)
+    validation.text(f"{field}.description", ev.description, max_len=validation.MAX_NAME, required=False)
+    if ev.HasField("wait"):
+        _browser_wait(f"{field}.wait", ev.wait, out.wait)
+    _browser_validation(f"{field}.validation", list(ev.validation))
+
+
+def _browser(b: mpb.BrowserScript, out: mpb.BrowserScript) -> None:
+    _url("monitor.browser.url", b.url)
+    if len(b.events) > MAX_EVENTS:
+        raise InvalidArgument("monitor.browser.events", f"at most {MAX_EVENTS} events")
+    for i, ev in enumerate(b.events):
+        _browser_event(f"monitor.browser.events[{i}]", ev, out.events[i])
+    _browser_validation("monitor.browser.validation", list(b.validation))
+    out.timeout_ms = _timeout(
+        "monitor.browser.timeout_ms", b.timeout_ms, DEFAULT_BROWSER_TIMEOUT_MS, 1000, MAX_BROWSER_TIMEOUT_MS
+    )
 
 
 def validate(monitor: mpb.Monitor) -> mpb.Monitor:
@@ -192,15 +302,7 @@ def validate(monitor: mpb.Monitor) -> mpb.Monitor:
     elif which == "browser":
         out.type = mpb.MONITOR_TYPE_BROWSER
         b = monitor.browser
-        _url("monitor.browser.url", b.url)
-        if len(b.events) > MAX_EVENTS:
-            raise InvalidArgument("monitor.browser.events", f"at most {MAX_EVENTS} events")
-        for i, ev in enumerate(b.events):
-            kind = ev.WhichOneof("event")
-            if kind is None:
-                raise InvalidArgument(f"monitor.browser.events[{i}]", "must set an event")
-            if kind == "navigate_url":
-                _url(f"monitor.browser.events[{i}].navigate_url", ev.navigate_url)
+        _browser(b, out.browser)
     else:
         raise InvalidArgument("monitor.script", "must be set: http or browser")
     credential_uses(out)  # syntax of every reference
@@ -243,10 +345,15 @@ def protected_part(monitor: mpb.Monitor) -> bytes:
     elif monitor.WhichOneof("script") == "browser":
         m.browser.CopyFrom(monitor.browser)
         m.browser.url = PLACEHOLDER.sub("{{}}", m.browser.url)
+        del m.browser.validation[:]
+        m.browser.ClearField("timeout_ms")
         if m.browser.login_credential_id:
             m.browser.login_credential_id = "-"
         for ev in m.browser.events:
-            if ev.WhichOneof("event") == "keystroke" and ev.keystroke.WhichOneof("text") == "credential":
+            del ev.validation[:]
+            if ev.WhichOneof("event") == "navigate_url":
+                ev.navigate_url = PLACEHOLDER.sub("{{}}", ev.navigate_url)
+            elif ev.WhichOneof("event") == "keystroke" and ev.keystroke.WhichOneof("text") == "credential":
                 ev.keystroke.credential.credential_id = "-"
     m.management_zone = monitor.management_zone
     return m.SerializeToString(deterministic=True)

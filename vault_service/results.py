@@ -35,6 +35,9 @@ MAX_RESULTS_PER_BATCH = 1000
 MAX_REQUESTS = 100
 MAX_TEXT = 1000
 MAX_URL = 2048
+MAX_EVENTS = 250
+MAX_SCREENSHOT = 512 * 1024
+_PNG = b"\x89PNG\r\n\x1a\n"
 # Results from further back or ahead than this are dropped (a badly set clock on the engine).
 MAX_AGE = datetime.timedelta(days=1)
 MAX_AHEAD = datetime.timedelta(minutes=5)
@@ -89,7 +92,37 @@ def sanitized(result: mpb.MonitorResult, now: datetime.datetime, scrubber: Scrub
             success=request.success,
             failure_reason=text(request.failure_reason, MAX_TEXT),
         )
+    _browser_part(result, out, text)
     return out
+
+
+def _count(value: int) -> int:
+    return min(max(value, 0), 1_000_000)
+
+
+def _browser_part(result: mpb.MonitorResult, out: mpb.MonitorResult, text: Callable[[str, int], str]) -> None:
+    """A browser execution's events, page figures and screenshot, bounded. A screenshot that is no PNG or too large
+    is dropped with a note (its pixels cannot be scrubbed: the engine masks what received a credential)."""
+    for event in result.events[:MAX_EVENTS]:
+        out.events.add(
+            index=max(event.index, -1),
+            description=text(event.description, MAX_TEXT),
+            duration_ms=_duration(event.duration_ms),
+            success=event.success,
+            failure_reason=text(event.failure_reason, MAX_TEXT),
+        )
+    out.main_document_status = result.main_document_status if 0 <= result.main_document_status <= 999 else 0
+    out.console_errors = _count(result.console_errors)
+    out.failed_requests = _count(result.failed_requests)
+    out.screenshot_note = text(result.screenshot_note, MAX_TEXT)
+    png = result.screenshot_png
+    if png and (len(png) > MAX_SCREENSHOT or not png.startswith(_PNG)):
+        out.screenshot_note = (
+            f"the vault dropped a screenshot of {len(png)} bytes (not a PNG, or over {MAX_SCREENSHOT})"
+        )
+    elif png:
+        out.screenshot_png = png
+        out.screenshot_size = len(png)
 
 
 class ResultService:
@@ -176,13 +209,18 @@ class ResultService:
             await asyncio.shield(self._writer)
 
     async def recent(
-        self, principal: Principal, monitor_id: str, limit: int, location_id: str
+        self, principal: Principal, monitor_id: str, limit: int, location_id: str, screenshots: bool = False
     ) -> list[mpb.MonitorResult]:
-        """The newest results of a monitor the caller may see (NOT_FOUND otherwise, as for GetMonitor)."""
+        """The newest results of a monitor the caller may see (NOT_FOUND otherwise, as for GetMonitor); failure
+        screenshots only with ``screenshots`` (their size always)."""
         if limit < 0 or limit > MAX_LIMIT:
             raise InvalidArgument("limit", f"must be between 1 and {MAX_LIMIT} (0 for the default {DEFAULT_LIMIT})")
         if location_id:
             check_slug("location_id", location_id)
         await self._monitors.get(principal, monitor_id)
         async with self._store.autocommit() as tx:
-            return await tx.recent_results(monitor_id, location_id or None, limit or DEFAULT_LIMIT)
+            results = await tx.recent_results(monitor_id, location_id or None, limit or DEFAULT_LIMIT)
+        if not screenshots:
+            for result in results:
+                result.ClearField("screenshot_png")
+        return results

@@ -56,6 +56,27 @@ DISABLED_REASON_CREDENTIAL_DELETED: DisabledReason.ValueType  # 2
 """A credential the monitor used was deleted: the monitor is inactive until it gets a new one."""
 Global___DisabledReason: _TypeAlias = DisabledReason  # noqa: Y015
 
+class _BrowserLoadState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BrowserLoadStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BrowserLoadState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BROWSER_LOAD_STATE_UNSPECIFIED: _BrowserLoadState.ValueType  # 0
+    BROWSER_LOAD_STATE_PAGE_LOAD: _BrowserLoadState.ValueType  # 1
+    """The load event."""
+    BROWSER_LOAD_STATE_NETWORK_IDLE: _BrowserLoadState.ValueType  # 2
+    """No network connection for 500 ms."""
+
+class BrowserLoadState(_BrowserLoadState, metaclass=_BrowserLoadStateEnumTypeWrapper): ...
+
+BROWSER_LOAD_STATE_UNSPECIFIED: BrowserLoadState.ValueType  # 0
+BROWSER_LOAD_STATE_PAGE_LOAD: BrowserLoadState.ValueType  # 1
+"""The load event."""
+BROWSER_LOAD_STATE_NETWORK_IDLE: BrowserLoadState.ValueType  # 2
+"""No network connection for 500 ms."""
+Global___BrowserLoadState: _TypeAlias = BrowserLoadState  # noqa: Y015
+
 class _ExecutionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -615,12 +636,29 @@ class BrowserEvent(_message.Message):
     NAVIGATE_URL_FIELD_NUMBER: _builtins.int
     CLICK_SELECTOR_FIELD_NUMBER: _builtins.int
     KEYSTROKE_FIELD_NUMBER: _builtins.int
+    SELECT_OPTION_FIELD_NUMBER: _builtins.int
+    JAVASCRIPT_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     navigate_url: _builtins.str
+    """May hold placeholders."""
     click_selector: _builtins.str
     """A CSS selector."""
+    javascript: _builtins.str
+    """A JavaScript expression or function body evaluated in the page (it must not hold secrets)."""
     @_builtins.property
     def keystroke(self) -> Global___Keystroke: ...
+    @_builtins.property
+    def select_option(self) -> Global___SelectOption: ...
+    @_builtins.property
+    def wait(self) -> Global___BrowserWait:
+        """What to wait for after the event; unset: the page's load event (10 s)."""
+
+    @_builtins.property
+    def validation(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrowserValidation]:
+        """Checked after the event (and its wait)."""
+
     def __init__(
         self,
         *,
@@ -628,12 +666,16 @@ class BrowserEvent(_message.Message):
         navigate_url: _builtins.str = ...,
         click_selector: _builtins.str = ...,
         keystroke: Global___Keystroke | None = ...,
+        select_option: Global___SelectOption | None = ...,
+        javascript: _builtins.str = ...,
+        wait: Global___BrowserWait | None = ...,
+        validation: _abc.Iterable[Global___BrowserValidation] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["click_selector", b"click_selector", "event", b"event", "keystroke", b"keystroke", "navigate_url", b"navigate_url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["click_selector", b"click_selector", "event", b"event", "javascript", b"javascript", "keystroke", b"keystroke", "navigate_url", b"navigate_url", "select_option", b"select_option", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_selector", b"click_selector", "description", b"description", "event", b"event", "keystroke", b"keystroke", "navigate_url", b"navigate_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_selector", b"click_selector", "description", b"description", "event", b"event", "javascript", b"javascript", "keystroke", b"keystroke", "navigate_url", b"navigate_url", "select_option", b"select_option", "validation", b"validation", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["navigate_url", "click_selector", "keystroke"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["navigate_url", "click_selector", "keystroke", "select_option", "javascript"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -647,9 +689,12 @@ class Keystroke(_message.Message):
     LITERAL_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     selector: _builtins.str
+    """A CSS selector of the element typed into."""
     literal: _builtins.str
     @_builtins.property
-    def credential(self) -> Global___CredentialField: ...
+    def credential(self) -> Global___CredentialField:
+        """A TOKEN's value (field empty) or a USERNAME_PASSWORD's "username" or "password"."""
+
     def __init__(
         self,
         *,
@@ -668,28 +713,165 @@ class Keystroke(_message.Message):
 Global___Keystroke: _TypeAlias = Keystroke  # noqa: Y015
 
 @_typing.final
+class SelectOption(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    selector: _builtins.str
+    """A CSS selector of a <select>."""
+    value: _builtins.str
+    """The option's value attribute."""
+    def __init__(
+        self,
+        *,
+        selector: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectOption: _TypeAlias = SelectOption  # noqa: Y015
+
+@_typing.final
+class ElementText(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    selector: _builtins.str
+    """A CSS selector."""
+    text: _builtins.str
+    """Text the element must contain."""
+    def __init__(
+        self,
+        *,
+        selector: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ElementText: _TypeAlias = ElementText  # noqa: Y015
+
+@_typing.final
+class BrowserWait(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_STATE_FIELD_NUMBER: _builtins.int
+    FIXED_MS_FIELD_NUMBER: _builtins.int
+    ELEMENT_SELECTOR_FIELD_NUMBER: _builtins.int
+    ELEMENT_TEXT_FIELD_NUMBER: _builtins.int
+    JAVASCRIPT_CONDITION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    load_state: Global___BrowserLoadState.ValueType
+    fixed_ms: _builtins.int
+    """Waits this long (at most 60000 ms; timeout_ms does not apply)."""
+    element_selector: _builtins.str
+    """A CSS selector of an element that must be present and visible."""
+    javascript_condition: _builtins.str
+    """A JavaScript expression that must become truthy."""
+    timeout_ms: _builtins.int
+    """1..60000, default 10000."""
+    @_builtins.property
+    def element_text(self) -> Global___ElementText: ...
+    def __init__(
+        self,
+        *,
+        load_state: Global___BrowserLoadState.ValueType = ...,
+        fixed_ms: _builtins.int = ...,
+        element_selector: _builtins.str = ...,
+        element_text: Global___ElementText | None = ...,
+        javascript_condition: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "element_selector", b"element_selector", "element_text", b"element_text", "fixed_ms", b"fixed_ms", "javascript_condition", b"javascript_condition", "load_state", b"load_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "element_selector", b"element_selector", "element_text", b"element_text", "fixed_ms", b"fixed_ms", "javascript_condition", b"javascript_condition", "load_state", b"load_state", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["load_state", "fixed_ms", "element_selector", "element_text", "javascript_condition"]  # noqa: Y015
+    _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
+
+Global___BrowserWait: _TypeAlias = BrowserWait  # noqa: Y015
+
+@_typing.final
+class BrowserValidation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_PRESENT_FIELD_NUMBER: _builtins.int
+    TEXT_ABSENT_FIELD_NUMBER: _builtins.int
+    ELEMENT_PRESENT_FIELD_NUMBER: _builtins.int
+    ELEMENT_ABSENT_FIELD_NUMBER: _builtins.int
+    MAIN_DOCUMENT_STATUS_IN_FIELD_NUMBER: _builtins.int
+    text_present: _builtins.str
+    """Text the page must (or must not) show."""
+    text_absent: _builtins.str
+    element_present: _builtins.str
+    """A CSS selector of an element that must (or must not) be present."""
+    element_absent: _builtins.str
+    @_builtins.property
+    def main_document_status_in(self) -> Global___StatusCodes:
+        """The status of the main document's last response must be one of these."""
+
+    def __init__(
+        self,
+        *,
+        text_present: _builtins.str = ...,
+        text_absent: _builtins.str = ...,
+        element_present: _builtins.str = ...,
+        element_absent: _builtins.str = ...,
+        main_document_status_in: Global___StatusCodes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["element_absent", b"element_absent", "element_present", b"element_present", "main_document_status_in", b"main_document_status_in", "rule", b"rule", "text_absent", b"text_absent", "text_present", b"text_present"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["element_absent", b"element_absent", "element_present", b"element_present", "main_document_status_in", b"main_document_status_in", "rule", b"rule", "text_absent", b"text_absent", "text_present", b"text_present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_rule: _TypeAlias = _typing.Literal["text_present", "text_absent", "element_present", "element_absent", "main_document_status_in"]  # noqa: Y015
+    _WhichOneofArgType_rule: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_rule) -> _WhichOneofReturnType_rule | None: ...
+
+Global___BrowserValidation: _TypeAlias = BrowserValidation  # noqa: Y015
+
+@_typing.final
 class BrowserScript(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     URL_FIELD_NUMBER: _builtins.int
     LOGIN_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """A single-URL monitor when events is empty."""
+    """A single-URL monitor when events is empty; otherwise opened before the first event."""
     login_credential_id: _builtins.str
-    """Login credentials (USERNAME_PASSWORD; user or DOMAIN\\user)."""
+    """Login credentials for HTTP authentication (USERNAME_PASSWORD; user or DOMAIN\\user)."""
+    timeout_ms: _builtins.int
+    """The whole execution is cut after this: 1000..300000, default 60000."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrowserEvent]: ...
+    @_builtins.property
+    def validation(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrowserValidation]:
+        """Checked at the end, after every event."""
+
     def __init__(
         self,
         *,
         url: _builtins.str = ...,
         login_credential_id: _builtins.str = ...,
         events: _abc.Iterable[Global___BrowserEvent] | None = ...,
+        validation: _abc.Iterable[Global___BrowserValidation] | None = ...,
+        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "login_credential_id", b"login_credential_id", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "login_credential_id", b"login_credential_id", "timeout_ms", b"timeout_ms", "url", b"url", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1083,6 +1265,13 @@ class MonitorResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    MAIN_DOCUMENT_STATUS_FIELD_NUMBER: _builtins.int
+    CONSOLE_ERRORS_FIELD_NUMBER: _builtins.int
+    FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_PNG_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_NOTE_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_SIZE_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
     monitor_version: _builtins.int
     """The monitor version that ran (Monitor.version)."""
@@ -1093,11 +1282,28 @@ class MonitorResult(_message.Message):
     status: Global___ExecutionStatus.ValueType
     failure_reason: _builtins.str
     """Empty on success. Never holds a secret."""
+    main_document_status: _builtins.int
+    """Browser monitors: the status of the main document's last response; 0 when there was none."""
+    console_errors: _builtins.int
+    """Browser monitors: console errors and uncaught page errors, and requests that failed (no response)."""
+    failed_requests: _builtins.int
+    screenshot_png: _builtins.bytes
+    """Browser monitors, on failure: a PNG of the page in which every element that received a credential is masked.
+    Dropped (see screenshot_note) when larger than the engine's bound.
+    """
+    screenshot_note: _builtins.str
+    """Why there is no screenshot on a failure (too large, the page was gone); empty otherwise."""
+    screenshot_size: _builtins.int
+    """Set by the vault: the size of the stored screenshot (0: none), also when GetResults left it out."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestResult]:
         """The requests that ran, in order; a failing request is the last."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrowserEventResult]:
+        """Browser monitors: the events that ran, in order; a failing event is the last."""
 
     def __init__(
         self,
@@ -1111,14 +1317,55 @@ class MonitorResult(_message.Message):
         status: Global___ExecutionStatus.ValueType = ...,
         failure_reason: _builtins.str = ...,
         requests: _abc.Iterable[Global___RequestResult] | None = ...,
+        events: _abc.Iterable[Global___BrowserEventResult] | None = ...,
+        main_document_status: _builtins.int = ...,
+        console_errors: _builtins.int = ...,
+        failed_requests: _builtins.int = ...,
+        screenshot_png: _builtins.bytes = ...,
+        screenshot_note: _builtins.str = ...,
+        screenshot_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "engine_id", b"engine_id", "failure_reason", b"failure_reason", "location_id", b"location_id", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_errors", b"console_errors", "duration_ms", b"duration_ms", "engine_id", b"engine_id", "events", b"events", "failed_requests", b"failed_requests", "failure_reason", b"failure_reason", "location_id", b"location_id", "main_document_status", b"main_document_status", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "screenshot_note", b"screenshot_note", "screenshot_png", b"screenshot_png", "screenshot_size", b"screenshot_size", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MonitorResult: _TypeAlias = MonitorResult  # noqa: Y015
+
+@_typing.final
+class BrowserEventResult(_message.Message):
+    """One event of a browser monitor's execution (the opening of BrowserScript.url has index -1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    description: _builtins.str
+    duration_ms: _builtins.float
+    success: _builtins.bool
+    failure_reason: _builtins.str
+    """Never holds a secret."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        description: _builtins.str = ...,
+        duration_ms: _builtins.float = ...,
+        success: _builtins.bool = ...,
+        failure_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "duration_ms", b"duration_ms", "failure_reason", b"failure_reason", "index", b"index", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BrowserEventResult: _TypeAlias = BrowserEventResult  # noqa: Y015
 
 @_typing.final
 class GetResultsRequest(_message.Message):
@@ -1127,21 +1374,25 @@ class GetResultsRequest(_message.Message):
     MONITOR_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_SCREENSHOTS_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
     limit: _builtins.int
     """1..500, default 20."""
     location_id: _builtins.str
     """Only results from this location; empty: all."""
+    include_screenshots: _builtins.bool
+    """Include the failure screenshots (screenshot_png); without it only their size is given."""
     def __init__(
         self,
         *,
         monitor_id: _builtins.str = ...,
         limit: _builtins.int = ...,
         location_id: _builtins.str = ...,
+        include_screenshots: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "location_id", b"location_id", "monitor_id", b"monitor_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_screenshots", b"include_screenshots", "limit", b"limit", "location_id", b"location_id", "monitor_id", b"monitor_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,5 +82,7 @@ class MonitorsServicer(Authenticated, mgrpc.MonitorsServiceServicer):
 
     async def GetResults(self, request: mpb.GetResultsRequest, context: Context) -> mpb.GetResultsResponse:
         principal = await self._principal(context)
-        results = await self._results.recent(principal, request.monitor_id, request.limit, request.location_id)
+        results = await self._results.recent(
+            principal, request.monitor_id, request.limit, request.location_id, request.include_screenshots
+        )
         return mpb.GetResultsResponse(results=results)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from credvault.v1 import monitors_pb2 as mpb
+from vault_service.cli.browser_monitors import add_browser_flags, browser_script, write_screenshot
 from vault_service.cli.session import (
     Session,
     add_command,
@@ -103,15 +104,27 @@ def _http_request(ns: argparse.Namespace) -> mpb.HttpRequest:
     return request
 
 
-def _http_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+def _monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    """What every type of monitor takes from the flags (name, enabled, frequency, locations, zone)."""
     return mpb.Monitor(
         name=ns.name,
         enabled=not ns.disabled,
         frequency_minutes=ns.frequency,
         location_ids=list(dict.fromkeys(ns.location)),
         management_zone=ns.management_zone or "",
-        http=mpb.HttpScript(requests=[_http_request(ns)]),
     )
+
+
+def _http_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    monitor = _monitor(ns)
+    monitor.http.requests.append(_http_request(ns))
+    return monitor
+
+
+def _browser_monitor(ns: argparse.Namespace) -> mpb.Monitor:
+    monitor = _monitor(ns)
+    monitor.browser.CopyFrom(browser_script(ns))
+    return monitor
 
 
 # --- output ----------------------------------------------------------------------------------------------------------
@@ -234,6 +247,11 @@ def cmd_monitors_create_http(ns: argparse.Namespace, s: Session) -> None:
     output(ns, response, lambda: _monitor_view(response.monitor))
 
 
+def cmd_monitors_create_browser(ns: argparse.Namespace, s: Session) -> None:
+    response = s.call(s.monitors.CreateMonitor, mpb.CreateMonitorRequest(monitor=_browser_monitor(ns)))
+    output(ns, response, lambda: _monitor_view(response.monitor))
+
+
 def _set_enabled(ns: argparse.Namespace, s: Session, enabled: bool) -> None:
     response = s.call(s.monitors.SetMonitorEnabled, mpb.SetMonitorEnabledRequest(id=ns.id, enabled=enabled))
     output(ns, response, lambda: _monitors_table([response.monitor]))
@@ -247,7 +265,8 @@ def cmd_monitors_disable(ns: argparse.Namespace, s: Session) -> None:
     _set_enabled(ns, s, enabled=False)
 
 
-# CODES: the HTTP status code of each request of the execution, in order ("-": no response).
+# CODES: the HTTP status code of each request of the execution, in order ("-": no response); for a browser
+# execution, its main document's.
 _RESULT_COLUMNS = ("STARTED", "LOCATION", "ENGINE", "VERSION", "STATUS", "MS", "CODES", "FAILURE")
 _STATUSES: dict[str, mpb.ExecutionStatus.ValueType] = {
     "success": mpb.EXECUTION_STATUS_SUCCESS,
@@ -257,7 +276,9 @@ _STATUSES: dict[str, mpb.ExecutionStatus.ValueType] = {
 
 
 def _result_row(r: mpb.MonitorResult) -> list[str]:
-    statuses = ",".join(str(q.status_code) if q.status_code else "-" for q in r.requests) or "-"
+    statuses = ",".join(str(q.status_code) if q.status_code else "-" for q in r.requests)
+    if not statuses and r.main_document_status:  # a browser execution: its main document's status
+        statuses = str(r.main_document_status)
     return [
         when(r.start_time),
         clean(r.location_id),
@@ -265,14 +286,21 @@ def _result_row(r: mpb.MonitorResult) -> list[str]:
         str(r.monitor_version),
         label(_STATUSES, r.status),
         f"{r.duration_ms:.0f}",
-        statuses,
+        statuses or "-",
         clean(r.failure_reason) or "-",
     ]
 
 
 def cmd_monitors_results(ns: argparse.Namespace, s: Session) -> None:
-    request = mpb.GetResultsRequest(monitor_id=ns.id, limit=ns.limit or 0, location_id=ns.location or "")
+    request = mpb.GetResultsRequest(
+        monitor_id=ns.id,
+        limit=ns.limit or 0,
+        location_id=ns.location or "",
+        include_screenshots=ns.screenshot is not None,
+    )
     response = s.call(s.monitors.GetResults, request)
+    if ns.screenshot is not None:
+        write_screenshot(list(response.results), ns.screenshot)
     output(ns, response, lambda: table(_RESULT_COLUMNS, [_result_row(r) for r in response.results]))
 
 
@@ -328,6 +356,11 @@ def _register_monitors(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("id")
     p.add_argument("--limit", type=int, help="how many (default 20, at most 500)")
     p.add_argument("--location", metavar="ID", help="only from this location")
+    p.add_argument("--screenshot", metavar="FILE", help="write the newest failure screenshot (PNG) among them here")
+    p = add_command(
+        group, "create-browser", common, cmd_monitors_create_browser, "create a browser monitor (a clickpath)"
+    )
+    add_browser_flags(p)
     for name, command, text in (
         ("enable", cmd_monitors_enable, "enable a monitor"),
         ("disable", cmd_monitors_disable, "disable a monitor"),

@@ -20,6 +20,33 @@ _STATUS_NAMES = {
 _STATUSES = {name: status for status, name in _STATUS_NAMES.items()}
 
 
+# A browser execution's part of a result (events, page figures, screenshot) is stored as one more element of the
+# ``requests`` array, {"browser": <MonitorResult JSON with only those fields>} (no schema change).
+_BROWSER = "browser"
+_BROWSER_FIELDS = (
+    "events",
+    "main_document_status",
+    "console_errors",
+    "failed_requests",
+    "screenshot_png",
+    "screenshot_note",
+    "screenshot_size",
+)
+
+
+def _steps(result: mpb.MonitorResult) -> list[dict[str, object]]:
+    steps: list[dict[str, object]] = [json_format.MessageToDict(q) for q in result.requests]
+    browser = mpb.MonitorResult()
+    for field in _BROWSER_FIELDS:
+        if field == "events":
+            browser.events.extend(result.events)
+        else:
+            setattr(browser, field, getattr(result, field))
+    if browser.ByteSize():
+        steps.append({_BROWSER: json_format.MessageToDict(browser)})
+    return steps
+
+
 class ResultQueries:
     conn: Connection
 
@@ -47,7 +74,7 @@ class ResultQueries:
             [r.duration_ms for r in results],
             [_STATUS_NAMES[r.status] for r in results],
             [r.failure_reason for r in results],
-            [json.dumps([json_format.MessageToDict(q) for q in r.requests]) for r in results],
+            [json.dumps(_steps(r)) for r in results],
         )
         monitor_ids = sorted({row["monitor_id"] for row in inserted})
         if monitor_ids:
@@ -83,7 +110,10 @@ class ResultQueries:
                 failure_reason=row["failure_reason"],
             )
             result.start_time.FromDatetime(row["started_at"])
-            for request in row["requests"]:
-                json_format.ParseDict(request, result.requests.add())
+            for step in row["requests"]:
+                if _BROWSER in step:
+                    json_format.ParseDict(step[_BROWSER], result)
+                else:
+                    json_format.ParseDict(step, result.requests.add())
             out.append(result)
         return out

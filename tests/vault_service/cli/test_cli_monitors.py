@@ -151,3 +151,60 @@ async def test_monitor_results(env: dict[str, str], admin: Client, vault: Runnin
     bad = await run(env, "monitors", "results", m.id, "--limit", "9999")
     assert bad.rc == 1
     assert bad.err.startswith("credvault: INVALID_ARGUMENT: limit")
+
+
+BROWSER_EVENTS = """
+events:
+  - description: type the username
+    keystroke: {selector: "#user", credential: {credential_id: PAIR, field: username}}
+  - description: type the password
+    keystroke: {selector: "#pass", credential: {credentialId: PAIR, field: password}}
+  - description: log in
+    click_selector: "#go"
+    wait: {element_selector: "#account", timeout_ms: 5000}
+validation:
+  - text_absent: wrong password
+"""
+
+
+async def test_create_browser_and_the_results_screenshot(
+    env: dict[str, str], admin: Client, vault: RunningVault, tmp_path: pathlib.Path
+) -> None:
+    await add_location(admin)
+    pair = (await admin.CreateCredential(create_req("pair", up("alice", PASSWORD)))).credential.id
+    events = tmp_path / "events.yaml"
+    events.write_text(BROWSER_EVENTS.replace("PAIR", pair))
+    args = ["monitors", "create-browser", "--name", "shop", "--location", "loc-a", "--url", "https://shop.example/"]
+    created = await ok(env, *args, "--events-file", str(events), "--text-present", "Welcome", "--json")
+    monitor = json.loads(created.out)["monitor"]
+    script = monitor["browser"]
+    assert monitor["credential_ids"] == [pair]
+    assert [e["description"] for e in script["events"]] == ["type the username", "type the password", "log in"]
+    assert script["events"][1]["keystroke"]["credential"] == {"credential_id": pair, "field": "password"}
+    assert script["validation"] == [{"text_absent": "wrong password"}, {"text_present": "Welcome"}]
+
+    events.write_text("events:\n  - click_selector: 3\n    nonsense: true\n")
+    bad = await run(env, *args, "--events-file", str(events))
+    assert bad.rc != 0
+    assert "--events-file: an event or rule does not fit" in bad.err
+
+    png = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
+    result = mpb.MonitorResult(
+        monitor_id=monitor["id"],
+        monitor_version=1,
+        status=mpb.EXECUTION_STATUS_FAILED,
+        failure_reason="event 3 (log in): timed out after 5000 ms waiting for element #account",
+        main_document_status=200,
+        screenshot_png=png,
+    )
+    result.start_time.GetCurrentTime()
+    async with vault.store.transaction() as tx:
+        assert await tx.insert_results([("loc-a", "e1", result)], 100) == 1
+    shot = tmp_path / "shot.png"
+    listed = await ok(env, "monitors", "results", monitor["id"], "--screenshot", str(shot))
+    assert shot.read_bytes() == png
+    assert "wrote the screenshot" in listed.err
+    assert columns(listed.out.splitlines()[1])[6:8] == [
+        "200",
+        "event 3 (log in): timed out after 5000 ms waiting for element #account",
+    ]
