@@ -6,6 +6,11 @@ that store in the smbpasswd form (``[DOMAIN\\]user:uid:LM hash:NT hash:flags:tim
 directory: it holds the NT hash of the expected password, not the password, which the target does not keep. Since
 the variable is process-wide, one target runs at a time in a process (a second one refuses to start).
 
+Over TLS, ``bind_certificate`` (the PEM of the certificate the target presents) makes it require channel binding
+(RFC 5929 ``tls-server-end-point``, as Windows' Extended Protection for Authentication does): an authenticate message
+without the hash of that certificate is refused. The hash is computed here on its own (SHA-256, the certificate's
+signature hash, which the target checks), not by the engine's code.
+
 NTLM authenticates a connection: a request carrying the negotiate message gets a 401 with the challenge, the
 authenticate message must come on the same connection, and only then does the connection get a 200 (for that request
 and any later one on it). A request without a valid handshake gets a 401 offering NTLM. Every request is recorded
@@ -15,10 +20,10 @@ never a password or a message's response fields.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import os
 import pathlib
 import ssl
@@ -29,8 +34,11 @@ from collections.abc import AsyncIterator
 import spnego
 import spnego.exceptions
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from spnego._ntlm_raw.crypto import ntowfv1
-from spnego._ntlm_raw.messages import Authenticate
+from spnego._ntlm_raw.messages import Authenticate, AvId, NTClientChallengeV2
+from spnego.channel_bindings import GssChannelBindings
 
 __all__ = ["NtlmSeen", "NtlmTarget", "ntlm_target"]
 
@@ -49,6 +57,7 @@ class NtlmSeen:
     domain: str = ""
     user: str = ""
     accepted: bool = False
+    bound: bool = False  # the authenticate message carried channel bindings (not zeros)
 
 
 @dataclasses.dataclass
@@ -60,8 +69,9 @@ class _Connection:
 class NtlmTarget:
     """What the running target saw; ``url(path)`` addresses it (any path answers the same way)."""
 
-    def __init__(self, scheme: str) -> None:
+    def __init__(self, scheme: str, bindings: GssChannelBindings | None) -> None:
         self.scheme = scheme
+        self._bindings = bindings
         self.port = 0
         self.seen: list[NtlmSeen] = []
         self._connections: dict[object, _Connection] = {}
@@ -90,7 +100,7 @@ class NtlmTarget:
             message = b""
         kind = struct.unpack("<I", message[8:12])[0] if message[:8] == _SIGNATURE and len(message) >= 12 else 0
         if kind == _NEGOTIATE:
-            connection.acceptor = spnego.server(protocol="ntlm")
+            connection.acceptor = spnego.server(protocol="ntlm", channel_bindings=self._bindings)
             connection.authenticated_as = ""
             challenge = connection.acceptor.step(message)
             self.seen.append(NtlmSeen(request.path, port, "negotiate"))
@@ -109,7 +119,7 @@ class NtlmTarget:
                 accepted = acceptor.complete
             except spnego.exceptions.SpnegoError:
                 accepted = False
-        self.seen.append(NtlmSeen(request.path, port, "authenticate", domain, user, accepted))
+        self.seen.append(NtlmSeen(request.path, port, "authenticate", domain, user, accepted, _bound(named)))
         if not accepted:
             return _unauthorized()
         connection.authenticated_as = f"{domain}\\{user}" if domain else user
@@ -120,6 +130,22 @@ class NtlmTarget:
         return web.Response(
             text=f"<html><body><p id='who'>NTLM welcome {who}</p></body></html>", content_type="text/html"
         )
+
+
+def _bound(message: Authenticate) -> bool:
+    response = message.nt_challenge_response or b""
+    if len(response) <= 24:  # not NTLMv2
+        return False
+    pairs = NTClientChallengeV2.unpack(response[16:]).av_pairs
+    return bool(pairs.get(AvId.channel_bindings, b"\x00" * 16).strip(b"\x00"))
+
+
+def _end_point_bindings(certificate_pem: bytes) -> GssChannelBindings:
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    if not isinstance(certificate.signature_hash_algorithm, hashes.SHA256):
+        raise ValueError("the NTLM target binds to certificates signed with SHA-256 only")
+    digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
+    return GssChannelBindings(application_data=b"tls-server-end-point:" + digest)
 
 
 def _unauthorized(challenge: str = "") -> web.Response:
@@ -142,12 +168,18 @@ def _write_store(directory: pathlib.Path, user: str, password: str) -> pathlib.P
 
 
 @contextlib.asynccontextmanager
-async def ntlm_target(user: str, password: str, *, tls: ssl.SSLContext | None = None) -> AsyncIterator[NtlmTarget]:
+async def ntlm_target(
+    user: str, password: str, *, tls: ssl.SSLContext | None = None, bind_certificate: bytes | None = None
+) -> AsyncIterator[NtlmTarget]:
     """A target that accepts ``user`` (``user`` or ``DOMAIN\\user``) with ``password``, over TLS if ``tls`` is a
-    server context; stopped, and its credential store removed, on exit."""
+    server context, requiring channel bindings to ``bind_certificate`` (PEM, the first certificate) if given; stopped,
+    and its credential store removed, on exit."""
     if os.environ.get(_ENV):
         raise RuntimeError(f"{_ENV} is already set: one NTLM target at a time in a process")
-    target = NtlmTarget("https" if tls is not None else "http")
+    if bind_certificate is not None and tls is None:
+        raise ValueError("channel binding needs TLS")
+    bindings = _end_point_bindings(bind_certificate) if bind_certificate is not None else None
+    target = NtlmTarget("https" if tls is not None else "http", bindings)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", target.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -157,9 +189,7 @@ async def ntlm_target(user: str, password: str, *, tls: ssl.SSLContext | None = 
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
             await site.start()
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            target.port = int(server.sockets[0].getsockname()[1])
+            target.port = int(runner.addresses[0][1])
             yield target
         finally:
             await runner.cleanup()

@@ -104,16 +104,18 @@ async def test_a_wrong_password_or_domain_fails_cleanly(
     assert right.status == SUCCESS, right.failure_reason
 
 
-async def test_ntlm_over_https(engine: Engine, local_pki: LocalPki) -> None:
+async def test_ntlm_over_https_is_bound_to_the_tls_channel(engine: Engine, local_pki: LocalPki) -> None:
+    """The target requires channel binding to its certificate (Extended Protection): the engine's authenticate
+    message carries the certificate's hash, so the target accepts it."""
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(local_pki.server_pem, local_pki.server_key)
-    async with ntlm_target("CORP\\alice", PASSWORD, tls=tls) as target:
+    certificate = local_pki.server_pem.read_bytes()
+    async with ntlm_target("CORP\\alice", PASSWORD, tls=tls, bind_certificate=certificate) as target:
         url = target.url("/secure", host="localhost")
-        result = await engine.run(
-            monitor(M1, ntlm(url, validation=[rule(body_contains="welcome")])), ntlm_pair("CORP\\alice")
-        )
+        m = monitor(M1, ntlm(url, validation=[rule(body_contains="welcome")]))
+        result = await engine.run(m, ntlm_pair("CORP\\alice"))
         assert result.status == SUCCESS, result.failure_reason
-        assert [(s.domain, s.user) for s in target.accepted] == [("CORP", "alice")]
+        assert [(s.domain, s.user, s.bound) for s in target.accepted] == [("CORP", "alice", True)]
 
 
 async def test_a_target_that_does_not_offer_ntlm_and_a_credential_of_the_wrong_kind(engine: Engine) -> None:
