@@ -116,7 +116,7 @@ async def ntlm_response(
             await first.read()  # drained, so the connection goes back to the pool for the next request
         try:
             authenticate = context.step(challenge, channel_bindings=bindings)
-        except spnego.exceptions.SpnegoError:
+        except Exception:  # the target's bytes: pyspnego's parser raises KeyError, struct.error, ...
             raise NtlmError("the target's NTLM challenge could not be answered") from None
         if authenticate is None:
             raise NtlmError("the target's NTLM challenge could not be answered")

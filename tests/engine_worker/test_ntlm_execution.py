@@ -4,11 +4,13 @@ again from the start in every execution, over HTTP and HTTPS, and no secret reac
 
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
@@ -132,3 +134,40 @@ async def test_a_target_that_does_not_offer_ntlm_and_a_credential_of_the_wrong_k
         assert rejected.reason.endswith(f"{TOKEN} is of kind token, but the monitor uses it as username_password")
     finally:
         await plain.stop()
+
+
+@pytest.fixture
+async def bad_challenges() -> AsyncIterator[str]:
+    """A target whose NTLM challenges are broken: not base64, base64 of no NTLM message, the client's own negotiate
+    message sent back."""
+
+    async def answer(request: web.Request) -> web.Response:
+        sent = request.headers.get("Authorization", "").partition(" ")[2]
+        challenge = {
+            "/not-base64": "!!!",
+            "/garbage": base64.b64encode(b"NTLMSSP\x00\x02 not really").decode(),
+            "/echo": sent,
+        }[request.path]
+        return web.Response(status=401, headers={"WWW-Authenticate": f"NTLM {challenge}"})
+
+    app = web.Application()
+    app.router.add_get("/{name}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_a_broken_challenge_fails_with_a_fixed_reason(engine: Engine, bad_challenges: str) -> None:
+    expected = {
+        "/not-base64": "the target's NTLM challenge is not base64",
+        "/garbage": "the target's NTLM challenge could not be answered",
+        "/echo": "the target's NTLM challenge could not be answered",
+    }
+    for version, (path, reason) in enumerate(expected.items(), start=1):
+        url = bad_challenges + path
+        result = await engine.run(monitor(M1, ntlm(url), version=version), ntlm_pair("CORP\\alice", version=version))
+        assert result.status == FAILED
+        assert result.failure_reason == f"request 1 (GET {url}): {reason}", result.failure_reason
+        assert PASSWORD not in str(result)
