@@ -129,6 +129,8 @@ def _uses(monitor: monitors_pb2.Monitor) -> dict[str, set[str]]:
             auth = request.authentication.WhichOneof("method")
             if auth == "basic_credential_id":
                 needs.setdefault(request.authentication.basic_credential_id, set()).add(_USERNAME_PASSWORD)
+            elif auth == "ntlm_credential_id":
+                needs.setdefault(request.authentication.ntlm_credential_id, set()).add(_USERNAME_PASSWORD)
             elif auth == "client_certificate_credential_id":
                 needs.setdefault(request.authentication.client_certificate_credential_id, set()).add(_CERTIFICATE)
     elif which == "browser":

@@ -17,6 +17,7 @@ scrubbed of each value of the credentials this execution looked up (in every enc
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import re
 import ssl
@@ -32,6 +33,8 @@ from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_p
 from credvault.v1 import credentials_pb2, monitors_pb2
 from engine_worker.config_store import ConfigStore, HeldMonitor
 from engine_worker.failure_reasons import request_error
+from engine_worker.ntlm_auth import NtlmError, ntlm_response
+from engine_worker.outgoing_request import OutgoingRequest
 from engine_worker.target_tls import TargetTls, TargetTlsError
 
 __all__ = ["NOT_EXECUTABLE_REASON", "ExecutionSettings", "HttpExecutor"]
@@ -181,26 +184,36 @@ class HttpExecutor:
         url = self._substitute(request.url, substitutions)
         headers = [(h.name, self._substitute(h.value, substitutions)) for h in request.headers]
         body = self._substitute(request.body, substitutions).encode() if request.body else None
-        if request.authentication.WhichOneof("method") == "basic_credential_id":
+        auth = request.authentication.WhichOneof("method")
+        if auth == "basic_credential_id":
             headers.append(
                 ("Authorization", self._basic_auth(request.authentication.basic_credential_id, substitutions))
             )
         timeout_ms = request.timeout_ms or DEFAULT_TIMEOUT_MS
+        outgoing = OutgoingRequest(
+            step.method,
+            url,
+            headers,
+            body,
+            request.follow_redirects,
+            self._settings.max_redirects,
+            tls,
+            aiohttp.ClientTimeout(total=timeout_ms / 1000),
+        )
+        responding: contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]
+        if auth == "ntlm_credential_id":
+            pair = self._pair(request.authentication.ntlm_credential_id, substitutions)
+            responding = ntlm_response(session.cookie_jar, outgoing, username=pair.username, password=pair.password)
+        else:
+            responding = outgoing.send(session)
         try:
-            async with session.request(
-                step.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=request.follow_redirects,
-                max_redirects=self._settings.max_redirects,
-                ssl=tls,
-                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
-            ) as response:
+            async with responding as response:
                 step.status_code = response.status
                 text = ""
                 if any(r.WhichOneof("rule") != "status_code_in" for r in request.validation):
                     text = _decode(await response.content.read(self._settings.max_body_bytes), response.charset)
+        except NtlmError as exc:
+            raise _Failed(str(exc)) from None
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise _Failed(request_error(exc, request.url, timeout_ms, self._settings.max_redirects)) from None
         _validate(request.validation, step.status_code, text)
@@ -228,12 +241,15 @@ class HttpExecutor:
 
         return PLACEHOLDER.sub(value, text)
 
-    def _basic_auth(self, credential_id: str, substitutions: _Substitutions) -> str:
-        """The Authorization header value (RFC 7617, UTF-8); aiohttp drops it on a redirect to another origin."""
+    def _pair(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.UsernamePassword:
         details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "username_password":
             raise _Failed(f"credential {credential_id} is not a username and password")
-        pair = details.username_password
+        return details.username_password
+
+    def _basic_auth(self, credential_id: str, substitutions: _Substitutions) -> str:
+        """The Authorization header value (RFC 7617, UTF-8); aiohttp drops it on a redirect to another origin."""
+        pair = self._pair(credential_id, substitutions)
         if ":" in pair.username:
             raise _Failed(f"credential {credential_id}: a username with ':' cannot log in with basic auth")
         return "Basic " + base64.b64encode(f"{pair.username}:{pair.password}".encode()).decode()

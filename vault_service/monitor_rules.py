@@ -46,6 +46,7 @@ class Use(enum.Enum):
     """How a monitor uses a credential; each use allows certain credential types."""
 
     BASIC_AUTH = "basic authentication"
+    NTLM_AUTH = "NTLM authentication"
     CLIENT_CERTIFICATE = "client certificate"
     TOKEN_PLACEHOLDER = "token placeholder"
     FIELD_PLACEHOLDER = "username/password placeholder"
@@ -54,6 +55,7 @@ class Use(enum.Enum):
 
 ALLOWED_TYPES: dict[Use, frozenset[CredentialType]] = {
     Use.BASIC_AUTH: frozenset({CredentialType.USERNAME_PASSWORD}),
+    Use.NTLM_AUTH: frozenset({CredentialType.USERNAME_PASSWORD}),
     Use.CLIENT_CERTIFICATE: frozenset({CredentialType.CERTIFICATE}),
     Use.TOKEN_PLACEHOLDER: frozenset({CredentialType.TOKEN}),
     Use.FIELD_PLACEHOLDER: frozenset({CredentialType.USERNAME_PASSWORD}),
@@ -95,6 +97,11 @@ def credential_uses(monitor: mpb.Monitor) -> dict[str, set[Use]]:
                     f"{f}.authentication.basic_credential_id", req.authentication.basic_credential_id
                 )
                 refs.setdefault(cid, set()).add(Use.BASIC_AUTH)
+            elif auth == "ntlm_credential_id":
+                cid = check_credential_id(
+                    f"{f}.authentication.ntlm_credential_id", req.authentication.ntlm_credential_id
+                )
+                refs.setdefault(cid, set()).add(Use.NTLM_AUTH)
             elif auth == "client_certificate_credential_id":
                 cid = check_credential_id(
                     f"{f}.authentication.client_certificate_credential_id",
@@ -313,15 +320,21 @@ def validate(monitor: mpb.Monitor) -> mpb.Monitor:
     return out
 
 
-def check_username_format(monitor_type: int, username: str, credential_id: str) -> None:
-    """HTTP monitors take `user`; browser monitors `user` or `DOMAIN\\user`. The username is not echoed."""
+# The uses that log in with a credential's username (whose form therefore matters).
+USERNAME_USES = frozenset({Use.BASIC_AUTH, Use.NTLM_AUTH, Use.BROWSER_LOGIN})
+
+
+def check_username_format(monitor_type: int, uses: set[Use], username: str, credential_id: str) -> None:
+    """HTTP basic authentication takes `user`; NTLM and browser logins `user` or `DOMAIN\\user` (one backslash,
+    both parts non-empty). A credential used both ways must fit both. The username is not echoed."""
     if "\\" in username:
         domain, _, user = username.partition("\\")
-        if monitor_type == mpb.MONITOR_TYPE_HTTP or not domain or not user or "\\" in user:
+        basic = monitor_type == mpb.MONITOR_TYPE_HTTP and Use.BASIC_AUTH in uses
+        if basic or not domain or not user or "\\" in user:
             raise InvalidArgument(
                 "monitor.credentials",
-                f"the username of {credential_id} has a form this monitor type does not support"
-                " (HTTP: user; browser: user or DOMAIN\\user)",
+                f"the username of {credential_id} has a form this use does not support"
+                " (HTTP basic: user; NTLM and browser: user or DOMAIN\\user)",
             )
 
 
@@ -340,6 +353,8 @@ def protected_part(monitor: mpb.Monitor) -> bytes:
                 h.value = PLACEHOLDER.sub("{{}}", h.value)
             if req.authentication.WhichOneof("method") == "basic_credential_id":
                 req.authentication.basic_credential_id = "-"
+            elif req.authentication.WhichOneof("method") == "ntlm_credential_id":
+                req.authentication.ntlm_credential_id = "-"
             elif req.authentication.WhichOneof("method") == "client_certificate_credential_id":
                 req.authentication.client_certificate_credential_id = "-"
     elif monitor.WhichOneof("script") == "browser":

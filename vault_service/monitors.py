@@ -154,10 +154,10 @@ class MonitorService:
                     raise InvalidArgument(
                         "monitor.credentials", f"credential {cred_id} is {cred.type.value}, unusable for {use.value}"
                     )
-            if uses & {monitor_rules.Use.BASIC_AUTH, monitor_rules.Use.BROWSER_LOGIN}:
+            if uses & monitor_rules.USERNAME_USES:
                 secret = contents_codec.decode(self._keyring.open(cred.id, cred.version, sealed))
                 assert isinstance(secret, UsernamePasswordSecret)
-                monitor_rules.check_username_format(monitor.type, secret.username, cred_id)
+                monitor_rules.check_username_format(monitor.type, uses, secret.username, cred_id)
 
     async def create(self, principal: Principal, monitor: mpb.Monitor) -> mpb.Monitor:
         m = monitor_rules.validate(monitor)

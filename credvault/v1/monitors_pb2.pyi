@@ -515,21 +515,27 @@ class HttpAuthentication(_message.Message):
 
     BASIC_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
     CLIENT_CERTIFICATE_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    NTLM_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
     basic_credential_id: _builtins.str
     """Basic authentication with a USERNAME_PASSWORD credential."""
     client_certificate_credential_id: _builtins.str
     """A client certificate from a CERTIFICATE credential."""
+    ntlm_credential_id: _builtins.str
+    """NTLM with a USERNAME_PASSWORD credential whose username is `user` or `DOMAIN\\user`: a fresh handshake on one
+    connection per execution of the request, nothing kept between executions.
+    """
     def __init__(
         self,
         *,
         basic_credential_id: _builtins.str = ...,
         client_certificate_credential_id: _builtins.str = ...,
+        ntlm_credential_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["basic_credential_id", b"basic_credential_id", "client_certificate_credential_id", b"client_certificate_credential_id", "method", b"method"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["basic_credential_id", b"basic_credential_id", "client_certificate_credential_id", b"client_certificate_credential_id", "method", b"method", "ntlm_credential_id", b"ntlm_credential_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basic_credential_id", b"basic_credential_id", "client_certificate_credential_id", b"client_certificate_credential_id", "method", b"method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basic_credential_id", b"basic_credential_id", "client_certificate_credential_id", b"client_certificate_credential_id", "method", b"method", "ntlm_credential_id", b"ntlm_credential_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_method: _TypeAlias = _typing.Literal["basic_credential_id", "client_certificate_credential_id"]  # noqa: Y015
+    _WhichOneofReturnType_method: _TypeAlias = _typing.Literal["basic_credential_id", "client_certificate_credential_id", "ntlm_credential_id"]  # noqa: Y015
     _WhichOneofArgType_method: _TypeAlias = _typing.Literal["method", b"method"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_method) -> _WhichOneofReturnType_method | None: ...
 

@@ -115,6 +115,30 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "pdb-max-unavailable": {
         "vault": {"replicas": 4, "podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}}
     },
+    "browser": {
+        "image": {"repository": "registry.example/credvault", "tag": "1.2.3"},
+        "locations": [
+            {"id": "berlin"},
+            {"id": "tokyo", "browser": True},
+            {
+                "id": "paris",
+                "browser": True,
+                "maxConcurrentBrowserExecutions": 8,
+                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}},
+            },
+        ],
+    },
+    "browser-pinned": {
+        "image": {"digest": "sha256:" + "1" * 64},
+        "engineWorkers": {
+            "browser": {
+                "image": {"repository": "registry.example/engine-browser", "digest": "sha256:" + "2" * 64},
+                "chromiumPath": "/usr/lib/chromium/chromium",
+                "shmSizeLimit": "2Gi",
+            }
+        },
+        "locations": [{"id": "tokyo", "browser": True}],
+    },
     "minimal": {
         "vault": {"replicas": 1},
         "networkPolicy": {"enabled": False},
@@ -298,6 +322,70 @@ def test_engine_worker_probes_use_its_status_port(render: Callable[[str], list[M
         assert env_of(container)["ENGINE_STATUS_LISTEN"]["value"] == f"0.0.0.0:{status['containerPort']}"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/metrics", "port": "status"}
+
+
+# --- browser locations ----------------------------------------------------------------------------------------------
+
+
+def _volumes_by_mount(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+
+
+def test_browser_locations_get_the_browser_image_shm_and_resources(render: Callable[[str], list[Manifest]]) -> None:
+    """`locations[].browser: true`: the engine-browser image (the image's tag + "-browser"), Chromium's path and the
+    browser executions bound passed to the worker, the browser's memory, /dev/shm as a sized memory emptyDir and a
+    larger /tmp; other locations keep the plain image and nothing of that."""
+    values = values_of("browser")
+    browser = values["engineWorkers"]["browser"]
+    deployments = engine_deployments(render("browser"))
+    assert sorted(deployments) == ["berlin", "paris", "tokyo"]
+    checked = set()
+    for location, deployment in deployments.items():
+        _, spec = pod_template(deployment)
+        (container,) = spec["containers"]
+        env = env_of(container)
+        mounted = _volumes_by_mount(spec, container)
+        assert mounted["/tmp"]["emptyDir"]["medium"] == "Memory"
+        if location == "berlin":
+            assert container["image"] == "registry.example/credvault:1.2.3"
+            assert "/dev/shm" not in mounted
+            assert not {"ENGINE_CHROMIUM_PATH", "ENGINE_MAX_CONCURRENT_BROWSER_EXECUTIONS"} & set(env)
+            assert container["resources"] == values["engineWorkers"]["resources"]
+            assert mounted["/tmp"]["emptyDir"]["sizeLimit"] == "16Mi"
+        else:
+            assert container["image"] == "registry.example/credvault:1.2.3-browser"
+            assert container["command"] == ["engine-worker"]
+            assert mounted["/dev/shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+            assert mounted["/tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": browser["tmpSizeLimit"]}
+            assert env["ENGINE_CHROMIUM_PATH"]["value"] == "/usr/bin/chromium"
+            expected_bound = "8" if location == "paris" else str(browser["maxConcurrentBrowserExecutions"])
+            assert env["ENGINE_MAX_CONCURRENT_BROWSER_EXECUTIONS"]["value"] == expected_bound
+            expected = (
+                {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
+                if location == "paris"
+                else browser["resources"]
+            )
+            assert container["resources"] == expected
+        checked.add(location)
+    assert checked == {"berlin", "paris", "tokyo"}
+    # the defaults fit a browser: at least a GiB requested, the limit above the request plus a full /dev/shm
+    assert browser["resources"]["requests"]["memory"] == "1Gi"
+    assert browser["resources"]["limits"]["memory"] == "3Gi"
+    assert browser["shmSizeLimit"] == "1Gi"
+
+
+def test_a_pinned_browser_image_and_its_settings(render: Callable[[str], list[Manifest]]) -> None:
+    (deployment,) = engine_deployments(render("browser-pinned")).values()
+    _, spec = pod_template(deployment)
+    (container,) = spec["containers"]
+    assert container["image"] == "registry.example/engine-browser@sha256:" + "2" * 64
+    assert env_of(container)["ENGINE_CHROMIUM_PATH"]["value"] == "/usr/lib/chromium/chromium"
+    assert _volumes_by_mount(spec, container)["/dev/shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert (
+        one(render("browser-pinned"), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "credvault@sha256:" + "1" * 64
+    ), "the vault keeps the plain image"
 
 
 # --- the services' configuration --------------------------------------------------------------------------------------
@@ -737,6 +825,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "alert-threshold": ({"prometheusRule": {"engineLagRevisions": -1}}, "engineLagRevisions"),
     "dashboard-key": ({"grafana": {"dashboard": {"folder": "x"}}}, "folder"),
     "api-without-names": ({"tls": {"certManager": {"api": {"serviceNames": False}}}}, "api"),
+    "browser-not-a-flag": ({"locations": [{"id": "tokyo", "browser": "yes"}]}, "browser"),
+    "browser-bound": ({"engineWorkers": {"browser": {"maxConcurrentBrowserExecutions": 0}}}, "maxConcurrentBrowser"),
+    "browser-shm-size": ({"engineWorkers": {"browser": {"shmSizeLimit": "lots"}}}, "shmSizeLimit"),
     "hpa-bounds": ({"vault": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "maxReplicas"),
 }
 
@@ -887,10 +978,26 @@ def _dockerfile_stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def _stage_chain(stages: list[list[tuple[str, str]]], index: int) -> list[tuple[str, str]]:
+    """The instructions that make stage ``index``'s image: those of the stage it is built FROM (when that is an
+    earlier stage), recursively, then its own."""
+    names = {stage[0][1].split()[-1]: i for i, stage in enumerate(stages) if " AS " in stage[0][1].upper()}
+    parent = stages[index][0][1].split()[0]
+    inherited = _stage_chain(stages, names[parent]) if parent in names and names[parent] < index else []
+    return inherited + stages[index]
+
+
+def _stage_index(stages: list[list[tuple[str, str]]], name: str) -> int:
+    (index,) = [i for i, stage in enumerate(stages) if stage[0][1].split()[-1] == name]
+    return index
+
+
 def test_dockerfile_is_multi_stage_and_non_root() -> None:
     stages = _dockerfile_stages()
     assert len(stages) >= 2, "multi-stage"
-    final = stages[-1]
+    assert stages[-1][0][1].split()[-1] == "runtime", "the default target (the last stage) is the runtime"
+    final = _stage_chain(stages, len(stages) - 1)
+    assert not any(i == "RUN" and "chromium" in rest for i, rest in final), "no browser in the default image"
     users = [rest for instruction, rest in final if instruction == "USER"]
     assert users, "the final stage sets USER"
     uid = users[-1].split(":")[0]
@@ -912,6 +1019,33 @@ def test_dockerfile_is_multi_stage_and_non_root() -> None:
             for source in sources:
                 assert (ROOT / source).exists(), source
                 assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
+
+
+def test_dockerfile_engine_browser_target() -> None:
+    """`--target engine-browser`: the runtime plus Debian's chromium (no recommends, no setuid bit left, fontconfig's
+    cache built), running as the chart's user, with HOME and the XDG directories under /tmp, which the chart mounts as
+    a memory emptyDir (so nothing is written to the read-only root filesystem or a disk)."""
+    stages = _dockerfile_stages()
+    index = _stage_index(stages, "engine-browser")
+    chain = _stage_chain(stages, index)
+    assert stages[index][0][1].split()[0] == "runtime-base"
+    assert any(i == "COPY" and rest.startswith("--from=build") for i, rest in chain), "the runtime's environment"
+    (install,) = [rest for i, rest in stages[index] if i == "RUN" and "apt-get install" in rest]
+    assert re.search(r"apt-get install -y --no-install-recommends chromium\b", install), install
+    assert install.index("apt-get install") < install.index("chmod a-s") < install.index("! find /"), install
+    assert "fc-cache" in install
+    users = [rest for i, rest in stages[index] if i == "USER"]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert users[-1] == f"{defaults['securityContext']['runAsUser']}:{defaults['securityContext']['runAsGroup']}"
+    env: dict[str, str] = {}
+    for instruction, rest in chain:
+        if instruction == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    written = ["HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"]
+    for var in written:
+        assert env[var] == "/tmp" or env[var].startswith("/tmp/"), var
+    assert [rest for i, rest in stages[index] if i == "CMD"] == ['["engine-worker"]']
+    assert defaults["engineWorkers"]["browser"]["chromiumPath"] == "/usr/bin/chromium"  # where Debian puts it
 
 
 def test_image_entry_points_are_the_ones_the_chart_runs(render: Callable[[str], list[Manifest]]) -> None:

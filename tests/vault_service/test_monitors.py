@@ -132,6 +132,63 @@ async def test_invalid_monitors(admin: Client) -> None:
     ).monitor.type == mpb.MONITOR_TYPE_BROWSER
 
 
+def ntlm_monitor(*cred_ids: str, url: str = "https://intranet.example/") -> mpb.Monitor:
+    """One request per credential, each logging in with NTLM."""
+    m = http_monitor(url=url)
+    del m.http.requests[:]
+    for cred_id in cred_ids:
+        m.http.requests.add(method="GET", url=url).authentication.ntlm_credential_id = cred_id
+    return m
+
+
+async def test_ntlm_monitors(admin: Client) -> None:
+    """NTLM takes a username-password credential, `DOMAIN\\user` or `user`; what basic auth takes does not change."""
+    await setup_location(admin)
+    domain_user = await cred(admin, "domain", up("CORP\\alice", "pw"))
+    plain_user = await cred(admin, "plain", up("bob", "pw"))
+    m = (await admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=ntlm_monitor(domain_user, plain_user)))).monitor
+    assert sorted(m.credential_ids) == sorted([domain_user, plain_user])
+    assert [r.authentication.ntlm_credential_id for r in m.http.requests] == [domain_user, plain_user]
+    got = (await admin.GetCredential(cpb.GetCredentialRequest(id=domain_user))).credential
+    assert [u.monitor_id for u in got.used_by] == [m.id]
+    tok = await cred(admin, "tok", token())
+    bad_forms = [await cred(admin, f"bad-{i}", up(u, "pw")) for i, u in enumerate(["\\alice", "CORP\\", "A\\B\\c"])]
+    both = ntlm_monitor(domain_user)
+    both.http.requests.add(
+        method="GET", url="https://intranet.example/b"
+    ).authentication.basic_credential_id = domain_user
+    cases = [
+        (ntlm_monitor(tok), "monitor.credentials", "is TOKEN, unusable for NTLM authentication"),
+        (ntlm_monitor("CREDENTIALS_VAULT-0000000000000000"), "monitor.credentials", "does not exist"),
+        (ntlm_monitor("not-an-id"), "monitor.http.requests[0].authentication.ntlm_credential_id", "must be"),
+        (both, "monitor.credentials", "(HTTP basic: user; NTLM and browser: user or DOMAIN\\user)"),
+        *((ntlm_monitor(b), "monitor.credentials", "has a form this use does not support") for b in bad_forms),
+    ]
+    for monitor, field, why in cases:
+        err = await expect_code(admin.CreateMonitor(mpb.CreateMonitorRequest(monitor=monitor)), INVALID)
+        assert (err.details() or "").startswith(field), (field, err.details())
+        assert why in (err.details() or ""), err.details()
+        assert "alice" not in (err.details() or "")  # the username is not echoed
+
+
+async def test_restricted_credential_edits_of_an_ntlm_monitor(admin: Client, users: Users) -> None:
+    await setup_location(admin)
+    alice = await users.make("alice", [VIEW, MONITORING])
+    bob = await users.make("bob", [VIEW, MONITORING])
+    secret = await cred(alice, "alice-only", up("CORP\\alice", "pw"))
+    m = (await alice.CreateMonitor(mpb.CreateMonitorRequest(monitor=ntlm_monitor(secret)))).monitor
+    assert list(m.credential_ids) == [secret]
+    moved = _with_url(m, "https://evil.example/")
+    await expect_code(bob.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=moved)), PD)
+    own = await cred(bob, "bob-own", up("CORP\\bob", "pw"))
+    replaced = mpb.Monitor()
+    replaced.CopyFrom(m)
+    replaced.http.requests[0].authentication.ntlm_credential_id = own
+    updated = (await bob.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=replaced))).monitor
+    assert list(updated.credential_ids) == [own]
+    await expect_code(alice.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=_with_url(updated, "https://x/"))), PD)
+
+
 async def test_who_may_create_monitors(admin: Client, users: Users) -> None:
     await setup_location(admin)
     viewer = await users.make("viewer", [VIEW])

@@ -74,6 +74,8 @@ def _body(ns: argparse.Namespace) -> str:
 def _authentication(ns: argparse.Namespace) -> mpb.HttpAuthentication | None:
     if ns.basic_credential:
         return mpb.HttpAuthentication(basic_credential_id=ns.basic_credential)
+    if ns.ntlm_credential:
+        return mpb.HttpAuthentication(ntlm_credential_id=ns.ntlm_credential)
     if ns.client_certificate_credential:
         return mpb.HttpAuthentication(client_certificate_credential_id=ns.client_certificate_credential)
     return None
@@ -160,6 +162,8 @@ def _auth_text(auth: mpb.HttpAuthentication) -> str:
     which = auth.WhichOneof("method")
     if which == "basic_credential_id":
         return f"basic {auth.basic_credential_id}"
+    if which == "ntlm_credential_id":
+        return f"NTLM {auth.ntlm_credential_id}"
     if which == "client_certificate_credential_id":
         return f"client certificate {auth.client_certificate_credential_id}"
     return "-"
@@ -327,6 +331,9 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-file", metavar="FILE", help="request body ('-': stdin); may hold placeholders")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--basic-credential", metavar="ID", help="basic authentication (a username-password credential)")
+    auth.add_argument(
+        "--ntlm-credential", metavar="ID", help="NTLM (a username-password credential, user or DOMAIN\\user)"
+    )
     auth.add_argument("--client-certificate-credential", metavar="ID", help="a certificate credential")
     p.add_argument("--expect-status", action="append", type=int, metavar="CODE", help="repeatable: any of them")
     p.add_argument("--body-contains", action="append", metavar="TEXT", help="repeatable")

@@ -65,6 +65,19 @@ async def test_locations_and_engines(env: dict[str, str]) -> None:
     assert [(e["engine_id"], e["revoked"]) for e in json.loads(after.out)["engines"]] == [("e-1", True)]
 
 
+async def test_http_monitor_with_ntlm(env: dict[str, str], admin: Client) -> None:
+    await add_location(admin)
+    cid = (await admin.CreateCredential(create_req("intranet", up("CORP\\svc", PASSWORD)))).credential.id
+    created = await ok(
+        env,
+        *("monitors", "create-http", "--json", "--name", "intranet", "--url", "https://intranet.example/"),
+        *("--location", "loc-a", "--ntlm-credential", cid),
+    )
+    monitor = json.loads(created.out)["monitor"]
+    assert monitor["http"]["requests"][0]["authentication"] == {"ntlm_credential_id": cid}
+    assert_contains((await ok(env, "monitors", "get", monitor["id"])).out, f"NTLM {cid}")
+
+
 async def test_http_monitor_lifecycle(env: dict[str, str], admin: Client) -> None:
     await add_location(admin)
     basic = (await admin.CreateCredential(create_req("basic", up("svc", PASSWORD)))).credential.id

@@ -56,6 +56,18 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
+{{/* The engine-browser image (docker build --target engine-browser): engineWorkers.browser.image, by default the
+image's repository with the tag "<the image's tag>-browser". */}}
+{{- define "credvault.browserImage" -}}
+{{- $image := .Values.engineWorkers.browser.image }}
+{{- $repository := default .Values.image.repository $image.repository }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default (printf "%s-browser" (default .Chart.AppVersion .Values.image.tag)) $image.tag) }}
+{{- end }}
+{{- end }}
+
 {{/* The same hardening on every pod and every container. */}}
 {{- define "credvault.podSecurityContext" -}}
 runAsNonRoot: true
