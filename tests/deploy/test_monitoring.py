@@ -116,10 +116,10 @@ def test_dashboard_loads_and_its_queries_parse(docs: list[Manifest], tmp_path: p
 
 def test_rules_pass_promtool_check(docs: list[Manifest], tmp_path: pathlib.Path) -> None:
     rules = alert_rules(docs)
-    assert len(rules) == 10
+    assert len(rules) == 13
     result = check_rules(tmp_path, rules)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 # --- every alert with synthetic series --------------------------------------------------------------------------------
@@ -130,25 +130,32 @@ Expected = list[tuple[str, list[dict[str, str]]]]  # (eval time, the labels of e
 
 def input_series(series: Series) -> list[dict[str, str]]:
     out = []
-    for line in series.strip().splitlines():
-        selector, values = line.strip().rsplit("} ", 1)
+    for line in filter(None, map(str.strip, series.splitlines())):
+        selector, values = line.rsplit("} ", 1)
         out.append({"series": selector + "}", "values": values})
     return out
 
 
-def _counter_case(metric: str) -> tuple[Series, Expected]:
+def _counter_case(
+    metric: str, label: str = "location", values: tuple[str, str, str] = ("berlin", "tokyo", "lima"), extra: Series = ""
+) -> tuple[Series, Expected]:
     """A counter that rises once (berlin, at 11m), and one that appears already raised (tokyo, at 21m: the first
     increment of a labelled counter creates its series): each fires within counterWindow (15m), then stops; a series
     that stays at 0 does not."""
-    series = f"""
-        {metric}{{{V},location="berlin",pod="v1"}} 0x10 1x40
-        {metric}{{{V},location="tokyo",pod="v1"}} _x20 1x30
-        {metric}{{{V},location="lima",pod="v1"}} 0x50
+    first, second, third = values
+    series = (
+        f"""
+        {metric}{{{V},{label}="{first}",pod="v1"}} 0x10 1x40
+        {metric}{{{V},{label}="{second}",pod="v1"}} _x20 1x30
+        {metric}{{{V},{label}="{third}",pod="v1"}} 0x50
     """
-    both = [{"location": "berlin"}, {"location": "tokyo"}]
-    return series, [("5m", []), ("15m", [{"location": "berlin"}]), ("25m", both), ("45m", [])]
+        + extra
+    )
+    both = [{label: first}, {label: second}]
+    return series, [("5m", []), ("15m", [{label: first}]), ("25m", both), ("45m", [])]
 
 
+failing = [{"provider": "hashicorp", "outcome": "unreachable"}]
 CASES: dict[str, tuple[Series, Expected]] = {
     # berlin out of contact from 6m on; tokyo for 3 minutes only
     "CredvaultEngineDisconnected": (
@@ -217,6 +224,36 @@ CASES: dict[str, tuple[Series, Expected]] = {
         """,
         [("90m", []), ("150m", [{"pod": "v1"}])],
     ),
+    # (syncFailingFor 15m, failures counted over 5m) hashicorp unreachable from 6m on at every sync; openbao sealed
+    # for 7 minutes only (over counterWindow's 15m it would count for 20); successes ("changed", "unchanged") never
+    # fire
+    "CredvaultSyncFailing": (
+        f"""
+        credvault_sync_total{{{V},provider="hashicorp",outcome="unreachable",pod="v1"}} _x5 1+1x45
+        credvault_sync_total{{{V},provider="openbao",outcome="sealed",pod="v2"}} _x5 1+1x6 7x39
+        credvault_sync_total{{{V},provider="hashicorp",outcome="changed",pod="v1"}} 0+1x50
+        credvault_sync_total{{{V},provider="openbao",outcome="unchanged",pod="v2"}} 0+5x50
+        """,
+        [("15m", []), ("24m", failing), ("35m", failing)],
+    ),
+    # (syncStaleSeconds 3600, syncStaleFor 10m) hashicorp's oldest synchronization ages from the start (above 3600s
+    # from 61m on); openbao's stays 30s old
+    "CredvaultSyncStale": (
+        f"""
+        credvault_sync_age_seconds{{{V},provider="hashicorp",pod="v1"}} 0+60x90
+        credvault_sync_age_seconds{{{V},provider="openbao",pod="v2"}} 30x90
+        """,
+        [("65m", []), ("80m", [{"provider": "hashicorp"}])],
+    ),
+    # failed rotations as the counter cases; successful ones ("rotated") never fire
+    "CredvaultTokenRotationFailing": _counter_case(
+        "credvault_token_rotation_total",
+        "outcome",
+        ("write_failed", "sealed", "conflict"),
+        f"""
+        credvault_token_rotation_total{{{V},outcome="rotated",pod="v1"}} 0+1x50
+        """,
+    ),
     # vault v2 and the berlin worker unlocked throughout; v1 and tokyo locked
     "CredvaultMemoryNotLocked": (
         f"""
@@ -279,18 +316,32 @@ def test_each_alert_case_can_fail(docs: list[Manifest], tmp_path: pathlib.Path, 
 
 
 def test_thresholds_come_from_values(helm: Helm, tmp_path: pathlib.Path) -> None:
-    custom = {"engineLagRevisions": 7, "engineLagFor": "3m", "pushLatencyP99Seconds": 2.5, "counterWindow": "1h"}
+    custom = {
+        "engineLagRevisions": 7,
+        "engineLagFor": "3m",
+        "pushLatencyP99Seconds": 2.5,
+        "counterWindow": "1h",
+        "syncStaleSeconds": 600,
+        "syncFailingFor": "4m",
+    }
     values = {**VALUES, "prometheusRule": {"enabled": True, **custom}}
     rules = {r["alert"]: r for r in alert_rules(helm.render(values, tmp_path, namespace=NAMESPACE))}
     assert rules["CredvaultEngineLagging"]["expr"].endswith("> 7")
     assert rules["CredvaultEngineLagging"]["for"] == "3m"
     assert rules["CredvaultPushLatencyHigh"]["expr"].endswith("> 2.5")
     assert "[1h]" in rules["CredvaultAntiEntropyRepairs"]["expr"]
+    assert "[1h]" in rules["CredvaultTokenRotationFailing"]["expr"]
+    assert rules["CredvaultSyncStale"]["expr"].endswith("> 600")
+    assert rules["CredvaultSyncFailing"]["for"] == "4m"
+    assert rules["CredvaultSyncStale"]["for"] == DEFAULT_PROMETHEUS_RULE["syncStaleFor"]
     assert rules["CredvaultEngineDisconnected"]["for"] == DEFAULT_PROMETHEUS_RULE["engineDisconnectedFor"]
 
 
 # --- against what the processes export --------------------------------------------------------------------------------
 
+# Alerted on before the vault exports them (issue 13): the age of the oldest synchronization (helper x13a's slice),
+# the outcomes of token rotations into external vaults (not built yet). Remove each as it lands.
+NOT_YET_EXPORTED = {"credvault_sync_age_seconds", "credvault_token_rotation_total"}
 SELECTED = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}")
 
 
@@ -351,6 +402,7 @@ async def test_panels_and_alerts_name_only_exported_metrics(
 
     used = selected_metrics([r["expr"] for r in alert_rules(docs)] + dashboard_queries(dashboard(docs)))
     assert set(used) == {FULLNAME, f"{FULLNAME}-engine-workers"}
+    vault_names |= NOT_YET_EXPORTED
     assert not used[FULLNAME] - vault_names, f"not exported by the vault: {used[FULLNAME] - vault_names}"
     workers = used[f"{FULLNAME}-engine-workers"]
     assert not workers - worker_names, f"not exported by the engine worker: {workers - worker_names}"
