@@ -14,7 +14,8 @@ from google.protobuf import duration_pb2
 
 from credvault.v1 import credentials_pb2 as cpb
 from tests.conftest import Client
-from tests.helpers import SYN, expect_code
+from tests.external_sync_helpers import ca_credential, certificate_credential
+from tests.helpers import expect_code
 from tests.local_pki import LocalPki
 from tests.openbao import OpenBao
 from tests.vault_service.test_external_sync import _stored, create_synced, sync, sync_audit
@@ -41,22 +42,6 @@ def enable_cert_auth(bao: OpenBao, role: str, ca_pem: bytes, readable: list[str]
     bao.cli("write", f"auth/cert/certs/{role}", f"certificate=@{ca_file}", f"token_policies={role}", "token_ttl=1h")
 
 
-async def certificate_credential(admin: Client, name: str, issued: pki.IssuedCertificate) -> str:
-    upload = cpb.Certificate(data=issued.chain_pem + issued.key_pem, format=cpb.CERTIFICATE_FORMAT_PEM)
-    made = await admin.CreateCredential(
-        cpb.CreateCredentialRequest(name=name, scopes=[SYN], contents=cpb.CredentialContents(certificate=upload))
-    )
-    return str(made.credential.id)
-
-
-async def ca_credential(admin: Client, bao: OpenBao) -> str:
-    ca = cpb.CredentialContents(public_certificate=cpb.PublicCertificate(pem=bao.pki.server_ca_pem.read_bytes()))
-    made = await admin.CreateCredential(
-        cpb.CreateCredentialRequest(name="bao ca", scopes=[cpb.CREDENTIAL_SCOPE_EXTENSION_VALIDATION], contents=ca)
-    )
-    return str(made.credential.id)
-
-
 def cert_source(bao: OpenBao, ca_cred: str, client_cred: str, path: str, role: str = "") -> cpb.ExternalSource:
     return cpb.ExternalSource(
         provider=cpb.EXTERNAL_PROVIDER_HASHICORP_VAULT,
@@ -78,7 +63,7 @@ async def test_cert_login_reads_the_secret_and_a_certificate_of_another_ca_is_re
     await asyncio.to_thread(enable_cert_auth, openbao, "certs", local_pki.engine_ca.cert_pem, ["secret/data/certs/*"])
     issued = local_pki.engine("loc-bao", "sync-client")
     client_cred = await certificate_credential(admin, "bao client", issued)
-    ca_cred = await ca_credential(admin, openbao)
+    ca_cred = await ca_credential(admin, openbao.pki)
 
     made = await create_synced(admin, "pair", cert_source(openbao, ca_cred, client_cred, "certs/login", role="certs"))
     assert made.external_source.WhichOneof("auth") == "cert"
@@ -113,7 +98,7 @@ async def test_cert_login_reads_the_secret_and_a_certificate_of_another_ca_is_re
 
 
 async def test_a_cert_source_needs_a_certificate_credential(admin: Client, openbao: OpenBao) -> None:
-    ca_cred = await ca_credential(admin, openbao)
+    ca_cred = await ca_credential(admin, openbao.pki)
     not_a_cert = cert_source(openbao, ca_cred, ca_cred, "certs/x")
     err = await expect_code(create_synced(admin, "x", not_a_cert), grpc.StatusCode.INVALID_ARGUMENT)
     assert (err.details() or "").startswith("external_source.cert.client_certificate_credential_id:")

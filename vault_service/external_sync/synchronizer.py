@@ -13,6 +13,8 @@ from vault_service.credentials import CredentialService, check_id
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, FailedPrecondition, InvalidArgument
 from vault_service.external_sync import failure as f
+from vault_service.external_sync.azure import AzureKeyVaultClient
+from vault_service.external_sync.cyberark import CyberArkClient
 from vault_service.external_sync.failure import SyncFailure
 from vault_service.external_sync.hashicorp import HashiCorpClient, HashiCorpProvider
 from vault_service.external_sync.provider import Companions, Fetched, Opened, Provider
@@ -58,13 +60,18 @@ class Synchronizer:
     ) -> None:
         self._store, self._keyring, self._credentials, self._client = store, keyring, credentials, client
         self._providers: dict[ExternalProvider, Provider] = {
-            ExternalProvider.HASHICORP_VAULT: HashiCorpProvider(client)
+            ExternalProvider.HASHICORP_VAULT: HashiCorpProvider(client),
+            ExternalProvider.AZURE_KEY_VAULT: AzureKeyVaultClient(),
+            ExternalProvider.CYBERARK_CCP: CyberArkClient(),
         }
         self._providers.update(providers or {})
         self.owner = owner
         self._on_outcome = on_outcome
         self.lease_seconds = lease_seconds
         self._backoff = backoff_base_seconds
+
+    def provider(self, which: ExternalProvider) -> Provider:
+        return self._providers[which]
 
     async def close(self) -> None:
         for provider in self._providers.values():
