@@ -167,6 +167,8 @@ class AppEngineAccess:
 
 class ExternalProvider(enum.Enum):
     HASHICORP_VAULT = "HASHICORP_VAULT"  # and OpenBao: the same API
+    AZURE_KEY_VAULT = "AZURE_KEY_VAULT"
+    CYBERARK_CCP = "CYBERARK_CCP"  # CyberArk Central Credential Provider
 
 
 class KvVersion(enum.Enum):
@@ -196,13 +198,37 @@ class ExternalSource:
     approle_secret_id_credential_id: str
     approle_mount: str = "approle"
     sync_interval_seconds: int = SYNC_INTERVAL_DEFAULT
+    # A client CERTIFICATE credential: HashiCorp/OpenBao TLS certificate auth, or CyberArk CCP's mutual TLS.
+    cert_credential_id: str = ""
+    cert_mount: str = ""  # HashiCorp/OpenBao cert auth method's mount ("cert")
+    cert_role: str = ""  # and the certificate role to log in as (empty: any matching role)
+    # Azure Key Vault: client credentials (TOKEN credentials), the Entra ID authority and a pinned secret version.
+    azure_tenant_id_credential_id: str = ""
+    azure_client_id_credential_id: str = ""
+    azure_client_secret_credential_id: str = ""
+    azure_authority_host: str = ""
+    azure_secret_version: str = ""
+    # CyberArk CCP: the application id and the account's safe, folder and object.
+    cyberark_app_id: str = ""
+    cyberark_safe: str = ""
+    cyberark_folder: str = ""
+    cyberark_object: str = ""
 
     def companions(self) -> dict[str, str]:
         """Field path -> id of each companion credential it names."""
+        cert_field = (
+            "external_source.cyberark.client_certificate_credential_id"
+            if self.provider is ExternalProvider.CYBERARK_CCP
+            else "external_source.cert.client_certificate_credential_id"
+        )
         named = {
             "external_source.ca_certificate_credential_id": self.ca_certificate_credential_id,
             "external_source.approle.role_id_credential_id": self.approle_role_id_credential_id,
             "external_source.approle.secret_id_credential_id": self.approle_secret_id_credential_id,
+            cert_field: self.cert_credential_id,
+            "external_source.azure.tenant_id_credential_id": self.azure_tenant_id_credential_id,
+            "external_source.azure.client_id_credential_id": self.azure_client_id_credential_id,
+            "external_source.azure.client_secret_credential_id": self.azure_client_secret_credential_id,
         }
         return {path: cid for path, cid in named.items() if cid}
 

@@ -119,12 +119,28 @@ class _ExternalProviderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exte
     EXTERNAL_PROVIDER_UNSPECIFIED: _ExternalProvider.ValueType  # 0
     EXTERNAL_PROVIDER_HASHICORP_VAULT: _ExternalProvider.ValueType  # 1
     """HashiCorp Vault, or OpenBao (the same API)."""
+    EXTERNAL_PROVIDER_AZURE_KEY_VAULT: _ExternalProvider.ValueType  # 2
+    """Azure Key Vault: address is the vault URL (https://NAME.vault.azure.net); the key fields name Key Vault secrets
+    (USERNAME_PASSWORD: two secrets, the username's and the password's; TOKEN: one); auth azure.
+    """
+    EXTERNAL_PROVIDER_CYBERARK_CCP: _ExternalProvider.ValueType  # 3
+    """CyberArk Central Credential Provider (USERNAME_PASSWORD only): address is the CCP web service's
+    https://host[:port]; the account is named by cyberark_account; auth cyberark (mutual TLS).
+    """
 
 class ExternalProvider(_ExternalProvider, metaclass=_ExternalProviderEnumTypeWrapper): ...
 
 EXTERNAL_PROVIDER_UNSPECIFIED: ExternalProvider.ValueType  # 0
 EXTERNAL_PROVIDER_HASHICORP_VAULT: ExternalProvider.ValueType  # 1
 """HashiCorp Vault, or OpenBao (the same API)."""
+EXTERNAL_PROVIDER_AZURE_KEY_VAULT: ExternalProvider.ValueType  # 2
+"""Azure Key Vault: address is the vault URL (https://NAME.vault.azure.net); the key fields name Key Vault secrets
+(USERNAME_PASSWORD: two secrets, the username's and the password's; TOKEN: one); auth azure.
+"""
+EXTERNAL_PROVIDER_CYBERARK_CCP: ExternalProvider.ValueType  # 3
+"""CyberArk Central Credential Provider (USERNAME_PASSWORD only): address is the CCP web service's
+https://host[:port]; the account is named by cyberark_account; auth cyberark (mutual TLS).
+"""
 Global___ExternalProvider: _TypeAlias = ExternalProvider  # noqa: Y015
 
 class _KvVersion:
@@ -565,6 +581,124 @@ class AppRoleAuth(_message.Message):
 Global___AppRoleAuth: _TypeAlias = AppRoleAuth  # noqa: Y015
 
 @_typing.final
+class CertAuth(_message.Message):
+    """TLS certificate login (POST /v1/auth/cert/login) of HashiCorp Vault / OpenBao, over a connection that presents
+    the client certificate and key of a CERTIFICATE credential of this vault.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_CERTIFICATE_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    MOUNT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    client_certificate_credential_id: _builtins.str
+    mount: _builtins.str
+    """The cert auth method's mount; empty: "cert"."""
+    role: _builtins.str
+    """The certificate role to log in as; empty: any role whose CA matches."""
+    def __init__(
+        self,
+        *,
+        client_certificate_credential_id: _builtins.str = ...,
+        mount: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_certificate_credential_id", b"client_certificate_credential_id", "mount", b"mount", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertAuth: _TypeAlias = CertAuth  # noqa: Y015
+
+@_typing.final
+class AzureClientCredentials(_message.Message):
+    """Azure Key Vault: an Entra ID client-credentials token (scope https://vault.azure.net/.default). The three are ids
+    of TOKEN credentials of this vault.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    AUTHORITY_HOST_FIELD_NUMBER: _builtins.int
+    tenant_id_credential_id: _builtins.str
+    client_id_credential_id: _builtins.str
+    client_secret_credential_id: _builtins.str
+    authority_host: _builtins.str
+    """https://host of the Entra ID authority; empty: https://login.microsoftonline.com (set it for sovereign clouds)."""
+    def __init__(
+        self,
+        *,
+        tenant_id_credential_id: _builtins.str = ...,
+        client_id_credential_id: _builtins.str = ...,
+        client_secret_credential_id: _builtins.str = ...,
+        authority_host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_host", b"authority_host", "client_id_credential_id", b"client_id_credential_id", "client_secret_credential_id", b"client_secret_credential_id", "tenant_id_credential_id", b"tenant_id_credential_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureClientCredentials: _TypeAlias = AzureClientCredentials  # noqa: Y015
+
+@_typing.final
+class CyberArkCcpAuth(_message.Message):
+    """CyberArk Central Credential Provider: the application id, and a CERTIFICATE credential of this vault presented as
+    the TLS client certificate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_CERTIFICATE_CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    client_certificate_credential_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        client_certificate_credential_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "client_certificate_credential_id", b"client_certificate_credential_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CyberArkCcpAuth: _TypeAlias = CyberArkCcpAuth  # noqa: Y015
+
+@_typing.final
+class CyberArkAccount(_message.Message):
+    """The CyberArk account (password object) to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAFE_FIELD_NUMBER: _builtins.int
+    FOLDER_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    safe: _builtins.str
+    folder: _builtins.str
+    """Optional; CCP's default is Root."""
+    object: _builtins.str
+    def __init__(
+        self,
+        *,
+        safe: _builtins.str = ...,
+        folder: _builtins.str = ...,
+        object: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folder", b"folder", "object", b"object", "safe", b"safe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CyberArkAccount: _TypeAlias = CyberArkAccount  # noqa: Y015
+
+@_typing.final
 class ExternalSource(_message.Message):
     """Where a synchronized credential's contents come from and how to authenticate there. Holds no secret: the
     companion secrets are credentials of this vault, referenced by id.
@@ -580,7 +714,12 @@ class ExternalSource(_message.Message):
     PASSWORD_KEY_FIELD_NUMBER: _builtins.int
     TOKEN_KEY_FIELD_NUMBER: _builtins.int
     APPROLE_FIELD_NUMBER: _builtins.int
+    CERT_FIELD_NUMBER: _builtins.int
+    AZURE_FIELD_NUMBER: _builtins.int
+    CYBERARK_FIELD_NUMBER: _builtins.int
     SYNC_INTERVAL_FIELD_NUMBER: _builtins.int
+    CYBERARK_ACCOUNT_FIELD_NUMBER: _builtins.int
+    AZURE_SECRET_VERSION_FIELD_NUMBER: _builtins.int
     provider: Global___ExternalProvider.ValueType
     address: _builtins.str
     """https://host[:port] of the external vault."""
@@ -592,13 +731,25 @@ class ExternalSource(_message.Message):
     """Field names in the secret: username_key and password_key for USERNAME_PASSWORD, token_key for TOKEN."""
     password_key: _builtins.str
     token_key: _builtins.str
+    azure_secret_version: _builtins.str
+    """EXTERNAL_PROVIDER_AZURE_KEY_VAULT, TOKEN only: a pinned secret version; empty: the latest."""
     @_builtins.property
     def kv(self) -> Global___KvLocation: ...
     @_builtins.property
     def approle(self) -> Global___AppRoleAuth: ...
     @_builtins.property
+    def cert(self) -> Global___CertAuth: ...
+    @_builtins.property
+    def azure(self) -> Global___AzureClientCredentials: ...
+    @_builtins.property
+    def cyberark(self) -> Global___CyberArkCcpAuth: ...
+    @_builtins.property
     def sync_interval(self) -> _duration_pb2.Duration:
         """Default 1 hour; at least 10 seconds."""
+
+    @_builtins.property
+    def cyberark_account(self) -> Global___CyberArkAccount:
+        """EXTERNAL_PROVIDER_CYBERARK_CCP: the account (kv and the key fields stay empty)."""
 
     def __init__(
         self,
@@ -611,13 +762,18 @@ class ExternalSource(_message.Message):
         password_key: _builtins.str = ...,
         token_key: _builtins.str = ...,
         approle: Global___AppRoleAuth | None = ...,
+        cert: Global___CertAuth | None = ...,
+        azure: Global___AzureClientCredentials | None = ...,
+        cyberark: Global___CyberArkCcpAuth | None = ...,
         sync_interval: _duration_pb2.Duration | None = ...,
+        cyberark_account: Global___CyberArkAccount | None = ...,
+        azure_secret_version: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approle", b"approle", "auth", b"auth", "kv", b"kv", "sync_interval", b"sync_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approle", b"approle", "auth", b"auth", "azure", b"azure", "cert", b"cert", "cyberark", b"cyberark", "cyberark_account", b"cyberark_account", "kv", b"kv", "sync_interval", b"sync_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "approle", b"approle", "auth", b"auth", "ca_certificate_credential_id", b"ca_certificate_credential_id", "kv", b"kv", "password_key", b"password_key", "provider", b"provider", "sync_interval", b"sync_interval", "token_key", b"token_key", "username_key", b"username_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "approle", b"approle", "auth", b"auth", "azure", b"azure", "azure_secret_version", b"azure_secret_version", "ca_certificate_credential_id", b"ca_certificate_credential_id", "cert", b"cert", "cyberark", b"cyberark", "cyberark_account", b"cyberark_account", "kv", b"kv", "password_key", b"password_key", "provider", b"provider", "sync_interval", b"sync_interval", "token_key", b"token_key", "username_key", b"username_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_auth: _TypeAlias = _typing.Literal["approle"]  # noqa: Y015
+    _WhichOneofReturnType_auth: _TypeAlias = _typing.Literal["approle", "cert", "azure", "cyberark"]  # noqa: Y015
     _WhichOneofArgType_auth: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_auth) -> _WhichOneofReturnType_auth | None: ...
 
@@ -637,7 +793,9 @@ class SyncStatus(_message.Message):
     last_error: _builtins.str
     """Empty after a successful sync."""
     external_version: _builtins.str
-    """The external secret's version as last read (KV v2); empty when the source has none."""
+    """The external secret's version as last read (KV v2; Azure: the secret version, "username,password" for two
+    secrets); empty when the source has none (KV v1, CyberArk: changes are detected by value).
+    """
     @_builtins.property
     def last_attempt(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property

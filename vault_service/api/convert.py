@@ -67,7 +67,17 @@ _PERMISSIONS = {
     ipb.PERMISSION_CHANGE_MONITORING_SETTINGS: Permission.CHANGE_MONITORING_SETTINGS,
     ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS: Permission.CHANGE_ENVIRONMENT_SETTINGS,
 }
-_PROVIDERS = {cpb.EXTERNAL_PROVIDER_HASHICORP_VAULT: ExternalProvider.HASHICORP_VAULT}
+_PROVIDERS = {
+    cpb.EXTERNAL_PROVIDER_HASHICORP_VAULT: ExternalProvider.HASHICORP_VAULT,
+    cpb.EXTERNAL_PROVIDER_AZURE_KEY_VAULT: ExternalProvider.AZURE_KEY_VAULT,
+    cpb.EXTERNAL_PROVIDER_CYBERARK_CCP: ExternalProvider.CYBERARK_CCP,
+}
+# The authentication each provider takes (the ``auth`` oneof).
+_AUTHS = {
+    ExternalProvider.HASHICORP_VAULT: ("approle", "cert"),
+    ExternalProvider.AZURE_KEY_VAULT: ("azure",),
+    ExternalProvider.CYBERARK_CCP: ("cyberark",),
+}
 _KV_VERSIONS = {cpb.KV_VERSION_V2: KvVersion.V2, cpb.KV_VERSION_V1: KvVersion.V1}
 _KINDS = {tpb.TOKEN_KIND_PERSONAL: TokenKind.PERSONAL, tpb.TOKEN_KIND_API: TokenKind.API}
 
@@ -178,8 +188,9 @@ def external_source(msg: cpb.ExternalSource, present: bool) -> ExternalSource | 
     kv_version = KvVersion.V2
     if msg.kv.version:
         kv_version = _enum_req("external_source.kv.version", msg.kv.version, _KV_VERSIONS)
-    if msg.WhichOneof("auth") != "approle":
-        raise InvalidArgument("external_source.auth", "must be set: approle")
+    auth = msg.WhichOneof("auth")
+    if auth not in _AUTHS[provider]:
+        raise InvalidArgument("external_source.auth", f"must be set for this provider: {' or '.join(_AUTHS[provider])}")
     interval = SYNC_INTERVAL_DEFAULT
     if msg.HasField("sync_interval"):
         if msg.sync_interval.nanos:
@@ -199,6 +210,18 @@ def external_source(msg: cpb.ExternalSource, present: bool) -> ExternalSource | 
         approle_secret_id_credential_id=msg.approle.secret_id_credential_id,
         approle_mount=msg.approle.mount,
         sync_interval_seconds=interval,
+        cert_credential_id=msg.cert.client_certificate_credential_id or msg.cyberark.client_certificate_credential_id,
+        cert_mount=msg.cert.mount,
+        cert_role=msg.cert.role,
+        azure_tenant_id_credential_id=msg.azure.tenant_id_credential_id,
+        azure_client_id_credential_id=msg.azure.client_id_credential_id,
+        azure_client_secret_credential_id=msg.azure.client_secret_credential_id,
+        azure_authority_host=msg.azure.authority_host,
+        azure_secret_version=msg.azure_secret_version,
+        cyberark_app_id=msg.cyberark.app_id,
+        cyberark_safe=msg.cyberark_account.safe,
+        cyberark_folder=msg.cyberark_account.folder,
+        cyberark_object=msg.cyberark_account.object,
     )
 
 
@@ -250,21 +273,55 @@ _KV_VERSIONS_OUT = _reverse(_KV_VERSIONS)
 
 
 def _external_source_out(source: ExternalSource) -> cpb.ExternalSource:
-    return cpb.ExternalSource(
+    out = cpb.ExternalSource(
         provider=_PROVIDERS_OUT[source.provider],
         address=source.address,
         ca_certificate_credential_id=source.ca_certificate_credential_id,
-        kv=cpb.KvLocation(mount=source.kv_mount, path=source.kv_path, version=_KV_VERSIONS_OUT[source.kv_version]),
         username_key=source.username_key,
         password_key=source.password_key,
         token_key=source.token_key,
-        approle=cpb.AppRoleAuth(
-            role_id_credential_id=source.approle_role_id_credential_id,
-            secret_id_credential_id=source.approle_secret_id_credential_id,
-            mount=source.approle_mount,
-        ),
         sync_interval=duration_pb2.Duration(seconds=source.sync_interval_seconds),
+        azure_secret_version=source.azure_secret_version,
     )
+    if source.provider is ExternalProvider.HASHICORP_VAULT:
+        out.kv.CopyFrom(
+            cpb.KvLocation(mount=source.kv_mount, path=source.kv_path, version=_KV_VERSIONS_OUT[source.kv_version])
+        )
+    if source.approle_role_id_credential_id:
+        out.approle.CopyFrom(
+            cpb.AppRoleAuth(
+                role_id_credential_id=source.approle_role_id_credential_id,
+                secret_id_credential_id=source.approle_secret_id_credential_id,
+                mount=source.approle_mount,
+            )
+        )
+    elif source.provider is ExternalProvider.HASHICORP_VAULT:
+        out.cert.CopyFrom(
+            cpb.CertAuth(
+                client_certificate_credential_id=source.cert_credential_id,
+                mount=source.cert_mount,
+                role=source.cert_role,
+            )
+        )
+    elif source.provider is ExternalProvider.AZURE_KEY_VAULT:
+        out.azure.CopyFrom(
+            cpb.AzureClientCredentials(
+                tenant_id_credential_id=source.azure_tenant_id_credential_id,
+                client_id_credential_id=source.azure_client_id_credential_id,
+                client_secret_credential_id=source.azure_client_secret_credential_id,
+                authority_host=source.azure_authority_host,
+            )
+        )
+    else:
+        out.cyberark.CopyFrom(
+            cpb.CyberArkCcpAuth(
+                app_id=source.cyberark_app_id, client_certificate_credential_id=source.cert_credential_id
+            )
+        )
+        out.cyberark_account.CopyFrom(
+            cpb.CyberArkAccount(safe=source.cyberark_safe, folder=source.cyberark_folder, object=source.cyberark_object)
+        )
+    return out
 
 
 def _sync_status_out(status: SyncStatus) -> cpb.SyncStatus:

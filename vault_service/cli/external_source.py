@@ -45,11 +45,10 @@ def view_pairs(c: cpb.Credential) -> list[tuple[str, str]]:
     src, status = c.external_source, c.sync_status
     kv = "v1" if src.kv.version == cpb.KV_VERSION_V1 else "v2"
     keys = f"token: {src.token_key}" if src.token_key else f"username: {src.username_key}, password: {src.password_key}"
-    pairs = [
-        ("synchronized from", clean(src.address)),
-        ("secret", f"{clean(src.kv.mount)}/{clean(src.kv.path)} (kv {kv}); fields {clean(keys)}"),
-        ("approle", f"role id {src.approle.role_id_credential_id}, secret id {src.approle.secret_id_credential_id}"),
-    ]
+    pairs = [("synchronized from", clean(src.address))]
+    if src.provider == cpb.EXTERNAL_PROVIDER_HASHICORP_VAULT:
+        pairs.append(("secret", f"{clean(src.kv.mount)}/{clean(src.kv.path)} (kv {kv}); fields {clean(keys)}"))
+    pairs += _auth_pairs(src)
     if src.ca_certificate_credential_id:
         pairs.append(("vault ca", src.ca_certificate_credential_id))
     pairs += [
@@ -61,3 +60,15 @@ def view_pairs(c: cpb.Credential) -> list[tuple[str, str]]:
         ("next sync", when(status.next_run, "now")),
     ]
     return pairs
+
+
+def _auth_pairs(src: cpb.ExternalSource) -> list[tuple[str, str]]:
+    auth = src.WhichOneof("auth")
+    if auth == "approle":
+        return [
+            ("approle", f"role id {src.approle.role_id_credential_id}, secret id {src.approle.secret_id_credential_id}")
+        ]
+    if auth == "cert":
+        role = f", role {clean(src.cert.role)}" if src.cert.role else ""
+        return [("cert login", f"client certificate {src.cert.client_certificate_credential_id}{role}")]
+    return []

@@ -1,16 +1,15 @@
 """The HashiCorp Vault / OpenBao HTTP API, as a synchronization needs it: AppRole login
-(``POST /v1/auth/<mount>/login``), KV v2 reads (``GET /v1/<mount>/data/<path>``, with ``data.metadata.version``) and
-KV v1 reads (``GET /v1/<mount>/<path>``), over aiohttp: one session per connection (address and CA), TLS verified,
-bounded timeouts. Client tokens live in this process's memory only and are obtained again before they expire (or
-when the vault refuses one)."""
+(``POST /v1/auth/<mount>/login`` with role and secret id) or TLS certificate login (the same path of a cert auth
+mount, over a connection presenting the client certificate), KV v2 reads (``GET /v1/<mount>/data/<path>``, with
+``data.metadata.version``) and KV v1 reads (``GET /v1/<mount>/<path>``), over aiohttp (:mod:`.http`): one session
+per connection (address, CA, client certificate), TLS verified, bounded timeouts. Client tokens live in this
+process's memory only and are obtained again before they expire (or when the vault refuses one)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
-import ssl
 import time
 import urllib.parse
 from typing import Any
@@ -18,10 +17,13 @@ from typing import Any
 import aiohttp
 
 from vault_service.external_sync import failure as f
+from vault_service.external_sync import http
 from vault_service.external_sync.failure import SyncFailure
-from vault_service.models import KvVersion
+from vault_service.external_sync.http import ClientCertificate
+from vault_service.external_sync.provider import CA_FIELD, Companions, Fetched
+from vault_service.models import ExternalSource, KvVersion
 
-MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_RESPONSE_BYTES = http.MAX_RESPONSE_BYTES
 # A token is obtained again once this share of its lifetime has passed (and when the vault refuses it).
 RENEW_AFTER_SHARE = 2 / 3
 # A token without a lifetime (lease_duration 0) is still obtained again after this long.
@@ -39,6 +41,36 @@ class AppRoleLogin:
 
     def __repr__(self) -> str:
         return f"AppRoleLogin(mount={self.mount!r}, role_id=<redacted>, secret_id=<redacted>)"
+
+    @property
+    def method(self) -> str:
+        return "AppRole"
+
+    def body(self) -> bytes:
+        return json.dumps({"role_id": self.role_id, "secret_id": self.secret_id}).encode()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CertLogin:
+    """A TLS certificate login: the connection presents ``client``; ``role`` (optional) names the cert role."""
+
+    mount: str
+    role: str
+    client: ClientCertificate
+    key: tuple[object, ...]
+
+    def __repr__(self) -> str:
+        return f"CertLogin(mount={self.mount!r}, role={self.role!r}, client={self.client!r})"
+
+    @property
+    def method(self) -> str:
+        return "certificate"
+
+    def body(self) -> bytes:
+        return json.dumps({"name": self.role} if self.role else {}).encode()
+
+
+Login = AppRoleLogin | CertLogin
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -62,24 +94,21 @@ class HashiCorpClient:
     """Reads secrets from any number of Vault/OpenBao servers; ``close`` ends its sessions and forgets its tokens."""
 
     def __init__(self, timeout_seconds: float = 10.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, connect=timeout_seconds)
-        self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        self._sessions = http.Sessions(timeout_seconds)
         self._tokens: dict[tuple[object, ...], _Token] = {}
         self._logins: dict[tuple[object, ...], asyncio.Lock] = {}
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
         self._tokens.clear()
-        for session in sessions:
-            await session.close()
+        await self._sessions.close()
 
     def cached_tokens(self) -> int:
         return len(self._tokens)
 
     async def read(
-        self, address: str, ca_pem: bytes | None, login: AppRoleLogin, mount: str, path: str, version: KvVersion
+        self, address: str, ca_pem: bytes | None, login: Login, mount: str, path: str, version: KvVersion
     ) -> KvSecret:
-        session = self._session(address, ca_pem)
+        session = self._session(address, ca_pem, login.client if isinstance(login, CertLogin) else None)
         quoted = urllib.parse.quote(path, safe="/")
         url = f"{address}/v1/{mount}/data/{quoted}" if version is KvVersion.V2 else f"{address}/v1/{mount}/{quoted}"
         where = f"{mount}/{path}"
@@ -98,20 +127,12 @@ class HashiCorpClient:
         _check_status(status, f"reading {where}")
         return _kv_secret(body, version, where)
 
-    def _session(self, address: str, ca_pem: bytes | None) -> aiohttp.ClientSession:
-        key = (address, hashlib.sha256(ca_pem or b"").hexdigest())
-        session = self._sessions.get(key)
-        if session is None:
-            context = ssl.create_default_context()
-            if ca_pem:
-                context = ssl.create_default_context(cadata=ca_pem.decode("ascii", errors="replace"))
-            session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=context, limit=16), trust_env=False
-            )
-            self._sessions[key] = session
-        return session
+    def _session(
+        self, address: str, ca_pem: bytes | None, client: ClientCertificate | None = None
+    ) -> aiohttp.ClientSession:
+        return self._sessions.get(address, ca_pem, client)
 
-    async def _token(self, session: aiohttp.ClientSession, address: str, login: AppRoleLogin, *, fresh: bool) -> str:
+    async def _token(self, session: aiohttp.ClientSession, address: str, login: Login, *, fresh: bool) -> str:
         key = (address, login.mount, *login.key)
         lock = self._logins.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent syncs with one login share one token
@@ -119,18 +140,19 @@ class HashiCorpClient:
             if cached is not None and not fresh and time.monotonic() < cached.obtain_again_at:
                 return cached.value
             self._tokens.pop(key, None)
-            body = json.dumps({"role_id": login.role_id, "secret_id": login.secret_id}).encode()
             status, answer = await self._request(
-                session, "POST", f"{address}/v1/auth/{login.mount}/login", address, data=body
+                session, "POST", f"{address}/v1/auth/{login.mount}/login", address, data=login.body()
             )
             if status in (400, 401, 403):
-                raise SyncFailure(f.AUTH_FAILED, f"the external vault refused the AppRole login (HTTP {status})")
-            _check_status(status, "the AppRole login")
+                raise SyncFailure(f.AUTH_FAILED, f"the external vault refused the {login.method} login (HTTP {status})")
+            _check_status(status, f"the {login.method} login")
             try:
                 auth = answer["auth"]
                 value, ttl = str(auth["client_token"]), float(auth.get("lease_duration") or 0)
             except (KeyError, TypeError, ValueError):
-                raise SyncFailure(f.ERROR, "the external vault's AppRole login answer has no client token") from None
+                raise SyncFailure(
+                    f.ERROR, f"the external vault's {login.method} login answer has no client token"
+                ) from None
             reuse = ttl * RENEW_AFTER_SHARE if ttl > 0 else UNLIMITED_TOKEN_REUSE_SECONDS
             self._tokens[key] = _Token(value, time.monotonic() + reuse)
             return value
@@ -145,22 +167,7 @@ class HashiCorpClient:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
     ) -> tuple[int, Any]:
-        """Status and parsed JSON body (None if there is none or it is not JSON). Transport failures become
-        SyncFailure with a fixed message (the exception's text may hold anything)."""
-        try:
-            async with session.request(method, url, headers=headers, data=data, allow_redirects=False) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError):
-            raise SyncFailure(
-                f.UNREACHABLE, f"the external vault at {address} is unreachable (connection, TLS or timeout)"
-            ) from None
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise SyncFailure(f.ERROR, f"the external vault's answer is over {MAX_RESPONSE_BYTES} bytes")
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, None
+        return await http.request(session, method, url, address, headers=headers, data=data)
 
 
 def _check_status(status: int, what: str) -> None:
@@ -182,3 +189,32 @@ def _kv_secret(body: Any, version: KvVersion, where: str) -> KvSecret:
     if not isinstance(found, dict):
         raise SyncFailure(f.NOT_FOUND, f"no secret data at {where} in the external vault (deleted version)")
     return KvSecret(found, seen)
+
+
+APPROLE_ROLE = "external_source.approle.role_id_credential_id"
+APPROLE_SECRET = "external_source.approle.secret_id_credential_id"
+CERT_CLIENT = "external_source.cert.client_certificate_credential_id"
+
+
+class HashiCorpProvider:
+    """The synchronizer's interface to HashiCorp Vault / OpenBao: the login from the companions, one KV read."""
+
+    def __init__(self, client: HashiCorpClient) -> None:
+        self.client = client
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def fetch(self, source: ExternalSource, companions: Companions) -> Fetched:
+        login: Login
+        if source.approle_role_id_credential_id:
+            key = (*companions.key(APPROLE_ROLE), *companions.key(APPROLE_SECRET))
+            role_id, secret_id = companions.token(APPROLE_ROLE), companions.token(APPROLE_SECRET)
+            login = AppRoleLogin(source.approle_mount, role_id, secret_id, key)
+        else:
+            client = companions.client_certificate(CERT_CLIENT)
+            login = CertLogin(source.cert_mount, source.cert_role, client, client.key)
+        secret = await self.client.read(
+            source.address, companions.ca_pem(CA_FIELD), login, source.kv_mount, source.kv_path, source.kv_version
+        )
+        return Fetched(secret.data, secret.version, f"{source.kv_mount}/{source.kv_path}")

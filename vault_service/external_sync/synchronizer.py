@@ -6,22 +6,25 @@ keeps the stored contents and records why (status, audit row, metric), with expo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from vault_service import contents_codec, policy, validation
 from vault_service.credentials import CredentialService, check_id
 from vault_service.crypto import Keyring
 from vault_service.errors import Aborted, FailedPrecondition, InvalidArgument
 from vault_service.external_sync import failure as f
+from vault_service.external_sync.azure import AzureKeyVaultClient
+from vault_service.external_sync.cyberark import CyberArkClient
 from vault_service.external_sync.failure import SyncFailure
-from vault_service.external_sync.hashicorp import AppRoleLogin, HashiCorpClient, KvSecret
+from vault_service.external_sync.hashicorp import HashiCorpClient, HashiCorpProvider
+from vault_service.external_sync.provider import Companions, Fetched, Opened, Provider
 from vault_service.models import (
     ChangeKind,
     Credential,
     CredentialType,
+    ExternalProvider,
     ExternalSource,
     Principal,
-    PublicCertificateSecret,
     SecretContents,
     TokenSecret,
     UsernamePasswordSecret,
@@ -53,15 +56,26 @@ class Synchronizer:
         *,
         lease_seconds: float = 60.0,
         backoff_base_seconds: float = 10.0,
+        providers: Mapping[ExternalProvider, Provider] | None = None,
     ) -> None:
         self._store, self._keyring, self._credentials, self._client = store, keyring, credentials, client
+        self._providers: dict[ExternalProvider, Provider] = {
+            ExternalProvider.HASHICORP_VAULT: HashiCorpProvider(client),
+            ExternalProvider.AZURE_KEY_VAULT: AzureKeyVaultClient(),
+            ExternalProvider.CYBERARK_CCP: CyberArkClient(),
+        }
+        self._providers.update(providers or {})
         self.owner = owner
         self._on_outcome = on_outcome
         self.lease_seconds = lease_seconds
         self._backoff = backoff_base_seconds
 
+    def provider(self, which: ExternalProvider) -> Provider:
+        return self._providers[which]
+
     async def close(self) -> None:
-        await self._client.close()
+        for provider in self._providers.values():
+            await provider.close()
 
     async def sync_now(self, principal: Principal, credential_id: str) -> Credential:
         """The SyncCredential RPC: one synchronization now, by this replica; the credential as it is after it."""
@@ -90,10 +104,10 @@ class Synchronizer:
             return GONE  # deleted (or made static) since it was claimed
         source = found.external_source
         try:
-            login, ca_pem = await self._companions(source)
-            secret = await self._client.read(
-                source.address, ca_pem, login, source.kv_mount, source.kv_path, source.kv_version
-            )
+            provider = self._providers.get(source.provider)
+            if provider is None:
+                raise SyncFailure(f.ERROR, f"this vault service cannot synchronize from {source.provider.value}")
+            secret = await provider.fetch(source, await self._companions(found))
             contents = _contents(found.type, source, secret)
         except SyncFailure as failure:
             await self._failed(found, failure)
@@ -106,34 +120,25 @@ class Synchronizer:
         self._on_outcome(source.provider.value, outcome)
         return outcome
 
-    async def _companions(self, source: ExternalSource) -> tuple[AppRoleLogin, bytes | None]:
-        """The AppRole role id and secret id, and the CA certificates, opened from their credentials."""
-        opened: dict[str, tuple[SecretContents, int]] = {}
+    async def _companions(self, cred: Credential) -> Companions:
+        """The companion credentials, opened, if the synchronized credential's owner still has access to each (the
+        access rules of its configuration, checked again at every synchronization)."""
+        assert cred.external_source is not None
+        opened: dict[str, Opened] = {}
         async with self._store.autocommit() as tx:
-            for field, cid in source.companions().items():
+            for field, cid in cred.external_source.companions().items():
                 found = await tx.get_credential_sealed(cid)
                 if found is None:
                     raise SyncFailure(f.COMPANION, f"the companion credential {cid} ({field}) no longer exists")
-                cred, sealed = found
-                opened[field] = (contents_codec.decode(self._keyring.open(cid, cred.version, sealed)), cred.version)
-        role = opened["external_source.approle.role_id_credential_id"]
-        secret_id = opened["external_source.approle.secret_id_credential_id"]
-        ca = opened.get("external_source.ca_certificate_credential_id")
-        if not isinstance(role[0], TokenSecret) or not isinstance(secret_id[0], TokenSecret):
-            raise SyncFailure(f.COMPANION, "the AppRole companion credentials must be TOKEN credentials")
-        ca_pem = None
-        if ca is not None:
-            if not isinstance(ca[0], PublicCertificateSecret):
-                raise SyncFailure(f.COMPANION, "the CA companion credential must be a PUBLIC_CERTIFICATE credential")
-            ca_pem = ca[0].pem
-        key = (
-            source.approle_role_id_credential_id,
-            role[1],
-            source.approle_secret_id_credential_id,
-            secret_id[1],
-        )
-        login = AppRoleLogin(source.approle_mount, role[0].token, secret_id[0].token, key)
-        return login, ca_pem
+                companion, sealed = found
+                if not policy.is_usable_by(companion, cred.owner):
+                    raise SyncFailure(
+                        f.COMPANION,
+                        f"the owner {cred.owner!r} no longer has access to the companion credential {cid} ({field})",
+                    )
+                contents = contents_codec.decode(self._keyring.open(cid, companion.version, sealed))
+                opened[field] = Opened(cid, companion.version, contents)
+        return Companions(opened)
 
     async def _succeeded(self, credential_id: str, contents: SecretContents, version: str) -> str:
         source_provider = ""
@@ -189,8 +194,8 @@ class Synchronizer:
             raise _LeaseLost
 
 
-def _field(secret: KvSecret, source: ExternalSource, key: str) -> str:
-    where = f"{source.kv_mount}/{source.kv_path}"
+def _field(secret: Fetched, source: ExternalSource, key: str) -> str:
+    where = secret.where
     if key not in secret.data:
         raise SyncFailure(f.MISSING_KEY, f"the secret at {where} has no field {key!r}")
     value = secret.data[key]
@@ -205,7 +210,7 @@ def _field(secret: KvSecret, source: ExternalSource, key: str) -> str:
         ) from None
 
 
-def _contents(ctype: CredentialType, source: ExternalSource, secret: KvSecret) -> SecretContents:
+def _contents(ctype: CredentialType, source: ExternalSource, secret: Fetched) -> SecretContents:
     """The credential's contents from the secret's fields, checked as typed contents are."""
     contents: SecretContents
     if ctype is CredentialType.USERNAME_PASSWORD:
