@@ -119,31 +119,37 @@ def _uses(monitor: monitors_pb2.Monitor) -> dict[str, set[str]]:
         for match in PLACEHOLDER.finditer(text):
             needs.setdefault(match.group(1), set()).add(_USERNAME_PASSWORD if match.group(2) else _TOKEN)
 
-    which = monitor.WhichOneof("script")
-    if which == "http":
-        for request in monitor.http.requests:
-            placeholders(request.url)
-            placeholders(request.body)
-            for header in request.headers:
-                placeholders(header.value)
-            auth = request.authentication.WhichOneof("method")
-            if auth == "basic_credential_id":
-                needs.setdefault(request.authentication.basic_credential_id, set()).add(_USERNAME_PASSWORD)
-            elif auth == "ntlm_credential_id":
-                needs.setdefault(request.authentication.ntlm_credential_id, set()).add(_USERNAME_PASSWORD)
-            elif auth == "client_certificate_credential_id":
-                needs.setdefault(request.authentication.client_certificate_credential_id, set()).add(_CERTIFICATE)
-    elif which == "browser":
-        placeholders(monitor.browser.url)
-        if monitor.browser.login_credential_id:
-            needs.setdefault(monitor.browser.login_credential_id, set()).add(_USERNAME_PASSWORD)
-        for event in monitor.browser.events:
-            kind = event.WhichOneof("event")
-            if kind == "navigate_url":
-                placeholders(event.navigate_url)
-            elif kind == "keystroke" and event.keystroke.WhichOneof("text") == "credential":
-                field = event.keystroke.credential
-                needs.setdefault(field.credential_id, set()).add(_USERNAME_PASSWORD if field.field else _TOKEN)
+    # ``match`` on the oneof names, not ``==`` chains: the names are interned strings, so ``is`` for ``==`` would
+    # be an equivalent mutant on every comparison.
+    match monitor.WhichOneof("script"):
+        case "http":
+            for request in monitor.http.requests:
+                placeholders(request.url)
+                placeholders(request.body)
+                for header in request.headers:
+                    placeholders(header.value)
+                auth = request.authentication
+                match auth.WhichOneof("method"):
+                    case "basic_credential_id":
+                        needs.setdefault(auth.basic_credential_id, set()).add(_USERNAME_PASSWORD)
+                    case "ntlm_credential_id":
+                        needs.setdefault(auth.ntlm_credential_id, set()).add(_USERNAME_PASSWORD)
+                    case "client_certificate_credential_id":
+                        needs.setdefault(auth.client_certificate_credential_id, set()).add(_CERTIFICATE)
+        case "browser":
+            placeholders(monitor.browser.url)
+            if monitor.browser.login_credential_id:
+                needs.setdefault(monitor.browser.login_credential_id, set()).add(_USERNAME_PASSWORD)
+            for event in monitor.browser.events:
+                match event.WhichOneof("event"):
+                    case "navigate_url":
+                        placeholders(event.navigate_url)
+                    case "keystroke":
+                        match event.keystroke.WhichOneof("text"):
+                            case "credential":
+                                field = event.keystroke.credential
+                                kind = _USERNAME_PASSWORD if field.field else _TOKEN
+                                needs.setdefault(field.credential_id, set()).add(kind)
     return needs
 
 

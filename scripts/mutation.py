@@ -60,6 +60,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "credvault/identity.py": ("tests/credvault/test_identity.py", "tests/engine_worker/test_engine_worker.py"),
     "vault_service/push/follower.py": (
+        "tests/vault_service/push/test_follower.py",
         "tests/vault_service/push/test_push.py",
         "tests/vault_service/push/test_convergence.py",
     ),
