@@ -269,3 +269,19 @@ async def test_an_unreachable_database_backs_off_within_the_cap_and_recovers(
     await until(lambda: monitor.id in state.monitors)
     assert len(bounds) == attempts  # no further failures, so no further back-off, and the recovery is logged once
     assert sum("has the database again" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_stale_state_is_rebuilt_on_start_and_the_difference_logged(
+    admin: Client, follower: ChangeFollower, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=follower_module.__name__)
+    await setup_location(admin)
+    state = await follower.subscribe(LOCATION, Outbox(100))
+    state.stale = True  # as after a lost database
+    monitor = await create_monitor(admin, await pair(admin))  # one credential and one monitor to send
+    await follower.start()  # starts at the head: only the rebuild can bring them
+    await until(lambda: not state.stale)
+    assert set(state.monitors) == {monitor.id}
+    assert [r.getMessage() for r in caplog.records if r.name == follower_module.__name__] == [
+        f"location {LOCATION} rebuilt after the database was lost: 2 upserts, 0 removals"
+    ]
