@@ -148,7 +148,8 @@ class ChangeFollower:
                         state = self._states.get(location_id)
                         if state is not None:
                             await state.apply(self._store, change)  # raises, state untouched, if its read fails
-                    if change.kind is ChangeKind.ENGINE:
+                    # kind is always a ChangeKind (changes_since makes it one): == is is (equivalent).
+                    if change.kind is ChangeKind.ENGINE:  # pragma: no mutate: Is_Eq
                         self.on_engine_change(change)
                     self.last = change.revision  # only once every state it affects has applied it
                 # A query returns at most BATCH rows: != BATCH is < BATCH (equivalent).

@@ -14,6 +14,7 @@ import logging
 import operator
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -177,16 +178,6 @@ async def test_start_begins_at_the_head(admin: Client, vault: RunningVault, foll
     assert follower.last == await head(vault) > 0
 
 
-async def test_a_notification_wakes_a_catch_up_at_once(admin: Client, follower: ChangeFollower) -> None:
-    await setup_location(admin)
-    await follower.start()
-    state = await follower.subscribe(LOCATION, Outbox(100))
-    cred = await pair(admin)
-    for name in ("first", "second"):  # the second proves the wake-up was cleared and armed again
-        monitor = await create_monitor(admin, cred, name)
-        await until(functools.partial(operator.contains, state.monitors, monitor.id))
-
-
 async def listen_sessions(database_url: str) -> list[int]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -196,6 +187,34 @@ async def listen_sessions(database_url: str) -> list[int]:
         return [r["pid"] for r in rows]
     finally:
         await conn.close()
+
+
+async def test_a_notification_wakes_a_catch_up_at_once(
+    admin: Client, follower: ChangeFollower, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[asyncpg.Connection] = []
+    connect = asyncpg.connect
+
+    async def recorded(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        conn: asyncpg.Connection = await connect(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr("vault_service.push.follower.asyncpg.connect", recorded)
+    await setup_location(admin)
+    await follower.start()
+    state = await follower.subscribe(LOCATION, Outbox(100))
+    cred = await pair(admin)
+    for name in ("first", "second"):  # the second proves the wake-up was cleared and armed again
+        monitor = await create_monitor(admin, cred, name)
+        await until(functools.partial(operator.contains, state.monitors, monitor.id))
+    await follower.stop()
+    assert opened
+    assert all(conn.is_closed() for conn in opened)  # closed by the follower, not left to the collector
+    deadline = time.monotonic() + 10
+    while await listen_sessions(database_url):
+        assert time.monotonic() < deadline, "the follower's LISTEN session outlived it"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_lost_listen_session_is_replaced_and_the_states_rebuilt(
