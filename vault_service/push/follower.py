@@ -44,7 +44,8 @@ class ChangeFollower:
         self._lock = asyncio.Lock()  # changes are applied, and states built, one at a time
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.last = 0
+        # Revisions start at 1: reading after -1 is reading after 0 (equivalent).
+        self.last = 0  # pragma: no mutate: NumberReplacer
         self.on_engine_change: Callable[[Change], None] = lambda change: None
 
     async def start(self) -> None:

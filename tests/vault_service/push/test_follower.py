@@ -74,6 +74,21 @@ async def test_catch_up_reads_every_batch_up_to_the_head(
     assert set(state.monitors) == monitors
 
 
+async def test_a_log_longer_than_a_batch_is_read_to_its_end(
+    admin: Client, vault: RunningVault, follower: ChangeFollower
+) -> None:
+    await setup_location(admin)
+    state = await follower.subscribe(LOCATION, Outbox(100))
+    follower.last = state.revision
+    async with vault.store.transaction() as tx:  # a full batch of changes of another location, in one commit
+        for i in range(follower_module.BATCH):
+            await tx.append_change(ChangeKind.MONITOR, f"elsewhere-{i}", ["elsewhere"])
+    monitor = await create_monitor(admin, await pair(admin))  # after the batch, so in the next read
+    await follower.catch_up()
+    assert follower.last == await head(vault)
+    assert set(state.monitors) == {monitor.id}
+
+
 async def test_a_full_last_batch_is_followed_by_an_empty_read(
     admin: Client, vault: RunningVault, follower: ChangeFollower, monkeypatch: pytest.MonkeyPatch
 ) -> None:
