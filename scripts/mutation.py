@@ -50,6 +50,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/vault_service/test_audit.py",
         "tests/vault_service/test_monitors.py",
         "tests/vault_service/test_external_sync.py::test_companions_and_permissions",
+        "tests/vault_service/test_external_sync.py::test_companions_must_exist_and_be_of_their_type",
     ),
     "vault_service/tokens.py": ("tests/vault_service/test_tokens.py", "tests/vault_service/test_auth_cache.py"),
     "credvault/log_redaction.py": ("tests/credvault/test_logs.py", "tests/credvault/test_redaction.py"),
