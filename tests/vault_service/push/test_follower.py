@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
 from tests.helpers import create_req, up
@@ -122,9 +123,13 @@ async def test_engine_changes_go_to_the_registry_and_no_other(
     follower.last = await head(vault)
     await admin.RevokeEngine(mpb.RevokeEngineRequest(location_id=LOCATION, engine_id="e1"))
     cred = await pair(admin)
-    await create_monitor(admin, cred)  # not an engine change
+    await create_monitor(admin, cred)  # a monitor change, then a credential change: not engine changes
+    await admin.OverwriteCredential(cpb.OverwriteCredentialRequest(id=cred, contents=up("alice", "pw-2")))
     await admin.RevokeEngine(mpb.RevokeEngineRequest(location_id=LOCATION, engine_id="e2"))
     await follower.catch_up()
+    async with vault.store.autocommit() as tx:
+        kinds = {c.kind for c in await tx.changes_since(0, 100)}
+    assert kinds == set(ChangeKind)  # each kind was there to be passed over
     assert [(c.kind, c.object_id) for c in seen] == [
         (ChangeKind.ENGINE, f"{LOCATION}/e1"),
         (ChangeKind.ENGINE, f"{LOCATION}/e2"),
