@@ -317,10 +317,12 @@ async def test_a_stale_state_is_rebuilt_on_start_and_the_difference_logged(
     await setup_location(admin)
     state = await follower.subscribe(LOCATION, Outbox(100))
     state.stale = True  # as after a lost database
-    monitor = await create_monitor(admin, await pair(admin))  # one credential and one monitor to send
+    cred = await pair(admin)
+    # one credential and three monitors to send: 1 + 3 is told apart from every other operator on 1 and 3
+    monitors = {(await create_monitor(admin, cred, f"m{i}")).id for i in range(3)}
     await follower.start()  # starts at the head: only the rebuild can bring them
     await until(lambda: not state.stale)
-    assert set(state.monitors) == {monitor.id}
+    assert set(state.monitors) == monitors
     assert [r.getMessage() for r in caplog.records if r.name == follower_module.__name__] == [
-        f"location {LOCATION} rebuilt after the database was lost: 2 upserts, 0 removals"
+        f"location {LOCATION} rebuilt after the database was lost: 4 upserts, 0 removals"
     ]
