@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import grpc
@@ -43,12 +43,6 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"external_sync": False})
 
 
-@pytest.fixture
-async def ccp(local_pki: LocalPki) -> AsyncIterator[CyberArkCcpFake]:
-    async with CyberArkCcpFake(local_pki, local_pki.engine_ca.cert_pem) as fake:
-        yield fake
-
-
 def der(issued: pki.IssuedCertificate) -> bytes:
     return x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
 
@@ -58,6 +52,15 @@ async def allowed_client(admin: Client, local_pki: LocalPki, ccp: CyberArkCcpFak
     issued = local_pki.engine("loc-ccp", "sync-client")
     ccp.allow(APP, der(issued), *safes)
     return await certificate_credential(admin, "ccp client", issued)
+
+
+async def shop(
+    admin: Client, local_pki: LocalPki, ccp: CyberArkCcpFake, accounts: dict[str, Account]
+) -> tuple[str, str]:
+    """The accounts in safe Shop; the client certificate allowed to read it and the CA, as credentials."""
+    for name, account in accounts.items():
+        ccp.set_account("Shop", name, account)
+    return await allowed_client(admin, local_pki, ccp, "Shop"), await ca_credential(admin, local_pki)
 
 
 def source(ccp: CyberArkCcpFake, ca: str, client: str, safe: str, name: str, folder: str = "") -> cpb.ExternalSource:
@@ -141,9 +144,7 @@ async def test_a_certificate_the_ccp_does_not_accept_is_refused(
 async def test_errors_keep_the_last_good_value_with_a_secret_free_status(
     admin: Client, vault: RunningVault, local_pki: LocalPki, ccp: CyberArkCcpFake
 ) -> None:
-    ccp.set_account("Shop", "db-admin", Account("erin", "good-pw"))
-    client = await allowed_client(admin, local_pki, ccp, "Shop")
-    ca = await ca_credential(admin, local_pki)
+    client, ca = await shop(admin, local_pki, ccp, {"db-admin": Account("erin", "good-pw")})
     made = await create_synced(admin, "pair", source(ccp, ca, client, "Shop", "db-admin"))
     assert (await sync(admin, made.id)).version == 2
 
@@ -228,9 +229,7 @@ async def test_canary_the_password_never_leaks(
 
     caplog.set_level(logging.DEBUG)
     password = "CANARY-ccp-pass-4b9e"
-    ccp.set_account("Shop", "db-admin", Account("CANARY-ccp-user-0a17", password))
-    client = await allowed_client(admin, local_pki, ccp, "Shop")
-    ca = await ca_credential(admin, local_pki)
+    client, ca = await shop(admin, local_pki, ccp, {"db-admin": Account("CANARY-ccp-user-0a17", password)})
     made = await create_synced(admin, "pair", source(ccp, ca, client, "Shop", "db-admin"))
     responses: list[Message] = [await admin.SyncCredential(cpb.SyncCredentialRequest(id=made.id))]
     ccp.set_account("Shop", "db-admin", Account("CANARY-ccp-user-0a17", password + "-2"))

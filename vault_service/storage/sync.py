@@ -70,6 +70,15 @@ class SyncQueries:
         )
         return row is not None
 
+    async def restart_sync(self, credential_id: str) -> None:
+        """A new source: due at once, with a fresh status; the lease of a synchronization of the old source is
+        revoked (if another replica holds it, ``finish_sync`` finds it lost and that run writes nothing)."""
+        await self.conn.execute(
+            "UPDATE credentials SET next_sync_at = NULL, sync_failures = 0, sync_last_error = '',"
+            " sync_external_version = '', sync_owner = NULL, sync_lease_until = NULL WHERE id = $1",
+            credential_id,
+        )
+
     async def release_syncs(self, owner: str) -> None:
         """Give up the leases ``owner`` holds (a replica shutting down): others may take them at once."""
         await self.conn.execute(
