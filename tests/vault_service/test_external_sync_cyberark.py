@@ -1,9 +1,9 @@
 """CyberArk Central Credential Provider synchronization against tests/cyberark_ccp_fake.py (CCP's documented REST
-contract over mutual TLS, not the real service): UserName and Content reach a USERNAME_PASSWORD credential, an
-unchanged value writes no version (CCP has no version: the value is compared), a client certificate of another CA or
-one the application does not allow is refused, each CCP error keeps the last good value with a secret-free status
-and audit, a TOKEN credential cannot name CyberArk, and the password never reaches a response, a log, the audit or
-a pg_dump."""
+contract over mutual TLS, not the real service): UserName and Content reach a USERNAME_PASSWORD credential and a real
+engine, an unchanged value writes no version (CCP has no version: the value is compared), a client certificate of
+another CA or one the application does not allow is refused, each CCP error keeps the last good value with a
+secret-free status and audit, a TOKEN credential cannot name CyberArk, and the password never reaches a response, a
+log, the audit or a pg_dump."""
 
 from __future__ import annotations
 
@@ -29,7 +29,15 @@ from tests.cyberark_ccp_fake import Account, CyberArkCcpFake, error
 from tests.external_sync_helpers import ca_credential, certificate_credential
 from tests.helpers import expect_code
 from tests.local_pki import LocalPki
-from tests.vault_service.test_external_sync import TOKEN, _stored, create_synced, sync, sync_audit
+from tests.real_engine import real_engine
+from tests.vault_service.test_external_sync import (
+    TOKEN,
+    _stored,
+    create_synced,
+    monitor_at_loc_a,
+    sync,
+    sync_audit,
+)
 from vault_service import pki
 from vault_service.config import Settings
 from vault_service.models import UsernamePasswordSecret
@@ -104,6 +112,26 @@ async def test_values_reach_the_credential_and_unchanged_values_write_nothing(
     foldered = await create_synced(admin, "f", source(ccp, ca, client, "Shop", "in-folder", folder="Root\\Apps"))
     assert (await sync(admin, foldered.id)).sync_status.last_error == ""
     assert (await _stored(vault, foldered.id))[1] == UsernamePasswordSecret("frank", "pw-f")
+
+
+async def test_a_changed_password_reaches_a_real_engine(
+    admin_client: Client, push_vault: RunningVault, local_pki: LocalPki, ccp: CyberArkCcpFake
+) -> None:
+    admin = admin_client
+    client, ca = await shop(admin, local_pki, ccp, {"db-admin": Account("erin", "first")})
+    made = await create_synced(admin, "pair", source(ccp, ca, client, "Shop", "db-admin"))
+    await sync(admin, made.id)
+    await monitor_at_loc_a(admin, made.id)
+
+    def password() -> str | None:
+        held = engine.store.credential(made.id)
+        return None if held is None else held.details().username_password.password
+
+    async with real_engine(push_vault.engine_port, local_pki, "loc-a", "e1") as engine:
+        await engine.wait_until(lambda: password() == "first")
+        ccp.set_account("Shop", "db-admin", Account("erin", "second"))
+        assert (await sync(admin, made.id)).version == 3
+        await engine.wait_until(lambda: password() == "second")
 
 
 async def test_a_certificate_the_ccp_does_not_accept_is_refused(
