@@ -34,6 +34,7 @@ from tests.vault_service.test_external_sync import (
     TOKEN,
     _stored,
     create_synced,
+    held_password,
     monitor_at_loc_a,
     sync,
     sync_audit,
@@ -123,15 +124,11 @@ async def test_a_changed_password_reaches_a_real_engine(
     await sync(admin, made.id)
     await monitor_at_loc_a(admin, made.id)
 
-    def password() -> str | None:
-        held = engine.store.credential(made.id)
-        return None if held is None else held.details().username_password.password
-
     async with real_engine(push_vault.engine_port, local_pki, "loc-a", "e1") as engine:
-        await engine.wait_until(lambda: password() == "first")
+        await engine.wait_until(lambda: held_password(engine, made.id) == "first")
         ccp.set_account("Shop", "db-admin", Account("erin", "second"))
         assert (await sync(admin, made.id)).version == 3
-        await engine.wait_until(lambda: password() == "second")
+        await engine.wait_until(lambda: held_password(engine, made.id) == "second")
 
 
 async def test_a_certificate_the_ccp_does_not_accept_is_refused(
