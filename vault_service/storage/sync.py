@@ -75,3 +75,13 @@ class SyncQueries:
         await self.conn.execute(
             "UPDATE credentials SET sync_owner = NULL, sync_lease_until = NULL WHERE sync_owner = $1", owner
         )
+
+    async def sync_ages(self) -> dict[str, float]:
+        """By provider, the seconds since the least recently synchronized of its credentials was last synchronized
+        well (one never synchronized well counts from its creation)."""
+        rows = await self.conn.fetch(
+            "SELECT external_source->>'provider' AS provider,"
+            " extract(epoch FROM now() - min(coalesce(sync_last_success, created_at)))::float8 AS age"
+            " FROM credentials WHERE external_source IS NOT NULL GROUP BY 1"
+        )
+        return {r["provider"]: max(0.0, r["age"]) for r in rows}
