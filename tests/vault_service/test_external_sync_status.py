@@ -6,6 +6,7 @@ age of the least recently synchronized credential of each provider."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import aiohttp
 import pytest
@@ -131,3 +132,38 @@ async def test_the_sync_age_is_scraped_per_provider_with_the_oldest_good_sync(
     await asyncio.to_thread(openbao.delete, "secret", "age/a")
     assert (await sync(admin, a.id)).sync_status.last_error
     assert (await _scraped_ages(vault.metrics_port))["HASHICORP_VAULT"] >= 3600
+
+
+async def test_a_due_sync_is_next_due_one_interval_after_it_was_due_not_after_it_ran(
+    admin: Client, vault: RunningVault, openbao: OpenBao
+) -> None:
+    """A fixed rate: the time a due credential waited for its scheduler's tick and its sync took does not add to
+    the interval cycle after cycle (with 1,000 credentials, 10 s became about 13 s); one behind by more than an
+    interval is due again at once."""
+    await asyncio.to_thread(openbao.put, "secret", "rate/a", user="u", **{"pass": "a"})
+    c = await companions(admin, openbao, "rate", ["secret/data/rate/*"])
+    made = await create_synced(admin, "a", source(openbao, c, "rate/a", interval=10))
+    await sync(admin, made.id)
+
+    async def due_in_the_past(seconds: int) -> tuple[datetime.datetime, datetime.datetime, datetime.datetime]:
+        """Due ``seconds`` ago, synchronized now: one interval after that due time, the next due time, the attempt."""
+        async with vault.store.autocommit() as tx:
+            row = await tx.conn.fetchrow(
+                "UPDATE credentials SET next_sync_at = now() - make_interval(secs => $2) WHERE id = $1"
+                " RETURNING next_sync_at",
+                made.id,
+                float(seconds),
+            )
+        assert row is not None
+        await sync(admin, made.id)
+        async with vault.store.autocommit() as tx:
+            after = await tx.conn.fetchrow(
+                "SELECT next_sync_at, sync_last_attempt FROM credentials WHERE id = $1", made.id
+            )
+        assert after is not None
+        return row["next_sync_at"] + datetime.timedelta(seconds=10), after["next_sync_at"], after["sync_last_attempt"]
+
+    one_interval_after, next_due, _ = await due_in_the_past(3)
+    assert next_due == one_interval_after
+    _, next_due, attempted = await due_in_the_past(3600)
+    assert next_due == attempted
