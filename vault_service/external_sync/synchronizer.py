@@ -129,12 +129,17 @@ class Synchronizer:
             for field, cid in cred.external_source.companions().items():
                 found = await tx.get_credential_sealed(cid)
                 if found is None:
-                    raise SyncFailure(f.COMPANION, f"the companion credential {cid} ({field}) no longer exists")
+                    raise SyncFailure(
+                        f.COMPANION_DENIED,
+                        f"permission denied: the companion credential {cid} ({field}) no longer exists; point"
+                        f" {field} at an existing credential",
+                    )
                 companion, sealed = found
                 if not policy.is_usable_by(companion, cred.owner):
                     raise SyncFailure(
-                        f.COMPANION,
-                        f"the owner {cred.owner!r} no longer has access to the companion credential {cid} ({field})",
+                        f.COMPANION_DENIED,
+                        f"permission denied: the owner {cred.owner!r} no longer has access to the companion credential"
+                        f" {cid} ({field}); share it with them again",
                     )
                 contents = contents_codec.decode(self._keyring.open(cid, companion.version, sealed))
                 opened[field] = Opened(cid, companion.version, contents)
