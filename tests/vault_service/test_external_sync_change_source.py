@@ -6,6 +6,7 @@ synchronized this way."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 
@@ -26,7 +27,8 @@ from tests.vault_service.test_external_sync_azure import source as azure_source
 from tests.vault_service.test_external_sync_cyberark import shop
 from tests.vault_service.test_external_sync_cyberark import source as ccp_source
 from vault_service.config import Settings
-from vault_service.models import UsernamePasswordSecret
+from vault_service.external_sync.provider import Companions, Fetched, Provider
+from vault_service.models import ExternalProvider, ExternalSource, UsernamePasswordSecret
 from vault_service.server import RunningVault
 
 
@@ -92,6 +94,63 @@ async def test_a_new_source_is_read_at_once_and_the_contents_stay_until_then(
         await until(read_from_azure)
     finally:
         await scheduler.stop()
+
+
+class Gated:
+    """The real provider, held after it has read the secret (or failed to) until the test opens the gate."""
+
+    def __init__(self, real: Provider) -> None:
+        self.real = real
+        self.read = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def fetch(self, source: ExternalSource, companions: Companions) -> Fetched:
+        try:
+            return await self.real.fetch(source, companions)
+        finally:  # a value or a failure: either is held
+            self.read.set()
+            await self.gate.wait()
+
+    async def close(self) -> None:
+        await self.real.close()
+
+
+@pytest.mark.parametrize("old_source_fails", [False, True])
+async def test_a_run_that_read_the_old_source_writes_nothing_over_the_new_one(
+    admin: Client,
+    vault: RunningVault,
+    local_pki: LocalPki,
+    ccp: CyberArkCcpFake,
+    monkeypatch: pytest.MonkeyPatch,
+    old_source_fails: bool,
+) -> None:
+    client, ca, made = await ccp_pair(
+        admin, local_pki, ccp, old=Account("olga", "old-pw"), new=Account("nina", "new-pw")
+    )
+    assert (await sync(admin, made.id)).version == 2
+    synchronizer = vault.synchronizer
+    assert synchronizer is not None
+    gated = Gated(synchronizer.provider(ExternalProvider.CYBERARK_CCP))
+    monkeypatch.setitem(synchronizer._providers, ExternalProvider.CYBERARK_CCP, gated)
+    if old_source_fails:
+        ccp.provider_down = True  # the old run fails: its failure must not become the new source's status
+    else:
+        ccp.set_account("Shop", "old", Account("olga", "stale-pw"))  # the old run read a value to write
+    async with vault.store.autocommit() as tx:
+        assert await tx.claim_sync(made.id, synchronizer.owner, 60)
+    old_run = asyncio.create_task(synchronizer.run(made.id))
+    await asyncio.wait_for(gated.read.wait(), 30)
+    assert (await change(admin, made.id, ccp_source(ccp, ca, client, "Shop", "new"))).version == 3
+    async with vault.store.autocommit() as tx:  # the same replica takes the new source's lease at once
+        assert await tx.claim_sync(made.id, synchronizer.owner, 60)
+    gated.gate.set()
+    await old_run
+    after = await admin.GetCredential(cpb.GetCredentialRequest(id=made.id))
+    assert (after.credential.version, after.credential.sync_status.last_error) == (3, "")
+    assert (await _stored(vault, made.id))[1] == UsernamePasswordSecret("olga", "old-pw")
+    ccp.provider_down = False
+    assert await synchronizer.run(made.id) == "changed"  # the new source's run, under the lease taken above
+    assert (await _stored(vault, made.id))[1] == UsernamePasswordSecret("nina", "new-pw")
 
 
 async def test_a_typed_credential_becomes_synchronized(
