@@ -312,3 +312,41 @@ async def test_the_secret_values_of_a_held_monitor_only(
     assert values["pw-1"] == f"{{{{{cred}.password}}}}"
     assert values["alice"] == f"{{{{{cred}.username}}}}"
     assert state.secret_values("SYNTHETIC_TEST-FFFFFFFFFFFFFFFF") == {}
+
+
+async def test_a_credential_change_replaces_a_held_version_ahead_of_the_database(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """After a restore the state may hold a credential at a revision the database no longer has: the next change
+    of it sends the database's, lower or not."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    state.credentials[cred].version += 1000  # held ahead (digest aside: only what is sent counts here)
+    await overwrite(admin_client, cred, "pw-2")
+    (delta,) = await catch_up(state, push_vault)
+    async with push_vault.store.autocommit() as tx:
+        (_, _, version) = (await tx.credentials_sealed([cred]))[cred]
+    assert set(delta.credentials) == {cred}
+    assert state.credentials[cred].version == delta.credentials[cred].version == version
+
+
+async def test_an_engine_holding_every_revision_is_sent_nothing_even_past_small_ints(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """Revisions are compared by value: beyond CPython's cache of small ints, equal revisions are distinct
+    objects, and an identity comparison would re-send everything an engine already holds."""
+    async with push_vault.store.autocommit() as tx:
+        await tx.conn.execute("SELECT setval('resource_versions', 100000)")
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    monitor = await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    assert state.monitors[monitor.id].version > 100000
+    held = [
+        epb.HeldResource(kind=MONITOR, id=monitor.id, version=int(str(state.monitors[monitor.id].version))),
+        epb.HeldResource(kind=CREDENTIAL, id=cred, version=int(str(state.credentials[cred].version))),
+    ]
+    assert state.diff(held, {}, {}) == []
+    assert len(state.diff(held[:1], {}, {})) == 1  # and what it lacks is sent
