@@ -17,6 +17,7 @@ Each vault has its own registry (tests run several vaults in one process). The s
 - ``credvault_certificate_expiry_seconds{port,role}``: when the certificate a port serves (role ``server``) or the
   earliest CA that verifies its clients (``client_ca``) expires, Unix time; ``credvault_certificate_reloads_total``;
 - ``credvault_memory_locked``: 1 if this process's memory is locked (mlockall; see credvault.memory_guard);
+- ``credvault_token_rotation_total{outcome}``: token rotations with write-back (rotated, or why not);
 - ``credvault_sync_total{provider,outcome}``: synchronizations of credentials from external vaults;
 - ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
   (any is an engine leaking; see results).
@@ -144,6 +145,13 @@ class VaultMetrics:
             "Synchronizations of credentials from external vaults, by provider and outcome (changed, unchanged, or"
             " the kind of failure)",
             ("provider", "outcome"),
+            registry=self.registry,
+        )
+        self.token_rotation_total = Counter(
+            "credvault_token_rotation",
+            "Token rotations with write-back to an external vault, by outcome (rotated, or the kind of failure:"
+            " cas_conflict, denied, unreachable, sealed, auth_failed, companion, error, failed)",
+            ("outcome",),
             registry=self.registry,
         )
         self.keyring_reload_failures = Counter(
