@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pathlib
 import subprocess
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 
 from credvault.v1 import audit_pb2 as apb
 from credvault.v1 import credentials_pb2 as cpb
+from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
-from tests.conftest import Client, admin_of
+from tests.cli_helpers import cli_env, run
+from tests.conftest import Client, Users, admin_of
 from tests.helpers import expect_code
 from tests.local_pki import LocalPki
 from tests.openbao import OpenBao
@@ -270,3 +273,68 @@ async def test_scheduled_rotation_runs_on_the_policy_interval(
         assert not await works(channel, made.token)  # grace 0: revoked at its rotation
         [first] = await rotation_audit(admin, made.info.id)
         assert (first.actor, first.outcome) == ("credvault:token-rotation", "ok")
+
+
+async def test_the_cli_sets_a_policy_and_rotates_without_printing_the_token(
+    vault: RunningVault, admin: Client, local_pki: LocalPki, openbao: OpenBao, tmp_path: pathlib.Path
+) -> None:
+    c = await companions(admin, openbao, "rot-cli", ["secret/data/rot/cli"])
+    await asyncio.to_thread(writer_role, openbao, "rot-cli", "rot/cli")
+    made: tpb.CreateTokenResponse = await admin.CreateToken(
+        tpb.CreateTokenRequest(name="cli app", scopes=SCOPES, kind=tpb.TOKEN_KIND_API)
+    )
+    target_file = tmp_path / "target.json"
+    target_file.write_text(json_format.MessageToJson(target(openbao, c, "rot/cli")))
+    env = cli_env(vault, local_pki, admin, tmp_path)
+    grace = "--grace", "1h"
+    set_ = await run(
+        env, "tokens", "set-rotation", made.info.id, "--target", str(target_file), "--every", "30d", *grace
+    )
+    assert set_.rc == 0, set_.err
+    assert "secret/rot/cli field token" in set_.out
+    assert "2592000s" in set_.out
+    rotated = await run(env, "tokens", "rotate", made.info.id)
+    assert rotated.rc == 0, rotated.err
+    secret, version = await asyncio.to_thread(kv_get, openbao, "rot/cli")
+    assert version == 1  # the path did not exist: created with check-and-set 0
+    assert secret.split(".")[1] in rotated.out  # the new token's id ...
+    assert secret.rsplit(".", 1)[1] not in rotated.out + rotated.err  # ... never its secret
+    assert "written to the external vault (version 1)" in rotated.err
+    cleared = await run(env, "tokens", "set-rotation", secret.rsplit(".", 1)[0], "--clear")
+    assert cleared.rc == 0, cleared.err
+    assert "none" in cleared.out
+
+
+async def test_a_policy_is_checked_when_set(vault: RunningVault, admin: Client, users: Users, openbao: OpenBao) -> None:
+    c = await companions(admin, openbao, "rot-check", ["secret/data/rot/check"])
+    made: tpb.CreateTokenResponse = await admin.CreateToken(
+        tpb.CreateTokenRequest(name="checked", scopes=SCOPES, kind=tpb.TOKEN_KIND_API)
+    )
+
+    async def refused(rotation: tpb.TokenRotation, code: grpc.StatusCode, client: Client = admin) -> str:
+        request = tpb.SetTokenRotationRequest(id=made.info.id, rotation=rotation)
+        return (await expect_code(client.SetTokenRotation(request), code)).details() or ""
+
+    good = target(openbao, c, "rot/check")
+    assert "rotation.target" in await refused(tpb.TokenRotation(), grpc.StatusCode.INVALID_ARGUMENT)
+    v1 = cpb.ExternalSource()
+    v1.CopyFrom(good)
+    v1.kv.version = cpb.KV_VERSION_V1
+    assert "KV_VERSION_V2" in await refused(tpb.TokenRotation(target=v1), grpc.StatusCode.INVALID_ARGUMENT)
+    short = tpb.TokenRotation(target=good, interval=duration_pb2.Duration(seconds=0, nanos=500_000_000))
+    assert "rotation.interval" in await refused(short, grpc.StatusCode.INVALID_ARGUMENT)
+    long_grace = tpb.TokenRotation(target=good, grace_period=duration_pb2.Duration(seconds=8 * 86400))
+    assert "rotation.grace_period" in await refused(long_grace, grpc.StatusCode.INVALID_ARGUMENT)
+    # Another user with the rights to configure synchronization cannot point a token of theirs at admin's companions.
+    other = await users.make("mallory", [ipb.PERMISSION_CHANGE_ENVIRONMENT_SETTINGS])
+    theirs: tpb.CreateTokenResponse = await other.CreateToken(
+        tpb.CreateTokenRequest(name="theirs", scopes=SCOPES, kind=tpb.TOKEN_KIND_PERSONAL)
+    )
+    request = tpb.SetTokenRotationRequest(id=theirs.info.id, rotation=tpb.TokenRotation(target=good))
+    denied = await expect_code(other.SetTokenRotation(request), grpc.StatusCode.PERMISSION_DENIED)
+    assert "has no access to credential" in (denied.details() or "")
+    ok: tpb.SetTokenRotationResponse = await admin.SetTokenRotation(
+        tpb.SetTokenRotationRequest(id=made.info.id, rotation=tpb.TokenRotation(target=good))
+    )
+    assert ok.rotation.target.token_key == "token"
+    assert not ok.HasField("next_rotation_time")  # on demand only
