@@ -3,8 +3,10 @@
 policy), writes the successor's secret to a KV v2 field of an OpenBao / HashiCorp Vault with check-and-set on the
 version it read, and only then schedules the predecessor's revocation after the grace period.
 
-Two replicas rotating one token at once both read version n and both write with cas=n: one write wins; the loser's
-fails and it revokes its own successor. Any failure to write leaves the predecessor valid and the successor revoked,
+One rotation of a token runs at a time (a lease in PostgreSQL, as for synchronizations: a second RotateToken gets
+ABORTED). Check-and-set guards the rest: another writer of the path, or two rotations that both read version n (a
+lease taken over from a replica that overran it) both write with cas=n; one write wins, the loser's fails and it
+revokes its own successor. Any failure to write leaves the predecessor valid and the successor revoked,
 with an audit row and the outcome in ``credvault_token_rotation_total{outcome}``. The secret is never returned by a
 rotation with write-back, never logged, audited or counted; the KV field is its only copy."""
 
@@ -35,6 +37,7 @@ from vault_service.models import (
     KvVersion,
     Principal,
     TokenInfo,
+    TokenKind,
 )
 from vault_service.storage.pool import Store
 from vault_service.storage.queries import Queries
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 ACTOR = "credvault:token-rotation"
 ACTION = "token.rotate"
 ROTATED = "rotated"
+# The outcome of a rotation refused because the successor would exceed the owner's personal-token limit.
+PERSONAL_LIMIT = "personal_limit"
 MAX_INTERVAL = datetime.timedelta(days=366)
 
 
@@ -168,7 +173,17 @@ class TokenRotation:
         if info.revoked_at is not None:
             raise FailedPrecondition(f"token {token_id} is revoked or rotated already; rotate its successor")
         policy.require_external_sync(principal)
-        return await self._run(token_id, rotation, principal.username, principal.token_id)
+        # One rotation of a token at a time (the scheduler's lease): a second one would read the version the first
+        # just wrote and win its own check-and-set before the first revoked the predecessor.
+        async with self._store.autocommit() as tx:
+            claimed = await tx.claim_rotation(token_id, self.owner, self.lease_seconds)
+        if not claimed:
+            raise Aborted(f"a rotation of token {token_id} is running; retry")
+        try:
+            return await self._run(token_id, rotation, principal.username, principal.token_id)
+        finally:
+            async with self._store.autocommit() as tx:
+                await tx.finish_rotation(token_id, self.owner, None)
 
     async def run_scheduled(self, token_id: str) -> str:
         """A due rotation whose lease this replica holds; its outcome. After a failure the next try is later."""
@@ -202,10 +217,10 @@ class TokenRotation:
                 except SyncFailure as failure:
                     if failure.outcome != f.NOT_FOUND:
                         raise  # else its current version is deleted: write the field alone
+            successor = await self._issue(token_id, rotation)  # committed: valid before its secret is anywhere
         except SyncFailure as failure:
             await self._audit_failure(token_id, actor, actor_token, None, failure)
             raise _error(failure) from None
-        successor = await self._issue(token_id, rotation)
         try:
             fields[target.token_key] = successor.token
             version = await hashicorp.write_kv2(self._client, *where, fields, cas)
@@ -240,6 +255,15 @@ class TokenRotation:
             now = datetime.datetime.now(datetime.UTC)
             if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
                 raise FailedPrecondition(f"token {token_id} is revoked, expired or rotated already")
+            if old.kind is TokenKind.PERSONAL and rotation.grace:
+                # During the grace both are live: that must fit under the personal-token limit (as RotateToken).
+                await tx.lock_user_tokens(old.owner)
+                if await tx.count_live_tokens(old.owner, TokenKind.PERSONAL) >= tokens.MAX_PERSONAL_TOKENS:
+                    raise SyncFailure(
+                        PERSONAL_LIMIT,
+                        f"user {old.owner!r} has {tokens.MAX_PERSONAL_TOKENS} live personal access tokens, the most"
+                        " allowed; set a grace period of zero, or revoke one",
+                    )
             issued = await tokens.issue_token(tx, old.owner, old.name, old.scopes, old.kind, old.expires_at)
             next_at = now + rotation.interval if rotation.interval else None
             await tx.set_rotation(issued.info.id, rotation.to_json(), next_at)

@@ -12,6 +12,7 @@ import logging
 import pathlib
 import subprocess
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from tests.openbao import OpenBao
 from tests.vault_service.test_external_sync import Companions, companions, replica
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
+from vault_service.external_sync import hashicorp
 from vault_service.server import RunningVault
 
 SCOPES = ["apiTokens.read", "apiTokens.write"]
@@ -67,14 +69,22 @@ def kv_get(bao: OpenBao, path: str) -> tuple[str, int]:
 
 
 async def rotating_token(
-    admin: Client, bao: OpenBao, role: str, path: str, *, write: bool = True, grace: int = 0, interval: int = 0
+    admin: Client,
+    bao: OpenBao,
+    role: str,
+    path: str,
+    *,
+    write: bool = True,
+    grace: int = 0,
+    interval: int = 0,
+    kind: tpb.TokenKind.ValueType = tpb.TOKEN_KIND_API,
 ) -> tpb.CreateTokenResponse:
     """An API token of admin with a rotation policy writing to secret/<path> (which holds version 1 already)."""
     c = await companions(admin, bao, role, [f"secret/data/{path}"])
     await asyncio.to_thread(writer_role, bao, role, path, write=write)
     await asyncio.to_thread(bao.put, "secret", path, token="placeholder", other="kept")
     made: tpb.CreateTokenResponse = await admin.CreateToken(
-        tpb.CreateTokenRequest(name=f"{role} app", scopes=SCOPES, kind=tpb.TOKEN_KIND_API)
+        tpb.CreateTokenRequest(name=f"{role} app", scopes=SCOPES, kind=kind)
     )
     rotation = tpb.TokenRotation(
         target=target(bao, c, path),
@@ -180,11 +190,11 @@ async def test_two_replicas_rotating_one_token_at_once_rotate_it_once(
             assert [t.id for t in live_successors] == [won[0].info.id]
             assert await works(channel_b, secret)
             assert await works(channel_b, made.token)  # in its grace period
-            # A loser past the check-and-set (usually both get there) revoked its own successor and said why.
-            conflicts = [o for o in lost if isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.ABORTED]
+            # The loser was refused before writing anything (the rotation lease), or revoked its own successor after
+            # losing the check-and-set and said why.
             failed = [e for e in await rotation_audit(admin, made.info.id) if e.outcome == "failed"]
-            assert [e.details["reason"] for e in failed] == ["cas_conflict"] * len(conflicts)
-            cas_total += len(conflicts)
+            assert all(e.details["reason"] == "cas_conflict" for e in failed), failed
+            cas_total += len(failed)
             assert metric(a, "cas_conflict") + metric(b, "cas_conflict") == cas_total
 
 
@@ -338,3 +348,54 @@ async def test_a_policy_is_checked_when_set(vault: RunningVault, admin: Client, 
     )
     assert ok.rotation.target.token_key == "token"
     assert not ok.HasField("next_rotation_time")  # on demand only
+
+
+async def test_a_rotation_with_grace_respects_the_personal_token_limit(
+    vault: RunningVault, admin: Client, channel: grpc.aio.Channel, openbao: OpenBao
+) -> None:
+    made = await rotating_token(admin, openbao, "rot-pat", "rot/pat", grace=600, kind=tpb.TOKEN_KIND_PERSONAL)
+    for n in range(4):  # five live personal tokens: the most allowed
+        await admin.CreateToken(tpb.CreateTokenRequest(name=f"pat {n}", scopes=SCOPES, kind=tpb.TOKEN_KIND_PERSONAL))
+    refused = await expect_code(
+        admin.RotateToken(tpb.RotateTokenRequest(id=made.info.id)), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert "personal access tokens" in (refused.details() or "")
+    assert (await asyncio.to_thread(kv_get, openbao, "rot/pat"))[1] == 1
+    assert [t.id for t in await named(admin, made.info.name)] == [made.info.id]
+    assert await works(channel, made.token)
+    assert metric(vault, "personal_limit") == 1
+    [event] = await rotation_audit(admin, made.info.id)
+    assert (event.outcome, event.details["reason"]) == ("failed", "personal_limit")
+
+
+async def test_another_writer_between_read_and_write_fails_the_check_and_set(
+    vault: RunningVault,
+    admin: Client,
+    channel: grpc.aio.Channel,
+    openbao: OpenBao,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another writer (the bao CLI) writes the path right after the rotation read its version: the real OpenBao
+    refuses the check-and-set; the old token stays valid, the new one is revoked, audit and metric say cas_conflict."""
+    made = await rotating_token(admin, openbao, "rot-cas", "rot/cas", grace=600)
+    real = hashicorp.kv2_current_version
+
+    async def read_then_someone_writes(*args: Any) -> int:
+        version = await real(*args)
+        await asyncio.to_thread(openbao.put, "secret", "rot/cas", token="someone else's")
+        return version
+
+    monkeypatch.setattr(hashicorp, "kv2_current_version", read_then_someone_writes)
+    await expect_code(admin.RotateToken(tpb.RotateTokenRequest(id=made.info.id)), grpc.StatusCode.ABORTED)
+    assert await asyncio.to_thread(kv_get, openbao, "rot/cas") == ("someone else's", 2)
+    assert await works(channel, made.token)
+    tokens = await named(admin, made.info.name)
+    [successor] = [t for t in tokens if t.id != made.info.id]
+    assert successor.HasField("revoke_time")
+    [event] = await rotation_audit(admin, made.info.id)
+    assert (event.outcome, event.details["reason"], event.details["new_revoked"]) == (
+        "failed",
+        "cas_conflict",
+        successor.id,
+    )
+    assert metric(vault, "cas_conflict") == 1

@@ -47,6 +47,17 @@ class RotationQueries:
         )
         return [r["public_id"] for r in rows]
 
+    async def claim_rotation(self, public_id: str, owner: str, lease_seconds: float) -> bool:
+        """Take the lease of one token's rotation, due or not; False when another holder has it."""
+        row = await self.conn.fetchrow(
+            "UPDATE api_tokens SET rotation_owner = $2, rotation_lease_until = now() + make_interval(secs => $3)"
+            f" WHERE public_id = $1 AND {_FREE} RETURNING public_id",
+            public_id,
+            owner,
+            float(lease_seconds),
+        )
+        return row is not None
+
     async def finish_rotation(self, public_id: str, owner: str, next_in_seconds: float | None) -> None:
         """Release the lease ``owner`` holds; ``next_in_seconds`` (after a failure) moves the next attempt."""
         await self.conn.execute(
