@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from vault_service import contents_codec, policy, tokens
@@ -134,9 +134,22 @@ class TokenRotation:
         self.min_interval = min_interval
         self.retry_seconds = retry_seconds
         self.lease_seconds = lease_seconds
+        self._inflight: set[asyncio.Future[RotationResult]] = set()
 
     async def close(self) -> None:
+        """Wait for rotations under way (a successor issued but not yet written or revoked must not be left live),
+        then end the sessions."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._client.close()
+
+    async def _shielded(self, run: Coroutine[Any, Any, RotationResult]) -> RotationResult:
+        """``run`` goes on if its caller is cancelled (an RPC cut by a shutdown, the scheduler stopped): a rotation
+        ends written and the predecessor revoked, or failed and its successor revoked, never half-way."""
+        task = asyncio.ensure_future(run)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
 
     async def set_policy(
         self, principal: Principal, token_id: str, rotation: RotationPolicy | None
@@ -180,7 +193,7 @@ class TokenRotation:
         if not claimed:
             raise Aborted(f"a rotation of token {token_id} is running; retry")
         try:
-            return await self._run(token_id, rotation, principal.username, principal.token_id)
+            return await self._shielded(self._run(token_id, rotation, principal.username, principal.token_id))
         finally:
             async with self._store.autocommit() as tx:
                 await tx.finish_rotation(token_id, self.owner, None)
@@ -192,7 +205,7 @@ class TokenRotation:
             async with self._store.autocommit() as tx:
                 rotation = await self.get_policy(tx, token_id)
             if rotation is not None:
-                await self._run(token_id, rotation, ACTOR, None)
+                await self._shielded(self._run(token_id, rotation, ACTOR, None))
         except (SyncFailure, FailedPrecondition, Aborted, Unavailable) as exc:
             outcome = exc.outcome if isinstance(exc, SyncFailure) else "failed"
         finally:
@@ -300,7 +313,7 @@ class TokenRotation:
 def _error(failure: SyncFailure) -> Exception:
     """The RPC error of a failed write-back (the message is configuration only)."""
     if failure.outcome == hashicorp.CAS_CONFLICT:
-        return Aborted(f"rotation not done: {failure.message}; the token was rotated by another writer")
+        return Aborted(f"rotation not done, the old token stays valid: {failure.message} by another writer; retry")
     if failure.outcome in (f.UNREACHABLE, f.SEALED):
         return Unavailable(f"rotation not done, the old token stays valid: {failure.message}")
     return FailedPrecondition(f"rotation not done, the old token stays valid: {failure.message}")

@@ -298,7 +298,9 @@ class RotateTokenRequest(_message.Message):
     id: _builtins.str
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
-        """How long the old token keeps working; zero revokes it at once. At most 7 days."""
+        """How long the old token keeps working; zero revokes it at once. At most 7 days. A token with a rotation policy
+        uses the policy's grace period instead.
+        """
 
     def __init__(
         self,
