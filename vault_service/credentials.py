@@ -16,7 +16,7 @@ from credvault.formats import CREDENTIAL_ID, CREDENTIAL_ID_PREFIX
 from credvault.v1 import monitors_pb2 as mpb
 from vault_service import contents_codec, policy, validation
 from vault_service.certificates import CertificateInfo
-from vault_service.crypto import Keyring
+from vault_service.crypto import Keyring, SealedContents
 from vault_service.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from vault_service.external_sync import source as sync_source
 from vault_service.models import (
@@ -252,6 +252,7 @@ class CredentialService:
         if current.external_source is not None:
             raise FailedPrecondition(
                 f"credential {current.id} is synchronized from an external vault: its contents come from there"
+                " (give a new external_source to change where)"
             )
         if credential_type_of(change.contents) is not current.type:
             raise InvalidArgument(
@@ -275,6 +276,69 @@ class CredentialService:
             updated, sealed, current.version, new_contents=True, audit=audit, check=principal.check
         )
         return written[0] if written is not None else None
+
+    async def change_source(
+        self,
+        principal: Principal,
+        credential_id: str,
+        source: ExternalSource,
+        access: Access | None,
+        expected_version: int,
+    ) -> Credential:
+        """A new external source for a USERNAME_PASSWORD or TOKEN credential (synchronized already, or typed until
+        now), checked as at creation; written like an overwrite (a non-owner allowed to overwrite becomes the owner,
+        whose access to the companions every synchronization checks again) but the contents stay as they are until
+        the new source's first synchronization, which is due at once."""
+        check_id(credential_id)
+        policy.require_external_sync(principal)
+        new_access = _check_access(access, principal.username) if access is not None else None
+        async with self._store.transaction() as tx:
+            current, sealed = await self._locked(tx, principal, credential_id)
+            policy.require_overwrite(principal, current)
+            if current.type not in (CredentialType.USERNAME_PASSWORD, CredentialType.TOKEN):
+                raise InvalidArgument(
+                    "external_source",
+                    f"only USERNAME_PASSWORD and TOKEN credentials are synchronized, not {current.type.value}",
+                )
+            checked = sync_source.checked(source, current.type)
+            await sync_source.require_companions(tx, principal, checked)
+            self._check_expected(current, expected_version)
+            updated = dataclasses.replace(
+                current, owner=principal.username, access=new_access or current.access, external_source=checked
+            )
+            detail = {
+                "version": current.version + 1,
+                "previous_owner": current.owner,
+                "provider": checked.provider.value,
+                "was_synchronized": current.external_source is not None,
+            }
+            audit = AuditEntry(principal.username, principal.token_id, "credential.change_source", detail)
+            written = await tx.update_credential(
+                updated,
+                self._resealed(current, sealed),
+                current.version,
+                new_contents=False,
+                audit=audit,
+                check=principal.check,
+            )
+            if written is None:
+                raise Aborted(f"credential {credential_id} changed concurrently; retry")
+            await tx.restart_sync(credential_id)
+            after = await tx.get_credential(credential_id)
+        return policy.require_visible(principal, after, credential_id)
+
+    @staticmethod
+    async def _locked(tx: Queries, principal: Principal, credential_id: str) -> tuple[Credential, SealedContents]:
+        """The credential and its sealed contents, the row locked, if the caller may see it."""
+        found = await tx.get_credential_sealed(credential_id, for_update=True)
+        current = policy.require_visible(principal, found[0] if found else None, credential_id)
+        assert found is not None
+        return current, found[1]
+
+    def _resealed(self, current: Credential, sealed: SealedContents) -> SealedContents:
+        """The same contents for the next version: every version has its own data key, bound to (id, version)."""
+        plaintext = self._keyring.open(current.id, current.version, sealed)
+        return self._keyring.seal(current.id, current.version + 1, plaintext)
 
     async def store_synchronized(
         self, tx: Queries, current: Credential, secret: SecretContents, audit: AuditEntry
@@ -305,14 +369,10 @@ class CredentialService:
                 "description", description, max_len=validation.MAX_DESCRIPTION, required=False, multiline=True
             )
         async with self._store.transaction() as tx:
-            found = await tx.get_credential_sealed(credential_id, for_update=True)
-            current = policy.require_visible(principal, found[0] if found else None, credential_id)
-            assert found is not None
+            current, found_sealed = await self._locked(tx, principal, credential_id)
             policy.require_update_metadata(principal, current)
             self._check_expected(current, expected_version)
-            # Every version has its own data key and is bound to (id, version): re-seal the same contents.
-            plaintext = self._keyring.open(credential_id, current.version, found[1])
-            sealed = self._keyring.seal(credential_id, current.version + 1, plaintext)
+            sealed = self._resealed(current, found_sealed)
             updated = dataclasses.replace(
                 current,
                 name=current.name if name is None else name,

@@ -19,6 +19,8 @@ Each vault has its own registry (tests run several vaults in one process). The s
 - ``credvault_memory_locked``: 1 if this process's memory is locked (mlockall; see credvault.memory_guard);
 - ``credvault_token_rotation_total{outcome}``: token rotations with write-back (rotated, or why not);
 - ``credvault_sync_total{provider,outcome}``: synchronizations of credentials from external vaults;
+- ``credvault_sync_age_seconds{provider}``: the largest time since a good synchronization among a provider's
+  synchronized credentials (read from the database before each scrape, so every replica reports the same);
 - ``credvault_results_redacted_total{location}``: secret values removed from engines' results before storing them
   (any is an engine leaking; see results).
 
@@ -147,6 +149,14 @@ class VaultMetrics:
             ("provider", "outcome"),
             registry=self.registry,
         )
+        self.sync_age = Gauge(
+            "credvault_sync_age_seconds",
+            "Seconds since the last good synchronization of the least recently synchronized credential of a provider"
+            " (the max over its credentials, one series per provider rather than per credential; a credential never"
+            " synchronized well counts from its creation), read from the database at scrape time",
+            ("provider",),
+            registry=self.registry,
+        )
         self.token_rotation_total = Counter(
             "credvault_token_rotation",
             "Token rotations with write-back to an external vault, by outcome (rotated, or the kind of failure:"
@@ -195,14 +205,19 @@ class VaultMetrics:
             self.certificate_expiry.labels(port, "client_ca").set(earliest.timestamp())
 
     async def refresh(self, store: Store) -> None:
-        """Read what only the database knows (the change log's head) before a scrape; on failure keep the last."""
-        if self.push_stats is None:
-            return
+        """Read what only the database knows (the change log's head, the synchronizations' ages) before a scrape; on
+        failure keep the last."""
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_SECONDS), store.autocommit() as tx:
-                self.head_revision = await tx.head_revision()
+                if self.push_stats is not None:
+                    self.head_revision = await tx.head_revision()
+                ages = await tx.sync_ages()
         except Exception as exc:
-            log.warning("metrics: cannot read the change-log head (%s)", type(exc).__name__)
+            log.warning("metrics: cannot read the change-log head or the sync ages (%s)", type(exc).__name__)
+            return
+        self.sync_age.clear()
+        for provider, age in sorted(ages.items()):
+            self.sync_age.labels(provider).set(age)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

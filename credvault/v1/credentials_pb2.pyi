@@ -1029,6 +1029,7 @@ class OverwriteCredentialRequest(_message.Message):
     CONTENTS_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    EXTERNAL_SOURCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     expected_version: _builtins.int
     """When non-zero, the overwrite fails with ABORTED unless the credential is at this version."""
@@ -1040,6 +1041,13 @@ class OverwriteCredentialRequest(_message.Message):
     def access(self) -> Global___Access:
         """New access; unset keeps the current access (a new owner keeps the level, with the same user list)."""
 
+    @_builtins.property
+    def external_source(self) -> Global___ExternalSource:
+        """Instead of contents (USERNAME_PASSWORD or TOKEN): a new external source (a synchronized credential's, or a typed
+        credential that becomes synchronized). Checked as at creation (companion credential access, more than
+        VIEW_ENVIRONMENT); the contents stay as they are until the new source's first synchronization, due at once.
+        """
+
     def __init__(
         self,
         *,
@@ -1047,10 +1055,11 @@ class OverwriteCredentialRequest(_message.Message):
         contents: Global___CredentialContents | None = ...,
         access: Global___Access | None = ...,
         expected_version: _builtins.int = ...,
+        external_source: Global___ExternalSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "contents", b"contents"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "contents", b"contents", "external_source", b"external_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "contents", b"contents", "expected_version", b"expected_version", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "contents", b"contents", "expected_version", b"expected_version", "external_source", b"external_source", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

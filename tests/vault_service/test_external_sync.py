@@ -26,7 +26,7 @@ from tests.conftest import Client, admin_of
 from tests.helpers import SYN, expect_code, token
 from tests.local_pki import LocalPki
 from tests.openbao import OpenBao
-from tests.real_engine import real_engine
+from tests.real_engine import RealEngine, real_engine
 from vault_service import contents_codec
 from vault_service.config import Settings
 from vault_service.crypto import Keyring
@@ -127,6 +127,12 @@ async def monitor_at_loc_a(admin: Client, cred_id: str) -> mpb.Monitor:
     return created
 
 
+def held_password(engine: RealEngine, cred_id: str) -> str | None:
+    """The password a real engine holds for a USERNAME_PASSWORD credential (None: not got yet)."""
+    held = engine.store.credential(cred_id)
+    return None if held is None else held.details().username_password.password
+
+
 async def sync(client: Client, cred_id: str) -> cpb.Credential:
     synced: cpb.SyncCredentialResponse = await client.SyncCredential(cpb.SyncCredentialRequest(id=cred_id))
     return synced.credential
@@ -188,11 +194,11 @@ async def test_a_change_in_openbao_reaches_a_real_engine_and_the_same_value_writ
     await sync(admin, pair.id)
     await monitor_at_loc_a(admin, pair.id)
 
-    def password() -> str | None:
-        held = engine.store.credential(pair.id)
-        return None if held is None else held.details().username_password.password
-
     async with real_engine(push_vault.engine_port, local_pki, "loc-a", "e1") as engine:
+
+        def password() -> str | None:
+            return held_password(engine, pair.id)
+
         await engine.wait_until(lambda: password() == "first")
         await asyncio.to_thread(openbao.put, "secret", "push/login", user="bob", **{"pass": "second"})
         after = await sync(admin, pair.id)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -17,29 +16,24 @@ from google.protobuf.message import Message
 
 from credvault.v1 import audit_pb2 as apb
 from credvault.v1 import credentials_pb2 as cpb
-from tests.azure_key_vault_fake import AzureKeyVaultFake, Registration
+from tests.azure_key_vault_fake import AzureKeyVaultFake
 from tests.conftest import Client
 from tests.external_sync_helpers import ca_credential, token_credential
 from tests.helpers import expect_code
 from tests.local_pki import LocalPki
+from tests.vault_service.conftest import AZURE_REGISTRATION
 from tests.vault_service.test_external_sync import TOKEN, _stored, create_synced, sync, sync_audit, until
 from vault_service import validation
 from vault_service.config import Settings
 from vault_service.models import TokenSecret, UsernamePasswordSecret
 from vault_service.server import RunningVault
 
-REG = Registration("7a1c2b3d-0000-4000-8000-00000000000a", "CANARY-client-id-61f0", "CANARY-client-secret-d83b")
+REG = AZURE_REGISTRATION
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"external_sync": False})
-
-
-@pytest.fixture
-async def azure(local_pki: LocalPki) -> AsyncIterator[AzureKeyVaultFake]:
-    async with AzureKeyVaultFake(local_pki, dataclasses.replace(REG)) as fake:
-        yield fake
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ from vault_service import contents_codec
 from vault_service.api import convert
 from vault_service.api.authenticated import Authenticated, Context
 from vault_service.credentials import CredentialService
+from vault_service.errors import InvalidArgument
 from vault_service.external_sync.synchronizer import Synchronizer
 from vault_service.models import Credential, CredentialFilter, Page, Principal
 from vault_service.tokens import TokenService
@@ -74,11 +75,19 @@ class CredentialsServicer(Authenticated, cgrpc.CredentialsServiceServicer):
         self, request: cpb.OverwriteCredentialRequest, context: Context
     ) -> cpb.OverwriteCredentialResponse:
         async def work(principal: Principal) -> Credential:
+            access = convert.access("access", request.access, request.HasField("access"))
+            source = convert.external_source(request.external_source, request.HasField("external_source"))
+            if source is not None:
+                if request.HasField("contents"):
+                    raise InvalidArgument("contents", "must be empty with external_source: the values come from there")
+                return await self._credentials.change_source(
+                    principal, request.id, source, access, request.expected_version
+                )
             return await self._credentials.overwrite(
                 principal,
                 request.id,
                 convert.contents("contents", request.contents, request.HasField("contents")),
-                convert.access("access", request.access, request.HasField("access")),
+                access,
                 request.expected_version,
             )
 

@@ -300,8 +300,11 @@ def cmd_credentials_overwrite(ns: argparse.Namespace, s: Session) -> None:
 
 def cmd_credentials_update(ns: argparse.Namespace, s: Session) -> None:
     access = _access(ns.access, ns.share_with)
+    if ns.external_source:
+        _change_source(ns, s, access)
+        return
     if ns.name is None and ns.description is None and access is None:
-        raise UsageError("nothing to update: give --name, --description or --access/--share-with")
+        raise UsageError("nothing to update: give --name, --description, --access/--share-with or --external-source")
     request = cpb.UpdateCredentialMetadataRequest(id=ns.id, expected_version=ns.expected_version or 0)
     if ns.name is not None:
         request.name = ns.name
@@ -310,6 +313,21 @@ def cmd_credentials_update(ns: argparse.Namespace, s: Session) -> None:
     if access is not None:
         request.access.CopyFrom(access)
     response = s.call(s.credentials.UpdateCredentialMetadata, request)
+    output(ns, response, lambda: _credential_view(response.credential))
+
+
+def _change_source(ns: argparse.Namespace, s: Session, access: cpb.Access | None) -> None:
+    """`update --external-source`: an overwrite with a new source (API OverwriteCredential), on its own."""
+    if ns.name is not None or ns.description is not None:
+        raise UsageError("--external-source goes without --name/--description (update those separately)")
+    request = cpb.OverwriteCredentialRequest(
+        id=ns.id,
+        external_source=external_source.read_source(ns.external_source),
+        expected_version=ns.expected_version or 0,
+    )
+    if access is not None:
+        request.access.CopyFrom(access)
+    response = s.call(s.credentials.OverwriteCredential, request)
     output(ns, response, lambda: _credential_view(response.credential))
 
 
@@ -391,11 +409,18 @@ def register(sub: Any) -> None:
     p.add_argument("--expected-version", type=int, help="fail (ABORTED) unless at this version")
     _contents_flags(p)
 
-    p = add_command(group, "update", common, cmd_credentials_update, "change name, description or access")
+    p = add_command(
+        group, "update", common, cmd_credentials_update, "change name, description, access or external source"
+    )
     p.add_argument("id")
     p.add_argument("--name")
     p.add_argument("--description")
     _access_flags(p)
+    p.add_argument(
+        "--external-source",
+        metavar="FILE.json",
+        help="username-password or token: synchronize from this source (JSON) from now on; due at once",
+    )
     p.add_argument("--expected-version", type=int, help="fail (ABORTED) unless at this version")
 
     p = add_command(group, "delete", common, cmd_credentials_delete, "delete a credential")

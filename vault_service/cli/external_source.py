@@ -1,4 +1,4 @@
-"""`credvault credentials create --external-source FILE.json`, `credvault credentials sync ID`, and the external
+"""`credvault credentials create|update --external-source FILE.json`, `credvault credentials sync ID`, and the external
 source and sync status in `credentials get`.
 
 The file holds an ``ExternalSource`` in protobuf's JSON mapping (no secret: the AppRole role id and secret id and
@@ -10,7 +10,8 @@ the CA are credentials of the vault, named by id)::
      "approle": {"roleIdCredentialId": "CREDENTIALS_VAULT-...", "secretIdCredentialId": "CREDENTIALS_VAULT-..."},
      "syncInterval": "300s"}
 
-``provider`` may be left out (HashiCorp Vault / OpenBao, the only one so far).
+``provider`` may be left out (HashiCorp Vault / OpenBao); the README lists the fields of Azure Key Vault and
+CyberArk CCP. `credvault credentials update ID --external-source FILE.json` changes a credential's source.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ certificate of a CERTIFICATE credential authenticates the application). The answ
 (the password) become a USERNAME_PASSWORD credential's contents. CCP has no version: the synchronizer detects a change
 by comparing the value read with the stored contents (decrypted in memory), so nothing about the value is stored
 besides the encrypted contents. Error bodies (``{"ErrorCode": "APPAP004E", "ErrorMsg": ...}``) are read for their
-code only (``APPAP`` and three digits and a letter): the message may quote the query."""
+code only (``APPAP``, ``AIMWS`` or ``CASVL``, three digits and a letter): the message may quote the query."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from vault_service.external_sync.provider import CA_FIELD, Companions, Fetched
 from vault_service.models import ExternalSource
 
 CLIENT_CERTIFICATE = "external_source.cyberark.client_certificate_credential_id"
-_ERROR_CODE = re.compile(r"^APP[A-Z]{2}\d{3}[EWI]$")
+# CCP's codes: APPAP (the provider), AIMWS (its web service), CASVL (validation); three digits and a severity.
+_ERROR_CODE = re.compile(r"^(APPAP|AIMWS|CASVL)\d{3}[EWI]$")
+VAULT_UNREACHABLE = "APPAP007E"  # "Connection to the Vault has failed", answered with HTTP 400
 
 
 def _code(body: Any) -> str:
@@ -50,8 +52,12 @@ class CyberArkClient:
             raise SyncFailure(f.DENIED, f"CyberArk CCP denied the application reading {where} (HTTP {status}{code})")
         if status == 404:
             raise SyncFailure(f.NOT_FOUND, f"CyberArk CCP found no account {where} (HTTP 404{code})")
-        if status == 503:
-            raise SyncFailure(f.SEALED, f"CyberArk CCP is not available (HTTP 503{code})")
+        if status == 400 and code == f", {VAULT_UNREACHABLE}":
+            raise SyncFailure(f.UNREACHABLE, f"CyberArk CCP cannot reach its Vault (HTTP 400{code})")
+        if status == 400:
+            raise SyncFailure(f.ERROR, f"CyberArk CCP refused the query for {where} as invalid (HTTP 400{code})")
+        if status in (500, 503):
+            raise SyncFailure(f.SEALED, f"CyberArk CCP is not available (HTTP {status}{code})")
         if status != 200:
             raise SyncFailure(f.ERROR, f"reading {where}: CyberArk CCP answered HTTP {status}{code}")
         if not isinstance(body, dict):

@@ -22,4 +22,6 @@ NOT_FOUND = "not_found"
 MISSING_KEY = "missing_key"
 INVALID_VALUE = "invalid_value"
 COMPANION = "companion"
+# The synchronized credential's owner lost access to a companion credential (unshared, its owner changed).
+COMPANION_DENIED = "permission_denied"
 ERROR = "error"

@@ -41,7 +41,8 @@ CHANGED, UNCHANGED, GONE = "changed", "unchanged", "gone"
 
 
 class _LeaseLost(Exception):
-    """Another replica took the lease over (this one overran it): roll back, write nothing."""
+    """Another replica took the lease over (this one overran it), or the source changed while this run read the
+    old one: roll back, write nothing."""
 
 
 class Synchronizer:
@@ -113,7 +114,7 @@ class Synchronizer:
             await self._failed(found, failure)
             return failure.outcome
         try:
-            outcome = await self._succeeded(credential_id, contents, secret.version)
+            outcome = await self._succeeded(source, credential_id, contents, secret.version)
         except _LeaseLost:
             log.warning("credential %s: the synchronization lease was lost; nothing written", credential_id)
             return "lease_lost"
@@ -129,24 +130,35 @@ class Synchronizer:
             for field, cid in cred.external_source.companions().items():
                 found = await tx.get_credential_sealed(cid)
                 if found is None:
-                    raise SyncFailure(f.COMPANION, f"the companion credential {cid} ({field}) no longer exists")
+                    raise SyncFailure(
+                        f.COMPANION_DENIED,
+                        f"permission denied: the companion credential {cid} ({field}) no longer exists; point"
+                        f" {field} at an existing credential",
+                    )
                 companion, sealed = found
                 if not policy.is_usable_by(companion, cred.owner):
                     raise SyncFailure(
-                        f.COMPANION,
-                        f"the owner {cred.owner!r} no longer has access to the companion credential {cid} ({field})",
+                        f.COMPANION_DENIED,
+                        f"permission denied: the owner {cred.owner!r} no longer has access to the companion credential"
+                        f" {cid} ({field}); share it with them again",
                     )
                 contents = contents_codec.decode(self._keyring.open(cid, companion.version, sealed))
                 opened[field] = Opened(cid, companion.version, contents)
         return Companions(opened)
 
-    async def _succeeded(self, credential_id: str, contents: SecretContents, version: str) -> str:
+    async def _succeeded(
+        self, source: ExternalSource, credential_id: str, contents: SecretContents, version: str
+    ) -> str:
         source_provider = ""
         async with self._store.transaction() as tx:
             found = await tx.get_credential_sealed(credential_id, for_update=True)
             if found is None or found[0].external_source is None or found[0].sync_status is None:
                 return GONE
             current, sealed = found
+            if current.external_source != source:
+                # Changed while this run read the old one (and the lease was given again, perhaps to this very
+                # replica): the old source's value must not land over the new source.
+                raise _LeaseLost
             assert current.external_source is not None
             assert current.sync_status is not None
             source_provider = current.external_source.provider.value
@@ -173,6 +185,9 @@ class Synchronizer:
         log.warning("credential %s: synchronization failed: %s", cred.id, failure.message)
         try:
             async with self._store.transaction() as tx:
+                now = await tx.get_credential(cred.id, for_update=True)
+                if now is None or now.external_source != cred.external_source:
+                    raise _LeaseLost  # gone, or a new source: the old one's failure is not its status
                 await self._finish(tx, cred, failure.message, None)
                 detail = {"outcome": failure.outcome, "error": failure.message}
                 await tx.insert_audit(ACTOR, None, ACTION, cred.id, "failed", detail)
