@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     external_sync_tick_seconds: float = Field(
         1.0, gt=0, le=60, description="how often a replica looks for due synchronizations"
     )
+    token_rotation: bool = Field(True, description="rotate tokens whose rotation policy is due (write-back to OpenBao)")
+    token_rotation_tick_seconds: float = Field(
+        5.0, gt=0, le=300, description="how often a replica looks for tokens whose scheduled rotation is due"
+    )
+    token_rotation_min_interval_seconds: float = Field(
+        86400.0, gt=0, description="the shortest rotation interval a policy may have (tests make it short)"
+    )
+    token_rotation_retry_seconds: float = Field(
+        300.0, gt=0, le=86400, description="after a failed scheduled rotation, how long until the next try"
+    )
     # Operations: Prometheus metrics over HTTP and a plaintext gRPC health port; each off unless set.
     metrics_listen: str | None = Field(None, description="host:port of GET /metrics (Prometheus), plain HTTP")
     health_listen: str | None = Field(None, description="host:port of a plaintext gRPC server with only Health")

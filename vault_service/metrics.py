@@ -17,6 +17,7 @@ Each vault has its own registry (tests run several vaults in one process). The s
 - ``credvault_certificate_expiry_seconds{port,role}``: when the certificate a port serves (role ``server``) or the
   earliest CA that verifies its clients (``client_ca``) expires, Unix time; ``credvault_certificate_reloads_total``;
 - ``credvault_memory_locked``: 1 if this process's memory is locked (mlockall; see credvault.memory_guard);
+- ``credvault_token_rotation_total{outcome}``: token rotations with write-back (rotated, or why not);
 - ``credvault_sync_total{provider,outcome}``: synchronizations of credentials from external vaults;
 - ``credvault_sync_age_seconds{provider}``: the largest time since a good synchronization among a provider's
   synchronized credentials (read from the database before each scrape, so every replica reports the same);
@@ -154,6 +155,13 @@ class VaultMetrics:
             " (the max over its credentials, one series per provider rather than per credential; a credential never"
             " synchronized well counts from its creation), read from the database at scrape time",
             ("provider",),
+            registry=self.registry,
+        )
+        self.token_rotation_total = Counter(
+            "credvault_token_rotation",
+            "Token rotations with write-back to an external vault, by outcome (rotated, or the kind of failure:"
+            " cas_conflict, denied, unreachable, sealed, auth_failed, companion, error, failed)",
+            ("outcome",),
             registry=self.registry,
         )
         self.keyring_reload_failures = Counter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import os
 import pathlib
@@ -59,6 +60,7 @@ from vault_service.results import ResultService
 from vault_service.server_tls import ReloadingServerCredentials, TlsFilesError
 from vault_service.storage.migrate import migrate
 from vault_service.storage.pool import Store
+from vault_service.token_rotation import RotationScheduler, TokenRotation
 from vault_service.tokens import TokenService
 from vault_service.users import IdentityService
 
@@ -94,6 +96,8 @@ class RunningVault:
     keyring_keeper: KeyringKeeper | None = None
     synchronizer: Synchronizer | None = None
     sync_scheduler: SyncScheduler | None = None
+    rotation: TokenRotation | None = None
+    rotation_scheduler: RotationScheduler | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let in-flight RPCs finish within ``grace`` seconds and end the engine streams (their
@@ -117,6 +121,10 @@ class RunningVault:
             await self.sync_scheduler.stop()
         if self.synchronizer is not None:
             await self.synchronizer.close()
+        if self.rotation_scheduler is not None:
+            await self.rotation_scheduler.stop()
+        if self.rotation is not None:
+            await self.rotation.close()
         if self.keyring_keeper is not None:
             await self.keyring_keeper.stop()
         if self.health_server is not None:
@@ -196,7 +204,16 @@ async def start_vault(
         CredentialsServicer(tokens, credential_service, synchronizer), server
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(tokens, IdentityService(store)), server)
-    tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens), server)
+    rotation = TokenRotation(
+        store,
+        keyring,
+        tokens,
+        replica,
+        lambda outcome: metrics.token_rotation_total.labels(outcome).inc(),
+        min_interval=datetime.timedelta(seconds=settings.token_rotation_min_interval_seconds),
+        retry_seconds=settings.token_rotation_retry_seconds,
+    )
+    tokens_pb2_grpc.add_TokensServiceServicer_to_server(TokensServicer(tokens, rotation), server)
     monitor_service = MonitorService(store, keyring, engine_lease_seconds=settings.engine_lease_seconds)
     results = ResultService(
         store,
@@ -217,6 +234,7 @@ async def start_vault(
             raise OSError(f"cannot listen on {settings.listen}")
     except BaseException:  # unusable TLS files, a taken address: nothing started stays behind
         await synchronizer.close()
+        await rotation.close()
         await keeper.stop()
         await store.close()
         raise
@@ -231,10 +249,14 @@ async def start_vault(
         auth_cache=auth_cache,
         keyring_keeper=keeper,
         synchronizer=synchronizer,
+        rotation=rotation,
     )
     if settings.external_sync:
         running.sync_scheduler = SyncScheduler(store, synchronizer, settings.external_sync_tick_seconds)
         running.sync_scheduler.start()
+    if settings.token_rotation:
+        running.rotation_scheduler = RotationScheduler(store, rotation, settings.token_rotation_tick_seconds)
+        running.rotation_scheduler.start()
     try:
         if settings.engine_listen is not None:
             await _start_engine_port(settings, running, keyring, results, replica)

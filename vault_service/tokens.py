@@ -262,6 +262,10 @@ class TokenService:
         assert info is not None
         return info
 
+    async def accessible(self, tx: Queries, principal: Principal, token_id: str) -> TokenInfo:
+        """A token the caller may change (apiTokens.write on its owner's tokens)."""
+        return await self._get_accessible(tx, principal, token_id)
+
     async def _get_accessible(self, tx: Queries, principal: Principal, token_id: str) -> TokenInfo:
         if not _TOKEN_ID.match(token_id):
             raise InvalidArgument("id", f"must look like {TOKEN_PREFIX}.<{TOKEN_PUBLIC_ID_CHARS} characters A-Z, 2-7>")

@@ -22,41 +22,48 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from credvault.v1 import credentials_pb2 as credvault_dot_v1_dot_credentials__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63redvault/v1/tokens.proto\x12\x0c\x63redvault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.credvault.v1.TokenKind\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.credvault.v1.TokenKind\x12\r\n\x05owner\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13\x43reateTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\"I\n\x11ListTokensRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListTokensResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.credvault.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x12LookupTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"<\n\x13LookupTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x13RevokeTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\"Q\n\x12RotateTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"v\n\x13RotateTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\x12)\n\x08previous\x18\x03 \x01(\x0b\x32\x17.credvault.v1.TokenInfo*T\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TOKEN_KIND_PERSONAL\x10\x01\x12\x12\n\x0eTOKEN_KIND_API\x10\x02\x32\xb0\x03\n\rTokensService\x12R\n\x0b\x43reateToken\x12 .credvault.v1.CreateTokenRequest\x1a!.credvault.v1.CreateTokenResponse\x12O\n\nListTokens\x12\x1f.credvault.v1.ListTokensRequest\x1a .credvault.v1.ListTokensResponse\x12R\n\x0bLookupToken\x12 .credvault.v1.LookupTokenRequest\x1a!.credvault.v1.LookupTokenResponse\x12R\n\x0bRevokeToken\x12 .credvault.v1.RevokeTokenRequest\x1a!.credvault.v1.RevokeTokenResponse\x12R\n\x0bRotateToken\x12 .credvault.v1.RotateTokenRequest\x1a!.credvault.v1.RotateTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63redvault/v1/tokens.proto\x12\x0c\x63redvault.v1\x1a\x1e\x63redvault/v1/credentials.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.credvault.v1.TokenKind\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.credvault.v1.TokenKind\x12\r\n\x05owner\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13\x43reateTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\"I\n\x11ListTokensRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListTokensResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.credvault.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x12LookupTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"<\n\x13LookupTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x13RevokeTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\"Q\n\x12RotateTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x90\x01\n\x13RotateTokenResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\x12)\n\x08previous\x18\x03 \x01(\x0b\x32\x17.credvault.v1.TokenInfo\x12\x18\n\x10\x65xternal_version\x18\x04 \x01(\x03\"\x9b\x01\n\rTokenRotation\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.credvault.v1.ExternalSource\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"T\n\x17SetTokenRotationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x08rotation\x18\x02 \x01(\x0b\x32\x1b.credvault.v1.TokenRotation\"\x81\x01\n\x18SetTokenRotationResponse\x12-\n\x08rotation\x18\x01 \x01(\x0b\x32\x1b.credvault.v1.TokenRotation\x12\x36\n\x12next_rotation_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*T\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TOKEN_KIND_PERSONAL\x10\x01\x12\x12\n\x0eTOKEN_KIND_API\x10\x02\x32\x93\x04\n\rTokensService\x12R\n\x0b\x43reateToken\x12 .credvault.v1.CreateTokenRequest\x1a!.credvault.v1.CreateTokenResponse\x12O\n\nListTokens\x12\x1f.credvault.v1.ListTokensRequest\x1a .credvault.v1.ListTokensResponse\x12R\n\x0bLookupToken\x12 .credvault.v1.LookupTokenRequest\x1a!.credvault.v1.LookupTokenResponse\x12R\n\x0bRevokeToken\x12 .credvault.v1.RevokeTokenRequest\x1a!.credvault.v1.RevokeTokenResponse\x12R\n\x0bRotateToken\x12 .credvault.v1.RotateTokenRequest\x1a!.credvault.v1.RotateTokenResponse\x12\x61\n\x10SetTokenRotation\x12%.credvault.v1.SetTokenRotationRequest\x1a&.credvault.v1.SetTokenRotationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credvault.v1.tokens_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENKIND']._serialized_start=1211
-  _globals['_TOKENKIND']._serialized_end=1295
-  _globals['_TOKENINFO']._serialized_start=109
-  _globals['_TOKENINFO']._serialized_end=415
-  _globals['_CREATETOKENREQUEST']._serialized_start=418
-  _globals['_CREATETOKENREQUEST']._serialized_end=571
-  _globals['_CREATETOKENRESPONSE']._serialized_start=573
-  _globals['_CREATETOKENRESPONSE']._serialized_end=648
-  _globals['_LISTTOKENSREQUEST']._serialized_start=650
-  _globals['_LISTTOKENSREQUEST']._serialized_end=723
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=725
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=811
-  _globals['_LOOKUPTOKENREQUEST']._serialized_start=813
-  _globals['_LOOKUPTOKENREQUEST']._serialized_end=848
-  _globals['_LOOKUPTOKENRESPONSE']._serialized_start=850
-  _globals['_LOOKUPTOKENRESPONSE']._serialized_end=910
-  _globals['_REVOKETOKENREQUEST']._serialized_start=912
-  _globals['_REVOKETOKENREQUEST']._serialized_end=944
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=946
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=1006
-  _globals['_ROTATETOKENREQUEST']._serialized_start=1008
-  _globals['_ROTATETOKENREQUEST']._serialized_end=1089
-  _globals['_ROTATETOKENRESPONSE']._serialized_start=1091
-  _globals['_ROTATETOKENRESPONSE']._serialized_end=1209
-  _globals['_TOKENSSERVICE']._serialized_start=1298
-  _globals['_TOKENSSERVICE']._serialized_end=1730
+  _globals['_TOKENKIND']._serialized_start=1646
+  _globals['_TOKENKIND']._serialized_end=1730
+  _globals['_TOKENINFO']._serialized_start=141
+  _globals['_TOKENINFO']._serialized_end=447
+  _globals['_CREATETOKENREQUEST']._serialized_start=450
+  _globals['_CREATETOKENREQUEST']._serialized_end=603
+  _globals['_CREATETOKENRESPONSE']._serialized_start=605
+  _globals['_CREATETOKENRESPONSE']._serialized_end=680
+  _globals['_LISTTOKENSREQUEST']._serialized_start=682
+  _globals['_LISTTOKENSREQUEST']._serialized_end=755
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=757
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=843
+  _globals['_LOOKUPTOKENREQUEST']._serialized_start=845
+  _globals['_LOOKUPTOKENREQUEST']._serialized_end=880
+  _globals['_LOOKUPTOKENRESPONSE']._serialized_start=882
+  _globals['_LOOKUPTOKENRESPONSE']._serialized_end=942
+  _globals['_REVOKETOKENREQUEST']._serialized_start=944
+  _globals['_REVOKETOKENREQUEST']._serialized_end=976
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=978
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1038
+  _globals['_ROTATETOKENREQUEST']._serialized_start=1040
+  _globals['_ROTATETOKENREQUEST']._serialized_end=1121
+  _globals['_ROTATETOKENRESPONSE']._serialized_start=1124
+  _globals['_ROTATETOKENRESPONSE']._serialized_end=1268
+  _globals['_TOKENROTATION']._serialized_start=1271
+  _globals['_TOKENROTATION']._serialized_end=1426
+  _globals['_SETTOKENROTATIONREQUEST']._serialized_start=1428
+  _globals['_SETTOKENROTATIONREQUEST']._serialized_end=1512
+  _globals['_SETTOKENROTATIONRESPONSE']._serialized_start=1515
+  _globals['_SETTOKENROTATIONRESPONSE']._serialized_end=1644
+  _globals['_TOKENSSERVICE']._serialized_start=1733
+  _globals['_TOKENSSERVICE']._serialized_end=2264
 # @@protoc_insertion_point(module_scope)

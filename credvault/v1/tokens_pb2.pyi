@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from credvault.v1 import credentials_pb2 as _credentials_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -297,7 +298,9 @@ class RotateTokenRequest(_message.Message):
     id: _builtins.str
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
-        """How long the old token keeps working; zero revokes it at once. At most 7 days."""
+        """How long the old token keeps working; zero revokes it at once. At most 7 days. A token with a rotation policy
+        uses the policy's grace period instead.
+        """
 
     def __init__(
         self,
@@ -320,7 +323,11 @@ class RotateTokenResponse(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_VERSION_FIELD_NUMBER: _builtins.int
     token: _builtins.str
+    """Empty when the token has a rotation policy: the secret is only in the external vault."""
+    external_version: _builtins.int
+    """With a rotation policy: the KV v2 version the new secret was written as."""
     @_builtins.property
     def info(self) -> Global___TokenInfo: ...
     @_builtins.property
@@ -331,11 +338,101 @@ class RotateTokenResponse(_message.Message):
         info: Global___TokenInfo | None = ...,
         token: _builtins.str = ...,
         previous: Global___TokenInfo | None = ...,
+        external_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "previous", b"previous", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_version", b"external_version", "info", b"info", "previous", b"previous", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateTokenResponse: _TypeAlias = RotateTokenResponse  # noqa: Y015
+
+@_typing.final
+class TokenRotation(_message.Message):
+    """Rotation with write-back: where the successor's secret is written, how often, and the predecessor's grace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def target(self) -> _credentials_pb2.ExternalSource:
+        """provider HASHICORP_VAULT, address, CA, approle or cert auth, kv (mount, path, KV_VERSION_V2); token_key names the
+        field the token is written to (the secret's other fields are kept). sync_interval is not used.
+        """
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Zero or unset: on demand only (RotateToken). At least a day (the server's token_rotation_min_interval_seconds)."""
+
+    @_builtins.property
+    def grace_period(self) -> _duration_pb2.Duration:
+        """How long the predecessor keeps working after a successful rotation; at most 7 days."""
+
+    def __init__(
+        self,
+        *,
+        target: _credentials_pb2.ExternalSource | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        grace_period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "interval", b"interval", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "interval", b"interval", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRotation: _TypeAlias = TokenRotation  # noqa: Y015
+
+@_typing.final
+class SetTokenRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def rotation(self) -> Global___TokenRotation:
+        """Unset: clear the policy."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        rotation: Global___TokenRotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rotation", b"rotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "rotation", b"rotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenRotationRequest: _TypeAlias = SetTokenRotationRequest  # noqa: Y015
+
+@_typing.final
+class SetTokenRotationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATION_FIELD_NUMBER: _builtins.int
+    NEXT_ROTATION_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rotation(self) -> Global___TokenRotation: ...
+    @_builtins.property
+    def next_rotation_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next scheduled rotation is due (unset: on demand only, or no policy)."""
+
+    def __init__(
+        self,
+        *,
+        rotation: Global___TokenRotation | None = ...,
+        next_rotation_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_rotation_time", b"next_rotation_time", "rotation", b"rotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_rotation_time", b"next_rotation_time", "rotation", b"rotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenRotationResponse: _TypeAlias = SetTokenRotationResponse  # noqa: Y015

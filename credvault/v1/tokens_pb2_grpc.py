@@ -60,6 +60,11 @@ class TokensServiceStub:
                 request_serializer=credvault_dot_v1_dot_tokens__pb2.RotateTokenRequest.SerializeToString,
                 response_deserializer=credvault_dot_v1_dot_tokens__pb2.RotateTokenResponse.FromString,
                 _registered_method=True)
+        self.SetTokenRotation = channel.unary_unary(
+                '/credvault.v1.TokensService/SetTokenRotation',
+                request_serializer=credvault_dot_v1_dot_tokens__pb2.SetTokenRotationRequest.SerializeToString,
+                response_deserializer=credvault_dot_v1_dot_tokens__pb2.SetTokenRotationResponse.FromString,
+                _registered_method=True)
 
 
 class TokensServiceServicer:
@@ -94,6 +99,15 @@ class TokensServiceServicer:
 
     def RotateToken(self, request, context):
         """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period.
+        A token with a rotation policy: the new secret is written to the policy's KV v2 field (check-and-set) and is
+        not in the response; the old one is revoked after the policy's grace period, and only if the write succeeded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTokenRotation(self, request, context):
+        """Sets (or, with rotation unset, clears) a token's rotation policy with write-back to an external vault.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +140,11 @@ def add_TokensServiceServicer_to_server(servicer, server):
                     servicer.RotateToken,
                     request_deserializer=credvault_dot_v1_dot_tokens__pb2.RotateTokenRequest.FromString,
                     response_serializer=credvault_dot_v1_dot_tokens__pb2.RotateTokenResponse.SerializeToString,
+            ),
+            'SetTokenRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenRotation,
+                    request_deserializer=credvault_dot_v1_dot_tokens__pb2.SetTokenRotationRequest.FromString,
+                    response_serializer=credvault_dot_v1_dot_tokens__pb2.SetTokenRotationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +283,33 @@ class TokensService:
             '/credvault.v1.TokensService/RotateToken',
             credvault_dot_v1_dot_tokens__pb2.RotateTokenRequest.SerializeToString,
             credvault_dot_v1_dot_tokens__pb2.RotateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credvault.v1.TokensService/SetTokenRotation',
+            credvault_dot_v1_dot_tokens__pb2.SetTokenRotationRequest.SerializeToString,
+            credvault_dot_v1_dot_tokens__pb2.SetTokenRotationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,12 @@ class TokensServiceStub:
     """Metadata of the token given in the request (not the caller's)."""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.RevokeTokenRequest, _tokens_pb2.RevokeTokenResponse]
     RotateToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.RotateTokenRequest, _tokens_pb2.RotateTokenResponse]
-    """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period."""
+    """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period.
+    A token with a rotation policy: the new secret is written to the policy's KV v2 field (check-and-set) and is
+    not in the response; the old one is revoked after the policy's grace period, and only if the write succeeded.
+    """
+    SetTokenRotation: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.SetTokenRotationRequest, _tokens_pb2.SetTokenRotationResponse]
+    """Sets (or, with rotation unset, clears) a token's rotation policy with write-back to an external vault."""
 
 @_typing.type_check_only
 class TokensServiceAsyncStub(TokensServiceStub):
@@ -54,7 +59,12 @@ class TokensServiceAsyncStub(TokensServiceStub):
     """Metadata of the token given in the request (not the caller's)."""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.RevokeTokenRequest, _tokens_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     RotateToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.RotateTokenRequest, _tokens_pb2.RotateTokenResponse]  # type: ignore[assignment]
-    """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period."""
+    """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period.
+    A token with a rotation policy: the new secret is written to the policy's KV v2 field (check-and-set) and is
+    not in the response; the old one is revoked after the policy's grace period, and only if the write succeeded.
+    """
+    SetTokenRotation: _aio.UnaryUnaryMultiCallable[_tokens_pb2.SetTokenRotationRequest, _tokens_pb2.SetTokenRotationResponse]  # type: ignore[assignment]
+    """Sets (or, with rotation unset, clears) a token's rotation policy with write-back to an external vault."""
 
 class TokensServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages API tokens: cv0c01.<24-character public id>.<64-character secret>."""
@@ -95,6 +105,17 @@ class TokensServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tokens_pb2.RotateTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tokens_pb2.RotateTokenResponse, _abc.Awaitable[_tokens_pb2.RotateTokenResponse]]:
-        """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period."""
+        """Issues a new token with the same name, scopes and owner; the old one is revoked, at once or after a grace period.
+        A token with a rotation policy: the new secret is written to the policy's KV v2 field (check-and-set) and is
+        not in the response; the old one is revoked after the policy's grace period, and only if the write succeeded.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTokenRotation(
+        self,
+        request: _tokens_pb2.SetTokenRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tokens_pb2.SetTokenRotationResponse, _abc.Awaitable[_tokens_pb2.SetTokenRotationResponse]]:
+        """Sets (or, with rotation unset, clears) a token's rotation policy with write-back to an external vault."""
 
 def add_TokensServiceServicer_to_server(servicer: TokensServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -339,9 +339,9 @@ def test_thresholds_come_from_values(helm: Helm, tmp_path: pathlib.Path) -> None
 
 # --- against what the processes export --------------------------------------------------------------------------------
 
-# Alerted on before the vault exports them (issue 13): the age of the oldest synchronization (helper x13a's slice),
-# the outcomes of token rotations into external vaults (not built yet). Remove each as it lands.
-NOT_YET_EXPORTED = {"credvault_token_rotation_total"}
+# Alerted on before the vault exports them (issue 13); both have landed (sync age, token rotation). Add one here
+# only while its alert waits for the code.
+NOT_YET_EXPORTED: set[str] = set()
 SELECTED = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}")
 
 

@@ -38,6 +38,7 @@ from vault_service.models import (
     User,
     UsernamePasswordSecret,
 )
+from vault_service.token_rotation import RotationPolicy
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -416,3 +417,27 @@ def engine(row: EngineStatus, head_revision: int | None) -> mpb.Engine:
     if head_revision is not None:
         out.lag = max(0, head_revision - row.applied_revision)
     return out
+
+
+def duration(value: duration_pb2.Duration) -> datetime.timedelta:
+    return datetime.timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+def token_rotation(msg: tpb.TokenRotation, present: bool) -> RotationPolicy | None:
+    """A rotation policy as sent (the domain checks the values)."""
+    if not present:
+        return None
+    target = external_source(msg.target, msg.HasField("target"))
+    if target is None:
+        raise InvalidArgument("rotation.target", "must be set: where the new token is written")
+    return RotationPolicy(target, duration(msg.interval), duration(msg.grace_period))
+
+
+def token_rotation_out(rotation: RotationPolicy) -> tpb.TokenRotation:
+    target = _external_source_out(rotation.target)
+    target.ClearField("sync_interval")
+    return tpb.TokenRotation(
+        target=target,
+        interval=duration_pb2.Duration(seconds=int(rotation.interval.total_seconds())),
+        grace_period=duration_pb2.Duration(seconds=int(rotation.grace.total_seconds())),
+    )

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
-import datetime
-
 from credvault.v1 import tokens_pb2 as tpb
 from credvault.v1 import tokens_pb2_grpc as tgrpc
 from vault_service.api import convert
 from vault_service.api.authenticated import Authenticated, Context
 from vault_service.models import TokenKind
+from vault_service.token_rotation import TokenRotation
+from vault_service.tokens import TokenService
 
 
 class TokensServicer(Authenticated, tgrpc.TokensServiceServicer):
+    def __init__(self, tokens: TokenService, rotation: TokenRotation) -> None:
+        super().__init__(tokens)
+        self._rotation = rotation
+
     async def CreateToken(self, request: tpb.CreateTokenRequest, context: Context) -> tpb.CreateTokenResponse:
         principal = await self._principal(context)
         kind = convert.token_kind("kind", request.kind) if request.kind else TokenKind.PERSONAL
@@ -43,10 +47,25 @@ class TokensServicer(Authenticated, tgrpc.TokensServiceServicer):
 
     async def RotateToken(self, request: tpb.RotateTokenRequest, context: Context) -> tpb.RotateTokenResponse:
         principal = await self._principal(context)
-        grace = datetime.timedelta(
-            seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
-        )
+        written = await self._rotation.rotate(principal, request.id)
+        if written is not None:
+            return tpb.RotateTokenResponse(
+                info=convert.token_info(written.info),
+                previous=convert.token_info(written.previous),
+                external_version=written.kv_version,
+            )
+        grace = convert.duration(request.grace_period)
         issued, previous = await self._tokens.rotate(principal, request.id, grace)
         return tpb.RotateTokenResponse(
             info=convert.token_info(issued.info), token=issued.token, previous=convert.token_info(previous)
+        )
+
+    async def SetTokenRotation(
+        self, request: tpb.SetTokenRotationRequest, context: Context
+    ) -> tpb.SetTokenRotationResponse:
+        principal = await self._principal(context)
+        wanted = convert.token_rotation(request.rotation, request.HasField("rotation"))
+        rotation, next_at = await self._rotation.set_policy(principal, request.id, wanted)
+        return tpb.SetTokenRotationResponse(
+            rotation=convert.token_rotation_out(rotation) if rotation else None, next_rotation_time=convert.ts(next_at)
         )

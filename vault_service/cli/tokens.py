@@ -13,6 +13,7 @@ from typing import Any
 
 from credvault.v1 import identity_pb2 as ipb
 from credvault.v1 import tokens_pb2 as tpb
+from vault_service.cli import external_source
 from vault_service.cli.session import (
     Session,
     add_command,
@@ -30,6 +31,7 @@ from vault_service.cli.session import (
     warn,
     when,
 )
+from vault_service.errors import UsageError
 
 _KINDS: dict[str, tpb.TokenKind.ValueType] = {"personal": tpb.TOKEN_KIND_PERSONAL, "api": tpb.TOKEN_KIND_API}
 _PERMISSIONS: dict[str, ipb.Permission.ValueType] = {
@@ -112,7 +114,45 @@ def cmd_tokens_rotate(ns: argparse.Namespace, s: Session) -> None:
     request.grace_period.FromTimedelta(ns.grace or datetime.timedelta(0))
     response = s.call(s.tokens.RotateToken, request)
     warn(f"the previous token {response.previous.id} stops working at {when(response.previous.revoke_time, 'once')}")
+    if response.external_version:  # a rotation policy wrote the new token to the external vault: it is only there
+        warn(
+            f"token {response.info.id} was issued and written to the external vault"
+            f" (version {response.external_version})"
+        )
+        output(ns, response, lambda: _token_view(response.info))
+        return
     _print_new_token(ns, response)
+
+
+def cmd_tokens_set_rotation(ns: argparse.Namespace, s: Session) -> None:
+    request = tpb.SetTokenRotationRequest(id=ns.id)
+    if not ns.clear:
+        if not ns.target:
+            raise UsageError("give --target FILE.json (where the new token is written), or --clear")
+        request.rotation.target.CopyFrom(external_source.read_source(ns.target))
+        request.rotation.interval.FromTimedelta(ns.every or datetime.timedelta(0))
+        request.rotation.grace_period.FromTimedelta(ns.grace or datetime.timedelta(0))
+    response = s.call(s.tokens.SetTokenRotation, request)
+    output(ns, response, lambda: _rotation_view(response))
+
+
+def _rotation_view(response: tpb.SetTokenRotationResponse) -> str:
+    if not response.HasField("rotation"):
+        return fields([("rotation", "none (rotate on demand only, the token printed once)")])
+    r = response.rotation
+    target = r.target
+    return fields(
+        [
+            (
+                "writes to",
+                f"{clean(target.address)} {clean(target.kv.mount)}/{clean(target.kv.path)}"
+                f" field {clean(target.token_key)}",
+            ),
+            ("every", f"{r.interval.seconds}s" if r.interval.seconds else "on demand (tokens rotate ID)"),
+            ("grace", f"{r.grace_period.seconds}s"),
+            ("next rotation", when(response.next_rotation_time, "-")),
+        ]
+    )
 
 
 def _user_view(response: ipb.GetCurrentUserResponse) -> str:
@@ -160,5 +200,18 @@ def register(sub: Any) -> None:
     p = add_command(group, "rotate", common, cmd_tokens_rotate, "issue a replacement; the old one ends after --grace")
     p.add_argument("id")
     p.add_argument("--grace", type=parse_duration, metavar="DURATION", help="old token keeps working (default 0)")
+
+    p = add_command(
+        group,
+        "set-rotation",
+        common,
+        cmd_tokens_set_rotation,
+        "rotate a token into an external vault (KV v2 field, check-and-set), every --every or on `tokens rotate`",
+    )
+    p.add_argument("id")
+    p.add_argument("--target", metavar="FILE", help="an ExternalSource in JSON (as for credentials); tokenKey = field")
+    p.add_argument("--every", type=parse_duration, metavar="DURATION", help="e.g. 30d (default: on demand only)")
+    p.add_argument("--grace", type=parse_duration, metavar="DURATION", help="old token keeps working (default 0)")
+    p.add_argument("--clear", action="store_true", help="remove the rotation policy")
 
     add_command(sub, "whoami", common, cmd_whoami, "show your user, permissions and token")

@@ -218,3 +218,88 @@ class HashiCorpProvider:
             source.address, companions.ca_pem(CA_FIELD), login, source.kv_mount, source.kv_path, source.kv_version
         )
         return Fetched(secret.data, secret.version, f"{source.kv_mount}/{source.kv_path}")
+
+
+# --- writing (token rotation's write-back) ---------------------------------------------------------------------------
+
+# The outcome of a KV v2 write refused because the secret's version moved since it was read (another writer won).
+CAS_CONFLICT = "cas_conflict"
+
+
+async def write_kv2(
+    client: HashiCorpClient,
+    address: str,
+    ca_pem: bytes | None,
+    login: Login,
+    mount: str,
+    path: str,
+    data: dict[str, Any],
+    cas: int,
+) -> int:
+    """Write a KV v2 secret's fields with check-and-set: only if its current version is ``cas`` (0: only if it does
+    not exist). Returns the new version; a moved version raises SyncFailure(CAS_CONFLICT). ``data`` is never in a
+    message."""
+    body = json.dumps({"options": {"cas": cas}, "data": data}).encode()
+    where = f"{mount}/{path}"
+    status, answer = await _call(client, address, ca_pem, login, "POST", f"{mount}/data/{path}", body)
+    if status == 403:
+        raise SyncFailure(f.DENIED, f"the external vault denied writing {where} (HTTP 403)")
+    if status == 400 and "check-and-set" in json.dumps(answer):
+        raise SyncFailure(CAS_CONFLICT, f"{where} changed since it was read (check-and-set on version {cas} failed)")
+    if status == 204:
+        raise SyncFailure(f.ERROR, f"writing {where}: the external vault did not say the new version")
+    _check_status(status, f"writing {where}")
+    try:
+        return int(answer["data"]["version"])
+    except (KeyError, TypeError, ValueError):
+        raise SyncFailure(f.ERROR, f"the external vault's answer to writing {where} has no version") from None
+
+
+def login_of(source: ExternalSource, companions: Companions) -> Login:
+    """The login a source's companions make (AppRole or TLS certificate)."""
+    if source.approle_role_id_credential_id:
+        key = (*companions.key(APPROLE_ROLE), *companions.key(APPROLE_SECRET))
+        role_id, secret_id = companions.token(APPROLE_ROLE), companions.token(APPROLE_SECRET)
+        return AppRoleLogin(source.approle_mount, role_id, secret_id, key)
+    client = companions.client_certificate(CERT_CLIENT)
+    return CertLogin(source.cert_mount, source.cert_role, client, client.key)
+
+
+async def kv2_current_version(
+    client: HashiCorpClient, address: str, ca_pem: bytes | None, login: Login, mount: str, path: str
+) -> int:
+    """The current version of a KV v2 secret from its metadata (0: it does not exist), deleted versions included:
+    the version a check-and-set write must name."""
+    where = f"{mount}/{path}"
+    status, answer = await _call(client, address, ca_pem, login, "GET", f"{mount}/metadata/{path}", None)
+    if status == 404:
+        return 0
+    if status == 403:
+        raise SyncFailure(f.DENIED, f"the external vault denied reading the metadata of {where} (HTTP 403)")
+    _check_status(status, f"reading the metadata of {where}")
+    try:
+        return int(answer["data"]["current_version"])
+    except (KeyError, TypeError, ValueError):
+        raise SyncFailure(f.ERROR, f"the external vault's metadata of {where} has no current version") from None
+
+
+async def _call(
+    client: HashiCorpClient,
+    address: str,
+    ca_pem: bytes | None,
+    login: Login,
+    method: str,
+    api_path: str,
+    body: bytes | None,
+) -> tuple[int, Any]:
+    """One authenticated request to ``/v1/<api_path>``; a 403 logs in again once (the cached token may be gone)."""
+    session = client._session(address, ca_pem, login.client if isinstance(login, CertLogin) else None)
+    url = f"{address}/v1/{urllib.parse.quote(api_path, safe='/')}"
+    for attempt in (1, 2):
+        token = await client._token(session, address, login, fresh=attempt == 2)
+        status, answer = await client._request(
+            session, method, url, address, headers={"X-Vault-Token": token}, data=body
+        )
+        if status != 403 or attempt == 2:
+            break
+    return status, answer

@@ -11,6 +11,7 @@ from vault_service.storage.identity import IdentityQueries
 from vault_service.storage.keys import KeyQueries
 from vault_service.storage.monitors import MonitorQueries
 from vault_service.storage.results import ResultQueries
+from vault_service.storage.rotation import RotationQueries
 from vault_service.storage.sync import SyncQueries
 
 
@@ -23,6 +24,7 @@ class Queries(
     ChangeQueries,
     ResultQueries,
     SyncQueries,
+    RotationQueries,
 ):
     """Queries on one connection."""
 
