@@ -32,7 +32,7 @@ from engine_worker.browser_checks import Failed, check, wait_for
 from engine_worker.browser_runtime import BrowserRuntime, BrowserUnavailable
 from engine_worker.config_store import ConfigStore, HeldMonitor
 from engine_worker.execution_metrics import BrowserMetrics
-from engine_worker.http_execution import _Substitutions, _timestamp
+from engine_worker.looked_up_secrets import LookedUpSecrets
 
 __all__ = ["BrowserExecutor", "BrowserSettings", "default_max_concurrent"]
 
@@ -154,8 +154,8 @@ class BrowserExecutor:
         result = mpb.MonitorResult(monitor_id=held.id, monitor_version=held.monitor_version)
         async with self._slots:
             started_wall, started = time.time(), time.perf_counter()
-            result.start_time.CopyFrom(_timestamp(started_wall))
-            substitutions = _Substitutions()
+            result.start_time.FromNanoseconds(int(started_wall * 1e9))
+            substitutions = LookedUpSecrets()
             try:
                 await self._execute(script, result, substitutions)
             finally:
@@ -166,7 +166,7 @@ class BrowserExecutor:
         return result
 
     async def _execute(
-        self, script: mpb.BrowserScript, result: mpb.MonitorResult, substitutions: _Substitutions
+        self, script: mpb.BrowserScript, result: mpb.MonitorResult, substitutions: LookedUpSecrets
     ) -> None:
         result.status = mpb.EXECUTION_STATUS_FAILED
         try:
@@ -201,7 +201,7 @@ class BrowserExecutor:
             result.failure_reason = substitutions.scrub(reason)
 
     async def _steps(
-        self, script: mpb.BrowserScript, run: _Run, result: mpb.MonitorResult, substitutions: _Substitutions
+        self, script: mpb.BrowserScript, run: _Run, result: mpb.MonitorResult, substitutions: LookedUpSecrets
     ) -> None:
         opening = mpb.BrowserEvent(description=f"open {script.url}", navigate_url=script.url)
         steps = [(-1, opening), *enumerate(script.events)]
@@ -227,7 +227,7 @@ class BrowserExecutor:
         except Failed as exc:
             raise Failed(f"final validation: {substitutions.scrub(str(exc))}") from None
 
-    async def _event(self, event: mpb.BrowserEvent, run: _Run, substitutions: _Substitutions) -> None:
+    async def _event(self, event: mpb.BrowserEvent, run: _Run, substitutions: LookedUpSecrets) -> None:
         page, timeout = run.page, _timeout_of(event)
         kind = event.WhichOneof("event")
         if kind == "navigate_url":
@@ -269,20 +269,20 @@ class BrowserExecutor:
 
     # --- credentials -------------------------------------------------------------------------------------------
 
-    def _details(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.CredentialDetails:
+    def _details(self, credential_id: str, substitutions: LookedUpSecrets) -> credentials_pb2.CredentialDetails:
         details = substitutions.look_up(self._store, credential_id)
         if details is None:
             raise Failed(f"credential {credential_id} is not held by this engine")
         return details
 
-    def _login(self, credential_id: str, substitutions: _Substitutions) -> HttpCredentials:
+    def _login(self, credential_id: str, substitutions: LookedUpSecrets) -> HttpCredentials:
         details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "username_password":
             raise Failed(f"the login credential {credential_id} is not a username and password")
         pair = details.username_password
         return {"username": pair.username, "password": pair.password}  # DOMAIN\user as typed
 
-    def _field(self, field: mpb.CredentialField, substitutions: _Substitutions) -> str:
+    def _field(self, field: mpb.CredentialField, substitutions: LookedUpSecrets) -> str:
         details = self._details(field.credential_id, substitutions)
         kind = details.WhichOneof("details")
         if not field.field and kind == "token":
@@ -291,7 +291,7 @@ class BrowserExecutor:
             return str(getattr(details.username_password, field.field))
         raise Failed(f"credential {field.credential_id} does not have the field typed")
 
-    def _substitute(self, text: str, substitutions: _Substitutions) -> str:
+    def _substitute(self, text: str, substitutions: LookedUpSecrets) -> str:
         if "{{" not in text:
             return text
 
