@@ -19,6 +19,7 @@ import dataclasses
 import os
 import re
 import time
+import urllib.parse
 
 from playwright.async_api import ConsoleMessage, HttpCredentials, Locator, Page, Request, Response
 from playwright.async_api import Error as PlaywrightError
@@ -31,7 +32,7 @@ from engine_worker.browser_checks import Failed, check, wait_for
 from engine_worker.browser_runtime import BrowserRuntime, BrowserUnavailable
 from engine_worker.config_store import ConfigStore, HeldMonitor
 from engine_worker.execution_metrics import BrowserMetrics
-from engine_worker.http_execution import _Substitutions, _timestamp
+from engine_worker.looked_up_secrets import LookedUpSecrets
 
 __all__ = ["BrowserExecutor", "BrowserSettings", "default_max_concurrent"]
 
@@ -39,6 +40,8 @@ DEFAULT_SCRIPT_TIMEOUT_MS = 60_000
 DEFAULT_EVENT_TIMEOUT_MS = 10_000
 _SCREENSHOT_TIMEOUT = 5.0
 _NET_ERROR = re.compile(r"net::ERR_[A-Z_]+")
+MAX_FAILED_URLS = 10
+_MAX_SHOWN_URL = 500
 
 
 def default_max_concurrent() -> int:
@@ -53,14 +56,16 @@ class BrowserSettings:
 
 
 class _Run:
-    """What one execution saw of its page: the main document's status, page errors, and the elements that received
-    a credential (masked in the screenshot)."""
+    """What one execution saw of its page: the main document's status, page errors, the first failed requests
+    (``<status or net::ERR_ code> <URL>``, query values hidden by :func:`_shown_url`; credential values are scrubbed
+    when they go into the result), and the elements that received a credential (masked in the screenshot)."""
 
     def __init__(self, page: Page) -> None:
         self.page = page
         self.main_status = 0
         self.console_errors = 0
         self.failed_requests = 0
+        self.failed_urls: list[str] = []
         self.masks: list[Locator] = []
         page.on("response", self._response)
         page.on("console", self._console)
@@ -71,7 +76,7 @@ class _Run:
         if response.frame == self.page.main_frame and response.request.is_navigation_request():
             self.main_status = response.status
         elif response.status >= 400:
-            self.failed_requests += 1
+            self._failed(str(response.status), response.url)
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
@@ -80,8 +85,26 @@ class _Run:
     def _page_error(self, _error: object) -> None:
         self.console_errors += 1
 
-    def _request_failed(self, _request: Request) -> None:
+    def _request_failed(self, request: Request) -> None:
+        code = _NET_ERROR.search(request.failure or "")
+        self._failed(code.group(0) if code is not None else "failed", request.url)
+
+    def _failed(self, why: str, url: str) -> None:
         self.failed_requests += 1
+        if len(self.failed_urls) < MAX_FAILED_URLS:
+            self.failed_urls.append(f"{why} {_shown_url(url)}")
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as a result may show it: no user information or fragment, every query value as ``*`` (a query often
+    carries a session or a token the monitor never named), and at most ``_MAX_SHOWN_URL`` characters. A ``data:`` or
+    other non-network URL shows only its scheme."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https", "ws", "wss"):
+        return f"{parts.scheme}:…"
+    query = "&".join(f"{pair.partition('=')[0]}=*" if "=" in pair else pair for pair in parts.query.split("&"))
+    shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, ""))
+    return shown if len(shown) <= _MAX_SHOWN_URL else shown[: _MAX_SHOWN_URL - 1] + "…"
 
 
 def _what(index: int, event: mpb.BrowserEvent) -> str:
@@ -131,8 +154,8 @@ class BrowserExecutor:
         result = mpb.MonitorResult(monitor_id=held.id, monitor_version=held.monitor_version)
         async with self._slots:
             started_wall, started = time.time(), time.perf_counter()
-            result.start_time.CopyFrom(_timestamp(started_wall))
-            substitutions = _Substitutions()
+            result.start_time.FromNanoseconds(int(started_wall * 1e9))
+            substitutions = LookedUpSecrets()
             try:
                 await self._execute(script, result, substitutions)
             finally:
@@ -143,7 +166,7 @@ class BrowserExecutor:
         return result
 
     async def _execute(
-        self, script: mpb.BrowserScript, result: mpb.MonitorResult, substitutions: _Substitutions
+        self, script: mpb.BrowserScript, result: mpb.MonitorResult, substitutions: LookedUpSecrets
     ) -> None:
         result.status = mpb.EXECUTION_STATUS_FAILED
         try:
@@ -169,6 +192,7 @@ class BrowserExecutor:
                     result.main_document_status = run.main_status
                     result.console_errors = run.console_errors
                     result.failed_requests = run.failed_requests
+                    result.failed_request_urls.extend(substitutions.scrub(url) for url in run.failed_urls)
         except Failed as exc:  # before the page existed (the login credential)
             result.failure_reason = substitutions.scrub(str(exc))
         except Exception as exc:  # BrowserUnavailable, PlaywrightError, or a plain one from a dead driver
@@ -177,7 +201,7 @@ class BrowserExecutor:
             result.failure_reason = substitutions.scrub(reason)
 
     async def _steps(
-        self, script: mpb.BrowserScript, run: _Run, result: mpb.MonitorResult, substitutions: _Substitutions
+        self, script: mpb.BrowserScript, run: _Run, result: mpb.MonitorResult, substitutions: LookedUpSecrets
     ) -> None:
         opening = mpb.BrowserEvent(description=f"open {script.url}", navigate_url=script.url)
         steps = [(-1, opening), *enumerate(script.events)]
@@ -203,7 +227,7 @@ class BrowserExecutor:
         except Failed as exc:
             raise Failed(f"final validation: {substitutions.scrub(str(exc))}") from None
 
-    async def _event(self, event: mpb.BrowserEvent, run: _Run, substitutions: _Substitutions) -> None:
+    async def _event(self, event: mpb.BrowserEvent, run: _Run, substitutions: LookedUpSecrets) -> None:
         page, timeout = run.page, _timeout_of(event)
         kind = event.WhichOneof("event")
         if kind == "navigate_url":
@@ -245,20 +269,20 @@ class BrowserExecutor:
 
     # --- credentials -------------------------------------------------------------------------------------------
 
-    def _details(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.CredentialDetails:
+    def _details(self, credential_id: str, substitutions: LookedUpSecrets) -> credentials_pb2.CredentialDetails:
         details = substitutions.look_up(self._store, credential_id)
         if details is None:
             raise Failed(f"credential {credential_id} is not held by this engine")
         return details
 
-    def _login(self, credential_id: str, substitutions: _Substitutions) -> HttpCredentials:
+    def _login(self, credential_id: str, substitutions: LookedUpSecrets) -> HttpCredentials:
         details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "username_password":
             raise Failed(f"the login credential {credential_id} is not a username and password")
         pair = details.username_password
         return {"username": pair.username, "password": pair.password}  # DOMAIN\user as typed
 
-    def _field(self, field: mpb.CredentialField, substitutions: _Substitutions) -> str:
+    def _field(self, field: mpb.CredentialField, substitutions: LookedUpSecrets) -> str:
         details = self._details(field.credential_id, substitutions)
         kind = details.WhichOneof("details")
         if not field.field and kind == "token":
@@ -267,7 +291,7 @@ class BrowserExecutor:
             return str(getattr(details.username_password, field.field))
         raise Failed(f"credential {field.credential_id} does not have the field typed")
 
-    def _substitute(self, text: str, substitutions: _Substitutions) -> str:
+    def _substitute(self, text: str, substitutions: LookedUpSecrets) -> str:
         if "{{" not in text:
             return text
 

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 # here, keeping it out of __repr__, and wiping it.
 SECRET_BEARING_FIELDS: dict[str, set[str]] = {
     "HeldCredential": {"_secret"},
-    # http_execution (also used by browser_execution): the values of the credentials one execution looked up, to
-    # scrub them from what it reports; cleared after it.
-    "_Substitutions": {"_secrets"},
+    # looked_up_secrets (used by http_execution and browser_execution): the values of the credentials one execution
+    # looked up, to scrub them from what it reports; cleared after it.
+    "LookedUpSecrets": {"_secrets"},
 }
 
 # What a monitor needs from a credential it uses a certain way (mirrors the vault's rules for a definition), by the

@@ -28,11 +28,11 @@ import aiohttp
 from google.protobuf import timestamp_pb2
 
 from credvault.formats import PLACEHOLDER
-from credvault.secret_scrub import Scrubber, secrets_of
 from credvault.url_template import ORIGIN_PLACEHOLDER_HINT, placeholder_before_path
 from credvault.v1 import credentials_pb2, monitors_pb2
 from engine_worker.config_store import ConfigStore, HeldMonitor
 from engine_worker.failure_reasons import request_error
+from engine_worker.looked_up_secrets import LookedUpSecrets
 from engine_worker.ntlm_auth import NtlmError, ntlm_response
 from engine_worker.outgoing_request import OutgoingRequest
 from engine_worker.target_tls import TargetTls, TargetTlsError
@@ -44,7 +44,6 @@ NOT_EXECUTABLE_REASON = (
     "browser monitors cannot run on this engine: it found no Chromium"
     " (install the distribution's chromium package, or point --chromium-path at it)"
 )
-_MAX_REASON = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,48 +57,10 @@ class _Failed(Exception):
     """A request step failed; the message is a reason to report (scrubbed before it is)."""
 
 
-class _Substitutions:
-    """The secret values of the credentials one execution looked up, each with what to show instead. Lives for one
-    execution."""
-
-    __slots__ = ("_secrets",)
-
-    def __init__(self) -> None:
-        self._secrets: dict[str, str] = {}
-
-    def add(self, credential_id: str, details: credentials_pb2.CredentialDetails) -> None:
-        for value, shown_as in secrets_of(credential_id, details).items():
-            self._secrets.setdefault(value, shown_as)
-
-    def look_up(self, store: ConfigStore, credential_id: str) -> credentials_pb2.CredentialDetails | None:
-        """The credential's contents (remembered to scrub), or None when the engine does not hold it."""
-        held = store.credential(credential_id)
-        if held is None:
-            return None
-        details = held.details()
-        self.add(credential_id, details)
-        return details
-
-    def scrub(self, text: str) -> str:
-        """``text`` without any of the values, in any form (see credvault.secret_scrub), then clipped."""
-        return _short(Scrubber(self._secrets).scrub(text)) if self._secrets else _short(text)
-
-    def clear(self) -> None:
-        self._secrets.clear()
-
-    def __repr__(self) -> str:
-        return f"_Substitutions({len(self._secrets)} values, redacted)"
-
-
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 
 class HttpExecutor:
@@ -129,7 +90,7 @@ class HttpExecutor:
             result.status = monitors_pb2.EXECUTION_STATUS_NOT_EXECUTABLE
             result.failure_reason = NOT_EXECUTABLE_REASON
             return result
-        substitutions = _Substitutions()
+        substitutions = LookedUpSecrets()
         try:
             await self._run_requests(monitor.http.requests, result, substitutions)
         finally:
@@ -141,7 +102,7 @@ class HttpExecutor:
         self,
         requests: Iterable[monitors_pb2.HttpRequest],
         result: monitors_pb2.MonitorResult,
-        substitutions: _Substitutions,
+        substitutions: LookedUpSecrets,
     ) -> None:
         connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=None)  # this execution's pool, closed with it
         cookies = aiohttp.CookieJar(unsafe=True)  # also for targets addressed by IP
@@ -177,7 +138,7 @@ class HttpExecutor:
         request: monitors_pb2.HttpRequest,
         step: monitors_pb2.RequestResult,
         tls: ssl.SSLContext,
-        substitutions: _Substitutions,
+        substitutions: LookedUpSecrets,
     ) -> None:
         if placeholder_before_path(request.url):
             raise _Failed(f"not sent: the URL {ORIGIN_PLACEHOLDER_HINT}")
@@ -220,13 +181,13 @@ class HttpExecutor:
 
     # --- credentials -------------------------------------------------------------------------------------------
 
-    def _details(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.CredentialDetails:
+    def _details(self, credential_id: str, substitutions: LookedUpSecrets) -> credentials_pb2.CredentialDetails:
         details = substitutions.look_up(self._store, credential_id)
         if details is None:
             raise _Failed(f"credential {credential_id} is not held by this engine")
         return details
 
-    def _substitute(self, text: str, substitutions: _Substitutions) -> str:
+    def _substitute(self, text: str, substitutions: LookedUpSecrets) -> str:
         if "{{" not in text:
             return text
 
@@ -241,20 +202,20 @@ class HttpExecutor:
 
         return PLACEHOLDER.sub(value, text)
 
-    def _pair(self, credential_id: str, substitutions: _Substitutions) -> credentials_pb2.UsernamePassword:
+    def _pair(self, credential_id: str, substitutions: LookedUpSecrets) -> credentials_pb2.UsernamePassword:
         details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "username_password":
             raise _Failed(f"credential {credential_id} is not a username and password")
         return details.username_password
 
-    def _basic_auth(self, credential_id: str, substitutions: _Substitutions) -> str:
+    def _basic_auth(self, credential_id: str, substitutions: LookedUpSecrets) -> str:
         """The Authorization header value (RFC 7617, UTF-8); aiohttp drops it on a redirect to another origin."""
         pair = self._pair(credential_id, substitutions)
         if ":" in pair.username:
             raise _Failed(f"credential {credential_id}: a username with ':' cannot log in with basic auth")
         return "Basic " + base64.b64encode(f"{pair.username}:{pair.password}".encode()).decode()
 
-    def _client_certificate_tls(self, credential_id: str, substitutions: _Substitutions) -> ssl.SSLContext:
+    def _client_certificate_tls(self, credential_id: str, substitutions: LookedUpSecrets) -> ssl.SSLContext:
         details = self._details(credential_id, substitutions)
         if details.WhichOneof("details") != "certificate":
             raise _Failed(f"credential {credential_id} is not a certificate")

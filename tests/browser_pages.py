@@ -63,6 +63,7 @@ class Pages:
         app.router.add_get("/hanging", _page(_HANGING))
         app.router.add_get("/stall", self._stall)
         app.router.add_get("/cached.js", self._cached)
+        app.router.add_get("/broken/{tail}", self._broken)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -103,6 +104,15 @@ class Pages:
     async def _storage(self, request: web.Request) -> web.StreamResponse:
         seen = "server-seen" if "seen" in request.cookies else "server-fresh"
         return _html(_STORAGE.replace("SERVER", seen))
+
+    async def _broken(self, request: web.Request) -> web.StreamResponse:
+        """A page that loads, with a missing image (404) whose path holds the page's last path segment and whose query
+        holds a session, a script from a closed port, and a console error."""
+        tail = request.match_info["tail"]
+        return _html(
+            f"<!doctype html><title>broken</title><p>broken page</p><img src='/missing/{tail}.png?session=s3ss-Qz8'>"
+            "<script src='http://127.0.0.1:9/gone.js'></script><script>console.error('deliberate')</script>"
+        )
 
     async def _cached(self, request: web.Request) -> web.StreamResponse:
         self.cached_fetches += 1

@@ -24,6 +24,7 @@ class DevProcess:
     data_dir: pathlib.Path
     api_port: int = 0
     status_port: int = 0
+    demo_site_port: int = 0
     stderr_lines: list[str] = field(default_factory=list)
     _drain: asyncio.Task[None] | None = None
 
@@ -39,13 +40,15 @@ class DevProcess:
         return line
 
     async def wait_ready(self) -> None:
-        """Until the banner's API line and the worker's status port are logged."""
-        while not (self.api_port and self.status_port):
+        """Until the banner's API and demo site lines and the worker's status port are logged."""
+        while not (self.api_port and self.status_port and self.demo_site_port):
             line = await self._read_line()
             if m := re.search(r"API:\s+127\.0\.0\.1:(\d+)", line):
                 self.api_port = int(m.group(1))
             if m := re.search(r"status listening on 127\.0\.0\.1:(\d+)", line):
                 self.status_port = int(m.group(1))
+            if m := re.search(r"demo site:\s+http://127\.0\.0\.1:(\d+)/", line):
+                self.demo_site_port = int(m.group(1))
         self._drain = asyncio.create_task(self._drain_rest())
 
     async def _drain_rest(self) -> None:
@@ -83,6 +86,8 @@ async def start_dev(data_dir: pathlib.Path, env: dict[str, str] | None = None) -
         "--engine-listen",
         "127.0.0.1:0",
         "--worker-status-listen",
+        "127.0.0.1:0",
+        "--demo-site-listen",
         "127.0.0.1:0",
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -249,6 +249,19 @@ async def stop_and_dump(system: System, worker: Proc, pg_dump: str) -> bytes:
     return dump.stdout
 
 
+async def stop_and_assert_unseen(
+    system: System, worker: Proc, pg_dump: str, history: bytes, secrets: tuple[str, ...]
+) -> bytes:
+    """:func:`stop_and_dump`, then asserts that none of ``secrets`` is in the worker's or the vault's log, the dump or
+    ``history`` (serialized results); returns the dump."""
+    dump = await stop_and_dump(system, worker, pg_dump)
+    for secret in secrets:
+        assert not any(secret in line for line in worker.lines + system.procs[0].lines)
+        assert secret.encode() not in dump
+        assert secret.encode() not in history
+    return dump
+
+
 @contextlib.asynccontextmanager
 async def vault_admin(system: System, database_url: str, **extra_env: str) -> AsyncIterator[Client]:
     """Migrates, bootstraps an admin, starts the vault process (with ``extra_env``), and yields the admin's client."""

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 __all__ = ["Block", "Ran", "Terminal", "commands_of", "readme_blocks"]
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
+_HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?\s*$")
 _MARKER = re.compile(r"(?:\r?\n)?\x1erc=(\d+)\x1e\r?\n")
 
 
@@ -70,15 +71,24 @@ def _complete(text: str) -> bool:
 
 
 def commands_of(block: Block) -> list[str]:
-    """The commands a user types from a ``sh`` block (lines joined at a trailing backslash and within an open
-    quote or substitution), or the ``$ `` lines of a ``console`` block; comment-only and blank lines left out."""
+    """The commands a user types from a ``sh`` block (lines joined at a trailing backslash, within an open quote or
+    substitution, and through a here-document ending the line), or the ``$ `` lines of a ``console`` block;
+    comment-only and blank lines left out."""
     lines = block.text.splitlines()
     if block.lang == "console":
         lines = [line[2:] for line in lines if line.startswith("$ ")]
     commands: list[str] = []
     pending = ""
+    heredoc: str | None = None  # the word that ends an open here-document
     for line in lines:
         pending = f"{pending}\n{line}" if pending else line
+        if heredoc is not None:
+            if line != heredoc:
+                continue
+            heredoc = None
+        elif (opened := _HEREDOC.search(line)) is not None:
+            heredoc = opened.group(1)
+            continue
         if pending.endswith("\\") or not _complete(pending):
             continue
         if pending.strip() and not pending.lstrip().startswith("#"):

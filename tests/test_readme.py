@@ -40,6 +40,10 @@ RUN = [
         "credvault monitors create-http --name echo --url 'http://127.0.0.1:9464/metrics' --location local"
         " --frequency 1",
     ),
+    (
+        "Browser monitors",
+        "printf 's3cret' | credvault credentials create --name demo-login --type username-password --username alice \\",
+    ),
     ("Operations", "credvault audit list --since 24h                  # a table"),
 ]
 
@@ -66,11 +70,6 @@ NOT_RUN = {
         "Credentials synchronized from an external vault",
         "credvault credentials create --name shop-login --type username-password --external-source source.json",
     ): "needs an OpenBao with an AppRole (tests/vault_service/test_external_sync.py runs these commands)",
-    ("Browser monitors", "cat > login.yaml <<'EOF'"): (
-        "needs a login page, which `credvault dev` does not serve; tests/engine_worker/test_browser_processes.py runs"
-        " the same clickpath (real vault and worker processes, Chromium) against a page on loopback, and"
-        " tests/vault_service/cli/test_cli_monitors.py the commands"
-    ),
     ("Deploy on Kubernetes", "kubectl create namespace credvault"): "kubectl and helm against a cluster",
     ("Deploy on Kubernetes", "credvault pki init --dir pki --trust-domain synthetic.example.com"): (
         "its kubectl lines need a cluster (the pki commands: tests/vault_service/cli/test_cli_pki.py)"
@@ -106,6 +105,7 @@ def substitutions(dev: DevProcess, session: Callable[[], str]) -> Callable[[str]
     def substitute(command: str) -> str:
         command = command.replace("127.0.0.1:50051", f"127.0.0.1:{dev.api_port}")
         command = command.replace("127.0.0.1:9464", f"127.0.0.1:{dev.status_port}")
+        command = command.replace("127.0.0.1:8089", f"127.0.0.1:{dev.demo_site_port}")
         for shown, prefix in _ID.items():
             if shown in command:
                 printed = re.findall(prefix + r"-[0-9A-F]{16}", session())
@@ -193,6 +193,31 @@ async def test_the_readme_walkthrough_runs_against_dev_and_reads_cleanly(
     assert introspections, session
     assert all(set(doc) >= {"monitors", "credentials"} for doc in introspections), session
     assert (introspections[-1]["monitors"], introspections[-1]["credentials"]) == ({}, {}), session  # flushed
+    # the browser example logs in to the demo site `credvault dev` serves: its first execution succeeds
+    created_browser = next(r for r in ran if "monitors create-browser --name demo-login" in r.command)
+    browser_id = re.findall(r"SYNTHETIC_TEST-[0-9A-F]{16}", created_browser.output)[-1]
+    first = await asyncio.wait_for(_first_result(dev, browser_id), 120)  # its phase is within the minute
+    assert first["status"] == "EXECUTION_STATUS_SUCCESS", first
+
+
+def _cli_env(dev: DevProcess) -> dict[str, str]:
+    token = (dev.data_dir / "admin-token").read_text().strip()
+    return {
+        **user_env(),
+        "CREDVAULT_SERVER": f"127.0.0.1:{dev.api_port}",
+        "CREDVAULT_INSECURE": "1",
+        "CREDVAULT_TOKEN": token,
+    }
+
+
+async def _first_result(dev: DevProcess, monitor_id: str) -> dict[str, object]:
+    while True:
+        result = await run(_cli_env(dev), "monitors", "results", monitor_id, "--json")
+        assert result.rc == 0, result.err
+        results: list[dict[str, object]] = json.loads(result.out).get("results", [])
+        if results:
+            return results[-1]
+        await asyncio.sleep(1)
 
 
 async def _introspection(port: int) -> dict[str, dict[str, dict[str, int]]]:
@@ -205,13 +230,7 @@ async def _introspection(port: int) -> dict[str, dict[str, dict[str, int]]]:
 async def test_introspection_shows_each_held_objects_revision_and_the_version_the_cli_shows(dev: DevProcess) -> None:
     """One meaning of "version" (issue 12): the worker shows, for each monitor and credential it holds, the
     version `credvault ... get` shows and, as ``revision``, what it holds it at."""
-    token = (dev.data_dir / "admin-token").read_text().strip()
-    env = {
-        **user_env(),
-        "CREDVAULT_SERVER": f"127.0.0.1:{dev.api_port}",
-        "CREDVAULT_INSECURE": "1",
-        "CREDVAULT_TOKEN": token,
-    }
+    env = _cli_env(dev)
 
     async def cli(*args: str, stdin: bytes | None = None) -> dict[str, dict[str, str]]:
         result = await run(env, *args, "--json", stdin=stdin)

@@ -36,6 +36,7 @@ MAX_REQUESTS = 100
 MAX_TEXT = 1000
 MAX_URL = 2048
 MAX_EVENTS = 250
+MAX_FAILED_URLS = 10
 MAX_SCREENSHOT = 512 * 1024
 _PNG = b"\x89PNG\r\n\x1a\n"
 # Results from further back or ahead than this are dropped (a badly set clock on the engine).
@@ -114,6 +115,7 @@ def _browser_part(result: mpb.MonitorResult, out: mpb.MonitorResult, text: Calla
     out.main_document_status = result.main_document_status if 0 <= result.main_document_status <= 999 else 0
     out.console_errors = _count(result.console_errors)
     out.failed_requests = _count(result.failed_requests)
+    out.failed_request_urls.extend(text(url, MAX_URL) for url in result.failed_request_urls[:MAX_FAILED_URLS])
     out.screenshot_note = text(result.screenshot_note, MAX_TEXT)
     png = result.screenshot_png
     if png and (len(png) > MAX_SCREENSHOT or not png.startswith(_PNG)):

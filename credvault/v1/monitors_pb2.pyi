@@ -1278,6 +1278,7 @@ class MonitorResult(_message.Message):
     SCREENSHOT_PNG_FIELD_NUMBER: _builtins.int
     SCREENSHOT_NOTE_FIELD_NUMBER: _builtins.int
     SCREENSHOT_SIZE_FIELD_NUMBER: _builtins.int
+    FAILED_REQUEST_URLS_FIELD_NUMBER: _builtins.int
     monitor_id: _builtins.str
     monitor_version: _builtins.int
     """The monitor version that ran (Monitor.version)."""
@@ -1311,6 +1312,12 @@ class MonitorResult(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrowserEventResult]:
         """Browser monitors: the events that ran, in order; a failing event is the last."""
 
+    @_builtins.property
+    def failed_request_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Browser monitors: the first failed requests (at most 10), each "<HTTP status or net::ERR_ code> <URL>", the URL
+        without user information or fragment, every query value shown as "*", and credential values as placeholders.
+        """
+
     def __init__(
         self,
         *,
@@ -1330,10 +1337,11 @@ class MonitorResult(_message.Message):
         screenshot_png: _builtins.bytes = ...,
         screenshot_note: _builtins.str = ...,
         screenshot_size: _builtins.int = ...,
+        failed_request_urls: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_errors", b"console_errors", "duration_ms", b"duration_ms", "engine_id", b"engine_id", "events", b"events", "failed_requests", b"failed_requests", "failure_reason", b"failure_reason", "location_id", b"location_id", "main_document_status", b"main_document_status", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "screenshot_note", b"screenshot_note", "screenshot_png", b"screenshot_png", "screenshot_size", b"screenshot_size", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_errors", b"console_errors", "duration_ms", b"duration_ms", "engine_id", b"engine_id", "events", b"events", "failed_request_urls", b"failed_request_urls", "failed_requests", b"failed_requests", "failure_reason", b"failure_reason", "location_id", b"location_id", "main_document_status", b"main_document_status", "monitor_id", b"monitor_id", "monitor_version", b"monitor_version", "requests", b"requests", "screenshot_note", b"screenshot_note", "screenshot_png", b"screenshot_png", "screenshot_size", b"screenshot_size", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from credvault.formats import placeholder
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.browser_monitors import (
@@ -177,3 +178,20 @@ async def test_no_typed_secret_in_any_log_record(
     assert caplog.records  # the browser's and the driver's loggers did speak
     for secret in (PASSWORD, TOKEN_VALUE):
         assert secret not in caplog.text
+
+
+async def test_a_broken_subresource_is_reported_without_query_or_credential_values(
+    pages: Pages, engine: BrowserEngine
+) -> None:
+    monitor = browser_monitor(M1, pages.url(f"/broken/{placeholder(TOKEN)}"), validation=[shows("broken page")])
+    result = await engine.run(monitor, token(TOKEN_VALUE))
+    assert result.status == SUCCESS, result.failure_reason
+    assert result.main_document_status == 200
+    assert result.console_errors >= 1
+    assert result.failed_requests == 2
+    assert sorted(result.failed_request_urls) == [
+        f"404 {pages.url('/missing/' + placeholder(TOKEN) + '.png?session=*')}",
+        "net::ERR_UNSAFE_PORT http://127.0.0.1:9/gone.js",  # a port Chromium never connects to,
+    ]
+    assert "s3ss-Qz8" not in str(result)
+    assert TOKEN_VALUE not in str(result)

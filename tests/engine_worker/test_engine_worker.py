@@ -489,7 +489,7 @@ def _attribute_names(cls: type) -> set[str]:
 
 
 def test_secret_bearing_fields_are_pinned() -> None:
-    assert {"HeldCredential": {"_secret"}, "_Substitutions": {"_secrets"}} == SECRET_BEARING_FIELDS
+    assert {"HeldCredential": {"_secret"}, "LookedUpSecrets": {"_secrets"}} == SECRET_BEARING_FIELDS
     seen: dict[str, set[str]] = {}
     for module in _engine_worker_modules():
         for name, cls in inspect.getmembers(module, inspect.isclass):

@@ -17,7 +17,8 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from engine_worker.config_store import ConfigStore, HeldMonitor
-from engine_worker.http_execution import NOT_EXECUTABLE_REASON, HttpExecutor, _Substitutions
+from engine_worker.http_execution import NOT_EXECUTABLE_REASON, HttpExecutor
+from engine_worker.looked_up_secrets import LookedUpSecrets
 from engine_worker.target_tls import TargetTls
 from tests.http_target import Target
 from tests.local_pki import LocalPki
@@ -347,7 +348,7 @@ async def test_executions_share_no_cookies_or_connections(engine: Engine, target
 
 
 def test_substitutions_scrub_every_value_of_the_credentials_looked_up_and_hold_them_redacted() -> None:
-    subs = _Substitutions()
+    subs = LookedUpSecrets()
     subs.add(PAIR, pair().details)
     subs.add(TOKEN, token().details)
     text = f"error at https://x/?k={CANARY_TOKEN.upper()}&p={CANARY_PASSWORD}&u=alice"

@@ -1,7 +1,7 @@
-"""Browser execution results through the vault: events, page figures and the failure screenshot are stored and
-served (the screenshot only when asked for; its size always), bounded and scrubbed like every result text; a
-screenshot that is no PNG or too large is dropped with a note. The engine's reporter keeps batches of results with
-screenshots under the stream's message limit."""
+"""Browser execution results through the vault: events, page figures (the first failed request URLs among them) and
+the failure screenshot are stored and served (the screenshot only when asked for; its size always), bounded and
+scrubbed like every result text; a screenshot that is no PNG or too large is dropped with a note. The engine's
+reporter keeps batches of results with screenshots under the stream's message limit."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def browser_result(monitor_id: str, n: int, **fields: object) -> mpb.MonitorResu
     r.events.add(index=1, description="log in", duration_ms=40.0, failure_reason="the page does not show the text")
     r.main_document_status = 200
     r.console_errors = 2
-    r.failed_requests = 1
+    r.failed_requests = 12
+    r.failed_request_urls.extend(f"404 https://shop.example/{n}.png?s=*" for n in range(12))
     r.MergeFrom(mpb.MonitorResult(**fields))
     return r
 
@@ -51,7 +52,8 @@ async def test_browser_results_are_stored_and_served(admin_client: Client, conne
         (1, "log in", False),
     ]
     assert with_png.events[2].failure_reason == "the page does not show the text"
-    assert (with_png.main_document_status, with_png.console_errors, with_png.failed_requests) == (200, 2, 1)
+    assert (with_png.main_document_status, with_png.console_errors, with_png.failed_requests) == (200, 2, 12)
+    assert list(with_png.failed_request_urls) == [f"404 https://shop.example/{n}.png?s=*" for n in range(10)]
     assert with_png.screenshot_png == PNG
     assert with_png.screenshot_size == len(PNG)
     assert not not_png.screenshot_png
@@ -95,8 +97,14 @@ async def test_the_vault_scrubs_browser_event_texts(admin_client: Client, connec
     leaky = browser_result(monitor.id, 1, screenshot_note=f"no screenshot: {forms}")
     leaky.events[1].description = f"typed {SECRET_TOKEN}"
     leaky.events[2].failure_reason = f"the field shows {forms}"
+    leaky.failed_request_urls[0] = f"404 https://shop.example/{SECRET_TOKEN}.png"
     await report(engine, leaky)
     stored = (await eventually_results(admin_client, monitor.id, 1))[0]
-    texts = [stored.screenshot_note, *(t for e in stored.events for t in (e.description, e.failure_reason))]
+    texts = [
+        stored.screenshot_note,
+        *stored.failed_request_urls,
+        *(t for e in stored.events for t in (e.description, e.failure_reason)),
+    ]
     _assert_nowhere("stored browser result", *texts, stored.SerializeToString().decode("utf-8", "replace"))
     assert stored.events[1].description == f"typed {{{{{tok}}}}}"
+    assert stored.failed_request_urls[0] == f"404 https://shop.example/{{{{{tok}}}}}.png"

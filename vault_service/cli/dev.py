@@ -19,6 +19,7 @@ from credvault.identity import EngineIdentity
 from vault_service import pki
 from vault_service.bootstrap import bootstrap_admin
 from vault_service.cli.admin import setup_logging
+from vault_service.cli.dev_demo_site import DEMO_PASSWORD, DEMO_USER, DemoSite
 from vault_service.cli.dev_lock import lock_data_dir
 from vault_service.cli.grpc_env import child_environment
 from vault_service.config import load_settings
@@ -27,7 +28,7 @@ from vault_service.crypto import new_keyring, write_keyring_file
 
 def cmd_dev(ns: argparse.Namespace) -> None:
     """Everything on one machine: embedded PostgreSQL, a dev KEK, a dev PKI, an admin, the API and the engine port
-    on loopback, and one engine worker for location ``local``."""
+    on loopback, one engine worker for location ``local``, and a demo login site for browser monitors."""
     from vault_service import embedded_pg
     from vault_service.server import start_vault
 
@@ -62,11 +63,13 @@ def cmd_dev(ns: argparse.Namespace) -> None:
         "dev mode: this process does not lock its memory or turn core dumps off (credvault serve does)"
     )
     token_path = data_dir / "admin-token"
+    site = DemoSite(ns.demo_site_listen)  # a bad address stops the start, before anything runs
 
     async def run() -> None:
         vault = await start_vault(settings)
         worker: asyncio.subprocess.Process | None = None
         try:
+            await site.start()
             async with vault.store.autocommit() as tx:
                 empty = await tx.count_users() == 0
             if empty:
@@ -105,6 +108,9 @@ def cmd_dev(ns: argparse.Namespace) -> None:
                 token_path=token_path,
                 status=ns.worker_status_listen,
                 cli=_cli_command(),
+                site=site.url,
+                demo_user=DEMO_USER,
+                demo_password=DEMO_PASSWORD,
             )
             print(banner, file=sys.stderr, flush=True)
             stop = asyncio.Event()
@@ -116,6 +122,7 @@ def cmd_dev(ns: argparse.Namespace) -> None:
             if worker is not None and worker.returncode is None:
                 worker.terminate()
                 await worker.wait()
+            await site.stop()
             await vault.stop(settings.shutdown_grace_seconds)
 
     try:
@@ -137,7 +144,8 @@ def _cli_command() -> str:
 DESCRIPTION = """Runs everything on this machine, for development: an embedded PostgreSQL, a dev KEK and a dev PKI
 (keys mode 0600) and an admin whose token is written to <data dir>/admin-token, all in the data directory; the
 API on --listen (plaintext, loopback), the engine port on --engine-listen (mutual TLS) and one engine worker for
-location 'local'. One credvault dev per data directory: a second one is refused. Stop with Ctrl-C."""
+location 'local', and a demo login site for browser monitors on --demo-site-listen (loopback). One credvault dev per
+data directory: a second one is refused. Stop with Ctrl-C."""
 
 DEV_LOCATION = "local"
 DEV_ENGINE = "local-1"
@@ -149,6 +157,7 @@ credvault dev is running (development only: plaintext API on loopback).
   worker status: http://{status}/introspection (ids, versions and revisions it holds, never values)
   data dir:     {data_dir}  (embedded PostgreSQL, dev KEK keyring.json, dev PKI; keys mode 0600)
   admin token:  {token_path}  (created on first start; shown nowhere else)
+  demo site:    {site}  (a login form for browser monitors: {demo_user} / {demo_password})
 
 Try, in another shell (README.md walks through it):
   export CREDVAULT_SERVER={addr} CREDVAULT_INSECURE=1 CREDVAULT_TOKEN=$(cat {token_path})

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:50051", help="the API, plaintext (default 127.0.0.1:50051)")
     p.add_argument("--engine-listen", default="127.0.0.1:50052", help="the engine port (mutual TLS)")
     p.add_argument("--worker-status-listen", default="127.0.0.1:9464", help="the dev worker's status endpoint")
+    p.add_argument(
+        "--demo-site-listen", default="127.0.0.1:8089", help="the demo login site for browser monitors (loopback)"
+    )
     p.set_defaults(func=dev.cmd_dev)
 
     p = sub.add_parser("migrate", help="apply database migrations")

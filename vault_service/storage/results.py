@@ -31,6 +31,7 @@ _BROWSER_FIELDS = (
     "screenshot_png",
     "screenshot_note",
     "screenshot_size",
+    "failed_request_urls",
 )
 
 
@@ -40,6 +41,8 @@ def _steps(result: mpb.MonitorResult) -> list[dict[str, object]]:
     for field in _BROWSER_FIELDS:
         if field == "events":
             browser.events.extend(result.events)
+        elif field == "failed_request_urls":
+            browser.failed_request_urls.extend(result.failed_request_urls)
         else:
             setattr(browser, field, getattr(result, field))
     if browser.ByteSize():
