@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 MONITOR = epb.RESOURCE_KIND_MONITOR
 CREDENTIAL = epb.RESOURCE_KIND_CREDENTIAL
-DELIVERED_KEPT = 1024  # recent deltas whose commit time is kept for push-latency metrics
+# Recent deltas whose commit time is kept for push-latency metrics: a size (a nearby one is equivalent).
+DELIVERED_KEPT = 1024  # pragma: no mutate: NumberReplacer
 Rejected = Mapping[str, tuple[int, str]]  # monitor id -> (rejected version, reason), per engine
 
 
@@ -49,8 +50,9 @@ def removal_reason(monitor: mpb.Monitor | None, location_id: str) -> int:
     if monitor is None:
         return epb.REMOVAL_REASON_DELETED
     if not monitor.enabled:
-        # CREDENTIAL_DELETED is the highest DisabledReason (2): >= is == on it. Equivalent.
-        if monitor.disabled_reason == mpb.DISABLED_REASON_CREDENTIAL_DELETED:  # pragma: no mutate: Eq_GtE
+        # CREDENTIAL_DELETED is the highest DisabledReason (2), and a small int (one object per value in CPython):
+        # >= and is are == on it. Equivalent.
+        if monitor.disabled_reason == mpb.DISABLED_REASON_CREDENTIAL_DELETED:  # pragma: no mutate: Eq_GtE, Eq_Is
             return epb.REMOVAL_REASON_CREDENTIAL_DELETED
         return epb.REMOVAL_REASON_DISABLED
     if location_id not in monitor.location_ids:

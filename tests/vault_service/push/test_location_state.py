@@ -350,3 +350,19 @@ async def test_an_engine_holding_every_revision_is_sent_nothing_even_past_small_
     ]
     assert state.diff(held, {}, {}) == []
     assert len(state.diff(held[:1], {}, {})) == 1  # and what it lacks is sent
+
+
+async def test_a_rebuild_sends_a_credential_overwritten_while_the_state_was_stale(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    before = state.credentials[cred].version
+    await overwrite(admin_client, cred, "pw-2")  # not applied: missed
+    delta = await state.rebuild(push_vault.store)
+    assert delta is not None
+    assert set(delta.credentials) == {cred}
+    assert delta.credentials[cred].version > before
+    assert delta.credentials[cred].details.username_password.password == "pw-2"
