@@ -366,3 +366,43 @@ async def test_a_rebuild_sends_a_credential_overwritten_while_the_state_was_stal
     assert set(delta.credentials) == {cred}
     assert delta.credentials[cred].version > before
     assert delta.credentials[cred].details.username_password.password == "pw-2"
+
+
+async def test_a_diff_removes_what_an_engine_holds_and_should_not(keyring: Keyring) -> None:
+    state = LocationState(LOCATION, keyring)
+    kept, gone, cred = (
+        "SYNTHETIC_TEST-00000000000000A1",
+        "SYNTHETIC_TEST-00000000000000A2",
+        "CREDENTIALS_VAULT-00000000000000C1",
+    )
+    state.monitors[kept] = epb.MonitorResource(id=kept, version=5)
+    held = [
+        epb.HeldResource(kind=MONITOR, id=kept, version=5),
+        epb.HeldResource(kind=MONITOR, id=gone, version=1),
+        epb.HeldResource(kind=CREDENTIAL, id=cred, version=1),  # no held monitor uses it any more
+    ]
+    assert state.diff(held, {}, {gone: epb.REMOVAL_REASON_DISABLED}) == [
+        epb.Removal(kind=MONITOR, id=gone, reason=epb.REMOVAL_REASON_DISABLED),
+        epb.Removal(kind=CREDENTIAL, id=cred, reason=epb.REMOVAL_REASON_UNREFERENCED),
+    ]
+
+
+async def test_a_second_change_of_a_monitor_already_read_at_its_revision_sends_nothing_past_small_ints(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """Two updates, then their changes: the first read already gets the second revision, so the second change
+    finds it held and sends nothing (compared by value: large revisions are distinct objects)."""
+    async with push_vault.store.autocommit() as tx:
+        await tx.conn.execute("SELECT setval('resource_versions', 100000)")
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    monitor = await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    for name in ("renamed", "renamed again"):
+        changed = mpb.Monitor()
+        changed.CopyFrom(monitor)
+        changed.name = name
+        monitor = (await admin_client.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=changed))).monitor
+    deltas = await catch_up(state, push_vault)
+    assert [set(d.monitors) for d in deltas] == [{monitor.id}]
+    assert state.monitors[monitor.id].monitor.name == "renamed again"
