@@ -406,3 +406,25 @@ async def test_a_second_change_of_a_monitor_already_read_at_its_revision_sends_n
     deltas = await catch_up(state, push_vault)
     assert [set(d.monitors) for d in deltas] == [{monitor.id}]
     assert state.monitors[monitor.id].monitor.name == "renamed again"
+
+
+async def test_a_change_already_applied_is_passed_over_without_a_read(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change at or below the state's revision (the snapshot had it, or it was applied) costs nothing."""
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    state = await loaded(push_vault, keyring)
+    monitor = await create_monitor(admin_client, cred)
+    (applied,) = await catch_up(state, push_vault)
+    assert set(applied.monitors) == {monitor.id}
+
+    async def no_read(*args: object) -> object:
+        raise AssertionError("read the database for a change already applied")
+
+    monkeypatch.setattr(Queries, "monitors_by_id", no_read)
+    monkeypatch.setattr(Queries, "credentials_sealed", no_read)
+    at = state.revision
+    assert await state.apply(push_vault.store, Change(at, ChangeKind.MONITOR, monitor.id, (LOCATION,))) is None
+    assert await state.apply(push_vault.store, Change(at - 1, ChangeKind.CREDENTIAL, cred, (LOCATION,))) is None
+    assert state.revision == at
