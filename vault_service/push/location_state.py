@@ -64,7 +64,8 @@ class LocationState:
     def __init__(self, location_id: str, keyring: Keyring) -> None:
         self.location_id = location_id
         self._keyring = keyring
-        self.revision = 0
+        # Revisions start at 1 and load() sets it before any change: -1 is the same. Equivalent.
+        self.revision = 0  # pragma: no mutate: NumberReplacer
         # Read them; change them only through _put_*/_pop_*, which keep _users and the digest in step.
         self.monitors: dict[str, epb.MonitorResource] = {}
         self.credentials: dict[str, epb.CredentialResource] = {}

@@ -8,6 +8,7 @@ a mutant that every other test let through."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -350,6 +351,9 @@ async def test_an_engine_holding_every_revision_is_sent_nothing_even_past_small_
     ]
     assert state.diff(held, {}, {}) == []
     assert len(state.diff(held[:1], {}, {})) == 1  # and what it lacks is sent
+    version = state.monitors[monitor.id].version
+    rejected = {monitor.id: (int(str(version)), "the engine rejected it")}
+    assert state.diff(held[1:], rejected, {}) == []  # a rejected revision is not sent again
 
 
 async def test_a_rebuild_sends_a_credential_overwritten_while_the_state_was_stale(
@@ -385,6 +389,11 @@ async def test_a_diff_removes_what_an_engine_holds_and_should_not(keyring: Keyri
         epb.Removal(kind=MONITOR, id=gone, reason=epb.REMOVAL_REASON_DISABLED),
         epb.Removal(kind=CREDENTIAL, id=cred, reason=epb.REMOVAL_REASON_UNREFERENCED),
     ]
+    odd = epb.HeldResource(kind=epb.RESOURCE_KIND_UNSPECIFIED, id="X", version=1)  # of no kind: not a monitor
+    monitor_removals = [
+        i.id for i in state.diff([*held, odd], {}, {}) if isinstance(i, epb.Removal) and i.kind == MONITOR
+    ]
+    assert monitor_removals == [gone]
 
 
 async def test_a_second_change_of_a_monitor_already_read_at_its_revision_sends_nothing_past_small_ints(
@@ -428,3 +437,67 @@ async def test_a_change_already_applied_is_passed_over_without_a_read(
     assert await state.apply(push_vault.store, Change(at, ChangeKind.MONITOR, monitor.id, (LOCATION,))) is None
     assert await state.apply(push_vault.store, Change(at - 1, ChangeKind.CREDENTIAL, cred, (LOCATION,))) is None
     assert state.revision == at
+
+
+async def update(admin: Client, monitor: mpb.Monitor, change: Callable[[mpb.Monitor], None]) -> mpb.Monitor:
+    changed = mpb.Monitor()
+    changed.CopyFrom(monitor)
+    change(changed)
+    updated: mpb.Monitor = (await admin.UpdateMonitor(mpb.UpdateMonitorRequest(monitor=changed))).monitor
+    return updated
+
+
+async def test_a_rebuild_says_why_each_held_monitor_goes(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    disabled = await create_monitor(admin_client, cred, "disabled")
+    state = await loaded(push_vault, keyring)
+    await update(admin_client, disabled, lambda m: setattr(m, "enabled", False))  # missed
+    delta = await state.rebuild(push_vault.store)
+    assert delta is not None
+    assert {k: r.reason for k, r in delta.removals.items()} == {
+        (MONITOR, disabled.id): epb.REMOVAL_REASON_DISABLED,
+        (CREDENTIAL, cred): epb.REMOVAL_REASON_UNREFERENCED,
+    }
+
+
+async def test_a_rebuild_replaces_a_held_monitor_ahead_of_the_database(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    monitor = await create_monitor(admin_client, await pair(admin_client))
+    state = await loaded(push_vault, keyring)
+    state.monitors[monitor.id].version += 1000  # as after a restore
+    delta = await state.rebuild(push_vault.store)
+    assert delta is not None
+    assert set(delta.monitors) == {monitor.id}
+    assert state.monitors[monitor.id].version == monitor.revision
+
+
+async def test_a_monitor_moved_to_another_location_goes_and_one_given_a_new_credential_takes_it(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    await setup_location(admin_client)
+    await admin_client.CreateLocation(mpb.CreateLocationRequest(location=mpb.Location(id="loc-b")))
+    old_cred, new_cred = await pair(admin_client, "old"), await pair(admin_client, "new")
+    moved = await create_monitor(admin_client, old_cred, "moved")
+    switched = await create_monitor(admin_client, old_cred, "switched")
+    state = await loaded(push_vault, keyring)
+
+    def use_new(m: mpb.Monitor) -> None:
+        m.http.requests[0].authentication.basic_credential_id = new_cred
+
+    await update(admin_client, switched, use_new)
+    (delta,) = await catch_up(state, push_vault)
+    assert set(delta.credentials) == {new_cred}
+    assert set(state.monitors) == {moved.id, switched.id}
+    assert set(state.credentials) == {old_cred, new_cred}
+    await update(admin_client, moved, lambda m: m.location_ids.__setitem__(0, "loc-b"))
+    (delta,) = await catch_up(state, push_vault)
+    assert {k: r.reason for k, r in delta.removals.items()} == {
+        (MONITOR, moved.id): epb.REMOVAL_REASON_LOCATION_CHANGED,
+        (CREDENTIAL, old_cred): epb.REMOVAL_REASON_UNREFERENCED,
+    }
+    assert set(state.monitors) == {switched.id}
