@@ -109,6 +109,10 @@ async def test_the_digest_follows_every_step(admin_client: Client, push_vault: R
     await overwrite(admin_client, cred, "pw-2")
     assert len(await catch_up(state, push_vault)) == 2
     assert state.expected_digest({}) == recomputed_digest(state)
+    await admin_client.DeleteMonitor(mpb.DeleteMonitorRequest(id=monitor.id))  # a removal takes it out too
+    assert len(await catch_up(state, push_vault)) == 1
+    assert not state.monitors
+    assert state.expected_digest({}) == recomputed_digest(state)
 
 
 async def test_only_a_rejection_of_the_held_revision_leaves_a_monitor_out_of_the_digest(
