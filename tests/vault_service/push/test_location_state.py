@@ -17,7 +17,7 @@ from credvault.v1 import credentials_pb2 as cpb
 from credvault.v1 import engine_pb2 as epb
 from credvault.v1 import monitors_pb2 as mpb
 from tests.conftest import Client
-from tests.helpers import create_req, up
+from tests.helpers import SYN, create_req, up
 from tests.vault_service.push.test_convergence import LOCATION, create_monitor, setup_location
 from vault_service.crypto import Keyring
 from vault_service.models import ChangeKind
@@ -505,3 +505,50 @@ async def test_a_monitor_moved_to_another_location_goes_and_one_given_a_new_cred
         (CREDENTIAL, old_cred): epb.REMOVAL_REASON_UNREFERENCED,
     }
     assert set(state.monitors) == {switched.id}
+
+
+async def test_every_credential_after_a_not_yet_synchronized_one_is_resolved(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    """A synchronized credential never read from its vault resolves to a resource without contents; the ones after
+    it in the same read still resolve with theirs."""
+    role, secret = [
+        (await admin_client.CreateCredential(create_req(f"c{i}", token_contents(f"companion-{i}")))).credential.id
+        for i in range(2)
+    ]
+    src = cpb.ExternalSource(
+        provider=cpb.EXTERNAL_PROVIDER_HASHICORP_VAULT,
+        address="https://127.0.0.1:1",  # never reached: it stays a placeholder
+        kv=cpb.KvLocation(mount="secret", path="p", version=cpb.KV_VERSION_V2),
+        username_key="user",
+        password_key="pass",
+        approle=cpb.AppRoleAuth(role_id_credential_id=role, secret_id_credential_id=secret),
+    )
+    req = cpb.CreateCredentialRequest(
+        name="synced", scopes=[SYN], external_source=src, type=cpb.CREDENTIAL_TYPE_USERNAME_PASSWORD
+    )
+    synced = (await admin_client.CreateCredential(req)).credential.id
+    typed = [await pair(admin_client, f"typed-{i}") for i in range(2)]  # made after it: read after it
+    state = LocationState(LOCATION, keyring)
+    async with push_vault.store.autocommit() as tx:
+        resolved = await state._resolve(tx, [synced, *typed])
+    assert list(resolved) == [synced, *typed]
+    assert not resolved[synced].HasField("details")
+    assert all(resolved[c].details.username_password.username == "alice" for c in typed)
+
+
+async def test_a_credential_change_finding_the_held_revision_sends_nothing_past_small_ints(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    async with push_vault.store.autocommit() as tx:
+        await tx.conn.execute("SELECT setval('resource_versions', 100000)")
+    await setup_location(admin_client)
+    cred = await pair(admin_client)
+    await create_monitor(admin_client, cred)
+    state = await loaded(push_vault, keyring)
+    again = Change(state.revision + 1, ChangeKind.CREDENTIAL, cred, (LOCATION,))  # the row read is the one held
+    assert await state.apply(push_vault.store, again) is None
+
+
+def token_contents(value: str) -> cpb.CredentialContents:
+    return cpb.CredentialContents(token=cpb.Token(token=value))
