@@ -358,6 +358,7 @@ async def test_an_engine_holding_every_revision_is_sent_nothing_even_past_small_
     version = state.monitors[monitor.id].version
     rejected = {monitor.id: (int(str(version)), "the engine rejected it")}
     assert state.diff(held[1:], rejected, {}) == []  # a rejected revision is not sent again
+    assert state.expected_digest(rejected) != state.expected_digest({})  # and is left out of the digest
 
 
 async def test_a_rebuild_sends_a_credential_overwritten_while_the_state_was_stale(
