@@ -167,8 +167,7 @@ class LocationState:
         used = {c for m in runnable.values() for c in m.credential_ids}
         for cid in used:
             old, new = self.credentials.get(cid), creds[cid]
-            # is not for !=: true also for equal large ints, resending a revision engines hold (a no-op for them).
-            if old is None or old.version != new.version:  # pragma: no mutate: NotEq_IsNot
+            if old is None or old.version != new.version:
                 self._put_credential(new)
                 delta.credentials[cid] = new
         for m in runnable.values():

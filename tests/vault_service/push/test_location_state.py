@@ -553,3 +553,14 @@ async def test_a_credential_change_finding_the_held_revision_sends_nothing_past_
 
 def token_contents(value: str) -> cpb.CredentialContents:
     return cpb.CredentialContents(token=cpb.Token(token=value))
+
+
+async def test_a_rebuild_with_nothing_changed_sends_nothing_past_small_ints(
+    admin_client: Client, push_vault: RunningVault, keyring: Keyring
+) -> None:
+    async with push_vault.store.autocommit() as tx:
+        await tx.conn.execute("SELECT setval('resource_versions', 100000)")
+    await setup_location(admin_client)
+    await create_monitor(admin_client, await pair(admin_client))
+    state = await loaded(push_vault, keyring)
+    assert await state.rebuild(push_vault.store) is None
